@@ -1,0 +1,45 @@
+// Package backend defines how the agent obtains shareable memory. The host
+// backend (POSIX shared memory) lives in backend/host; the CUDA backends (vmm,
+// legacy) implement the same interfaces over the cuda package.
+package backend
+
+import (
+	"context"
+
+	"github.com/memcuda/memcuda/pkg/pool"
+)
+
+// Device is one memory device a backend serves.
+type Device struct {
+	Index    int    `json:"index"`
+	UUID     string `json:"uuid,omitempty"`
+	PCIBusID string `json:"pci_bus_id,omitempty"`
+	Name     string `json:"name"`
+	Total    uint64 `json:"total"` // bytes the device has (0 when unknown)
+}
+
+// Segment is a shareable piece of memory handed out by a backend.
+type Segment interface {
+	pool.Segment
+	// ID is unique among every segment any agent instance ever made.
+	ID() string
+	// Handle is what the registry stores as ipc_handle: the shared-memory
+	// object name (host), the base64 CUipcMemHandle (legacy), or "" (vmm).
+	Handle() string
+	// FD is a descriptor clients receive over the socket, or -1 when the
+	// backend shares segments some other way.
+	FD() int
+	// Zero clears n bytes at off.
+	Zero(ctx context.Context, off, n uint64) error
+}
+
+// Backend makes segments on its devices.
+type Backend interface {
+	// Mode is the registry's ipc_mode for this backend's tensors.
+	Mode() string
+	Devices() []Device
+	// Granularity is the size every segment is a multiple of.
+	Granularity(device int) uint64
+	NewSegment(ctx context.Context, device int, size uint64) (Segment, error)
+	Close() error
+}

@@ -1,0 +1,186 @@
+// Package host is the CPU twin of the vmm backend: segments are POSIX
+// shared-memory objects (the files of /dev/shm, which is what shm_open
+// creates on Linux), shared with clients as file descriptors over the agent's
+// socket, or by name from the registry.
+package host
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/memcuda/memcuda/pkg/backend"
+	"github.com/memcuda/memcuda/pkg/errdefs"
+	"github.com/memcuda/memcuda/pkg/tensor"
+)
+
+// ShmDir is where Linux keeps POSIX shared-memory objects.
+const ShmDir = "/dev/shm"
+
+// Backend makes shared-memory segments named memcuda.<scope>.<instance>.<n>,
+// where scope is derived from the registry prefix, so that a restarted agent
+// finds its predecessor's objects and no two agents' objects collide.
+type Backend struct {
+	dir      string
+	scope    string
+	instance string
+	seq      atomic.Uint64
+	mode     os.FileMode
+	log      *slog.Logger
+}
+
+// Option configures a Backend.
+type Option func(*Backend)
+
+// WithDir puts the objects in dir instead of /dev/shm (tests only: clients of
+// the Redis-only path look in /dev/shm).
+func WithDir(dir string) Option { return func(b *Backend) { b.dir = dir } }
+
+// WithLogger sets the logger.
+func WithLogger(l *slog.Logger) Option { return func(b *Backend) { b.log = l } }
+
+// WithFileMode sets the permission bits of the objects (default 0660).
+func WithFileMode(m os.FileMode) Option { return func(b *Backend) { b.mode = m } }
+
+// Scope turns a registry prefix into the short tag used in object names.
+func Scope(prefix string) string {
+	h := fnv.New32a()
+	h.Write([]byte(prefix))
+	return fmt.Sprintf("%08x", h.Sum32())
+}
+
+// New returns a host backend for the agent instance, scoped by the registry
+// prefix.
+func New(prefix, instance string, opts ...Option) *Backend {
+	b := &Backend{dir: ShmDir, scope: Scope(prefix), instance: instance, mode: 0o660, log: slog.Default()}
+	for _, o := range opts {
+		o(b)
+	}
+	return b
+}
+
+// Mode implements backend.Backend.
+func (b *Backend) Mode() string { return tensor.ModeHost }
+
+// Devices implements backend.Backend: the host is one device, index 0.
+func (b *Backend) Devices() []backend.Device {
+	var total uint64
+	var st unix.Statfs_t
+	if unix.Statfs(b.dir, &st) == nil {
+		total = st.Blocks * uint64(st.Bsize)
+	}
+	return []backend.Device{{Index: 0, Name: "host", Total: total}}
+}
+
+// Granularity implements backend.Backend.
+func (b *Backend) Granularity(int) uint64 { return uint64(os.Getpagesize()) }
+
+// RemoveStale unlinks the objects of this scope left by other (dead)
+// instances and returns their names.
+func (b *Backend) RemoveStale() ([]string, error) {
+	matches, err := filepath.Glob(filepath.Join(b.dir, "memcuda."+b.scope+".*"))
+	if err != nil {
+		return nil, err
+	}
+	var removed []string
+	own := "memcuda." + b.scope + "." + b.instance + "."
+	for _, m := range matches {
+		if strings.HasPrefix(filepath.Base(m), own) {
+			continue
+		}
+		if err := os.Remove(m); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return removed, err
+		}
+		removed = append(removed, filepath.Base(m))
+	}
+	return removed, nil
+}
+
+// NewSegment implements backend.Backend.
+func (b *Backend) NewSegment(_ context.Context, device int, size uint64) (backend.Segment, error) {
+	if device != 0 {
+		return nil, errdefs.Invalid("host backend has only device 0, not %d", device)
+	}
+	name := fmt.Sprintf("memcuda.%s.%s.%d", b.scope, b.instance, b.seq.Add(1))
+	path := filepath.Join(b.dir, name)
+	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC|unix.O_NOFOLLOW, uint32(b.mode))
+	if err != nil {
+		return nil, fmt.Errorf("create %s: %w", path, err)
+	}
+	// Creation mode is masked by umask; clients of the Redis-only path need the full mode.
+	_ = unix.Fchmod(fd, uint32(b.mode))
+	fail := func(err error) (backend.Segment, error) {
+		unix.Close(fd)
+		os.Remove(path)
+		if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.ENOMEM) {
+			err = fmt.Errorf("%w: %v", errdefs.ErrOutOfMemory, err)
+		}
+		return nil, err
+	}
+	if err := unix.Ftruncate(fd, int64(size)); err != nil {
+		return fail(fmt.Errorf("size %s to %d bytes: %w", path, size, err))
+	}
+	// Reserve the pages now so a full /dev/shm fails here, not with SIGBUS later.
+	if err := unix.Fallocate(fd, 0, 0, int64(size)); err != nil && !errors.Is(err, unix.EOPNOTSUPP) {
+		return fail(fmt.Errorf("reserve %d bytes for %s: %w", size, path, err))
+	}
+	mem, err := unix.Mmap(fd, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return fail(fmt.Errorf("map %s: %w", path, err))
+	}
+	return &Segment{name: name, path: path, fd: fd, mem: mem, size: size}, nil
+}
+
+// Close implements backend.Backend. Segments are released by their pools.
+func (b *Backend) Close() error { return nil }
+
+// Segment is one shared-memory object, mapped in the agent.
+type Segment struct {
+	name string
+	path string
+	fd   int
+	mem  []byte
+	size uint64
+}
+
+// ID implements backend.Segment.
+func (s *Segment) ID() string { return s.name }
+
+// Handle implements backend.Segment: the shm_open name of the object.
+func (s *Segment) Handle() string { return "/" + s.name }
+
+// FD implements backend.Segment.
+func (s *Segment) FD() int { return s.fd }
+
+// Size implements pool.Segment.
+func (s *Segment) Size() uint64 { return s.size }
+
+// Bytes is the agent's own mapping of the segment.
+func (s *Segment) Bytes() []byte { return s.mem }
+
+// Zero implements backend.Segment.
+func (s *Segment) Zero(_ context.Context, off, n uint64) error {
+	if off+n > s.size {
+		return fmt.Errorf("zero [%d,%d) outside segment of %d bytes", off, off+n, s.size)
+	}
+	clear(s.mem[off : off+n])
+	return nil
+}
+
+// Release implements pool.Segment: unmap, close and unlink. Clients that
+// still map the object keep their pages until they unmap.
+func (s *Segment) Release() error {
+	err := errors.Join(unix.Munmap(s.mem), unix.Close(s.fd))
+	if rmErr := os.Remove(s.path); rmErr != nil && !errors.Is(rmErr, os.ErrNotExist) {
+		err = errors.Join(err, rmErr)
+	}
+	return err
+}

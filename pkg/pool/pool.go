@@ -1,0 +1,348 @@
+// Package pool is mem-cuda's caching allocator, modelled on PyTorch's
+// CUDACachingAllocator: segments come from a backend, blocks are carved out of
+// them best-fit, split when the rest is worth keeping and coalesced with free
+// neighbours on free. Requests up to SmallSize come from 2 MiB segments (the
+// small pool), larger ones from their own segments (the large pool), so that
+// small, short-lived blocks do not fragment the large segments.
+//
+// A Pool is safe for concurrent use. It never touches the memory itself: the
+// backend owns it, and the caller zero-fills or fences blocks as it needs.
+package pool
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/google/btree"
+
+	"github.com/memcuda/memcuda/pkg/errdefs"
+)
+
+// Sizes that shape the pool (PyTorch's constants, except where noted).
+const (
+	Alignment       = 512      // every block size is a multiple of this
+	SmallSize       = 1 << 20  // requests up to this size use the small pool
+	SmallSegment    = 2 << 20  // segment size of the small pool
+	MinLargeAlloc   = 10 << 20 // large requests under this share LargeSegment-sized segments
+	LargeSegment    = 20 << 20 // segment size for large requests under MinLargeAlloc
+	LargeRoundingTo = 2 << 20  // larger requests get their own segment, rounded to this
+)
+
+// Segment is a piece of memory obtained from a backend.
+type Segment interface {
+	// Size is the segment's size in bytes.
+	Size() uint64
+	// Release gives the memory back to the backend.
+	Release() error
+}
+
+// Source provides segments: the backend's side of a pool.
+type Source interface {
+	NewSegment(ctx context.Context, size uint64) (Segment, error)
+}
+
+// SourceFunc adapts a function to Source.
+type SourceFunc func(ctx context.Context, size uint64) (Segment, error)
+
+// NewSegment calls f.
+func (f SourceFunc) NewSegment(ctx context.Context, size uint64) (Segment, error) { return f(ctx, size) }
+
+// Block is an allocated range of a segment.
+type Block struct {
+	seg       *segment
+	offset    uint64
+	size      uint64
+	requested uint64
+	allocated bool
+	prev      *block
+	next      *block
+}
+
+type block = Block
+
+// Segment returns the backend segment the block lives in.
+func (b *Block) Segment() Segment { return b.seg.mem }
+
+// Offset is the block's offset inside its segment.
+func (b *Block) Offset() uint64 { return b.offset }
+
+// Size is the block's size (the request rounded up, possibly more when the
+// remainder was too small to split off).
+func (b *Block) Size() uint64 { return b.size }
+
+// Requested is the size that was asked for.
+func (b *Block) Requested() uint64 { return b.requested }
+
+type segment struct {
+	mem   Segment
+	seq   uint64
+	size  uint64
+	small bool
+	head  *block
+}
+
+func lessBlock(a, b *block) bool {
+	if a.size != b.size {
+		return a.size < b.size
+	}
+	if a.seg.seq != b.seg.seq {
+		return a.seg.seq < b.seg.seq
+	}
+	return a.offset < b.offset
+}
+
+// Pool is a caching allocator over one Source.
+type Pool struct {
+	mu         sync.Mutex
+	src        Source
+	budget     *Budget
+	splitLarge uint64
+	granule    uint64
+	small      *btree.BTreeG[*block]
+	large      *btree.BTreeG[*block]
+	segments   map[*segment]struct{}
+	seq        uint64
+	stats      Stats
+	probe      block
+	probeSeg   segment
+}
+
+// Option configures a Pool.
+type Option func(*Pool)
+
+// WithBudget makes the pool reserve its segments from b, which may be shared by
+// the pools of one device (one per tenant).
+func WithBudget(b *Budget) Option { return func(p *Pool) { p.budget = b } }
+
+// WithGranularity rounds every segment up to a multiple of g (the backend's
+// allocation granularity, 2 MiB for CUDA VMM).
+func WithGranularity(g uint64) Option { return func(p *Pool) { p.granule = g } }
+
+// WithLargeSplitThreshold sets the smallest remainder split off a large block.
+// PyTorch keeps remainders up to 1 MiB unsplit; the default here splits any
+// remainder of at least 512 bytes, which keeps reserved/live lower.
+func WithLargeSplitThreshold(n uint64) Option { return func(p *Pool) { p.splitLarge = n } }
+
+// New returns an empty pool drawing segments from src.
+func New(src Source, opts ...Option) *Pool {
+	p := &Pool{
+		src:        src,
+		splitLarge: Alignment,
+		granule:    1,
+		small:      btree.NewG(16, lessBlock),
+		large:      btree.NewG(16, lessBlock),
+		segments:   make(map[*segment]struct{}),
+	}
+	p.probe.seg = &p.probeSeg
+	for _, o := range opts {
+		o(p)
+	}
+	if p.budget == nil {
+		p.budget = NewBudget(0)
+	}
+	return p
+}
+
+func roundUp(n, m uint64) uint64 { return (n + m - 1) / m * m }
+
+// RoundSize is the block size the pool uses for a request of n bytes.
+func RoundSize(n uint64) uint64 {
+	if n == 0 {
+		return Alignment
+	}
+	return roundUp(n, Alignment)
+}
+
+func (p *Pool) segmentSize(size uint64) uint64 {
+	var s uint64
+	switch {
+	case size <= SmallSize:
+		s = SmallSegment
+	case size < MinLargeAlloc:
+		s = LargeSegment
+	default:
+		s = roundUp(size, LargeRoundingTo)
+	}
+	return roundUp(s, p.granule)
+}
+
+// Alloc returns a block of at least n bytes. It reuses the best-fitting free
+// block and asks the source for a new segment only when none fits.
+func (p *Pool) Alloc(ctx context.Context, n uint64) (*Block, error) {
+	if n > 1<<62 {
+		return nil, errdefs.Invalid("allocation of %d bytes is too large", n)
+	}
+	size := RoundSize(n)
+	small := size <= SmallSize
+	set := p.large
+	if small {
+		set = p.small
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	b := p.bestFit(set, size)
+	if b == nil {
+		seg, err := p.grow(ctx, p.segmentSize(size), small)
+		if err != nil {
+			return nil, err
+		}
+		b = seg.head
+	} else {
+		set.Delete(b)
+	}
+	minRest := uint64(Alignment)
+	if !small {
+		minRest = p.splitLarge
+	}
+	if rest := b.size - size; rest >= minRest && rest >= Alignment {
+		r := &block{seg: b.seg, offset: b.offset + size, size: rest, prev: b, next: b.next}
+		if b.next != nil {
+			b.next.prev = r
+		}
+		b.next = r
+		b.size = size
+		set.ReplaceOrInsert(r)
+	}
+	b.allocated = true
+	b.requested = n
+	p.stats.Allocated += b.size
+	p.stats.Requested += n
+	p.stats.ActiveBlocks++
+	p.stats.Allocs++
+	if p.stats.Allocated > p.stats.PeakAllocated {
+		p.stats.PeakAllocated = p.stats.Allocated
+	}
+	return b, nil
+}
+
+// bestFit finds the smallest free block of at least size bytes. Called with
+// p.mu held; the probe is reused so that a lookup allocates nothing.
+func (p *Pool) bestFit(set *btree.BTreeG[*block], size uint64) *block {
+	var found *block
+	p.probe.size = size
+	set.AscendGreaterOrEqual(&p.probe, func(b *block) bool {
+		found = b
+		return false
+	})
+	return found
+}
+
+// grow gets a new segment, trimming cached free segments once if the budget
+// is exhausted. Called with p.mu held.
+func (p *Pool) grow(ctx context.Context, size uint64, small bool) (*segment, error) {
+	if !p.budget.reserve(size) {
+		p.trimLocked()
+		if !p.budget.reserve(size) {
+			return nil, fmt.Errorf("%w: a segment of %d bytes would exceed the limit of %d bytes (%d in use)",
+				errdefs.ErrOutOfMemory, size, p.budget.Limit(), p.budget.Used())
+		}
+	}
+	mem, err := p.src.NewSegment(ctx, size)
+	if err != nil {
+		p.budget.release(size)
+		return nil, fmt.Errorf("new segment of %d bytes: %w", size, err)
+	}
+	p.seq++
+	seg := &segment{mem: mem, seq: p.seq, size: size, small: small}
+	seg.head = &block{seg: seg, size: size}
+	p.segments[seg] = struct{}{}
+	p.stats.Reserved += size
+	p.stats.Segments++
+	p.stats.SegmentAllocs++
+	if p.stats.Reserved > p.stats.PeakReserved {
+		p.stats.PeakReserved = p.stats.Reserved
+	}
+	return seg, nil
+}
+
+// Free returns a block to the pool, merging it with free neighbours. The
+// caller guarantees nothing uses the block any more.
+func (p *Pool) Free(b *Block) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !b.allocated {
+		panic("pool: double free")
+	}
+	b.allocated = false
+	p.stats.Allocated -= b.size
+	p.stats.Requested -= b.requested
+	p.stats.ActiveBlocks--
+	p.stats.Frees++
+	b.requested = 0
+	set := p.setOf(b.seg)
+	if prev := b.prev; prev != nil && !prev.allocated {
+		set.Delete(prev)
+		prev.size += b.size
+		prev.next = b.next
+		if b.next != nil {
+			b.next.prev = prev
+		}
+		b = prev
+	}
+	if next := b.next; next != nil && !next.allocated {
+		set.Delete(next)
+		b.size += next.size
+		b.next = next.next
+		if next.next != nil {
+			next.next.prev = b
+		}
+	}
+	set.ReplaceOrInsert(b)
+}
+
+func (p *Pool) setOf(s *segment) *btree.BTreeG[*block] {
+	if s.small {
+		return p.small
+	}
+	return p.large
+}
+
+// Trim releases every segment that holds no allocated block and returns the
+// number of bytes given back.
+func (p *Pool) Trim() (uint64, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.trimLocked()
+}
+
+func (p *Pool) trimLocked() (uint64, error) {
+	var released uint64
+	var firstErr error
+	for seg := range p.segments {
+		h := seg.head
+		if h.allocated || h.next != nil {
+			continue
+		}
+		p.setOf(seg).Delete(h)
+		delete(p.segments, seg)
+		if err := seg.mem.Release(); err != nil && firstErr == nil {
+			firstErr = err
+		}
+		p.budget.release(seg.size)
+		p.stats.Reserved -= seg.size
+		p.stats.Segments--
+		p.stats.SegmentReleases++
+		released += seg.size
+	}
+	return released, firstErr
+}
+
+// Close releases every segment, allocated or not. The pool must not be used
+// afterwards.
+func (p *Pool) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var firstErr error
+	for seg := range p.segments {
+		if err := seg.mem.Release(); err != nil && firstErr == nil {
+			firstErr = err
+		}
+		p.budget.release(seg.size)
+		delete(p.segments, seg)
+	}
+	p.small.Clear(false)
+	p.large.Clear(false)
+	p.stats.Reserved, p.stats.Segments, p.stats.Allocated, p.stats.ActiveBlocks = 0, 0, 0, 0
+	return firstErr
+}

@@ -1,0 +1,57 @@
+package tensor
+
+import (
+	"math/bits"
+	"regexp"
+
+	"github.com/memcuda/memcuda/pkg/errdefs"
+)
+
+// MaxDims is the largest rank accepted.
+const MaxDims = 8
+
+// NumBytes validates shape and returns the byte size of a tensor of dtype d.
+// It rejects negative dimensions, ranks over MaxDims and sizes that overflow or
+// exceed limit (0 means no limit) before anything is allocated.
+func NumBytes(d DType, shape []int64, limit uint64) (uint64, error) {
+	if !d.Valid() {
+		return 0, errdefs.Invalid("unknown dtype %q", string(d))
+	}
+	if len(shape) > MaxDims {
+		return 0, errdefs.Invalid("shape has %d dims, at most %d are supported", len(shape), MaxDims)
+	}
+	n := d.ItemSize()
+	for i, dim := range shape {
+		if dim < 0 {
+			return 0, errdefs.Invalid("shape[%d] = %d is negative", i, dim)
+		}
+		hi, lo := bits.Mul64(n, uint64(dim))
+		if hi != 0 || lo > 1<<62 {
+			return 0, errdefs.Invalid("shape %v of %s overflows the address space", shape, d)
+		}
+		n = lo
+	}
+	if limit > 0 && n > limit {
+		return 0, errdefs.Invalid("shape %v of %s needs %d bytes, over the device limit of %d", shape, d, n, limit)
+	}
+	return n, nil
+}
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.:/@+=-]*$`)
+
+// ValidateName checks a tensor name: 1 to 200 characters of letters, digits
+// and _ . : / @ + = -, not starting with punctuation other than _, and no "..".
+// Names become Redis keys and file names, so anything else is refused.
+func ValidateName(name string) error {
+	switch {
+	case name == "":
+		return errdefs.Invalid("tensor name is empty")
+	case len(name) > maxName:
+		return errdefs.Invalid("tensor name is %d bytes long, at most %d are allowed", len(name), maxName)
+	case !nameRE.MatchString(name):
+		return errdefs.Invalid("tensor name %q has characters outside [A-Za-z0-9_.:/@+=-] or starts with punctuation", name)
+	case regexp.MustCompile(`\.\.|//`).MatchString(name):
+		return errdefs.Invalid("tensor name %q contains '..' or '//'", name)
+	}
+	return nil
+}
