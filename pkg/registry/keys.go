@@ -1,0 +1,45 @@
+// Package registry is mem-cuda's Redis schema: one hash per tensor, a hash of
+// reference holders per tensor, a sorted-set index of names, and the keys of
+// the command queue. Every change of a refcount or a state is one Lua script,
+// loaded once and run by SHA. docs/redis-protocol.md documents the schema.
+package registry
+
+// DefaultPrefix is the key prefix of the seed's schema.
+const DefaultPrefix = "tensor:"
+
+// Keys names every Redis key under one prefix. Several agents may share a
+// Redis when their prefixes differ (the chart puts the node name in it).
+type Keys struct {
+	Prefix string
+	Node   string
+}
+
+// Meta is the hash of one tensor.
+func (k Keys) Meta(name string) string { return k.Prefix + "meta:" + name }
+
+// Refs is the hash holder -> count of one tensor.
+func (k Keys) Refs(name string) string { return k.Prefix + "refs:" + name }
+
+// Index is the sorted set of names, scored by creation time in ms.
+func (k Keys) Index() string { return k.Prefix + "index" }
+
+// Cmd is the command list (the seed's tensor:cmd).
+func (k Keys) Cmd() string { return k.Prefix + "cmd" }
+
+// Processing is the list a node's agent moves commands into while it works on them.
+func (k Keys) Processing() string { return k.Prefix + "processing:" + k.Node }
+
+// Dead is the dead-letter list of malformed commands.
+func (k Keys) Dead() string { return k.Prefix + "dead" }
+
+// Req marks a request id as applied.
+func (k Keys) Req(id string) string { return k.Prefix + "req:" + id }
+
+// ReplyPrefix is the prefix every reply_to key must have.
+func (k Keys) ReplyPrefix() string { return k.Prefix + "reply:" }
+
+// Agent is the hash describing the node's running agent.
+func (k Keys) Agent() string { return k.Prefix + "agent:" + k.Node }
+
+// Agents is the set of node names whose agents use this prefix.
+func (k Keys) Agents() string { return k.Prefix + "agents" }

@@ -1,0 +1,15 @@
+-- remove: drop the record of a tensor whose memory is gone (its agent
+-- instance died). Only removes it while it still belongs to that instance.
+-- KEYS: meta, refs, index
+-- ARGV: name, agent instance ('' also removes an index entry with no record)
+local owner = redis.call('HGET', KEYS[1], 'agent')
+if owner == false then
+  redis.call('DEL', KEYS[2])
+  return redis.call('ZREM', KEYS[3], ARGV[1])
+end
+if owner ~= ARGV[2] then
+  return 0
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return 1

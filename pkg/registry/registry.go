@@ -1,0 +1,365 @@
+package registry
+
+import (
+	"context"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/memcuda/memcuda/pkg/errdefs"
+	"github.com/memcuda/memcuda/pkg/tensor"
+)
+
+var (
+	//go:embed lua/create.lua
+	createLua string
+	//go:embed lua/acquire.lua
+	acquireLua string
+	//go:embed lua/release.lua
+	releaseLua string
+	//go:embed lua/remove.lua
+	removeLua string
+
+	createScript  = redis.NewScript(createLua)
+	acquireScript = redis.NewScript(acquireLua)
+	releaseScript = redis.NewScript(releaseLua)
+	removeScript  = redis.NewScript(removeLua)
+)
+
+// HolderRegistry is the registry's own reference, taken by create and dropped by delete.
+const HolderRegistry = "registry"
+
+// Registry reads and writes tensor records in Redis.
+type Registry struct {
+	rdb    redis.UniversalClient
+	keys   Keys
+	reqTTL time.Duration
+	now    func() time.Time
+}
+
+// Option configures a Registry.
+type Option func(*Registry)
+
+// WithRequestTTL sets how long applied request ids are remembered (default 24h).
+func WithRequestTTL(d time.Duration) Option { return func(r *Registry) { r.reqTTL = d } }
+
+// New returns a registry over rdb with the given keys.
+func New(rdb redis.UniversalClient, keys Keys, opts ...Option) *Registry {
+	r := &Registry{rdb: rdb, keys: keys, reqTTL: 24 * time.Hour, now: time.Now}
+	for _, o := range opts {
+		o(r)
+	}
+	return r
+}
+
+// Keys returns the registry's key names.
+func (r *Registry) Keys() Keys { return r.keys }
+
+// Client is the Redis client.
+func (r *Registry) Client() redis.UniversalClient { return r.rdb }
+
+// Load loads every script so later calls run by SHA.
+func (r *Registry) Load(ctx context.Context) error {
+	for _, s := range []*redis.Script{createScript, acquireScript, releaseScript, removeScript} {
+		if err := s.Load(ctx, r.rdb).Err(); err != nil {
+			return Wrap(err)
+		}
+	}
+	return nil
+}
+
+// Ping checks that Redis answers.
+func (r *Registry) Ping(ctx context.Context) error { return Wrap(r.rdb.Ping(ctx).Err()) }
+
+// Wrap classifies a Redis error: a missing key is not found, an error reply
+// from the server is internal, anything else (connection refused, timeouts,
+// a loading or read-only server) is unavailable.
+func Wrap(err error) error {
+	var rerr redis.Error
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, redis.Nil):
+		return fmt.Errorf("%w: %v", errdefs.ErrNotFound, err)
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return err
+	case errors.As(err, &rerr) && !isTransient(rerr.Error()):
+		return fmt.Errorf("%w: redis: %v", errdefs.ErrInternal, err)
+	default:
+		return fmt.Errorf("%w: redis: %v", errdefs.ErrUnavailable, err)
+	}
+}
+
+func isTransient(msg string) bool {
+	for _, p := range []string{"LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY"} {
+		if len(msg) >= len(p) && msg[:len(p)] == p {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *Registry) nowMS() int64 { return r.now().UnixMilli() }
+
+func reqArgs(reqID string) (string, string) {
+	if reqID == "" {
+		return "0", "0"
+	}
+	return "1", ""
+}
+
+// CreateResult says what Create did.
+type CreateResult struct {
+	Created bool        // false: the name existed (Info is the existing record)
+	Dup     bool        // the request id was applied before
+	Info    tensor.Info // the record as stored
+}
+
+// Create stores a new record with refcount 1 (the registry's reference), or 2
+// when holder is not empty. An existing name is returned, not overwritten.
+func (r *Registry) Create(ctx context.Context, info tensor.Info, holder, reqID string) (CreateResult, error) {
+	fields, err := toFields(info)
+	if err != nil {
+		return CreateResult{}, err
+	}
+	useReq, _ := reqArgs(reqID)
+	args := []any{useReq, int64(r.reqTTL / time.Second), holder, info.Ctime, info.Name}
+	args = append(args, fields...)
+	res, err := createScript.Run(ctx, r.rdb, []string{r.keys.Meta(info.Name), r.keys.Refs(info.Name), r.keys.Index(), r.keys.Req(reqID)}, args...).Slice()
+	if err != nil {
+		return CreateResult{}, Wrap(err)
+	}
+	status, _ := res[0].(string)
+	var rec tensor.Info
+	if len(res) > 1 {
+		if rec, err = fromReply(res[1]); err != nil {
+			return CreateResult{}, err
+		}
+	}
+	switch status {
+	case "created":
+		return CreateResult{Created: true, Info: rec}, nil
+	case "exists":
+		return CreateResult{Info: rec}, nil
+	case "dup":
+		return CreateResult{Dup: true, Info: rec}, nil
+	}
+	return CreateResult{}, fmt.Errorf("%w: create script returned %q", errdefs.ErrInternal, status)
+}
+
+// Acquire takes one reference on a ready tensor owned by agent.
+func (r *Registry) Acquire(ctx context.Context, name, holder, agent, reqID string) (tensor.Info, error) {
+	useReq, _ := reqArgs(reqID)
+	res, err := acquireScript.Run(ctx, r.rdb, []string{r.keys.Meta(name), r.keys.Refs(name), r.keys.Req(reqID)},
+		useReq, int64(r.reqTTL/time.Second), holder, r.nowMS(), agent).Slice()
+	if err != nil {
+		return tensor.Info{}, Wrap(err)
+	}
+	switch res[0] {
+	case "ok", "dup":
+		return fromReply(res[1])
+	case "not_found":
+		return tensor.Info{}, fmt.Errorf("%w: tensor %q", errdefs.ErrNotFound, name)
+	case "deleted":
+		return tensor.Info{}, fmt.Errorf("%w: tensor %q is deleted and waits for its last references to go", errdefs.ErrNotFound, name)
+	case "stale":
+		return tensor.Info{}, fmt.Errorf("%w: tensor %q belongs to another agent instance and is being reconciled", errdefs.ErrUnavailable, name)
+	}
+	return tensor.Info{}, fmt.Errorf("%w: acquire script returned %v", errdefs.ErrInternal, res[0])
+}
+
+// ReleaseResult says what Release did.
+type ReleaseResult struct {
+	Freed    bool   // refcount reached 0: the record is gone
+	UID      string // uid of the freed tensor
+	Refcount int64  // refcount left when not freed
+	Dup      bool   // the request id was applied before
+}
+
+// AllRefs releases every reference of a holder.
+const AllRefs = 0
+
+// Release drops count references of holder (AllRefs: all of them). With
+// markDeleted it is delete: the tensor takes no new references.
+func (r *Registry) Release(ctx context.Context, name, holder string, count int64, markDeleted bool, reqID string) (ReleaseResult, error) {
+	useReq, _ := reqArgs(reqID)
+	c := "all"
+	if count != AllRefs {
+		c = strconv.FormatInt(count, 10)
+	}
+	del := "0"
+	if markDeleted {
+		del = "1"
+	}
+	res, err := releaseScript.Run(ctx, r.rdb, []string{r.keys.Meta(name), r.keys.Refs(name), r.keys.Index(), r.keys.Req(reqID)},
+		useReq, int64(r.reqTTL/time.Second), holder, c, r.nowMS(), del, name).Slice()
+	if err != nil {
+		return ReleaseResult{}, Wrap(err)
+	}
+	switch res[0] {
+	case "ok":
+		n, _ := strconv.ParseInt(res[1].(string), 10, 64)
+		return ReleaseResult{Refcount: n}, nil
+	case "freed":
+		uid, _ := res[1].(string)
+		return ReleaseResult{Freed: true, UID: uid}, nil
+	case "dup":
+		return ReleaseResult{Dup: true}, nil
+	case "not_found":
+		return ReleaseResult{}, fmt.Errorf("%w: tensor %q", errdefs.ErrNotFound, name)
+	case "not_held":
+		return ReleaseResult{}, fmt.Errorf("%w: %s holds no reference on tensor %q", errdefs.ErrFailedPrecondition, holder, name)
+	}
+	return ReleaseResult{}, fmt.Errorf("%w: release script returned %v", errdefs.ErrInternal, res[0])
+}
+
+// Remove deletes the record of a tensor owned by agent whose memory is gone.
+// agent "" removes an index entry that has no record.
+func (r *Registry) Remove(ctx context.Context, name, agent string) (bool, error) {
+	n, err := removeScript.Run(ctx, r.rdb, []string{r.keys.Meta(name), r.keys.Refs(name), r.keys.Index()}, name, agent).Int()
+	return n == 1, Wrap(err)
+}
+
+// Stat reads one record.
+func (r *Registry) Stat(ctx context.Context, name string) (tensor.Info, error) {
+	m, err := r.rdb.HGetAll(ctx, r.keys.Meta(name)).Result()
+	if err != nil {
+		return tensor.Info{}, Wrap(err)
+	}
+	if len(m) == 0 {
+		return tensor.Info{}, fmt.Errorf("%w: tensor %q", errdefs.ErrNotFound, name)
+	}
+	return fromMap(m)
+}
+
+// Names lists the index.
+func (r *Registry) Names(ctx context.Context) ([]string, error) {
+	names, err := r.rdb.ZRange(ctx, r.keys.Index(), 0, -1).Result()
+	return names, Wrap(err)
+}
+
+// List reads every record of the index, in creation order. Index entries
+// without a record (a half-finished removal) are skipped.
+func (r *Registry) List(ctx context.Context) ([]tensor.Info, error) {
+	names, err := r.Names(ctx)
+	if err != nil {
+		return nil, err
+	}
+	pipe := r.rdb.Pipeline()
+	cmds := make([]*redis.MapStringStringCmd, len(names))
+	for i, n := range names {
+		cmds[i] = pipe.HGetAll(ctx, r.keys.Meta(n))
+	}
+	if len(names) > 0 {
+		if _, err := pipe.Exec(ctx); err != nil {
+			return nil, Wrap(err)
+		}
+	}
+	out := make([]tensor.Info, 0, len(names))
+	for _, c := range cmds {
+		m := c.Val()
+		if len(m) == 0 {
+			continue
+		}
+		info, err := fromMap(m)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, info)
+	}
+	return out, nil
+}
+
+// Holders returns the reference holders of a tensor and their counts.
+func (r *Registry) Holders(ctx context.Context, name string) (map[string]int64, error) {
+	m, err := r.rdb.HGetAll(ctx, r.keys.Refs(name)).Result()
+	if err != nil {
+		return nil, Wrap(err)
+	}
+	out := make(map[string]int64, len(m))
+	for k, v := range m {
+		n, _ := strconv.ParseInt(v, 10, 64)
+		out[k] = n
+	}
+	return out, nil
+}
+
+func toFields(info tensor.Info) ([]any, error) {
+	shape, err := json.Marshal(info.Shape)
+	if err != nil {
+		return nil, err
+	}
+	if info.Shape == nil {
+		shape = []byte("[]")
+	}
+	return []any{
+		"name", info.Name, "uid", info.UID, "dtype", string(info.DType), "shape", string(shape),
+		"device", info.Device, "device_uuid", info.DeviceUUID, "bytes", info.Bytes,
+		"ipc_mode", info.IPCMode, "ipc_handle", info.IPCHandle, "offset", info.Offset,
+		"segment_id", info.SegmentID, "segment_size", info.SegmentSize,
+		"owner_pid", info.OwnerPID, "state", info.State, "agent", info.Agent, "node", info.Node,
+		"tenant", info.Tenant, "ctime", info.Ctime, "mtime", info.Mtime,
+	}, nil
+}
+
+func fromReply(v any) (tensor.Info, error) {
+	flat, ok := v.([]any)
+	if !ok || len(flat)%2 != 0 {
+		return tensor.Info{}, fmt.Errorf("%w: unexpected record reply %T", errdefs.ErrInternal, v)
+	}
+	m := make(map[string]string, len(flat)/2)
+	for i := 0; i < len(flat); i += 2 {
+		k, _ := flat[i].(string)
+		val, _ := flat[i+1].(string)
+		m[k] = val
+	}
+	return fromMap(m)
+}
+
+func fromMap(m map[string]string) (tensor.Info, error) {
+	var info tensor.Info
+	var errs []error
+	num := func(k string) int64 {
+		if m[k] == "" {
+			return 0
+		}
+		n, err := strconv.ParseInt(m[k], 10, 64)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("field %s=%q: %w", k, m[k], err))
+		}
+		return n
+	}
+	info.Name = m["name"]
+	info.UID = m["uid"]
+	info.DType = tensor.DType(m["dtype"])
+	if s := m["shape"]; s != "" {
+		if err := json.Unmarshal([]byte(s), &info.Shape); err != nil {
+			errs = append(errs, fmt.Errorf("field shape=%q: %w", s, err))
+		}
+	}
+	info.Device = int(num("device"))
+	info.DeviceUUID = m["device_uuid"]
+	info.Bytes = uint64(num("bytes"))
+	info.IPCMode = m["ipc_mode"]
+	info.IPCHandle = m["ipc_handle"]
+	info.Offset = uint64(num("offset"))
+	info.SegmentID = m["segment_id"]
+	info.SegmentSize = uint64(num("segment_size"))
+	info.OwnerPID = int(num("owner_pid"))
+	info.Refcount = num("refcount")
+	info.State = m["state"]
+	info.Agent = m["agent"]
+	info.Node = m["node"]
+	info.Tenant = m["tenant"]
+	info.Ctime = num("ctime")
+	info.Mtime = num("mtime")
+	if len(errs) > 0 {
+		return info, fmt.Errorf("%w: corrupt record of %q: %v", errdefs.ErrInternal, info.Name, errors.Join(errs...))
+	}
+	return info, nil
+}

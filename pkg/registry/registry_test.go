@@ -1,0 +1,173 @@
+package registry_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/memcuda/memcuda/pkg/errdefs"
+	"github.com/memcuda/memcuda/pkg/internal/redistest"
+	"github.com/memcuda/memcuda/pkg/registry"
+	"github.com/memcuda/memcuda/pkg/tensor"
+)
+
+func newRegistry(t *testing.T) *registry.Registry {
+	srv := redistest.Start(t)
+	r := registry.New(srv.Client(), registry.Keys{Prefix: "t:", Node: "n1"})
+	if err := r.Load(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func record(name string) tensor.Info {
+	now := time.Now().UnixMilli()
+	return tensor.Info{
+		Name: name, UID: name + "-uid", DType: tensor.F32, Shape: []int64{2, 3}, Bytes: 24,
+		IPCMode: tensor.ModeHost, IPCHandle: "/memcuda.x.1", Offset: 512, SegmentID: "seg1", SegmentSize: 2 << 20,
+		OwnerPID: 42, State: tensor.StateReady, Agent: "inst1", Node: "n1", Ctime: now, Mtime: now,
+	}
+}
+
+func TestCreateAcquireReleaseLifecycle(t *testing.T) {
+	r := newRegistry(t)
+	ctx := context.Background()
+	res, err := r.Create(ctx, record("w"), "", "")
+	if err != nil || !res.Created {
+		t.Fatalf("create: %+v %v", res, err)
+	}
+	if res.Info.Refcount != 1 || res.Info.Shape[1] != 3 || res.Info.Offset != 512 {
+		t.Fatalf("stored record %+v", res.Info)
+	}
+	// Same name again: the existing record, no reference taken.
+	res, err = r.Create(ctx, record("w"), "", "")
+	if err != nil || res.Created || res.Info.Refcount != 1 {
+		t.Fatalf("second create: %+v %v", res, err)
+	}
+	info, err := r.Acquire(ctx, "w", "pid:1:5", "inst1", "")
+	if err != nil || info.Refcount != 2 {
+		t.Fatalf("acquire: %+v %v", info, err)
+	}
+	if _, err := r.Acquire(ctx, "w", "pid:1:5", "other-instance", ""); !errors.Is(err, errdefs.ErrUnavailable) {
+		t.Fatalf("acquire from a stale instance: %v", err)
+	}
+	holders, _ := r.Holders(ctx, "w")
+	if holders["pid:1:5"] != 1 || holders[registry.HolderRegistry] != 1 {
+		t.Fatalf("holders %v", holders)
+	}
+	// delete drops the registry reference and blocks new gets.
+	rel, err := r.Release(ctx, "w", registry.HolderRegistry, 1, true, "")
+	if err != nil || rel.Freed || rel.Refcount != 1 {
+		t.Fatalf("delete: %+v %v", rel, err)
+	}
+	if _, err := r.Acquire(ctx, "w", "pid:2:5", "inst1", ""); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("acquire after delete: %v", err)
+	}
+	if _, err := r.Release(ctx, "w", registry.HolderRegistry, 1, true, ""); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("second delete: %v", err)
+	}
+	if _, err := r.Release(ctx, "w", "pid:9:9", 1, false, ""); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Fatalf("release by a non-holder: %v", err)
+	}
+	rel, err = r.Release(ctx, "w", "pid:1:5", 1, false, "")
+	if err != nil || !rel.Freed || rel.UID != "w-uid" {
+		t.Fatalf("last release: %+v %v", rel, err)
+	}
+	if _, err := r.Stat(ctx, "w"); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("stat after free: %v", err)
+	}
+	names, _ := r.Names(ctx)
+	if len(names) != 0 {
+		t.Fatalf("index still lists %v", names)
+	}
+	n, _ := r.Client().Exists(ctx, r.Keys().Refs("w")).Result()
+	if n != 0 {
+		t.Fatal("refs hash left behind")
+	}
+}
+
+func TestCreateWithLeaseHolder(t *testing.T) {
+	r := newRegistry(t)
+	ctx := context.Background()
+	res, err := r.Create(ctx, record("a"), "conn:i:1", "")
+	if err != nil || res.Info.Refcount != 2 {
+		t.Fatalf("%+v %v", res, err)
+	}
+	rel, err := r.Release(ctx, "a", "conn:i:1", registry.AllRefs, false, "")
+	if err != nil || rel.Refcount != 1 {
+		t.Fatalf("%+v %v", rel, err)
+	}
+}
+
+func TestRequestIDsApplyOnce(t *testing.T) {
+	r := newRegistry(t)
+	ctx := context.Background()
+	if _, err := r.Create(ctx, record("x"), "", "req-1"); err != nil {
+		t.Fatal(err)
+	}
+	res, err := r.Create(ctx, record("x"), "", "req-1")
+	if err != nil || !res.Dup {
+		t.Fatalf("replayed create: %+v %v", res, err)
+	}
+	for i := 0; i < 3; i++ {
+		if _, err := r.Acquire(ctx, "x", "pid:1:1", "inst1", "req-2"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	info, _ := r.Stat(ctx, "x")
+	if info.Refcount != 2 {
+		t.Fatalf("refcount %d after one get replayed three times, want 2", info.Refcount)
+	}
+	for i := 0; i < 2; i++ {
+		rel, err := r.Release(ctx, "x", "pid:1:1", 1, false, "req-3")
+		if err != nil || (i == 1 && !rel.Dup) {
+			t.Fatalf("release %d: %+v %v", i, rel, err)
+		}
+	}
+	info, _ = r.Stat(ctx, "x")
+	if info.Refcount != 1 {
+		t.Fatalf("refcount %d, want 1", info.Refcount)
+	}
+}
+
+func TestListAndRemove(t *testing.T) {
+	r := newRegistry(t)
+	ctx := context.Background()
+	for _, n := range []string{"b", "a", "c"} {
+		if _, err := r.Create(ctx, record(n), "", ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	list, err := r.List(ctx)
+	if err != nil || len(list) != 3 {
+		t.Fatalf("list: %v %v", list, err)
+	}
+	if ok, _ := r.Remove(ctx, "a", "someone-else"); ok {
+		t.Fatal("removed a record of another instance")
+	}
+	if ok, err := r.Remove(ctx, "a", "inst1"); !ok || err != nil {
+		t.Fatalf("remove: %v %v", ok, err)
+	}
+	// An index entry with no record is cleaned by Remove(name, "").
+	r.Client().ZAdd(ctx, r.Keys().Index(), redisZ("ghost"))
+	if ok, _ := r.Remove(ctx, "ghost", ""); !ok {
+		t.Fatal("ghost index entry not removed")
+	}
+	names, _ := r.Names(ctx)
+	if len(names) != 2 {
+		t.Fatalf("names %v", names)
+	}
+}
+
+func TestRedisDownIsUnavailable(t *testing.T) {
+	srv := redistest.Start(t)
+	r := registry.New(srv.Client(), registry.Keys{Prefix: "t:", Node: "n"})
+	srv.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := r.Acquire(ctx, "w", "h", "i", "")
+	if !errors.Is(err, errdefs.ErrUnavailable) {
+		t.Fatalf("err = %v, want unavailable", err)
+	}
+}
