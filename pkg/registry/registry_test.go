@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/memcuda/memcuda/pkg/errdefs"
-	"github.com/memcuda/memcuda/pkg/internal/redistest"
+	"github.com/memcuda/memcuda/internal/redistest"
 	"github.com/memcuda/memcuda/pkg/registry"
 	"github.com/memcuda/memcuda/pkg/tensor"
 )

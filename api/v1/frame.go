@@ -1,0 +1,125 @@
+package v1
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Frame constants.
+const (
+	Magic        = "MCU1"
+	Version      = 1
+	HeaderSize   = 12
+	MaxBody      = 1 << 20
+	MaxFDs       = 8
+	KindRequest  = 1
+	KindResponse = 2
+)
+
+// ErrFrame is the class of every malformed-frame error.
+var ErrFrame = errors.New("malformed frame")
+
+// Header is a decoded frame header.
+type Header struct {
+	Kind    byte
+	NumFDs  int
+	BodyLen int
+}
+
+// AppendFrame appends a frame of kind around body to dst.
+func AppendFrame(dst []byte, kind byte, numFDs int, body []byte) ([]byte, error) {
+	if len(body) > MaxBody {
+		return nil, fmt.Errorf("%w: body of %d bytes exceeds %d", ErrFrame, len(body), MaxBody)
+	}
+	if numFDs < 0 || numFDs > MaxFDs {
+		return nil, fmt.Errorf("%w: %d descriptors, at most %d", ErrFrame, numFDs, MaxFDs)
+	}
+	dst = append(dst, Magic...)
+	dst = append(dst, Version, kind, byte(numFDs), 0)
+	dst = binary.BigEndian.AppendUint32(dst, uint32(len(body)))
+	return append(dst, body...), nil
+}
+
+// ParseHeader decodes and checks a 12-byte header.
+func ParseHeader(b []byte) (Header, error) {
+	if len(b) < HeaderSize {
+		return Header{}, fmt.Errorf("%w: header of %d bytes", ErrFrame, len(b))
+	}
+	if string(b[:4]) != Magic {
+		return Header{}, fmt.Errorf("%w: bad magic %q", ErrFrame, b[:4])
+	}
+	if b[4] != Version {
+		return Header{}, fmt.Errorf("%w: protocol version %d, this side speaks %d", ErrFrame, b[4], Version)
+	}
+	if b[5] != KindRequest && b[5] != KindResponse {
+		return Header{}, fmt.Errorf("%w: unknown frame kind %d", ErrFrame, b[5])
+	}
+	if b[6] > MaxFDs {
+		return Header{}, fmt.Errorf("%w: %d descriptors, at most %d", ErrFrame, b[6], MaxFDs)
+	}
+	if b[7] != 0 {
+		return Header{}, fmt.Errorf("%w: reserved byte is %d", ErrFrame, b[7])
+	}
+	n := binary.BigEndian.Uint32(b[8:12])
+	if n > MaxBody {
+		return Header{}, fmt.Errorf("%w: body of %d bytes exceeds %d", ErrFrame, n, MaxBody)
+	}
+	return Header{Kind: b[5], NumFDs: int(b[6]), BodyLen: int(n)}, nil
+}
+
+// ReadFrame reads one frame (without descriptors) from r.
+func ReadFrame(r io.Reader) (Header, []byte, error) {
+	var hb [HeaderSize]byte
+	if _, err := io.ReadFull(r, hb[:]); err != nil {
+		return Header{}, nil, err
+	}
+	h, err := ParseHeader(hb[:])
+	if err != nil {
+		return h, nil, err
+	}
+	body := make([]byte, h.BodyLen)
+	if _, err := io.ReadFull(r, body); err != nil {
+		return h, nil, fmt.Errorf("%w: short body: %v", ErrFrame, err)
+	}
+	return h, body, nil
+}
+
+// EncodeRequest encodes a request frame.
+func EncodeRequest(req *Request) ([]byte, error) {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	return AppendFrame(nil, KindRequest, 0, body)
+}
+
+// EncodeResponse encodes a response frame announcing len(resp.FDs) descriptors.
+func EncodeResponse(resp *Response) ([]byte, error) {
+	body, err := json.Marshal(resp)
+	if err != nil {
+		return nil, err
+	}
+	return AppendFrame(nil, KindResponse, len(resp.FDs), body)
+}
+
+// DecodeRequest decodes a request body strictly: unknown fields and wrong
+// types are errors.
+func DecodeRequest(body []byte) (*Request, error) {
+	var req Request
+	if err := strictUnmarshal(body, &req); err != nil {
+		return nil, fmt.Errorf("%w: request body: %v", ErrFrame, err)
+	}
+	return &req, nil
+}
+
+// DecodeResponse decodes a response body.
+func DecodeResponse(body []byte) (*Response, error) {
+	var resp Response
+	if err := json.Unmarshal(body, &resp); err != nil {
+		return nil, fmt.Errorf("%w: response body: %v", ErrFrame, err)
+	}
+	return &resp, nil
+}

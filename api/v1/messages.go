@@ -1,0 +1,113 @@
+package v1
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+
+	"github.com/memcuda/memcuda/pkg/backend"
+	"github.com/memcuda/memcuda/pkg/tensor"
+)
+
+// Operations.
+const (
+	OpHello   = "hello"
+	OpCreate  = "create"
+	OpGet     = "get"
+	OpRelease = "release"
+	OpDelete  = "delete"
+	OpList    = "list"
+	OpStat    = "stat"
+	OpStats   = "stats"
+	OpGC      = "gc"
+	OpTrim    = "trim"
+)
+
+// Request is a client's request.
+type Request struct {
+	ID     uint64  `json:"id"`
+	Op     string  `json:"op"`
+	Name   string  `json:"name,omitempty"`
+	DType  string  `json:"dtype,omitempty"`
+	Shape  []int64 `json:"shape,omitempty"` // absent: a scalar (shape [])
+	Device string  `json:"device,omitempty"`
+	Client string  `json:"client,omitempty"` // hello: client name and version
+}
+
+// Response is the agent's answer to the request with the same id.
+type Response struct {
+	ID      uint64        `json:"id"`
+	OK      bool          `json:"ok"`
+	Error   *Error        `json:"error,omitempty"`
+	Tensor  *tensor.Info  `json:"tensor,omitempty"`
+	Tensors []tensor.Info `json:"tensors,omitempty"`
+	Stats   *Stats        `json:"stats,omitempty"`
+	Hello   *Hello        `json:"hello,omitempty"`
+	GC      *GCResult     `json:"gc,omitempty"`
+	Trimmed uint64        `json:"trimmed,omitempty"`
+	FDs     []string      `json:"fds,omitempty"` // segment ids of the attached descriptors
+}
+
+// Error carries an errdefs wire code and a message.
+type Error struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// Hello describes the agent.
+type Hello struct {
+	Version  int              `json:"version"`
+	Agent    string           `json:"agent"`
+	Node     string           `json:"node"`
+	Mode     string           `json:"mode"`
+	Devices  []backend.Device `json:"devices"`
+	PeerPID  int              `json:"peer_pid"`
+	Redis    bool             `json:"redis"` // the registry answered
+	Software string           `json:"software"`
+}
+
+// Stats are the agent's statistics.
+type Stats struct {
+	Tensors int         `json:"tensors"`
+	Pools   []PoolStats `json:"pools"`
+}
+
+// PoolStats are one pool's statistics.
+type PoolStats struct {
+	Device          int     `json:"device"`
+	Tenant          string  `json:"tenant,omitempty"`
+	Limit           uint64  `json:"limit"`
+	Allocated       uint64  `json:"allocated"`
+	Requested       uint64  `json:"requested"`
+	Reserved        uint64  `json:"reserved"`
+	PeakAllocated   uint64  `json:"peak_allocated"`
+	PeakReserved    uint64  `json:"peak_reserved"`
+	Segments        int     `json:"segments"`
+	ActiveBlocks    int     `json:"active_blocks"`
+	FreeBlocks      int     `json:"free_blocks"`
+	LargestFree     uint64  `json:"largest_free"`
+	Allocs          uint64  `json:"allocs"`
+	Frees           uint64  `json:"frees"`
+	SegmentAllocs   uint64  `json:"segment_allocs"`
+	SegmentReleases uint64  `json:"segment_releases"`
+	Fragmentation   float64 `json:"fragmentation"`
+}
+
+// GCResult reports a GC pass.
+type GCResult struct {
+	Holders int      `json:"holders"`
+	Freed   []string `json:"freed"`
+}
+
+func strictUnmarshal(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return fmt.Errorf("trailing data after the JSON object")
+	}
+	return nil
+}

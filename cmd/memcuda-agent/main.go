@@ -1,0 +1,89 @@
+// Command memcuda-agent is mem-cuda's per-node agent: it owns the memory
+// pools, keeps the registry in Redis, serves the client socket and the
+// command queue. Every flag has an environment twin (MEMCUDA_<FLAG>).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/memcuda/memcuda/pkg/agent"
+	"github.com/memcuda/memcuda/pkg/client"
+	"github.com/memcuda/memcuda/internal/flagenv"
+	"github.com/memcuda/memcuda/pkg/registry"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "memcuda-agent:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("memcuda-agent", flag.ContinueOnError)
+	hostname, _ := os.Hostname()
+	if n := os.Getenv("NODE_NAME"); n != "" {
+		hostname = n
+	}
+	var cfg agent.Config
+	var limit flagenv.Bytes
+	var logFormat, logLevel string
+	fs.StringVar(&cfg.RedisURL, "redis-url", "redis://127.0.0.1:6379/0", "Redis URL; password and TLS (rediss://) go in the URL")
+	fs.StringVar(&cfg.RedisPrefix, "redis-prefix", registry.DefaultPrefix, "prefix of every Redis key; must differ between agents sharing a Redis")
+	fs.StringVar(&cfg.Node, "node", hostname, "node name (default: $NODE_NAME, else the hostname)")
+	fs.StringVar(&cfg.Socket, "socket", client.DefaultSocket, "client socket path")
+	fs.StringVar(&cfg.Backend, "backend", "auto", "memory backend: auto or host")
+	fs.Var(&limit, "device-limit", "bytes the pools may reserve per device, e.g. 8GiB (0: the device's size)")
+	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", "127.0.0.1:9464", "address of /metrics, /healthz and /readyz (empty: off)")
+	fs.DurationVar(&cfg.GCInterval, "gc-interval", 2*time.Second, "how often references of dead processes are dropped")
+	fs.DurationVar(&cfg.ReplyTTL, "reply-ttl", time.Minute, "how long queue replies are kept")
+	fs.DurationVar(&cfg.OpTimeout, "op-timeout", 10*time.Second, "time limit of one operation")
+	fs.BoolVar(&cfg.ZeroFill, "zero-fill", true, "zero new tensors (a reused block never shows old data)")
+	fs.BoolVar(&cfg.Queue, "queue", true, "serve the Redis command queue")
+	fs.StringVar(&logFormat, "log-format", "json", "log format: json or text")
+	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	flagenv.Document(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := flagenv.Apply(fs); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	cfg.DeviceLimit = uint64(limit)
+	cfg.HeartbeatTTL = 30 * time.Second
+	if cfg.GCInterval <= 0 {
+		return fmt.Errorf("--gc-interval must be positive")
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	hopts := &slog.HandlerOptions{Level: level}
+	var log *slog.Logger
+	switch logFormat {
+	case "json":
+		log = slog.New(slog.NewJSONHandler(os.Stderr, hopts))
+	case "text":
+		log = slog.New(slog.NewTextHandler(os.Stderr, hopts))
+	default:
+		return fmt.Errorf("--log-format %q: want json or text", logFormat)
+	}
+	slog.SetDefault(log)
+	a, err := agent.New(cfg, log)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	return a.Run(ctx)
+}

@@ -1,0 +1,255 @@
+// Package agent wires the node agent together: backend, pools, registry,
+// socket server, command-queue worker, GC, heartbeat, metrics and health.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/memcuda/memcuda/pkg/backend"
+	"github.com/memcuda/memcuda/pkg/backend/host"
+	"github.com/memcuda/memcuda/pkg/metrics"
+	"github.com/memcuda/memcuda/pkg/queue"
+	"github.com/memcuda/memcuda/pkg/registry"
+	"github.com/memcuda/memcuda/pkg/server"
+	"github.com/memcuda/memcuda/pkg/store"
+)
+
+// Config is everything the agent is told at start.
+type Config struct {
+	RedisURL     string
+	RedisPrefix  string
+	Node         string
+	Socket       string
+	Backend      string // auto | host
+	DeviceLimit  uint64
+	MetricsAddr  string // "" disables the HTTP endpoint
+	GCInterval   time.Duration
+	ReplyTTL     time.Duration
+	ZeroFill     bool
+	Queue        bool // run the command-queue worker
+	OpTimeout    time.Duration
+	HeartbeatTTL time.Duration
+}
+
+// Agent is a running agent.
+type Agent struct {
+	cfg      Config
+	log      *slog.Logger
+	rdb      *redis.Client
+	st       *store.Store
+	reg      *registry.Registry
+	be       backend.Backend
+	ready    atomic.Bool // registry reconciled and Redis reachable
+	instance string
+}
+
+// New checks the config and builds the agent's parts; Run starts them.
+func New(cfg Config, log *slog.Logger) (*Agent, error) {
+	opt, err := redis.ParseURL(cfg.RedisURL)
+	if err != nil {
+		return nil, fmt.Errorf("--redis-url: %w", err)
+	}
+	opt.MaxRetries = 1
+	opt.DialTimeout = 2 * time.Second
+	if cfg.Node == "" {
+		return nil, errors.New("node name is empty")
+	}
+	a := &Agent{cfg: cfg, log: log, rdb: redis.NewClient(opt), instance: store.NewInstanceID()}
+	switch cfg.Backend {
+	case "auto", "host", "":
+		hb := host.New(cfg.RedisPrefix, a.instance, host.WithLogger(log))
+		removed, err := hb.RemoveStale()
+		if err != nil {
+			log.Warn("could not remove stale shared-memory objects", "err", err)
+		}
+		if len(removed) > 0 {
+			log.Info("removed shared-memory objects of a previous agent instance", "count", len(removed))
+		}
+		a.be = hb
+	default:
+		return nil, fmt.Errorf("--backend %q: this build knows auto and host", cfg.Backend)
+	}
+	a.reg = registry.New(a.rdb, registry.Keys{Prefix: cfg.RedisPrefix, Node: cfg.Node})
+	a.st = store.New(a.reg, a.be, a.instance, cfg.Node,
+		store.WithLogger(log), store.WithDeviceLimit(cfg.DeviceLimit), store.WithZeroFill(cfg.ZeroFill))
+	return a, nil
+}
+
+// Store is the agent's store.
+func (a *Agent) Store() *store.Store { return a.st }
+
+// Run serves until ctx ends, then shuts down in order: stop taking work,
+// drop leases, remove this instance's records, release memory.
+func (a *Agent) Run(ctx context.Context) error {
+	ln, err := server.Listen(a.cfg.Socket)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", a.cfg.Socket, err)
+	}
+	a.log.Info("agent starting", "instance", a.instance, "node", a.cfg.Node, "socket", a.cfg.Socket,
+		"backend", a.be.Mode(), "prefix", a.cfg.RedisPrefix, "devices", len(a.be.Devices()))
+
+	promReg := prometheus.NewRegistry()
+	promReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m := metrics.New(promReg, a.st, func(ctx context.Context) (int64, error) {
+		return a.rdb.LLen(ctx, a.reg.Keys().Cmd()).Result()
+	})
+
+	var wg sync.WaitGroup
+	run := func(f func()) { wg.Add(1); go func() { defer wg.Done(); f() }() }
+	srv := server.New(a.st, server.WithLogger(a.log), server.WithMetrics(m), server.WithOpTimeout(a.cfg.OpTimeout))
+	serveErr := make(chan error, 1)
+	run(func() { serveErr <- srv.Serve(ctx, ln) })
+	var httpSrv *http.Server
+	if a.cfg.MetricsAddr != "" {
+		httpSrv = a.httpServer(promReg)
+		run(func() {
+			if err := httpSrv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				a.log.Error("metrics endpoint failed", "addr", a.cfg.MetricsAddr, "err", err)
+			}
+		})
+	}
+	// Everything that needs Redis waits for it: the socket already answers
+	// (with unavailable) while Redis is down.
+	run(func() {
+		if !a.bootstrap(ctx) {
+			return
+		}
+		if a.cfg.Queue {
+			w := queue.NewWorker(a.st, queue.WithLogger(a.log), queue.WithMetrics(m), queue.WithReplyTTL(a.cfg.ReplyTTL))
+			run(func() { w.Run(ctx) })
+		}
+		run(func() { a.background(ctx) })
+	})
+
+	var result error
+	select {
+	case <-ctx.Done():
+	case err := <-serveErr:
+		result = fmt.Errorf("socket server stopped: %w", err)
+	}
+	a.log.Info("agent shutting down")
+	if httpSrv != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		httpSrv.Shutdown(sctx)
+		cancel()
+	}
+	wg.Wait()
+	a.shutdown()
+	return result
+}
+
+// bootstrap waits for Redis, loads the scripts and reconciles the registry.
+func (a *Agent) bootstrap(ctx context.Context) bool {
+	wait := 100 * time.Millisecond
+	for {
+		err := a.reg.Load(ctx)
+		if err == nil {
+			var removed []string
+			removed, err = a.st.Reconcile(ctx)
+			if err == nil {
+				a.log.Info("registry reconciled", "removed", len(removed))
+				a.heartbeat(ctx)
+				a.ready.Store(true)
+				return true
+			}
+		}
+		a.log.Warn("waiting for Redis", "err", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(wait):
+		}
+		wait = min(wait*2, 5*time.Second)
+	}
+}
+
+// background runs GC and the heartbeat.
+func (a *Agent) background(ctx context.Context) {
+	gc := time.NewTicker(a.cfg.GCInterval)
+	defer gc.Stop()
+	hb := time.NewTicker(a.cfg.HeartbeatTTL / 3)
+	defer hb.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-gc.C:
+			if res, err := a.st.GC(ctx); err != nil {
+				a.log.Warn("gc pass failed", "err", err)
+			} else if res.Holders > 0 {
+				a.log.Info("gc pass", "dead_holders", res.Holders, "freed", len(res.Freed))
+			}
+		case <-hb.C:
+			a.heartbeat(ctx)
+		}
+	}
+}
+
+// heartbeat records this agent in Redis, so `memcuda ls --all-nodes` and
+// operators see who serves which node.
+func (a *Agent) heartbeat(ctx context.Context) {
+	k := a.reg.Keys()
+	_, err := a.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.HSet(ctx, k.Agent(), "instance", a.instance, "pid", os.Getpid(), "node", a.cfg.Node,
+			"mode", a.be.Mode(), "socket", a.cfg.Socket, "beat", time.Now().UnixMilli(), "software", server.Software)
+		p.Expire(ctx, k.Agent(), a.cfg.HeartbeatTTL)
+		p.SAdd(ctx, k.Agents(), a.cfg.Node)
+		return nil
+	})
+	a.ready.Store(err == nil)
+	if err != nil {
+		a.log.Warn("heartbeat failed", "err", err)
+	}
+}
+
+func (a *Agent) shutdown() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	// The memory is about to go: no record may keep pointing at it.
+	if names, err := a.reg.Names(ctx); err == nil {
+		removed := 0
+		for _, n := range names {
+			if ok, err := a.reg.Remove(ctx, n, a.instance); err == nil && ok {
+				removed++
+			}
+		}
+		a.rdb.Del(ctx, a.reg.Keys().Agent())
+		a.log.Info("removed this instance's records", "count", removed)
+	} else {
+		a.log.Warn("could not remove this instance's records; the next agent will reconcile them", "err", err)
+	}
+	if err := a.st.Close(); err != nil {
+		a.log.Warn("releasing memory", "err", err)
+	}
+	a.rdb.Close()
+	a.log.Info("agent stopped")
+}
+
+func (a *Agent) httpServer(reg *prometheus.Registry) *http.Server {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
+		defer cancel()
+		if !a.ready.Load() || a.reg.Ping(ctx) != nil {
+			http.Error(w, "redis unavailable or registry not reconciled", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	return &http.Server{Addr: a.cfg.MetricsAddr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+}

@@ -1,0 +1,353 @@
+// Package client is the Go client of the agent's socket. A Client is one
+// connection, and so one lease: every tensor it opened is released when it
+// closes, or when its process dies.
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	v1 "github.com/memcuda/memcuda/api/v1"
+	"github.com/memcuda/memcuda/pkg/errdefs"
+	"github.com/memcuda/memcuda/pkg/tensor"
+)
+
+// DefaultSocket is where the agent listens unless told otherwise.
+const DefaultSocket = "/run/memcuda/agent.sock"
+
+// SocketPath returns path, else $MEMCUDA_SOCKET, else DefaultSocket.
+func SocketPath(path string) string {
+	if path != "" {
+		return path
+	}
+	if p := os.Getenv("MEMCUDA_SOCKET"); p != "" {
+		return p
+	}
+	return DefaultSocket
+}
+
+// Client is a connection to the agent. It is safe for concurrent use; calls
+// are serialised on the connection.
+type Client struct {
+	mu      sync.Mutex
+	conn    *net.UnixConn
+	nextID  uint64
+	fds     []int               // received descriptors not yet claimed by a response
+	segs    map[string]*segment // segment id -> descriptor and mapping
+	hello   v1.Hello
+	name    string
+	oob     []byte
+	closed  bool
+	tensors map[*Tensor]struct{}
+}
+
+type segment struct {
+	id    string
+	fd    int
+	size  uint64
+	mem   []byte
+	users int
+}
+
+// Option configures Dial.
+type Option func(*Client)
+
+// WithClientName is sent in hello (for the agent's logs).
+func WithClientName(n string) Option { return func(c *Client) { c.name = n } }
+
+// Dial connects to the agent and says hello.
+func Dial(ctx context.Context, path string, opts ...Option) (*Client, error) {
+	path = SocketPath(path)
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: connect to the agent at %s: %v", errdefs.ErrUnavailable, path, err)
+	}
+	c := &Client{conn: nc.(*net.UnixConn), segs: map[string]*segment{}, name: "memcuda-go", oob: make([]byte, unix.CmsgSpace(4*v1.MaxFDs)), tensors: map[*Tensor]struct{}{}}
+	for _, o := range opts {
+		o(c)
+	}
+	resp, err := c.call(ctx, &v1.Request{Op: v1.OpHello, Client: c.name})
+	if err != nil {
+		c.conn.Close()
+		return nil, err
+	}
+	c.hello = *resp.Hello
+	return c, nil
+}
+
+// Hello is what the agent said when the connection opened.
+func (c *Client) Hello() v1.Hello { return c.hello }
+
+// call sends one request and reads its response, claiming attached descriptors.
+func (c *Client) call(ctx context.Context, req *v1.Request) (*v1.Response, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, fmt.Errorf("%w: client is closed", errdefs.ErrFailedPrecondition)
+	}
+	c.nextID++
+	req.ID = c.nextID
+	frame, err := v1.EncodeRequest(req)
+	if err != nil {
+		return nil, err
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		c.conn.SetDeadline(dl)
+	} else {
+		c.conn.SetDeadline(time.Time{})
+	}
+	if _, err := c.conn.Write(frame); err != nil {
+		return nil, fmt.Errorf("%w: send to agent: %v", errdefs.ErrUnavailable, err)
+	}
+	var hb [v1.HeaderSize]byte
+	if err := c.readFull(hb[:]); err != nil {
+		return nil, err
+	}
+	h, err := v1.ParseHeader(hb[:])
+	if err != nil {
+		return nil, err
+	}
+	body := make([]byte, h.BodyLen)
+	if err := c.readFull(body); err != nil {
+		return nil, err
+	}
+	resp, err := v1.DecodeResponse(body)
+	if err != nil {
+		return nil, err
+	}
+	if len(resp.FDs) != h.NumFDs || len(c.fds) < h.NumFDs {
+		return nil, fmt.Errorf("%w: response announces %d descriptors, %d arrived", v1.ErrFrame, h.NumFDs, len(c.fds))
+	}
+	for i, id := range resp.FDs {
+		fd := c.fds[i]
+		if old := c.segs[id]; old != nil {
+			unix.Close(fd) // already have it
+			continue
+		}
+		c.segs[id] = &segment{id: id, fd: fd}
+	}
+	c.fds = c.fds[h.NumFDs:]
+	if resp.ID != req.ID && resp.ID != 0 {
+		return nil, fmt.Errorf("%w: response id %d for request %d", v1.ErrFrame, resp.ID, req.ID)
+	}
+	if resp.Error != nil {
+		return nil, errdefs.FromCode(resp.Error.Code, resp.Error.Message)
+	}
+	return resp, nil
+}
+
+// readFull reads len(b) bytes, collecting any descriptors that come along.
+func (c *Client) readFull(b []byte) error {
+	for got := 0; got < len(b); {
+		n, oobn, _, _, err := c.conn.ReadMsgUnix(b[got:], c.oob)
+		if oobn > 0 {
+			msgs, perr := unix.ParseSocketControlMessage(c.oob[:oobn])
+			if perr == nil {
+				for _, m := range msgs {
+					if fds, err := unix.ParseUnixRights(&m); err == nil {
+						for _, fd := range fds {
+							unix.CloseOnExec(fd)
+						}
+						c.fds = append(c.fds, fds...)
+					}
+				}
+			}
+		}
+		got += n
+		if err != nil {
+			return fmt.Errorf("%w: read from agent: %v", errdefs.ErrUnavailable, err)
+		}
+		if n == 0 && oobn == 0 {
+			return fmt.Errorf("%w: agent closed the connection", errdefs.ErrUnavailable)
+		}
+	}
+	return nil
+}
+
+// Close releases every tensor of the connection (the agent drops the lease)
+// and unmaps what the client mapped.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil
+	}
+	c.closed = true
+	var errs []error
+	for t := range c.tensors {
+		t.data = nil
+	}
+	for _, s := range c.segs {
+		if s.mem != nil {
+			errs = append(errs, unix.Munmap(s.mem))
+		}
+		unix.Close(s.fd)
+	}
+	for _, fd := range c.fds {
+		unix.Close(fd)
+	}
+	errs = append(errs, c.conn.Close())
+	return errors.Join(errs...)
+}
+
+// Tensor is an opened tensor: one reference held by the connection.
+type Tensor struct {
+	Info     tensor.Info
+	c        *Client
+	seg      *segment
+	data     []byte
+	released bool
+}
+
+// Bytes is the tensor's memory (host backend), shared with every process
+// that opened it. It is nil for GPU tensors and after Release.
+func (t *Tensor) Bytes() []byte { return t.data }
+
+func (c *Client) open(ctx context.Context, req *v1.Request) (*Tensor, error) {
+	resp, err := c.call(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	t := &Tensor{Info: *resp.Tensor, c: c}
+	if err := c.mapTensor(t); err != nil {
+		_ = t.Release(ctx)
+		return nil, err
+	}
+	return t, nil
+}
+
+func (c *Client) mapTensor(t *Tensor) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.segs[t.Info.SegmentID]
+	if s == nil {
+		return fmt.Errorf("%w: agent sent no descriptor for segment %s", errdefs.ErrInternal, t.Info.SegmentID)
+	}
+	t.seg = s
+	s.users++
+	c.tensors[t] = struct{}{}
+	if t.Info.IPCMode != tensor.ModeHost {
+		return nil // GPU memory is mapped by the cuda package (python client, GPU issue).
+	}
+	if s.mem == nil {
+		mem, err := unix.Mmap(s.fd, 0, int(t.Info.SegmentSize), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+		if err != nil {
+			return fmt.Errorf("map segment %s: %w", s.id, err)
+		}
+		s.mem, s.size = mem, t.Info.SegmentSize
+	}
+	end := t.Info.Offset + t.Info.Bytes
+	if end > s.size {
+		return fmt.Errorf("%w: tensor [%d,%d) outside segment of %d bytes", errdefs.ErrInternal, t.Info.Offset, end, s.size)
+	}
+	t.data = s.mem[t.Info.Offset:end:end]
+	return nil
+}
+
+// Release drops the tensor's reference. Its memory must not be used after.
+// The segment is unmapped when no tensor of this client uses it.
+func (t *Tensor) Release(ctx context.Context) error {
+	c := t.c
+	c.mu.Lock()
+	if t.released {
+		c.mu.Unlock()
+		return nil
+	}
+	t.released = true
+	t.data = nil
+	delete(c.tensors, t)
+	if s := t.seg; s != nil {
+		if s.users--; s.users == 0 && s.mem != nil {
+			unix.Munmap(s.mem)
+			s.mem = nil
+		}
+	}
+	closed := c.closed
+	c.mu.Unlock()
+	if closed {
+		return nil // the lease went with the connection
+	}
+	_, err := c.call(ctx, &v1.Request{Op: v1.OpRelease, Name: t.Info.Name})
+	return err
+}
+
+// CreateOption configures Create.
+type CreateOption func(*v1.Request)
+
+// OnDevice picks the device by ordinal ("0") or UUID.
+func OnDevice(dev string) CreateOption { return func(r *v1.Request) { r.Device = dev } }
+
+// Create makes a tensor (or opens the existing one of the same dtype and
+// shape) and holds a reference on it.
+func (c *Client) Create(ctx context.Context, name, dtype string, shape []int64, opts ...CreateOption) (*Tensor, error) {
+	req := &v1.Request{Op: v1.OpCreate, Name: name, DType: dtype, Shape: shape}
+	for _, o := range opts {
+		o(req)
+	}
+	return c.open(ctx, req)
+}
+
+// Get opens an existing tensor by name and holds a reference on it.
+func (c *Client) Get(ctx context.Context, name string) (*Tensor, error) {
+	return c.open(ctx, &v1.Request{Op: v1.OpGet, Name: name})
+}
+
+// Delete drops the registry's reference: no new gets; the memory goes when
+// the last reference does.
+func (c *Client) Delete(ctx context.Context, name string) error {
+	_, err := c.call(ctx, &v1.Request{Op: v1.OpDelete, Name: name})
+	return err
+}
+
+// Stat returns a tensor's record.
+func (c *Client) Stat(ctx context.Context, name string) (tensor.Info, error) {
+	resp, err := c.call(ctx, &v1.Request{Op: v1.OpStat, Name: name})
+	if err != nil {
+		return tensor.Info{}, err
+	}
+	return *resp.Tensor, nil
+}
+
+// List returns every tensor's record.
+func (c *Client) List(ctx context.Context) ([]tensor.Info, error) {
+	resp, err := c.call(ctx, &v1.Request{Op: v1.OpList})
+	if err != nil {
+		return nil, err
+	}
+	return resp.Tensors, nil
+}
+
+// Stats returns the agent's pool statistics.
+func (c *Client) Stats(ctx context.Context) (*v1.Stats, error) {
+	resp, err := c.call(ctx, &v1.Request{Op: v1.OpStats})
+	if err != nil {
+		return nil, err
+	}
+	return resp.Stats, nil
+}
+
+// GC asks the agent to drop the references of dead processes now.
+func (c *Client) GC(ctx context.Context) (*v1.GCResult, error) {
+	resp, err := c.call(ctx, &v1.Request{Op: v1.OpGC})
+	if err != nil {
+		return nil, err
+	}
+	return resp.GC, nil
+}
+
+// Trim asks the agent to release cached free segments.
+func (c *Client) Trim(ctx context.Context) (uint64, error) {
+	resp, err := c.call(ctx, &v1.Request{Op: v1.OpTrim})
+	if err != nil {
+		return 0, err
+	}
+	return resp.Trimmed, nil
+}

@@ -1,0 +1,86 @@
+// Package metrics exports the agent's Prometheus metrics: operation counts and
+// latencies by path (socket, queue) and result code, pool gauges per device
+// and tenant, and the command queue's depth.
+package metrics
+
+import (
+	"context"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/memcuda/memcuda/pkg/errdefs"
+	"github.com/memcuda/memcuda/pkg/store"
+)
+
+// Metrics records operations. A nil *Metrics records nothing.
+type Metrics struct {
+	ops     *prometheus.CounterVec
+	latency *prometheus.HistogramVec
+}
+
+// New registers the agent's metrics on reg. queueDepth may be nil.
+func New(reg prometheus.Registerer, st *store.Store, queueDepth func(context.Context) (int64, error)) *Metrics {
+	m := &Metrics{
+		ops: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "memcuda_ops_total", Help: "Operations handled, by path (socket|queue), op and result code.",
+		}, []string{"path", "op", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "memcuda_op_duration_seconds", Help: "Time to handle an operation, by path and op.",
+			Buckets: prometheus.ExponentialBuckets(10e-6, 2.5, 14),
+		}, []string{"path", "op"}),
+	}
+	reg.MustRegister(m.ops, m.latency, &poolCollector{st: st, queueDepth: queueDepth})
+	return m
+}
+
+// Observe records one operation that started at start.
+func (m *Metrics) Observe(path, op string, err error, start time.Time) {
+	if m == nil {
+		return
+	}
+	m.ops.WithLabelValues(path, op, errdefs.Code(err)).Inc()
+	m.latency.WithLabelValues(path, op).Observe(time.Since(start).Seconds())
+}
+
+var (
+	tensorsDesc   = prometheus.NewDesc("memcuda_tensors", "Tensors whose memory this agent holds.", nil, nil)
+	allocDesc     = prometheus.NewDesc("memcuda_pool_allocated_bytes", "Bytes in allocated blocks.", []string{"device", "tenant"}, nil)
+	reservedDesc  = prometheus.NewDesc("memcuda_pool_reserved_bytes", "Bytes in segments obtained from the backend.", []string{"device", "tenant"}, nil)
+	peakDesc      = prometheus.NewDesc("memcuda_pool_peak_reserved_bytes", "Peak of reserved bytes.", []string{"device", "tenant"}, nil)
+	segmentsDesc  = prometheus.NewDesc("memcuda_pool_segments", "Segments held.", []string{"device", "tenant"}, nil)
+	fragDesc      = prometheus.NewDesc("memcuda_pool_fragmentation_ratio", "1 - largest free block / free bytes.", []string{"device", "tenant"}, nil)
+	queueDepthDsc = prometheus.NewDesc("memcuda_queue_depth", "Commands waiting in the command list.", nil, nil)
+)
+
+type poolCollector struct {
+	st         *store.Store
+	queueDepth func(context.Context) (int64, error)
+}
+
+func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{tensorsDesc, allocDesc, reservedDesc, peakDesc, segmentsDesc, fragDesc, queueDepthDsc} {
+		ch <- d
+	}
+}
+
+func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
+	n, pools := c.st.Stats()
+	ch <- prometheus.MustNewConstMetric(tensorsDesc, prometheus.GaugeValue, float64(n))
+	for _, p := range pools {
+		l := []string{strconv.Itoa(p.Device), p.Tenant}
+		ch <- prometheus.MustNewConstMetric(allocDesc, prometheus.GaugeValue, float64(p.Allocated), l...)
+		ch <- prometheus.MustNewConstMetric(reservedDesc, prometheus.GaugeValue, float64(p.Reserved), l...)
+		ch <- prometheus.MustNewConstMetric(peakDesc, prometheus.GaugeValue, float64(p.PeakReserved), l...)
+		ch <- prometheus.MustNewConstMetric(segmentsDesc, prometheus.GaugeValue, float64(p.Segments), l...)
+		ch <- prometheus.MustNewConstMetric(fragDesc, prometheus.GaugeValue, p.Fragmentation, l...)
+	}
+	if c.queueDepth != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		if d, err := c.queueDepth(ctx); err == nil {
+			ch <- prometheus.MustNewConstMetric(queueDepthDsc, prometheus.GaugeValue, float64(d))
+		}
+	}
+}

@@ -1,0 +1,269 @@
+package queue
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/memcuda/memcuda/pkg/errdefs"
+	"github.com/memcuda/memcuda/pkg/metrics"
+	"github.com/memcuda/memcuda/pkg/registry"
+	"github.com/memcuda/memcuda/pkg/store"
+	"github.com/memcuda/memcuda/pkg/tensor"
+)
+
+// MaxDeadLetters bounds the dead-letter list.
+const MaxDeadLetters = 10000
+
+// Reply is what the agent pushes to a command's reply_to list.
+type Reply struct {
+	ID      string        `json:"id,omitempty"`
+	OK      bool          `json:"ok"`
+	Error   *ReplyError   `json:"error,omitempty"`
+	Tensor  *tensor.Info  `json:"tensor,omitempty"`
+	Tensors []tensor.Info `json:"tensors,omitempty"`
+}
+
+// ReplyError is a reply's error.
+type ReplyError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// DeadLetter is an entry of the dead-letter list.
+type DeadLetter struct {
+	Command string `json:"command"`
+	Error   string `json:"error"`
+	Time    int64  `json:"time"`
+	Node    string `json:"node"`
+}
+
+// Worker takes commands from the list and applies them to the store.
+type Worker struct {
+	st       *store.Store
+	rdb      redis.UniversalClient
+	keys     registry.Keys
+	log      *slog.Logger
+	metrics  *metrics.Metrics
+	replyTTL time.Duration
+	block    time.Duration
+	maxWait  time.Duration
+	ready    func(bool)
+}
+
+// Option configures a Worker.
+type Option func(*Worker)
+
+// WithLogger sets the logger.
+func WithLogger(l *slog.Logger) Option { return func(w *Worker) { w.log = l } }
+
+// WithMetrics records every command.
+func WithMetrics(m *metrics.Metrics) Option { return func(w *Worker) { w.metrics = m } }
+
+// WithReplyTTL sets how long reply lists live (default 60s).
+func WithReplyTTL(d time.Duration) Option { return func(w *Worker) { w.replyTTL = d } }
+
+// WithMaxBackoff caps the wait between attempts while Redis is down (default 5s).
+func WithMaxBackoff(d time.Duration) Option { return func(w *Worker) { w.maxWait = d } }
+
+// WithReadyFunc is told whether the worker currently reaches Redis.
+func WithReadyFunc(f func(bool)) Option { return func(w *Worker) { w.ready = f } }
+
+// NewWorker returns a worker for the store's registry keys.
+func NewWorker(st *store.Store, opts ...Option) *Worker {
+	w := &Worker{
+		st: st, rdb: st.Registry().Client(), keys: st.Registry().Keys(), log: slog.Default(),
+		replyTTL: time.Minute, block: time.Second, maxWait: 5 * time.Second, ready: func(bool) {},
+	}
+	for _, o := range opts {
+		o(w)
+	}
+	return w
+}
+
+// Run handles commands until ctx ends. It first finishes what a crashed
+// predecessor (or itself, before a Redis outage) left in the processing list,
+// then blocks on the command list. While Redis is unreachable it retries with
+// backoff and never exits.
+func (w *Worker) Run(ctx context.Context) {
+	wait := 50 * time.Millisecond
+	for ctx.Err() == nil {
+		err := w.drainProcessing(ctx)
+		if err == nil {
+			w.ready(true)
+			wait = 50 * time.Millisecond
+			err = w.loop(ctx)
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		w.ready(false)
+		w.log.Warn("command queue paused; retrying", "err", err, "in", wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = min(wait*2, w.maxWait)
+	}
+}
+
+// drainProcessing handles every command left in the processing list.
+func (w *Worker) drainProcessing(ctx context.Context) error {
+	items, err := w.rdb.LRange(ctx, w.keys.Processing(), 0, -1).Result()
+	if err != nil {
+		return registry.Wrap(err)
+	}
+	if len(items) > 0 {
+		w.log.Info("resuming commands left in the processing list", "count", len(items))
+	}
+	for _, raw := range items {
+		if err := w.process(ctx, raw); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (w *Worker) loop(ctx context.Context) error {
+	for ctx.Err() == nil {
+		raw, err := w.rdb.BLMove(ctx, w.keys.Cmd(), w.keys.Processing(), "LEFT", "RIGHT", w.block).Result()
+		if errors.Is(err, redis.Nil) {
+			continue
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return registry.Wrap(err)
+		}
+		if err := w.process(ctx, raw); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// process handles one command and removes it from the processing list. An
+// error means Redis failed: the command stays there and is retried.
+func (w *Worker) process(ctx context.Context, raw string) error {
+	start := time.Now()
+	cmd, perr := Parse([]byte(raw), w.keys.ReplyPrefix())
+	var reply Reply
+	var err error
+	if perr != nil {
+		var pe *ParseError
+		errors.As(perr, &pe)
+		reply = Reply{ID: pe.ID, Error: &ReplyError{Code: errdefs.Code(perr), Message: perr.Error()}}
+		cmd = Command{Op: "malformed", ID: pe.ID, ReplyTo: pe.ReplyTo}
+		if err := w.deadLetter(ctx, raw, perr); err != nil {
+			return err
+		}
+		w.log.Warn("malformed command sent to the dead-letter list", "err", perr, "reply_to", pe.ReplyTo)
+		err = perr
+	} else {
+		reply, err = w.apply(ctx, cmd)
+		if errors.Is(err, errdefs.ErrUnavailable) {
+			return err // Redis went away mid-command: keep it for the retry.
+		}
+		if err != nil {
+			w.log.Info("command failed", "op", cmd.Op, "name", cmd.Name, "id", cmd.ID, "err", err)
+		}
+	}
+	w.metrics.Observe("queue", cmd.Op, err, start)
+	if cmd.ReplyTo != "" {
+		if err := w.reply(ctx, cmd.ReplyTo, reply); err != nil {
+			return err
+		}
+	}
+	if err := w.rdb.LRem(ctx, w.keys.Processing(), 1, raw).Err(); err != nil {
+		return registry.Wrap(err)
+	}
+	return nil
+}
+
+func (w *Worker) apply(ctx context.Context, c Command) (Reply, error) {
+	r := Reply{ID: c.ID, OK: true}
+	var err error
+	var info tensor.Info
+	switch c.Op {
+	case OpCreate:
+		info, err = w.st.Create(ctx, store.CreateParams{Name: c.Name, DType: c.DType, Shape: c.Shape, Device: c.Device, OwnerPID: c.PID, ReqID: c.ID})
+		r.Tensor = &info
+	case OpGet:
+		var holder string
+		if holder, err = store.PIDHolder(c.PID); err != nil {
+			err = errdefs.Invalid("%v", err)
+			break
+		}
+		info, err = w.st.Get(ctx, c.Name, holder, c.ID)
+		r.Tensor = &info
+	case OpRelease:
+		var holder string
+		if holder, err = w.pidHolderOf(ctx, c.Name, c.PID); err == nil {
+			_, err = w.st.Release(ctx, c.Name, holder, 1, c.ID)
+		}
+	case OpDelete:
+		_, err = w.st.Delete(ctx, c.Name, c.ID)
+	case OpStat:
+		info, err = w.st.Stat(ctx, c.Name)
+		r.Tensor = &info
+	case OpList:
+		r.Tensors, err = w.st.List(ctx)
+	}
+	if err != nil {
+		return Reply{ID: c.ID, Error: &ReplyError{Code: errdefs.Code(err), Message: err.Error()}}, err
+	}
+	return r, nil
+}
+
+// pidHolderOf finds the holder of pid's references on name: the process may
+// have exited already, so its start time is read from the refs hash.
+func (w *Worker) pidHolderOf(ctx context.Context, name string, pid int) (string, error) {
+	holders, err := w.st.Registry().Holders(ctx, name)
+	if err != nil {
+		return "", err
+	}
+	prefix := fmt.Sprintf("pid:%d:", pid)
+	for h := range holders {
+		if strings.HasPrefix(h, prefix) {
+			return h, nil
+		}
+	}
+	if _, err := w.st.Stat(ctx, name); err != nil {
+		return "", err
+	}
+	return "", fmt.Errorf("%w: pid %d holds no reference on %q", errdefs.ErrFailedPrecondition, pid, name)
+}
+
+func (w *Worker) reply(ctx context.Context, key string, r Reply) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	_, err = w.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.RPush(ctx, key, b)
+		p.Expire(ctx, key, w.replyTTL)
+		return nil
+	})
+	return registry.Wrap(err)
+}
+
+func (w *Worker) deadLetter(ctx context.Context, raw string, cause error) error {
+	if len(raw) > MaxCommandSize {
+		raw = raw[:MaxCommandSize]
+	}
+	b, _ := json.Marshal(DeadLetter{Command: raw, Error: cause.Error(), Time: time.Now().UnixMilli(), Node: w.keys.Node})
+	_, err := w.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.LPush(ctx, w.keys.Dead(), b)
+		p.LTrim(ctx, w.keys.Dead(), 0, MaxDeadLetters-1)
+		return nil
+	})
+	return registry.Wrap(err)
+}

@@ -1,0 +1,285 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	v1 "github.com/memcuda/memcuda/api/v1"
+	"github.com/memcuda/memcuda/pkg/backend"
+	"github.com/memcuda/memcuda/pkg/errdefs"
+	"github.com/memcuda/memcuda/internal/procinfo"
+	"github.com/memcuda/memcuda/pkg/metrics"
+	"github.com/memcuda/memcuda/pkg/store"
+	"github.com/memcuda/memcuda/pkg/tensor"
+)
+
+// Software is reported in hello.
+var Software = "memcuda-agent dev"
+
+// Server serves one listener.
+type Server struct {
+	st      *store.Store
+	log     *slog.Logger
+	metrics *metrics.Metrics
+	timeout time.Duration
+
+	mu    sync.Mutex
+	conns map[*conn]struct{}
+	wg    sync.WaitGroup
+}
+
+// Option configures a Server.
+type Option func(*Server)
+
+// WithLogger sets the logger.
+func WithLogger(l *slog.Logger) Option { return func(s *Server) { s.log = l } }
+
+// WithMetrics records every operation.
+func WithMetrics(m *metrics.Metrics) Option { return func(s *Server) { s.metrics = m } }
+
+// WithOpTimeout bounds the time of one operation (default 10s).
+func WithOpTimeout(d time.Duration) Option { return func(s *Server) { s.timeout = d } }
+
+// New returns a server over st.
+func New(st *store.Store, opts ...Option) *Server {
+	s := &Server{st: st, log: slog.Default(), timeout: 10 * time.Second, conns: map[*conn]struct{}{}}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
+}
+
+// Serve accepts connections until ctx ends, then closes the listener and
+// every connection (dropping their leases) and returns.
+func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
+	go func() {
+		<-ctx.Done()
+		l.Close()
+		s.mu.Lock()
+		for c := range s.conns {
+			c.c.Close()
+		}
+		s.mu.Unlock()
+	}()
+	for {
+		c, err := l.AcceptUnix()
+		if err != nil {
+			if ctx.Err() != nil {
+				s.wg.Wait()
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			s.wg.Wait()
+			return err
+		}
+		cn := &conn{c: c, srv: s, holder: s.st.OpenLease(), leases: map[string]int64{}, sent: map[string]bool{}}
+		if cred, err := procinfo.PeerCred(c); err == nil {
+			cn.pid, cn.uid = int(cred.Pid), int(cred.Uid)
+		}
+		s.mu.Lock()
+		s.conns[cn] = struct{}{}
+		s.mu.Unlock()
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			cn.serve()
+			s.mu.Lock()
+			delete(s.conns, cn)
+			s.mu.Unlock()
+		}()
+	}
+}
+
+type conn struct {
+	c      *net.UnixConn
+	srv    *Server
+	holder string
+	pid    int
+	uid    int
+	leases map[string]int64 // name -> references held by this connection
+	sent   map[string]bool  // segment ids whose descriptor this peer has
+}
+
+func (cn *conn) serve() {
+	log := cn.srv.log.With("peer_pid", cn.pid, "holder", cn.holder)
+	defer func() {
+		cn.c.Close()
+		names := make([]string, 0, len(cn.leases))
+		for n := range cn.leases {
+			names = append(names, n)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), cn.srv.timeout)
+		defer cancel()
+		if err := cn.srv.st.CloseLease(ctx, cn.holder, names); err != nil {
+			log.Warn("could not drop the leases of a closed connection now; GC will", "err", err)
+		} else if len(names) > 0 {
+			log.Debug("dropped leases of a closed connection", "tensors", len(names))
+		}
+	}()
+	for {
+		h, body, err := v1.ReadFrame(cn.c)
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !errors.Is(err, unix.ECONNRESET) {
+				log.Warn("closing connection after a bad frame", "err", err)
+				cn.reply(&v1.Response{Error: &v1.Error{Code: errdefs.CodeInvalidArgument, Message: err.Error()}}, nil)
+			}
+			return
+		}
+		var resp *v1.Response
+		var fds []int
+		if h.Kind != v1.KindRequest || h.NumFDs != 0 {
+			resp = errorResponse(0, errdefs.Invalid("expected a request frame without descriptors"))
+		} else if req, err := v1.DecodeRequest(body); err != nil {
+			resp = errorResponse(0, errdefs.Invalid("%v", err))
+		} else {
+			start := time.Now()
+			resp, fds, err = cn.handle(req)
+			cn.srv.metrics.Observe("socket", req.Op, err, start)
+			if err != nil {
+				log.Debug("request failed", "op", req.Op, "name", req.Name, "err", err)
+				resp = errorResponse(req.ID, err)
+			}
+		}
+		if err := cn.reply(resp, fds); err != nil {
+			log.Debug("write failed", "err", err)
+			return
+		}
+	}
+}
+
+func errorResponse(id uint64, err error) *v1.Response {
+	return &v1.Response{ID: id, Error: &v1.Error{Code: errdefs.Code(err), Message: err.Error()}}
+}
+
+func (cn *conn) reply(resp *v1.Response, fds []int) error {
+	frame, err := v1.EncodeResponse(resp)
+	if err != nil {
+		return err
+	}
+	var oob []byte
+	if len(fds) > 0 {
+		oob = unix.UnixRights(fds...)
+	}
+	n, _, err := cn.c.WriteMsgUnix(frame, oob, nil)
+	if err != nil {
+		return err
+	}
+	if n < len(frame) {
+		_, err = cn.c.Write(frame[n:])
+	}
+	return err
+}
+
+func (cn *conn) handle(req *v1.Request) (*v1.Response, []int, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), cn.srv.timeout)
+	defer cancel()
+	st := cn.srv.st
+	resp := &v1.Response{ID: req.ID, OK: true}
+	switch req.Op {
+	case v1.OpHello:
+		resp.Hello = &v1.Hello{
+			Version: v1.Version, Agent: st.Instance(), Node: st.Node(), Mode: st.Backend().Mode(),
+			Devices: st.Backend().Devices(), PeerPID: cn.pid, Redis: st.Registry().Ping(ctx) == nil, Software: Software,
+		}
+		return resp, nil, nil
+	case v1.OpCreate, v1.OpGet:
+		var info tensor.Info
+		var err error
+		if req.Op == v1.OpCreate {
+			shape := req.Shape
+			if shape == nil {
+				shape = []int64{}
+			}
+			info, err = st.Create(ctx, store.CreateParams{Name: req.Name, DType: req.DType, Shape: shape, Device: req.Device, OwnerPID: cn.pid, Holder: cn.holder})
+		} else {
+			info, err = st.Get(ctx, req.Name, cn.holder, "")
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		cn.leases[req.Name]++
+		resp.Tensor = &info
+		return resp, cn.attach(resp, info), nil
+	case v1.OpRelease:
+		if cn.leases[req.Name] == 0 {
+			if err := tensor.ValidateName(req.Name); err != nil {
+				return nil, nil, err
+			}
+			return nil, nil, fmt.Errorf("%w: this connection holds no reference on %q", errdefs.ErrFailedPrecondition, req.Name)
+		}
+		if _, err := st.Release(ctx, req.Name, cn.holder, 1, ""); err != nil {
+			return nil, nil, err
+		}
+		if cn.leases[req.Name]--; cn.leases[req.Name] == 0 {
+			delete(cn.leases, req.Name)
+		}
+		return resp, nil, nil
+	case v1.OpDelete:
+		_, err := st.Delete(ctx, req.Name, "")
+		return resp, nil, err
+	case v1.OpStat:
+		info, err := st.Stat(ctx, req.Name)
+		resp.Tensor = &info
+		return resp, nil, err
+	case v1.OpList:
+		list, err := st.List(ctx)
+		resp.Tensors = list
+		return resp, nil, err
+	case v1.OpStats:
+		resp.Stats = StatsOf(st)
+		return resp, nil, nil
+	case v1.OpGC:
+		r, err := st.GC(ctx)
+		resp.GC = &v1.GCResult{Holders: r.Holders, Freed: r.Freed}
+		return resp, nil, err
+	case v1.OpTrim:
+		n, err := st.Trim()
+		resp.Trimmed = n
+		return resp, nil, err
+	}
+	return nil, nil, errdefs.Invalid("unknown op %q", req.Op)
+}
+
+// attach adds the tensor's segment descriptor when this peer has not had it.
+func (cn *conn) attach(resp *v1.Response, info tensor.Info) []int {
+	if cn.sent[info.SegmentID] {
+		return nil
+	}
+	blk, ok := cn.srv.st.Block(info.UID)
+	if !ok {
+		return nil
+	}
+	seg := blk.Segment().(backend.Segment)
+	if seg.FD() < 0 {
+		return nil
+	}
+	cn.sent[info.SegmentID] = true
+	resp.FDs = []string{info.SegmentID}
+	return []int{seg.FD()}
+}
+
+// StatsOf converts the store's statistics to the wire form.
+func StatsOf(st *store.Store) *v1.Stats {
+	n, pools := st.Stats()
+	out := &v1.Stats{Tensors: n, Pools: []v1.PoolStats{}}
+	for _, p := range pools {
+		out.Pools = append(out.Pools, v1.PoolStats{
+			Device: p.Device, Tenant: p.Tenant, Limit: p.Limit, Allocated: p.Allocated, Requested: p.Requested,
+			Reserved: p.Reserved, PeakAllocated: p.PeakAllocated, PeakReserved: p.PeakReserved, Segments: p.Segments,
+			ActiveBlocks: p.ActiveBlocks, FreeBlocks: p.FreeBlocks, LargestFree: p.LargestFree, Allocs: p.Allocs,
+			Frees: p.Frees, SegmentAllocs: p.SegmentAllocs, SegmentReleases: p.SegmentReleases, Fragmentation: p.Fragmentation,
+		})
+	}
+	return out
+}

@@ -1,0 +1,58 @@
+package store
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/memcuda/memcuda/internal/procinfo"
+)
+
+// Holders of references, as they appear in a tensor's refs hash:
+//
+//	registry                 the registry's own reference (create .. delete)
+//	conn:<instance>:<n>      a socket connection's lease, dropped when it closes
+//	pid:<pid>:<start ticks>  a process that took a reference through the queue
+const (
+	connPrefix = "conn:"
+	pidPrefix  = "pid:"
+)
+
+// PIDHolder names the references of a running process. It fails when the
+// process does not exist, as the agent sees it.
+func PIDHolder(pid int) (string, error) {
+	st, err := procinfo.StartTime(pid)
+	if err != nil {
+		return "", fmt.Errorf("process %d is not running in the agent's PID namespace: %w", pid, err)
+	}
+	return fmt.Sprintf("%s%d:%d", pidPrefix, pid, st), nil
+}
+
+// pidHolderAlive reports whether a pid holder's process still runs; ok is
+// false when h is not a pid holder.
+func pidHolderAlive(h string) (alive, ok bool) {
+	rest, found := strings.CutPrefix(h, pidPrefix)
+	if !found {
+		return false, false
+	}
+	p, s, found := strings.Cut(rest, ":")
+	pid, err1 := strconv.Atoi(p)
+	start, err2 := strconv.ParseUint(s, 10, 64)
+	if !found || err1 != nil || err2 != nil {
+		return false, true // malformed: nobody can release it
+	}
+	return procinfo.Alive(pid, start), true
+}
+
+// connHolderInstance returns the agent instance of a connection holder.
+func connHolderInstance(h string) (string, bool) {
+	rest, found := strings.CutPrefix(h, connPrefix)
+	if !found {
+		return "", false
+	}
+	i := strings.LastIndexByte(rest, ':')
+	if i < 0 {
+		return "", true
+	}
+	return rest[:i], true
+}

@@ -1,0 +1,538 @@
+// Package store is the heart of the agent: it ties the pools of each device
+// and tenant to the Redis registry. The socket server and the queue worker
+// both call it; it never speaks a wire protocol itself.
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/memcuda/memcuda/pkg/backend"
+	"github.com/memcuda/memcuda/pkg/errdefs"
+	"github.com/memcuda/memcuda/pkg/pool"
+	"github.com/memcuda/memcuda/pkg/registry"
+	"github.com/memcuda/memcuda/pkg/tensor"
+)
+
+// allocation is a tensor's block and the pool it returns to.
+type allocation struct {
+	block *pool.Block
+	pool  *pool.Pool
+}
+
+type poolKey struct {
+	device int
+	tenant string
+}
+
+// Store serves create/get/release/delete over one backend and one registry.
+type Store struct {
+	reg      *registry.Registry
+	be       backend.Backend
+	instance string
+	node     string
+	log      *slog.Logger
+	limit    uint64
+	zeroFill bool
+	now      func() time.Time
+
+	mu      sync.Mutex
+	pools   map[poolKey]*pool.Pool
+	budgets map[int]*pool.Budget
+	blocks  map[string]allocation // tensor uid -> its memory
+	leases  map[string]struct{}    // live connection holders of this instance
+	uidSeq  atomic.Uint64
+	connSeq atomic.Uint64
+}
+
+// Option configures a Store.
+type Option func(*Store)
+
+// WithLogger sets the logger.
+func WithLogger(l *slog.Logger) Option { return func(s *Store) { s.log = l } }
+
+// WithDeviceLimit caps the bytes reserved on each device (0: the device's size).
+func WithDeviceLimit(n uint64) Option { return func(s *Store) { s.limit = n } }
+
+// WithZeroFill sets whether new tensors are zero-filled (default true). A
+// reused block must never show a previous tensor's data, so turn it off only
+// when every writer overwrites whole tensors.
+func WithZeroFill(on bool) Option { return func(s *Store) { s.zeroFill = on } }
+
+// New returns a store. instance identifies this agent process: records of
+// other instances are stale after a restart.
+func New(reg *registry.Registry, be backend.Backend, instance, node string, opts ...Option) *Store {
+	s := &Store{
+		reg: reg, be: be, instance: instance, node: node, log: slog.Default(), zeroFill: true, now: time.Now,
+		pools: map[poolKey]*pool.Pool{}, budgets: map[int]*pool.Budget{}, blocks: map[string]allocation{},
+		leases: map[string]struct{}{},
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
+}
+
+// NewInstanceID returns a random agent instance id.
+func NewInstanceID() string {
+	var b [6]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err)
+	}
+	return hex.EncodeToString(b[:])
+}
+
+// Instance is this agent's instance id.
+func (s *Store) Instance() string { return s.instance }
+
+// Node is the node name.
+func (s *Store) Node() string { return s.node }
+
+// Backend is the store's backend.
+func (s *Store) Backend() backend.Backend { return s.be }
+
+// Registry is the store's registry.
+func (s *Store) Registry() *registry.Registry { return s.reg }
+
+// CreateParams describe a create request.
+type CreateParams struct {
+	Name     string
+	DType    string
+	Shape    []int64
+	Device   string // "" (device 0), an ordinal, or a device UUID
+	Tenant   string
+	OwnerPID int
+	Holder   string // extra reference to take (a socket lease); "" for none
+	ReqID    string
+}
+
+// ResolveDevice maps "", an ordinal or a UUID to a device of the backend.
+func (s *Store) ResolveDevice(dev string) (backend.Device, error) {
+	devs := s.be.Devices()
+	if dev == "" {
+		dev = "0"
+	}
+	if n, err := strconv.Atoi(dev); err == nil {
+		for _, d := range devs {
+			if d.Index == n {
+				return d, nil
+			}
+		}
+		return backend.Device{}, errdefs.Invalid("device %d does not exist (the %s backend has %d device(s))", n, s.be.Mode(), len(devs))
+	}
+	for _, d := range devs {
+		if d.UUID != "" && strings.EqualFold(d.UUID, dev) {
+			return d, nil
+		}
+	}
+	return backend.Device{}, errdefs.Invalid("no device with UUID %q", dev)
+}
+
+func (s *Store) deviceLimit(d backend.Device) uint64 {
+	if s.limit > 0 {
+		return s.limit
+	}
+	return d.Total
+}
+
+func (s *Store) poolFor(d backend.Device, tenant string) *pool.Pool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := poolKey{d.Index, tenant}
+	if p := s.pools[k]; p != nil {
+		return p
+	}
+	b := s.budgets[d.Index]
+	if b == nil {
+		b = pool.NewBudget(s.deviceLimit(d))
+		s.budgets[d.Index] = b
+	}
+	dev := d.Index
+	p := pool.New(pool.SourceFunc(func(ctx context.Context, size uint64) (pool.Segment, error) {
+		return s.be.NewSegment(ctx, dev, size)
+	}), pool.WithBudget(b), pool.WithGranularity(s.be.Granularity(dev)))
+	s.pools[k] = p
+	return p
+}
+
+// validate checks a create request and returns its dtype, byte size and device.
+func (s *Store) validate(p CreateParams) (tensor.DType, uint64, backend.Device, error) {
+	if err := tensor.ValidateName(p.Name); err != nil {
+		return "", 0, backend.Device{}, err
+	}
+	dt, err := tensor.ParseDType(p.DType)
+	if err != nil {
+		return "", 0, backend.Device{}, err
+	}
+	dev, err := s.ResolveDevice(p.Device)
+	if err != nil {
+		return "", 0, backend.Device{}, err
+	}
+	n, err := tensor.NumBytes(dt, p.Shape, s.deviceLimit(dev))
+	if err != nil {
+		return "", 0, backend.Device{}, err
+	}
+	return dt, n, dev, nil
+}
+
+// Create allocates a tensor and registers it, or returns the existing tensor
+// of that name when dtype and shape match (taking p.Holder's reference if
+// any). A mismatch is ErrAlreadyExists.
+func (s *Store) Create(ctx context.Context, p CreateParams) (tensor.Info, error) {
+	dt, n, dev, err := s.validate(p)
+	if err != nil {
+		return tensor.Info{}, err
+	}
+	// Most creates of an existing name are replicas asking for the same
+	// weights: answer them without allocating.
+	if cur, err := s.reg.Stat(ctx, p.Name); err == nil {
+		return s.existing(ctx, cur, dt, p)
+	} else if !errors.Is(err, errdefs.ErrNotFound) {
+		return tensor.Info{}, err
+	}
+	p0 := s.poolFor(dev, p.Tenant)
+	blk, err := s.alloc(ctx, p0, dev.Index, n)
+	if err != nil {
+		return tensor.Info{}, err
+	}
+	seg := blk.Segment().(backend.Segment)
+	now := s.now().UnixMilli()
+	info := tensor.Info{
+		Name: p.Name, UID: fmt.Sprintf("%s-%d", s.instance, s.uidSeq.Add(1)), DType: dt, Shape: append([]int64{}, p.Shape...),
+		Device: dev.Index, DeviceUUID: dev.UUID, Bytes: n, IPCMode: s.be.Mode(), IPCHandle: seg.Handle(),
+		Offset: blk.Offset(), SegmentID: seg.ID(), SegmentSize: seg.Size(), OwnerPID: p.OwnerPID,
+		State: tensor.StateReady, Agent: s.instance, Node: s.node, Tenant: p.Tenant, Ctime: now, Mtime: now,
+	}
+	// Register the block before the record exists, so a concurrent release
+	// that frees the record always finds it.
+	s.mu.Lock()
+	s.blocks[info.UID] = allocation{blk, p0}
+	s.mu.Unlock()
+	res, err := s.reg.Create(ctx, info, p.Holder, p.ReqID)
+	if err != nil || !res.Created {
+		s.freeUID(info.UID)
+	}
+	switch {
+	case err != nil:
+		return tensor.Info{}, err
+	case res.Created:
+		s.log.Debug("tensor created", "name", info.Name, "dtype", dt, "shape", info.Shape, "bytes", n, "segment", info.SegmentID, "offset", info.Offset)
+		return res.Info, nil
+	case res.Dup:
+		if res.Info.Name == "" {
+			return tensor.Info{}, fmt.Errorf("%w: request %s created tensor %q, which is gone since", errdefs.ErrNotFound, p.ReqID, p.Name)
+		}
+		return res.Info, nil
+	default:
+		return s.existing(ctx, res.Info, dt, p)
+	}
+}
+
+func (s *Store) existing(ctx context.Context, cur tensor.Info, dt tensor.DType, p CreateParams) (tensor.Info, error) {
+	if cur.DType != dt || !equalShape(cur.Shape, p.Shape) {
+		return tensor.Info{}, fmt.Errorf("%w: tensor %q exists as %s%v, not %s%v", errdefs.ErrAlreadyExists, p.Name, cur.DType, cur.Shape, dt, p.Shape)
+	}
+	if cur.State != tensor.StateReady {
+		return tensor.Info{}, fmt.Errorf("%w: tensor %q is deleted and still referenced; its name is free once the last reference goes", errdefs.ErrAlreadyExists, p.Name)
+	}
+	if p.Holder == "" {
+		return cur, nil
+	}
+	return s.Get(ctx, p.Name, p.Holder, p.ReqID)
+}
+
+func equalShape(a, b []int64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Store) alloc(ctx context.Context, p *pool.Pool, dev int, n uint64) (*pool.Block, error) {
+	blk, err := p.Alloc(ctx, n)
+	if errors.Is(err, errdefs.ErrOutOfMemory) {
+		// Other tenants' pools of the device may cache free segments.
+		s.trimDevice(dev)
+		blk, err = p.Alloc(ctx, n)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if s.zeroFill {
+		seg := blk.Segment().(backend.Segment)
+		if err := seg.Zero(ctx, blk.Offset(), blk.Size()); err != nil {
+			p.Free(blk)
+			return nil, fmt.Errorf("zero-fill: %w", err)
+		}
+	}
+	return blk, nil
+}
+
+// Get takes one reference for holder.
+func (s *Store) Get(ctx context.Context, name, holder, reqID string) (tensor.Info, error) {
+	if err := tensor.ValidateName(name); err != nil {
+		return tensor.Info{}, err
+	}
+	info, err := s.reg.Acquire(ctx, name, holder, s.instance, reqID)
+	if err != nil {
+		return tensor.Info{}, err
+	}
+	if _, ok := s.Block(info.UID); !ok {
+		// The record says it is ours but the memory is not: never hand it out.
+		if _, rerr := s.reg.Release(ctx, name, holder, 1, false, ""); rerr != nil {
+			s.log.Warn("could not undo reference on tensor with no memory", "name", name, "err", rerr)
+		}
+		return tensor.Info{}, fmt.Errorf("%w: tensor %q has no memory in this agent", errdefs.ErrInternal, name)
+	}
+	return info, nil
+}
+
+// Release drops count references of holder (registry.AllRefs: every one).
+func (s *Store) Release(ctx context.Context, name, holder string, count int64, reqID string) (registry.ReleaseResult, error) {
+	if err := tensor.ValidateName(name); err != nil {
+		return registry.ReleaseResult{}, err
+	}
+	res, err := s.reg.Release(ctx, name, holder, count, false, reqID)
+	if err == nil && res.Freed {
+		s.freeUID(res.UID)
+	}
+	return res, err
+}
+
+// Delete drops the registry's reference: the tensor takes no new references
+// and is freed when the last one goes.
+func (s *Store) Delete(ctx context.Context, name, reqID string) (registry.ReleaseResult, error) {
+	if err := tensor.ValidateName(name); err != nil {
+		return registry.ReleaseResult{}, err
+	}
+	res, err := s.reg.Release(ctx, name, registry.HolderRegistry, 1, true, reqID)
+	if err == nil && res.Freed {
+		s.freeUID(res.UID)
+	}
+	return res, err
+}
+
+// Stat returns one record.
+func (s *Store) Stat(ctx context.Context, name string) (tensor.Info, error) {
+	if err := tensor.ValidateName(name); err != nil {
+		return tensor.Info{}, err
+	}
+	return s.reg.Stat(ctx, name)
+}
+
+// List returns every record.
+func (s *Store) List(ctx context.Context) ([]tensor.Info, error) { return s.reg.List(ctx) }
+
+// Block returns the block of a tensor uid of this instance.
+func (s *Store) Block(uid string) (*pool.Block, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a, ok := s.blocks[uid]
+	return a.block, ok
+}
+
+func (s *Store) freeUID(uid string) {
+	s.mu.Lock()
+	a, ok := s.blocks[uid]
+	delete(s.blocks, uid)
+	s.mu.Unlock()
+	if ok {
+		a.pool.Free(a.block)
+	}
+}
+
+// OpenLease returns a new connection holder of this instance.
+func (s *Store) OpenLease() string {
+	h := fmt.Sprintf("%s%s:%d", connPrefix, s.instance, s.connSeq.Add(1))
+	s.mu.Lock()
+	s.leases[h] = struct{}{}
+	s.mu.Unlock()
+	return h
+}
+
+// CloseLease drops every reference of a connection holder on the named
+// tensors. What cannot be dropped now (Redis down) is dropped by GC later,
+// since the holder is no longer live.
+func (s *Store) CloseLease(ctx context.Context, holder string, names []string) error {
+	s.mu.Lock()
+	delete(s.leases, holder)
+	s.mu.Unlock()
+	var errs []error
+	for _, n := range names {
+		if _, err := s.Release(ctx, n, holder, registry.AllRefs, ""); err != nil && !errors.Is(err, errdefs.ErrNotFound) && !errors.Is(err, errdefs.ErrFailedPrecondition) {
+			errs = append(errs, fmt.Errorf("%s: %w", n, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Store) leaseLive(h string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.leases[h]
+	return ok
+}
+
+// GCResult reports what a GC pass dropped.
+type GCResult struct {
+	Holders int      `json:"holders"` // dead holders whose references were dropped
+	Freed   []string `json:"freed"`   // tensors freed as a result
+}
+
+// GC drops the references of processes that are gone (pid holders whose pid
+// no longer runs with the recorded start time) and of this instance's closed
+// connections whose release failed earlier.
+func (s *Store) GC(ctx context.Context) (GCResult, error) {
+	var out GCResult
+	names, err := s.reg.Names(ctx)
+	if err != nil {
+		return out, err
+	}
+	for _, name := range names {
+		holders, err := s.reg.Holders(ctx, name)
+		if err != nil {
+			return out, err
+		}
+		for h := range holders {
+			if !s.deadHolder(h) {
+				continue
+			}
+			res, err := s.Release(ctx, name, h, registry.AllRefs, "")
+			if errors.Is(err, errdefs.ErrNotFound) || errors.Is(err, errdefs.ErrFailedPrecondition) {
+				continue // released meanwhile
+			}
+			if err != nil {
+				return out, err
+			}
+			out.Holders++
+			s.log.Info("dropped references of a dead holder", "name", name, "holder", h, "freed", res.Freed)
+			if res.Freed {
+				out.Freed = append(out.Freed, name)
+			}
+		}
+	}
+	return out, nil
+}
+
+func (s *Store) deadHolder(h string) bool {
+	if alive, ok := pidHolderAlive(h); ok {
+		return !alive
+	}
+	if inst, ok := connHolderInstance(h); ok {
+		return inst == s.instance && !s.leaseLive(h)
+	}
+	return false
+}
+
+// Reconcile removes records whose memory no longer exists: those of other
+// instances of this node's agent (a crashed or restarted predecessor) and
+// index entries with no record. It returns the names removed.
+func (s *Store) Reconcile(ctx context.Context) ([]string, error) {
+	names, err := s.reg.Names(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var removed []string
+	for _, name := range names {
+		info, err := s.reg.Stat(ctx, name)
+		owner := info.Agent
+		if errors.Is(err, errdefs.ErrNotFound) {
+			owner = ""
+		} else if err != nil {
+			return removed, err
+		}
+		if owner == s.instance {
+			continue
+		}
+		ok, err := s.reg.Remove(ctx, name, owner)
+		if err != nil {
+			return removed, err
+		}
+		if ok {
+			removed = append(removed, name)
+			s.log.Warn("removed tensor whose memory is gone", "name", name, "agent", owner, "refcount", info.Refcount)
+		}
+	}
+	return removed, nil
+}
+
+// Trim releases cached free segments of every pool and returns the bytes given back.
+func (s *Store) Trim() (uint64, error) {
+	s.mu.Lock()
+	pools := make([]*pool.Pool, 0, len(s.pools))
+	for _, p := range s.pools {
+		pools = append(pools, p)
+	}
+	s.mu.Unlock()
+	var total uint64
+	var errs []error
+	for _, p := range pools {
+		n, err := p.Trim()
+		total += n
+		errs = append(errs, err)
+	}
+	return total, errors.Join(errs...)
+}
+
+func (s *Store) trimDevice(dev int) {
+	s.mu.Lock()
+	var pools []*pool.Pool
+	for k, p := range s.pools {
+		if k.device == dev {
+			pools = append(pools, p)
+		}
+	}
+	s.mu.Unlock()
+	for _, p := range pools {
+		if _, err := p.Trim(); err != nil {
+			s.log.Warn("trim failed", "device", dev, "err", err)
+		}
+	}
+}
+
+// PoolStats are the statistics of one pool.
+type PoolStats struct {
+	Device int    `json:"device"`
+	Tenant string `json:"tenant,omitempty"`
+	Limit  uint64 `json:"limit"`
+	pool.Stats
+}
+
+// Stats returns the statistics of every pool and the number of tensors this
+// instance holds memory for.
+func (s *Store) Stats() (tensors int, pools []PoolStats) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k, p := range s.pools {
+		pools = append(pools, PoolStats{Device: k.device, Tenant: k.tenant, Limit: s.budgets[k.device].Limit(), Stats: p.Stats()})
+	}
+	return len(s.blocks), pools
+}
+
+// Close releases every segment. Records of this instance stay in Redis and
+// are reconciled by the next instance.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var errs []error
+	for k, p := range s.pools {
+		errs = append(errs, p.Close())
+		delete(s.pools, k)
+	}
+	s.blocks = map[string]allocation{}
+	return errors.Join(errs...)
+}
