@@ -13,9 +13,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/memcuda/memcuda/internal/flagenv"
 	"github.com/memcuda/memcuda/pkg/agent"
 	"github.com/memcuda/memcuda/pkg/client"
-	"github.com/memcuda/memcuda/internal/flagenv"
 	"github.com/memcuda/memcuda/pkg/registry"
 )
 

@@ -75,7 +75,8 @@ type RemoteError struct {
 	Message string
 }
 
-func (e *RemoteError) Error() string { return fmt.Sprintf("%s: %s", e.Code, e.Message) }
+// Error is the agent's message, which already names the error class.
+func (e *RemoteError) Error() string { return e.Message }
 
 // Unwrap returns the error class of the code.
 func (e *RemoteError) Unwrap() error {

@@ -46,7 +46,9 @@ type Source interface {
 type SourceFunc func(ctx context.Context, size uint64) (Segment, error)
 
 // NewSegment calls f.
-func (f SourceFunc) NewSegment(ctx context.Context, size uint64) (Segment, error) { return f(ctx, size) }
+func (f SourceFunc) NewSegment(ctx context.Context, size uint64) (Segment, error) {
+	return f(ctx, size)
+}
 
 // Block is an allocated range of a segment.
 type Block struct {

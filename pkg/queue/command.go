@@ -34,7 +34,7 @@ type Command struct {
 	Op      string  `json:"op"`
 	Name    string  `json:"name,omitempty"`
 	DType   string  `json:"dtype,omitempty"`
-	Shape   []int64 `json:"shape"` // null for ops other than create
+	Shape   []int64 `json:"shape"`            // null for ops other than create
 	Device  string  `json:"device,omitempty"` // ordinal or UUID
 	ID      string  `json:"id,omitempty"`
 	ReplyTo string  `json:"reply_to,omitempty"`

@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/memcuda/memcuda/pkg/errdefs"
 	"github.com/memcuda/memcuda/internal/redistest"
+	"github.com/memcuda/memcuda/pkg/errdefs"
 	"github.com/memcuda/memcuda/pkg/registry"
 	"github.com/memcuda/memcuda/pkg/tensor"
 )

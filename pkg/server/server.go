@@ -13,9 +13,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	v1 "github.com/memcuda/memcuda/api/v1"
+	"github.com/memcuda/memcuda/internal/procinfo"
 	"github.com/memcuda/memcuda/pkg/backend"
 	"github.com/memcuda/memcuda/pkg/errdefs"
-	"github.com/memcuda/memcuda/internal/procinfo"
 	"github.com/memcuda/memcuda/pkg/metrics"
 	"github.com/memcuda/memcuda/pkg/store"
 	"github.com/memcuda/memcuda/pkg/tensor"

@@ -49,7 +49,7 @@ type Store struct {
 	pools   map[poolKey]*pool.Pool
 	budgets map[int]*pool.Budget
 	blocks  map[string]allocation // tensor uid -> its memory
-	leases  map[string]struct{}    // live connection holders of this instance
+	leases  map[string]struct{}   // live connection holders of this instance
 	uidSeq  atomic.Uint64
 	connSeq atomic.Uint64
 }
@@ -239,7 +239,7 @@ func (s *Store) Create(ctx context.Context, p CreateParams) (tensor.Info, error)
 
 func (s *Store) existing(ctx context.Context, cur tensor.Info, dt tensor.DType, p CreateParams) (tensor.Info, error) {
 	if cur.DType != dt || !equalShape(cur.Shape, p.Shape) {
-		return tensor.Info{}, fmt.Errorf("%w: tensor %q exists as %s%v, not %s%v", errdefs.ErrAlreadyExists, p.Name, cur.DType, cur.Shape, dt, p.Shape)
+		return tensor.Info{}, fmt.Errorf("%w: tensor %q exists as %s%s, not %s%s", errdefs.ErrAlreadyExists, p.Name, cur.DType, tensor.FormatShape(cur.Shape), dt, tensor.FormatShape(p.Shape))
 	}
 	if cur.State != tensor.StateReady {
 		return tensor.Info{}, fmt.Errorf("%w: tensor %q is deleted and still referenced; its name is free once the last reference goes", errdefs.ErrAlreadyExists, p.Name)

@@ -3,6 +3,8 @@ package tensor
 import (
 	"math/bits"
 	"regexp"
+	"strconv"
+	"strings"
 
 	"github.com/memcuda/memcuda/pkg/errdefs"
 )
@@ -27,17 +29,34 @@ func NumBytes(d DType, shape []int64, limit uint64) (uint64, error) {
 		}
 		hi, lo := bits.Mul64(n, uint64(dim))
 		if hi != 0 || lo > 1<<62 {
-			return 0, errdefs.Invalid("shape %v of %s overflows the address space", shape, d)
+			return 0, errdefs.Invalid("shape %s of %s overflows the address space", FormatShape(shape), d)
 		}
 		n = lo
 	}
 	if limit > 0 && n > limit {
-		return 0, errdefs.Invalid("shape %v of %s needs %d bytes, over the device limit of %d", shape, d, n, limit)
+		return 0, errdefs.Invalid("shape %s of %s needs %d bytes, over the device limit of %d", FormatShape(shape), d, n, limit)
 	}
 	return n, nil
 }
 
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.:/@+=-]*$`)
+// FormatShape writes a shape as JSON does: [2,3].
+func FormatShape(shape []int64) string {
+	var b strings.Builder
+	b.WriteByte('[')
+	for i, d := range shape {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(strconv.FormatInt(d, 10))
+	}
+	b.WriteByte(']')
+	return b.String()
+}
+
+var (
+	nameRE     = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.:/@+=-]*$`)
+	nameDotsRE = regexp.MustCompile(`\.\.|//`)
+)
 
 // ValidateName checks a tensor name: 1 to 200 characters of letters, digits
 // and _ . : / @ + = -, not starting with punctuation other than _, and no "..".
@@ -50,7 +69,7 @@ func ValidateName(name string) error {
 		return errdefs.Invalid("tensor name is %d bytes long, at most %d are allowed", len(name), maxName)
 	case !nameRE.MatchString(name):
 		return errdefs.Invalid("tensor name %q has characters outside [A-Za-z0-9_.:/@+=-] or starts with punctuation", name)
-	case regexp.MustCompile(`\.\.|//`).MatchString(name):
+	case nameDotsRE.MatchString(name):
 		return errdefs.Invalid("tensor name %q contains '..' or '//'", name)
 	}
 	return nil

@@ -1,0 +1,88 @@
+package tensor
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/memcuda/memcuda/pkg/errdefs"
+)
+
+func TestParseDType(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want DType
+	}{
+		{"f32", F32}, {"float32", F32}, {"torch.float32", F32}, {"np.float32", F32}, {"FLOAT", F32},
+		{"bf16", BF16}, {"torch.bfloat16", BF16}, {"half", F16}, {"float16", F16}, {"double", F64},
+		{"int8", I8}, {"short", I16}, {"int", I32}, {"torch.int64", I64}, {"long", I64}, {"uint8", U8},
+		{"bool", Bool}, {"torch.bool", Bool}, {"float8_e4m3fn", F8E4M3}, {"torch.float8_e5m2", F8E5M2}, {" f16 ", F16},
+	} {
+		got, err := ParseDType(tc.in)
+		if err != nil || got != tc.want {
+			t.Errorf("ParseDType(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
+		}
+	}
+	for _, bad := range []string{"", "f31", "complex64", "torch.", "float32x"} {
+		if _, err := ParseDType(bad); !errors.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("ParseDType(%q) err = %v, want invalid argument", bad, err)
+		}
+	}
+}
+
+func TestNumBytes(t *testing.T) {
+	for _, tc := range []struct {
+		d     DType
+		shape []int64
+		limit uint64
+		want  uint64
+		err   string
+	}{
+		{F32, []int64{2, 3}, 0, 24, ""},
+		{BF16, []int64{4096, 4096}, 0, 32 << 20, ""},
+		{F64, []int64{}, 0, 8, ""},             // scalar
+		{I8, []int64{0, 5}, 0, 0, ""},          // empty tensor
+		{F8E4M3, []int64{1, 1, 1, 1, 1, 1, 1, 7}, 0, 7, ""},
+		{F32, []int64{1, 1, 1, 1, 1, 1, 1, 1, 1}, 0, 0, "at most 8"},
+		{F32, []int64{2, -1}, 0, 0, "negative"},
+		{F32, []int64{1 << 40, 1 << 40}, 0, 0, "overflows"},
+		{F32, []int64{1 << 31, 1 << 31}, 0, 0, "overflows"},
+		{F32, []int64{1024}, 4095, 0, "over the device limit"},
+		{"f31", []int64{1}, 0, 0, "unknown dtype"},
+	} {
+		got, err := NumBytes(tc.d, tc.shape, tc.limit)
+		if tc.err == "" {
+			if err != nil || got != tc.want {
+				t.Errorf("NumBytes(%s, %v) = %d, %v; want %d", tc.d, tc.shape, got, err, tc.want)
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.err) || !errors.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("NumBytes(%s, %v) err = %v, want invalid argument with %q", tc.d, tc.shape, err, tc.err)
+		}
+	}
+}
+
+func TestValidateName(t *testing.T) {
+	good := []string{"w", "model.layer0.weight", "ns/model:v2", "a@b+c=d-e", "_x", strings.Repeat("a", 200)}
+	bad := []string{"", " ", "a b", "../etc", "a/../b", "a//b", "-flag", ".hidden", "tab\t", "new\nline", "é", "a*", "a\x00b", strings.Repeat("a", 201), "{curly}"}
+	for _, n := range good {
+		if err := ValidateName(n); err != nil {
+			t.Errorf("ValidateName(%q) = %v, want ok", n, err)
+		}
+	}
+	for _, n := range bad {
+		if err := ValidateName(n); !errors.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("ValidateName(%q) = %v, want invalid argument", n, err)
+		}
+	}
+}
+
+func TestFormatShape(t *testing.T) {
+	if s := FormatShape([]int64{2, 3}); s != "[2,3]" {
+		t.Fatal(s)
+	}
+	if s := FormatShape(nil); s != "[]" {
+		t.Fatal(s)
+	}
+}
