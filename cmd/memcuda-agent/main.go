@@ -42,7 +42,7 @@ func run(args []string) error {
 	fs.StringVar(&cfg.Backend, "backend", "auto", "memory backend: auto or host")
 	fs.Var(&limit, "device-limit", "bytes the pools may reserve per device, e.g. 8GiB (0: the device's size)")
 	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", "127.0.0.1:9464", "address of /metrics, /healthz and /readyz (empty: off)")
-	fs.DurationVar(&cfg.GCInterval, "gc-interval", 2*time.Second, "how often references of dead processes are dropped")
+	fs.DurationVar(&cfg.GCInterval, "gc-interval", time.Second, "how often references of dead processes are dropped")
 	fs.DurationVar(&cfg.ReplyTTL, "reply-ttl", time.Minute, "how long queue replies are kept")
 	fs.DurationVar(&cfg.OpTimeout, "op-timeout", 10*time.Second, "time limit of one operation")
 	fs.BoolVar(&cfg.ZeroFill, "zero-fill", true, "zero new tensors (a reused block never shows old data)")

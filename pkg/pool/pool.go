@@ -185,7 +185,7 @@ func (p *Pool) Alloc(ctx context.Context, n uint64) (*Block, error) {
 	defer p.mu.Unlock()
 	b := p.bestFit(set, size)
 	if b == nil {
-		seg, err := p.grow(ctx, p.segmentSize(size), small)
+		seg, err := p.grow(ctx, p.segmentSize(size), roundUp(size, p.granule), small)
 		if err != nil {
 			return nil, err
 		}
@@ -230,14 +230,18 @@ func (p *Pool) bestFit(set *btree.BTreeG[*block], size uint64) *block {
 	return found
 }
 
-// grow gets a new segment, trimming cached free segments once if the budget
-// is exhausted. Called with p.mu held.
-func (p *Pool) grow(ctx context.Context, size uint64, small bool) (*segment, error) {
+// grow gets a new segment of size bytes. When the budget has no room, it
+// trims cached free segments, and then settles for a segment of just minSize
+// bytes (the request itself) before it gives up. Called with p.mu held.
+func (p *Pool) grow(ctx context.Context, size, minSize uint64, small bool) (*segment, error) {
 	if !p.budget.reserve(size) {
 		p.trimLocked()
 		if !p.budget.reserve(size) {
-			return nil, fmt.Errorf("%w: a segment of %d bytes would exceed the limit of %d bytes (%d in use)",
-				errdefs.ErrOutOfMemory, size, p.budget.Limit(), p.budget.Used())
+			if minSize >= size || !p.budget.reserve(minSize) {
+				return nil, fmt.Errorf("%w: a segment of %d bytes would exceed the limit of %d bytes (%d in use)",
+					errdefs.ErrOutOfMemory, minSize, p.budget.Limit(), p.budget.Used())
+			}
+			size = minSize
 		}
 	}
 	mem, err := p.src.NewSegment(ctx, size)

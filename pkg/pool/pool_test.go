@@ -226,6 +226,22 @@ func TestBudgetTrimsThenFails(t *testing.T) {
 	check(t, p)
 }
 
+func TestTightSegmentNearLimit(t *testing.T) {
+	src := &fakeSource{}
+	p := New(src, WithBudget(NewBudget(1<<20)))
+	b, err := p.Alloc(context.Background(), 600<<10)
+	if err != nil {
+		t.Fatalf("a 600 KiB block under a 1 MiB limit: %v", err)
+	}
+	if st := p.Stats(); st.Reserved != 600<<10 || b.Size() != 600<<10 {
+		t.Fatalf("reserved %d, want a segment of exactly the request", st.Reserved)
+	}
+	if _, err := p.Alloc(context.Background(), 600<<10); !errors.Is(err, errdefs.ErrOutOfMemory) {
+		t.Fatalf("second 600 KiB: %v, want out of memory", err)
+	}
+	check(t, p)
+}
+
 func TestSourceErrorLeavesBudget(t *testing.T) {
 	src := &fakeSource{fail: true}
 	budget := NewBudget(0)

@@ -1,0 +1,297 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/memcuda/memcuda/internal/redistest"
+	"github.com/memcuda/memcuda/pkg/backend/host"
+	"github.com/memcuda/memcuda/pkg/errdefs"
+	"github.com/memcuda/memcuda/pkg/registry"
+	"github.com/memcuda/memcuda/pkg/store"
+	"github.com/memcuda/memcuda/pkg/tensor"
+)
+
+type fixture struct {
+	st  *store.Store
+	reg *registry.Registry
+	dir string
+	srv *redistest.Server
+}
+
+func newFixture(t *testing.T, opts ...store.Option) *fixture {
+	t.Helper()
+	srv := redistest.Start(t)
+	reg := registry.New(srv.Client(), registry.Keys{Prefix: "t:", Node: "n1"})
+	if err := reg.Load(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	be := host.New("t:", "inst1", host.WithDir(dir))
+	st := store.New(reg, be, "inst1", "n1", opts...)
+	t.Cleanup(func() { st.Close() })
+	return &fixture{st: st, reg: reg, dir: dir, srv: srv}
+}
+
+func (f *fixture) segment(t *testing.T, info tensor.Info) *host.Segment {
+	blk, ok := f.st.Block(info.UID)
+	if !ok {
+		t.Fatalf("no block for %s", info.Name)
+	}
+	return blk.Segment().(*host.Segment)
+}
+
+func TestCreateGetReleaseDelete(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	info, err := f.st.Create(ctx, store.CreateParams{Name: "w", DType: "float32", Shape: []int64{2, 3}, OwnerPID: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Refcount != 1 || info.Bytes != 24 || info.DType != tensor.F32 || info.IPCMode != tensor.ModeHost || info.OwnerPID != 7 {
+		t.Fatalf("created %+v", info)
+	}
+	if _, err := os.Stat(filepath.Join(f.dir, info.SegmentID)); err != nil {
+		t.Fatalf("segment object missing: %v", err)
+	}
+	// Same dtype (another alias) and shape: the existing tensor, no new reference.
+	again, err := f.st.Create(ctx, store.CreateParams{Name: "w", DType: "torch.float32", Shape: []int64{2, 3}})
+	if err != nil || again.UID != info.UID || again.Refcount != 1 {
+		t.Fatalf("create existing: %+v %v", again, err)
+	}
+	for _, bad := range []store.CreateParams{
+		{Name: "w", DType: "f16", Shape: []int64{2, 3}},
+		{Name: "w", DType: "f32", Shape: []int64{3, 2}},
+	} {
+		if _, err := f.st.Create(ctx, bad); !errors.Is(err, errdefs.ErrAlreadyExists) {
+			t.Fatalf("create %+v over existing: %v", bad, err)
+		}
+	}
+	got, err := f.st.Get(ctx, "w", "pid:1:1", "")
+	if err != nil || got.Refcount != 2 || got.Offset != info.Offset {
+		t.Fatalf("get: %+v %v", got, err)
+	}
+	if _, err := f.st.Delete(ctx, "w", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.st.Get(ctx, "w", "pid:2:2", ""); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("get after delete: %v", err)
+	}
+	if _, err := f.st.Create(ctx, store.CreateParams{Name: "w", DType: "f32", Shape: []int64{2, 3}}); !errors.Is(err, errdefs.ErrAlreadyExists) {
+		t.Fatalf("re-create while a deleted tensor is still referenced: %v", err)
+	}
+	if n, _ := f.st.Stats(); n != 1 {
+		t.Fatalf("tensors %d, want 1 until the last reference goes", n)
+	}
+	res, err := f.st.Release(ctx, "w", "pid:1:1", 1, "")
+	if err != nil || !res.Freed {
+		t.Fatalf("last release: %+v %v", res, err)
+	}
+	if n, pools := f.st.Stats(); n != 0 || pools[0].Allocated != 0 {
+		t.Fatalf("after free: %d tensors, %+v", n, pools)
+	}
+}
+
+func TestValidation(t *testing.T) {
+	f := newFixture(t, store.WithDeviceLimit(1<<20))
+	ctx := context.Background()
+	for _, tc := range []struct {
+		p    store.CreateParams
+		code string
+	}{
+		{store.CreateParams{Name: "", DType: "f32"}, errdefs.CodeInvalidArgument},
+		{store.CreateParams{Name: "a b", DType: "f32"}, errdefs.CodeInvalidArgument},
+		{store.CreateParams{Name: "x", DType: "complex"}, errdefs.CodeInvalidArgument},
+		{store.CreateParams{Name: "x", DType: "f32", Shape: []int64{-1}}, errdefs.CodeInvalidArgument},
+		{store.CreateParams{Name: "x", DType: "f32", Shape: []int64{1 << 20}}, errdefs.CodeInvalidArgument}, // over the 1 MiB limit
+		{store.CreateParams{Name: "x", DType: "f32", Shape: []int64{1}, Device: "1"}, errdefs.CodeInvalidArgument},
+		{store.CreateParams{Name: "x", DType: "f32", Shape: []int64{1}, Device: "GPU-nope"}, errdefs.CodeInvalidArgument},
+	} {
+		if _, err := f.st.Create(ctx, tc.p); errdefs.Code(err) != tc.code {
+			t.Errorf("Create(%+v) = %v, want %s", tc.p, err, tc.code)
+		}
+	}
+	// 600 KiB fits the 1 MiB limit once; the second needs a new segment over the limit.
+	if _, err := f.st.Create(ctx, store.CreateParams{Name: "a", DType: "u8", Shape: []int64{600 << 10}}); err != nil {
+		t.Fatal(err)
+	}
+	_, pools := f.st.Stats()
+	if pools[0].Reserved > 1<<20 {
+		t.Fatalf("reserved %d over the limit", pools[0].Reserved)
+	}
+	if n, _ := f.st.Stats(); n != 1 {
+		t.Fatalf("failed creates left %d tensors", n)
+	}
+	names, _ := f.reg.Names(ctx)
+	if len(names) != 1 {
+		t.Fatalf("failed creates left records %v", names)
+	}
+}
+
+func TestZeroFillOnReuse(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	a, err := f.st.Create(ctx, store.CreateParams{Name: "a", DType: "u8", Shape: []int64{4096}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seg := f.segment(t, a)
+	mem := seg.Bytes()[a.Offset : a.Offset+a.Bytes]
+	for i := range mem {
+		mem[i] = 0xAB
+	}
+	if _, err := f.st.Delete(ctx, "a", ""); err != nil {
+		t.Fatal(err)
+	}
+	b, err := f.st.Create(ctx, store.CreateParams{Name: "b", DType: "u8", Shape: []int64{4096}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.SegmentID != a.SegmentID || b.Offset != a.Offset {
+		t.Fatalf("b did not reuse a's block (%s@%d vs %s@%d)", b.SegmentID, b.Offset, a.SegmentID, a.Offset)
+	}
+	for i, v := range f.segment(t, b).Bytes()[b.Offset : b.Offset+b.Bytes] {
+		if v != 0 {
+			t.Fatalf("byte %d of a reused block is %#x: old data leaked", i, v)
+		}
+	}
+}
+
+func TestConcurrentCreateSameName(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	uids := make([]string, 16)
+	errs := make([]error, 16)
+	for i := range uids {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			info, err := f.st.Create(ctx, store.CreateParams{Name: "shared", DType: "f16", Shape: []int64{1024}, Holder: f.st.OpenLease()})
+			uids[i], errs[i] = info.UID, err
+		}(i)
+	}
+	wg.Wait()
+	for i := range uids {
+		if errs[i] != nil || uids[i] != uids[0] {
+			t.Fatalf("racer %d: uid %s err %v, want all to share %s", i, uids[i], errs[i], uids[0])
+		}
+	}
+	info, _ := f.reg.Stat(ctx, "shared")
+	if info.Refcount != 17 {
+		t.Fatalf("refcount %d, want 1 registry + 16 leases", info.Refcount)
+	}
+	if n, pools := f.st.Stats(); n != 1 || pools[0].ActiveBlocks != 1 {
+		t.Fatalf("losing racers leaked blocks: %d tensors, %d blocks", n, pools[0].ActiveBlocks)
+	}
+}
+
+func TestLeasesAndGC(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	if _, err := f.st.Create(ctx, store.CreateParams{Name: "t", DType: "f32", Shape: []int64{8}}); err != nil {
+		t.Fatal(err)
+	}
+	lease := f.st.OpenLease()
+	if _, err := f.st.Get(ctx, "t", lease, ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.st.Get(ctx, "t", lease, ""); err != nil {
+		t.Fatal(err)
+	}
+	// A process that took a reference and died.
+	cmd := exec.Command("sleep", "60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	holder, err := store.PIDHolder(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.st.Get(ctx, "t", holder, ""); err != nil {
+		t.Fatal(err)
+	}
+	if res, _ := f.st.GC(ctx); res.Holders != 0 {
+		t.Fatalf("GC dropped %d live holders", res.Holders)
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	res, err := f.st.GC(ctx)
+	if err != nil || res.Holders != 1 {
+		t.Fatalf("GC: %+v %v, want the dead pid dropped", res, err)
+	}
+	info, _ := f.reg.Stat(ctx, "t")
+	if info.Refcount != 3 {
+		t.Fatalf("refcount %d, want registry + 2 lease refs", info.Refcount)
+	}
+	// Closing the lease while Redis is down fails; GC drops it once Redis is back.
+	f.srv.Stop()
+	if err := f.st.CloseLease(ctx, lease, []string{"t"}); !errors.Is(err, errdefs.ErrUnavailable) {
+		t.Fatalf("CloseLease with Redis down: %v", err)
+	}
+	f.srv.Restart()
+	res, err = f.st.GC(ctx)
+	if err != nil || res.Holders != 1 {
+		t.Fatalf("GC after Redis came back: %+v %v", res, err)
+	}
+	info, _ = f.reg.Stat(ctx, "t")
+	if info.Refcount != 1 {
+		t.Fatalf("refcount %d after GC, want 1", info.Refcount)
+	}
+	if _, err := store.PIDHolder(cmd.Process.Pid); err == nil {
+		t.Fatal("PIDHolder of a dead process succeeded")
+	}
+}
+
+func TestReconcileRemovesOtherInstances(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	if _, err := f.st.Create(ctx, store.CreateParams{Name: "mine", DType: "f32", Shape: []int64{1}}); err != nil {
+		t.Fatal(err)
+	}
+	// A record left by a dead predecessor, and an index entry with no record.
+	old := tensor.Info{Name: "old", UID: "dead-1", DType: tensor.F32, Shape: []int64{1}, Bytes: 4, State: tensor.StateReady, Agent: "dead", Node: "n1"}
+	if _, err := f.reg.Create(ctx, old, "", ""); err != nil {
+		t.Fatal(err)
+	}
+	f.reg.Client().ZAdd(ctx, f.reg.Keys().Index(), redisZ("ghost"))
+	removed, err := f.st.Reconcile(ctx)
+	if err != nil || len(removed) != 2 {
+		t.Fatalf("removed %v, %v; want old and ghost", removed, err)
+	}
+	names, _ := f.reg.Names(ctx)
+	if len(names) != 1 || names[0] != "mine" {
+		t.Fatalf("left %v", names)
+	}
+	if _, err := f.st.Get(ctx, "old", "pid:1:1", ""); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("get of reconciled record: %v", err)
+	}
+}
+
+func TestTrimAndStats(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	if _, err := f.st.Create(ctx, store.CreateParams{Name: "big", DType: "u8", Shape: []int64{32 << 20}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.st.Delete(ctx, "big", ""); err != nil {
+		t.Fatal(err)
+	}
+	entries, _ := os.ReadDir(f.dir)
+	if len(entries) != 1 {
+		t.Fatalf("%d segment objects, want the cached one", len(entries))
+	}
+	n, err := f.st.Trim()
+	if err != nil || n != 32<<20 {
+		t.Fatalf("trim %d %v", n, err)
+	}
+	entries, _ = os.ReadDir(f.dir)
+	if len(entries) != 0 {
+		t.Fatalf("trim left %d objects", len(entries))
+	}
+}

@@ -1,0 +1,383 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/memcuda/memcuda/pkg/backend/host"
+	"github.com/memcuda/memcuda/pkg/client"
+	"github.com/memcuda/memcuda/pkg/errdefs"
+	"github.com/memcuda/memcuda/pkg/queue"
+	"github.com/memcuda/memcuda/pkg/tensor"
+)
+
+// A writer process creates and fills a tensor and exits; a second process
+// reads it by name over the socket and writes; a third opens it through the
+// Redis-only path (queue get + shm_open of ipc_handle) and sees that write.
+func TestTwoProcessesShareByName(t *testing.T) {
+	e := newEnv(t)
+	e.startAgent()
+	const name, size = "weights.layer0", 3<<20 + 17
+	kv := []string{"E2E_NAME", name, "E2E_SIZE", fmt.Sprint(size)}
+	e.startRole("writer", kv...).wait(t)
+	if rc := e.refcount(name); rc != 1 {
+		t.Fatalf("after the writer exited refcount is %d, want 1 (the registry's)", rc)
+	}
+	e.startRole("reader-socket", kv...).wait(t)
+	e.startRole("reader-redis", kv...).wait(t)
+	if rc := e.refcount(name); rc != 1 {
+		t.Fatalf("after the readers refcount is %d, want 1", rc)
+	}
+	info, _ := e.stat(name)
+	if info.IPCMode != tensor.ModeHost || !strings.HasPrefix(info.IPCHandle, "/memcuda.") || info.Bytes != size {
+		t.Fatalf("record %+v", info)
+	}
+}
+
+func TestKill9ReleasesSocketLeases(t *testing.T) {
+	e := newEnv(t)
+	e.startAgent()
+	c := e.dial()
+	ctx := context.Background()
+	if _, err := c.Create(ctx, "shared", "f32", []int64{1024}); err != nil {
+		t.Fatal(err)
+	}
+	p := e.startRole("holder", "E2E_NAME", "shared")
+	p.expect(t, "ready")
+	if rc := e.refcount("shared"); rc != 5 {
+		t.Fatalf("refcount %d, want 1 registry + 1 ours + 3 holder's", rc)
+	}
+	p.cmd.Process.Kill()
+	start := time.Now()
+	e.waitFor("refcount back to 2", 2*time.Second, func() bool { return e.refcount("shared") == 2 })
+	t.Logf("refcount back %v after kill -9", time.Since(start))
+}
+
+func TestKill9ReleasesQueueReferences(t *testing.T) {
+	e := newEnv(t)
+	e.startAgent()
+	c := e.dial()
+	ctx := context.Background()
+	if _, err := c.Create(ctx, "q", "f32", []int64{16}); err != nil {
+		t.Fatal(err)
+	}
+	p := e.startRole("queue-holder", "E2E_NAME", "q")
+	p.expect(t, "ready")
+	if rc := e.refcount("q"); rc != 4 {
+		t.Fatalf("refcount %d, want 4", rc)
+	}
+	holders, _ := e.reg.Holders(ctx, "q")
+	if holders[fmt.Sprintf("pid:%d:", p.cmd.Process.Pid)] != 0 {
+		t.Fatal("holder without start time")
+	}
+	p.cmd.Process.Kill()
+	p.cmd.Wait()
+	start := time.Now()
+	e.waitFor("GC to drop the dead pid's references", 2*time.Second, func() bool { return e.refcount("q") == 2 })
+	t.Logf("refcount back %v after kill -9", time.Since(start))
+}
+
+func TestAgentRestart(t *testing.T) {
+	e := newEnv(t)
+	a := e.startAgent()
+	c := e.dial()
+	ctx := context.Background()
+	old, err := c.Create(ctx, "before", "f32", []int64{256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	a.kill()
+	scope := host.Scope(e.prefix)
+	if m, _ := filepath.Glob("/dev/shm/memcuda." + scope + ".*"); len(m) == 0 {
+		t.Fatal("the killed agent's shared-memory object should still be there")
+	}
+	// Commands pushed while no agent runs, and one the dead agent had taken
+	// but not finished (left in its processing list).
+	q := client.NewQueueClient(e.rdb, e.prefix)
+	pushed := queue.Command{Op: queue.OpCreate, Name: "while-down", DType: "f16", Shape: []int64{8}, ID: "c1", ReplyTo: e.prefix + "reply:c1"}
+	b, _ := json.Marshal(pushed)
+	e.rdb.RPush(ctx, e.reg.Keys().Cmd(), b)
+	inflight := queue.Command{Op: queue.OpCreate, Name: "in-flight", DType: "i32", Shape: []int64{4}, ID: "c2", ReplyTo: e.prefix + "reply:c2"}
+	b, _ = json.Marshal(inflight)
+	e.rdb.RPush(ctx, e.reg.Keys().Processing(), b)
+
+	e.startAgent()
+	if _, err := e.stat("before"); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("record of the dead agent's memory survived the restart: %v", err)
+	}
+	if m, _ := filepath.Glob("/dev/shm/memcuda." + scope + ".*" + old.Info.Agent + "*"); len(m) != 0 {
+		t.Fatalf("shared-memory objects of the dead instance left: %v", m)
+	}
+	for _, key := range []string{"c1", "c2"} {
+		res, err := e.rdb.BLPop(ctx, 5*time.Second, e.prefix+"reply:"+key).Result()
+		if err != nil {
+			t.Fatalf("no reply to %s: %v", key, err)
+		}
+		var r queue.Reply
+		mustJSON(t, res[1], &r)
+		if !r.OK || r.Tensor == nil || r.Tensor.Agent == old.Info.Agent {
+			t.Fatalf("reply %s", res[1])
+		}
+	}
+	if n, _ := e.rdb.LLen(ctx, e.reg.Keys().Processing()).Result(); n != 0 {
+		t.Fatalf("%d commands left in the processing list", n)
+	}
+	// A fresh client works against the new instance.
+	c2 := e.dial()
+	if _, err := c2.Get(ctx, "while-down"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Do(ctx, queue.Command{Op: queue.OpStat, Name: "in-flight"}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestGracefulShutdownRemovesRecords(t *testing.T) {
+	e := newEnv(t)
+	a := e.startAgent()
+	c := e.dial()
+	if _, err := c.Create(context.Background(), "x", "f32", []int64{4}); err != nil {
+		t.Fatal(err)
+	}
+	a.stop()
+	if _, err := e.stat("x"); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("record outlived the agent's memory: %v", err)
+	}
+	if _, err := os.Stat(e.socket); !os.IsNotExist(err) {
+		t.Fatalf("socket left behind: %v", err)
+	}
+}
+
+func TestRedisRestart(t *testing.T) {
+	e := newEnv(t)
+	e.startAgent()
+	ctx := context.Background()
+	push := func(i int) {
+		cmd := queue.Command{Op: queue.OpCreate, Name: fmt.Sprintf("t%03d", i), DType: "f32", Shape: []int64{int64(i + 1)},
+			ID: fmt.Sprintf("r%03d", i), ReplyTo: fmt.Sprintf("%sreply:r%03d", e.prefix, i)}
+		b, _ := json.Marshal(cmd)
+		for {
+			if err := e.rdb.RPush(ctx, e.reg.Keys().Cmd(), b).Err(); err == nil {
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	for i := 0; i < 40; i++ {
+		push(i)
+	}
+	e.redis.Restart()
+	// While Redis was down or right after, the socket answers (never hangs).
+	c := e.dial()
+	for i := 40; i < 80; i++ {
+		push(i)
+	}
+	for i := 0; i < 80; i++ {
+		var res []string
+		var err error
+		for try := 0; try < 100; try++ {
+			res, err = e.rdb.BLPop(ctx, 200*time.Millisecond, fmt.Sprintf("%sreply:r%03d", e.prefix, i)).Result()
+			if err == nil {
+				break
+			}
+		}
+		if err != nil {
+			t.Fatalf("reply %d lost: %v", i, err)
+		}
+		var r queue.Reply
+		mustJSON(t, res[1], &r)
+		if !r.OK {
+			t.Fatalf("command %d failed: %s", i, res[1])
+		}
+	}
+	names, _ := e.reg.Names(ctx)
+	if len(names) != 80 {
+		t.Fatalf("%d tensors, want 80", len(names))
+	}
+	for _, n := range names {
+		if rc := e.refcount(n); rc != 1 {
+			t.Fatalf("%s refcount %d: a command was applied twice", n, rc)
+		}
+	}
+	list, err := c.List(ctx)
+	if err != nil || len(list) != 80 {
+		t.Fatalf("socket list after the restart: %d %v", len(list), err)
+	}
+}
+
+func TestSocketAnswersUnavailableWhileRedisIsDown(t *testing.T) {
+	e := newEnv(t)
+	e.startAgent()
+	c := e.dial()
+	e.redis.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
+	defer cancel()
+	_, err := c.Create(ctx, "x", "f32", []int64{1})
+	if !errors.Is(err, errdefs.ErrUnavailable) {
+		t.Fatalf("create with Redis down: %v, want unavailable", err)
+	}
+	e.redis.Restart()
+	e.waitFor("Redis to answer the agent again", 10*time.Second, func() bool {
+		_, err := c.Create(ctx, "x", "f32", []int64{1})
+		return err == nil
+	})
+}
+
+func TestMalformedCommandsGoToDeadLetters(t *testing.T) {
+	e := newEnv(t)
+	e.startAgent()
+	ctx := context.Background()
+	keys := e.reg.Keys()
+	bad := []string{
+		`not json`,
+		`{"op":"explode","name":"x","id":"b1","reply_to":"` + e.prefix + `reply:b1"}`,
+		`{"op":"create","name":"x","dtype":"f32","shape":"[1]","reply_to":"` + e.prefix + `reply:b2"}`,
+		`{"op":"create","name":"../x","dtype":"f32","shape":[1],"reply_to":"` + e.prefix + `reply:b3"}`,
+		`{"op":"list","reply_to":"` + keys.Cmd() + `"}`,
+		strings.Repeat("x", queue.MaxCommandSize+10),
+	}
+	for _, b := range bad {
+		e.rdb.RPush(ctx, keys.Cmd(), b)
+	}
+	q := client.NewQueueClient(e.rdb, e.prefix)
+	if _, err := q.Do(ctx, queue.Command{Op: queue.OpCreate, Name: "good", DType: "f32", Shape: []int64{2}}); err != nil {
+		t.Fatalf("a valid command after malformed ones: %v", err)
+	}
+	for _, k := range []string{"b1", "b2", "b3"} {
+		res, err := e.rdb.LPop(ctx, e.prefix+"reply:"+k).Result()
+		if err != nil {
+			t.Fatalf("no error reply on %s: %v", k, err)
+		}
+		var r queue.Reply
+		mustJSON(t, res, &r)
+		if r.OK || r.Error == nil || r.Error.Code != errdefs.CodeInvalidArgument {
+			t.Fatalf("reply %s", res)
+		}
+	}
+	dead, _ := e.rdb.LRange(ctx, keys.Dead(), 0, -1).Result()
+	if len(dead) != len(bad) {
+		t.Fatalf("%d dead letters, want %d", len(dead), len(bad))
+	}
+	if n, _ := e.rdb.LLen(ctx, keys.Cmd()).Result(); n != 0 {
+		t.Fatalf("%d commands stuck", n)
+	}
+}
+
+func TestRequestIDAppliedOnce(t *testing.T) {
+	e := newEnv(t)
+	e.startAgent()
+	ctx := context.Background()
+	q := client.NewQueueClient(e.rdb, e.prefix)
+	if _, err := q.Do(ctx, queue.Command{Op: queue.OpCreate, Name: "once", DType: "f32", Shape: []int64{2}}); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		if _, err := q.Do(ctx, queue.Command{Op: queue.OpGet, Name: "once", PID: os.Getpid(), ID: "same-id", ReplyTo: fmt.Sprintf("%sreply:%d", e.prefix, i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if rc := e.refcount("once"); rc != 2 {
+		t.Fatalf("refcount %d after one get sent three times, want 2", rc)
+	}
+}
+
+func TestCLI(t *testing.T) {
+	e := newEnv(t)
+	e.startAgent()
+	if out, code := e.runCLI("create", "cli.t", "--dtype", "bf16", "--shape", "2,3"); code != 0 || !strings.Contains(out, "cli.t bf16[2,3]") {
+		t.Fatalf("create: %q %d", out, code)
+	}
+	out, code := e.runCLI("-o", "json", "ls")
+	var list []tensor.Info
+	mustJSON(t, out, &list)
+	if code != 0 || len(list) != 1 || list[0].Refcount != 1 || list[0].Bytes != 12 {
+		t.Fatalf("ls: %q %d", out, code)
+	}
+	if out, code := e.runCLI("ls"); code != 0 || !strings.Contains(out, "NAME") || !strings.Contains(out, "cli.t") {
+		t.Fatalf("ls table: %q", out)
+	}
+	if out, code := e.runCLI("inspect", "cli.t"); code != 0 || !strings.Contains(out, "IPC handle:") {
+		t.Fatalf("inspect: %q", out)
+	}
+	if out, code := e.runCLI("-o", "json", "stats"); code != 0 || !strings.Contains(out, `"reserved"`) {
+		t.Fatalf("stats: %q", out)
+	}
+	if out, code := e.runCLI("gc", "--trim"); code != 0 || !strings.Contains(out, "dropped references") {
+		t.Fatalf("gc: %q", out)
+	}
+	for _, tc := range []struct {
+		args []string
+		code int
+	}{
+		{[]string{"inspect", "nope"}, 4},
+		{[]string{"create", "cli.t", "--dtype", "f32", "--shape", "2,3"}, 5},
+		{[]string{"create", "x", "--dtype", "f31", "--shape", "1"}, 2},
+		{[]string{"create", "x", "--shape", "1,a"}, 2},
+		{[]string{"frobnicate"}, 2},
+		{[]string{"--socket", "/nonexistent/sock", "ls"}, 3},
+	} {
+		if _, code := e.runCLI(tc.args...); code != tc.code {
+			t.Errorf("memcuda %v: exit %d, want %d", tc.args, code, tc.code)
+		}
+	}
+	if out, code := e.runCLI("rm", "cli.t"); code != 0 || !strings.Contains(out, "deleted") {
+		t.Fatalf("rm: %q %d", out, code)
+	}
+	if out, code := e.runCLI("demo"); code != 0 || !strings.Contains(out, "demo OK") {
+		t.Fatalf("demo: %q %d", out, code)
+	}
+}
+
+func TestManyClientsConcurrently(t *testing.T) {
+	e := newEnv(t)
+	e.startAgent()
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for i := 0; i < 16; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			c, err := client.Dial(ctx, e.socket)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			for j := 0; j < 50; j++ {
+				tn, err := c.Create(ctx, fmt.Sprintf("c%d", j%5), "f32", []int64{64})
+				if err != nil {
+					errs <- err
+					return
+				}
+				if err := tn.Release(ctx); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}(i)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	for j := 0; j < 5; j++ {
+		if rc := e.refcount(fmt.Sprintf("c%d", j)); rc != 1 {
+			t.Fatalf("c%d refcount %d, want 1", j, rc)
+		}
+	}
+}
+
+var _ = redis.Nil
