@@ -176,7 +176,7 @@ func (r *Registry) Acquire(ctx context.Context, name, holder, agent, reqID strin
 // ReleaseResult says what Release did.
 type ReleaseResult struct {
 	Freed    bool   // refcount reached 0: the record is gone
-	UID      string // uid of the freed tensor
+	UID      string // uid of the tensor
 	Refcount int64  // refcount left when not freed
 	Dup      bool   // the request id was applied before
 }
@@ -204,7 +204,8 @@ func (r *Registry) Release(ctx context.Context, name, holder string, count int64
 	switch res[0] {
 	case "ok":
 		n, _ := strconv.ParseInt(res[1].(string), 10, 64)
-		return ReleaseResult{Refcount: n}, nil
+		uid, _ := res[2].(string)
+		return ReleaseResult{Refcount: n, UID: uid}, nil
 	case "freed":
 		uid, _ := res[1].(string)
 		return ReleaseResult{Freed: true, UID: uid}, nil

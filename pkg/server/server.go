@@ -17,6 +17,7 @@ import (
 	"github.com/memcuda/memcuda/pkg/backend"
 	"github.com/memcuda/memcuda/pkg/errdefs"
 	"github.com/memcuda/memcuda/pkg/metrics"
+	"github.com/memcuda/memcuda/pkg/registry"
 	"github.com/memcuda/memcuda/pkg/store"
 	"github.com/memcuda/memcuda/pkg/tensor"
 )
@@ -83,7 +84,7 @@ func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
 			s.wg.Wait()
 			return err
 		}
-		cn := &conn{c: c, srv: s, holder: s.st.OpenLease(), leases: map[string]int64{}, sent: map[string]bool{}}
+		cn := &conn{c: c, srv: s, holder: s.st.OpenLease(), leases: map[string]int64{}, infos: map[string]tensor.Info{}, sent: map[string]bool{}}
 		if cred, err := procinfo.PeerCred(c); err == nil {
 			cn.pid, cn.uid = int(cred.Pid), int(cred.Uid)
 		}
@@ -107,7 +108,11 @@ type conn struct {
 	holder string
 	pid    int
 	uid    int
-	leases map[string]int64 // name -> references held by this connection
+	// leases counts the references this connection holds per name. Redis
+	// records one reference for the connection while the count is positive:
+	// further gets and releases on the same connection stay in the agent.
+	leases map[string]int64
+	infos  map[string]tensor.Info // record of each leased tensor, as first returned
 	sent   map[string]bool  // segment ids whose descriptor this peer has
 }
 
@@ -196,7 +201,9 @@ func (cn *conn) handle(req *v1.Request) (*v1.Response, []int, error) {
 	case v1.OpCreate, v1.OpGet:
 		var info tensor.Info
 		var err error
-		if req.Op == v1.OpCreate {
+		if held, ok := cn.warm(req); ok {
+			info = held
+		} else if req.Op == v1.OpCreate {
 			shape := req.Shape
 			if shape == nil {
 				shape = []int64{}
@@ -209,6 +216,7 @@ func (cn *conn) handle(req *v1.Request) (*v1.Response, []int, error) {
 			return nil, nil, err
 		}
 		cn.leases[req.Name]++
+		cn.infos[req.Name] = info
 		resp.Tensor = &info
 		return resp, cn.attach(resp, info), nil
 	case v1.OpRelease:
@@ -218,12 +226,15 @@ func (cn *conn) handle(req *v1.Request) (*v1.Response, []int, error) {
 			}
 			return nil, nil, fmt.Errorf("%w: this connection holds no reference on %q", errdefs.ErrFailedPrecondition, req.Name)
 		}
-		if _, err := st.Release(ctx, req.Name, cn.holder, 1, ""); err != nil {
-			return nil, nil, err
-		}
-		if cn.leases[req.Name]--; cn.leases[req.Name] == 0 {
+		if cn.leases[req.Name] == 1 {
+			if _, err := st.Release(ctx, req.Name, cn.holder, registry.AllRefs, ""); err != nil {
+				return nil, nil, err
+			}
 			delete(cn.leases, req.Name)
+			delete(cn.infos, req.Name)
+			return resp, nil, nil
 		}
+		cn.leases[req.Name]--
 		return resp, nil, nil
 	case v1.OpDelete:
 		_, err := st.Delete(ctx, req.Name, "")
@@ -249,6 +260,26 @@ func (cn *conn) handle(req *v1.Request) (*v1.Response, []int, error) {
 		return resp, nil, err
 	}
 	return nil, nil, errdefs.Invalid("unknown op %q", req.Op)
+}
+
+// warm answers a get, or a create of the same dtype and shape, of a tensor
+// this connection already holds, without a Redis round trip.
+func (cn *conn) warm(req *v1.Request) (tensor.Info, bool) {
+	info, ok := cn.infos[req.Name]
+	if !ok || cn.leases[req.Name] == 0 || !cn.srv.st.Live(info.UID) {
+		return tensor.Info{}, false
+	}
+	if req.Op == v1.OpCreate {
+		dt, err := tensor.ParseDType(req.DType)
+		shape := req.Shape
+		if shape == nil {
+			shape = []int64{}
+		}
+		if err != nil || dt != info.DType || tensor.FormatShape(shape) != tensor.FormatShape(info.Shape) {
+			return tensor.Info{}, false // let the store give the precise error
+		}
+	}
+	return info, true
 }
 
 // attach adds the tensor's segment descriptor when this peer has not had it.

@@ -25,8 +25,9 @@ import (
 
 // allocation is a tensor's block and the pool it returns to.
 type allocation struct {
-	block *pool.Block
-	pool  *pool.Pool
+	block   *pool.Block
+	pool    *pool.Pool
+	deleted bool // delete ran: no new references, even from connections that hold one
 }
 
 type poolKey struct {
@@ -215,7 +216,7 @@ func (s *Store) Create(ctx context.Context, p CreateParams) (tensor.Info, error)
 	// Register the block before the record exists, so a concurrent release
 	// that frees the record always finds it.
 	s.mu.Lock()
-	s.blocks[info.UID] = allocation{blk, p0}
+	s.blocks[info.UID] = allocation{block: blk, pool: p0}
 	s.mu.Unlock()
 	res, err := s.reg.Create(ctx, info, p.Holder, p.ReqID)
 	if err != nil || !res.Created {
@@ -322,8 +323,25 @@ func (s *Store) Delete(ctx context.Context, name, reqID string) (registry.Releas
 	res, err := s.reg.Release(ctx, name, registry.HolderRegistry, 1, true, reqID)
 	if err == nil && res.Freed {
 		s.freeUID(res.UID)
+	} else if err == nil {
+		s.mu.Lock()
+		if a, ok := s.blocks[res.UID]; ok {
+			a.deleted = true
+			s.blocks[res.UID] = a
+		}
+		s.mu.Unlock()
 	}
 	return res, err
+}
+
+// Live reports whether a tensor uid of this instance has memory and is not
+// deleted: what a connection that already holds a reference needs to know to
+// take another one without asking Redis.
+func (s *Store) Live(uid string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a, ok := s.blocks[uid]
+	return ok && !a.deleted
 }
 
 // Stat returns one record.

@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -54,8 +57,9 @@ func TestKill9ReleasesSocketLeases(t *testing.T) {
 	}
 	p := e.startRole("holder", "E2E_NAME", "shared")
 	p.expect(t, "ready")
-	if rc := e.refcount("shared"); rc != 5 {
-		t.Fatalf("refcount %d, want 1 registry + 1 ours + 3 holder's", rc)
+	// A connection counts once in Redis however many references it holds.
+	if rc := e.refcount("shared"); rc != 3 {
+		t.Fatalf("refcount %d, want 1 registry + 1 ours + 1 for the holder's 3 gets", rc)
 	}
 	p.cmd.Process.Kill()
 	start := time.Now()
@@ -381,3 +385,91 @@ func TestManyClientsConcurrently(t *testing.T) {
 }
 
 var _ = redis.Nil
+
+// References a connection already holds are counted in the agent; a delete
+// must still stop new gets on that connection, and the last release must
+// still reach Redis.
+func TestWarmGetsOnOneConnection(t *testing.T) {
+	e := newEnv(t)
+	e.startAgent()
+	c := e.dial()
+	ctx := context.Background()
+	first, err := c.Create(ctx, "warm", "f32", []int64{8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var held []*client.Tensor
+	for i := 0; i < 5; i++ {
+		tn, err := c.Get(ctx, "warm")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if &tn.Bytes()[0] != &first.Bytes()[0] {
+			t.Fatal("a second get of the same tensor on one connection maps other memory")
+		}
+		held = append(held, tn)
+	}
+	if _, err := c.Create(ctx, "warm", "f16", []int64{8}); !errors.Is(err, errdefs.ErrAlreadyExists) {
+		t.Fatalf("create with another dtype on a holding connection: %v", err)
+	}
+	if rc := e.refcount("warm"); rc != 2 {
+		t.Fatalf("refcount %d, want registry + this connection", rc)
+	}
+	if err := c.Delete(ctx, "warm"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Get(ctx, "warm"); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("get of a deleted tensor on a connection that holds it: %v", err)
+	}
+	for _, tn := range append(held, first) {
+		if err := tn.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := e.stat("warm"); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("the last release did not free the deleted tensor: %v", err)
+	}
+	if err := first.Release(ctx); err != nil {
+		t.Fatalf("a second Release of the same tensor must be a no-op: %v", err)
+	}
+}
+
+func TestMetricsAndHealth(t *testing.T) {
+	e := newEnv(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	e.startAgent("--metrics-addr", addr)
+	c := e.dial()
+	if _, err := c.Create(context.Background(), "m", "f32", []int64{10}); err != nil {
+		t.Fatal(err)
+	}
+	get := func(path string) (int, string) {
+		resp, err := http.Get("http://" + addr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	code, body := get("/metrics")
+	for _, want := range []string{`memcuda_ops_total{code="ok",op="create",path="socket"} 1`, "memcuda_tensors 1", "memcuda_pool_reserved_bytes", "memcuda_queue_depth 0", "memcuda_op_duration_seconds_bucket"} {
+		if code != 200 || !strings.Contains(body, want) {
+			t.Fatalf("/metrics (%d) lacks %q", code, want)
+		}
+	}
+	if code, _ := get("/readyz"); code != 200 {
+		t.Fatalf("/readyz %d with Redis up", code)
+	}
+	e.redis.Stop()
+	if code, _ := get("/readyz"); code != 503 {
+		t.Fatalf("/readyz %d with Redis down, want 503", code)
+	}
+	if code, _ := get("/healthz"); code != 200 {
+		t.Fatalf("/healthz %d: the agent itself is alive", code)
+	}
+}

@@ -40,4 +40,4 @@ if n <= 0 then
   redis.call('ZREM', KEYS[3], ARGV[7])
   return {'freed', uid}
 end
-return {'ok', tostring(n)}
+return {'ok', tostring(n), redis.call('HGET', KEYS[1], 'uid')}

@@ -1,0 +1,49 @@
+# mem-cuda. `make demo` runs the main job, `make test` runs every test.
+GO        ?= go
+BIN_DIR   ?= $(CURDIR)/bin
+PYTHON    ?= python3
+VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -X main.Version=$(VERSION) -X github.com/memcuda/memcuda/pkg/server.Software=memcuda-agent/$(VERSION)
+
+.PHONY: all build demo test test-go test-python lint fuzz bench bench-pool bench-host envtest-assets clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN_DIR)/ ./cmd/...
+
+demo: build
+	BIN_DIR=$(BIN_DIR) bash scripts/demo.sh
+
+test: lint test-go test-python
+
+lint:
+	@bad=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi
+	$(GO) vet ./...
+
+# Fuzz seed corpora run as part of the normal tests.
+test-go:
+	bash scripts/ensure-redis.sh
+	$(GO) test -race -count=1 ./...
+
+test-python:
+	@if [ -d python ]; then cd python && $(PYTHON) -m pytest -q; fi
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./pkg/queue
+	$(GO) test -run '^$$' -fuzz FuzzReadFrame -fuzztime 30s ./api/v1
+
+bench: bench-pool bench-host
+
+bench-pool:
+	$(GO) test -run '^$$' -bench . -benchtime 200000x -count 5 ./pkg/pool | tee /tmp/memcuda-bench-pool.txt
+	$(GO) run ./bench/pooltable < /tmp/memcuda-bench-pool.txt
+
+bench-host: build
+	BIN_DIR=$(BIN_DIR) bash bench/host.sh
+
+envtest-assets:
+	bash hack/envtest-assets.sh
+
+clean:
+	rm -rf $(BIN_DIR)

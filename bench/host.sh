@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# End-to-end benchmark on the host backend: a throwaway Redis and agent, then
+# hostbench with 1 and 16 client processes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN_DIR=${BIN_DIR:-$PWD/bin}
+bash scripts/ensure-redis.sh
+. scripts/lib.sh
+RUN=$(mktemp -d /tmp/memcuda-bench.XXXXXX)
+trap 'memcuda_down; rm -rf "$RUN"' EXIT
+memcuda_up "$RUN" --log-level warn
+go build -o "$RUN/hostbench" ./bench/hostbench
+"$RUN/hostbench" -socket "$MEMCUDA_SOCKET" -redis-url "$MEMCUDA_REDIS_URL" -procs "${PROCS:-1,16}" -ops "${OPS:-5000}"
