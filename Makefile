@@ -26,8 +26,9 @@ test-go:
 	bash scripts/ensure-redis.sh
 	$(GO) test -race -count=1 ./...
 
-test-python:
-	@if [ -d python ]; then cd python && $(PYTHON) -m pytest -q; fi
+test-python: build
+	cd python && MEMCUDA_BIN_DIR=$(BIN_DIR) $(PYTHON) -m pytest -q
+	cd python && $(PYTHON) -m mypy memcuda
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./pkg/queue

@@ -1,0 +1,449 @@
+"""The socket client: connect(), Store and SharedTensor."""
+from __future__ import annotations
+
+import array
+import ctypes
+import mmap
+import os
+import socket
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+from . import _dtypes, _wire
+from ._errors import FailedPrecondition, MemcudaError, ProtocolError, Unavailable, from_code
+
+DEFAULT_SOCKET = "/run/memcuda/agent.sock"
+__version__ = "0.1.0"
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A tensor's registry record."""
+
+    name: str
+    uid: str
+    dtype: str
+    shape: tuple[int, ...]
+    device: int
+    device_uuid: str
+    bytes: int
+    ipc_mode: str
+    ipc_handle: str
+    offset: int
+    segment_id: str
+    segment_size: int
+    owner_pid: int
+    refcount: int
+    state: str
+    agent: str
+    node: str
+    tenant: str
+    ctime: int
+    mtime: int
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> "TensorInfo":
+        return cls(
+            name=d.get("name", ""), uid=d.get("uid", ""), dtype=d.get("dtype", ""),
+            shape=tuple(int(x) for x in (d.get("shape") or [])), device=int(d.get("device", 0)),
+            device_uuid=d.get("device_uuid", ""), bytes=int(d.get("bytes", 0)), ipc_mode=d.get("ipc_mode", ""),
+            ipc_handle=d.get("ipc_handle", ""), offset=int(d.get("offset", 0)), segment_id=d.get("segment_id", ""),
+            segment_size=int(d.get("segment_size", 0)), owner_pid=int(d.get("owner_pid", 0)),
+            refcount=int(d.get("refcount", 0)), state=d.get("state", ""), agent=d.get("agent", ""),
+            node=d.get("node", ""), tenant=d.get("tenant", ""), ctime=int(d.get("ctime", 0)), mtime=int(d.get("mtime", 0)),
+        )
+
+
+@dataclass
+class _Segment:
+    """A segment descriptor received from the agent and its mapping in this process."""
+
+    id: str
+    fd: int
+    users: int = 0
+    mapping: Any = None  # mmap.mmap (host) or _cuda.Mapping (vmm/legacy)
+    ptr: int = 0  # base address of the mapping in this process
+
+
+def socket_path(path: Optional[str] = None) -> str:
+    return path or os.environ.get("MEMCUDA_SOCKET") or DEFAULT_SOCKET
+
+
+def connect(path: Optional[str] = None, timeout: float = 10.0) -> "Store":
+    """Connects to the node agent ($MEMCUDA_SOCKET, else /run/memcuda/agent.sock)."""
+    return Store(socket_path(path), timeout=timeout)
+
+
+class Store:
+    """A connection to the agent. Every tensor opened through it is one
+    reference, held until released, until the Store closes, or until the
+    process dies (the agent drops a closed connection's references)."""
+
+    def __init__(self, path: str, timeout: float = 10.0) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(timeout)
+        try:
+            self._sock.connect(path)
+        except OSError as e:
+            self._sock.close()
+            raise Unavailable(f"connect to the agent at {path}: {e}") from e
+        self._next_id = 0
+        self._fds: list[int] = []
+        self._segments: dict[str, _Segment] = {}
+        self._pending_release: list[str] = []  # from finalizers: sent before the next call
+        self._closed = False
+        self._pid = os.getpid()
+        resp = self._call("hello", client=f"memcuda-py {__version__}")
+        self.hello: dict[str, Any] = resp["hello"]
+
+    # -- transport ---------------------------------------------------------
+
+    def _recv_exact(self, n: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            try:
+                data, anc, _flags, _addr = self._sock.recvmsg(n - len(buf), socket.CMSG_SPACE(4 * _wire.MAX_FDS))
+            except OSError as e:
+                raise Unavailable(f"read from agent: {e}") from e
+            for level, typ, payload in anc:
+                if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+                    fds = array.array("i")
+                    fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
+                    for fd in fds:
+                        os.set_inheritable(fd, False)
+                    self._fds.extend(fds)
+            if not data:
+                raise Unavailable("the agent closed the connection")
+            buf += data
+        return bytes(buf)
+
+    def _call(self, op: str, **kw: Any) -> dict[str, Any]:
+        with self._lock:
+            if self._closed:
+                raise FailedPrecondition("store is closed")
+            if os.getpid() != self._pid:
+                raise FailedPrecondition("a Store cannot be used across fork(); connect() again in the child")
+            self._flush_pending()
+            return self._roundtrip(op, **kw)
+
+    def _roundtrip(self, op: str, **kw: Any) -> dict[str, Any]:
+        self._next_id += 1
+        rid = self._next_id
+        try:
+            self._sock.sendall(_wire.encode_request(rid, op, **kw))
+        except OSError as e:
+            raise Unavailable(f"send to agent: {e}") from e
+        h = _wire.parse_header(self._recv_exact(_wire.HEADER_SIZE))
+        resp = _wire.decode_body(self._recv_exact(h.body_len))
+        fd_ids = resp.get("fds") or []
+        if len(fd_ids) != h.num_fds or len(self._fds) < h.num_fds:
+            raise ProtocolError(f"response announces {h.num_fds} descriptors, {len(self._fds)} arrived")
+        for sid, fd in zip(fd_ids, self._fds[: h.num_fds]):
+            if sid in self._segments:
+                os.close(fd)
+            else:
+                self._segments[sid] = _Segment(sid, fd)
+        del self._fds[: h.num_fds]
+        if resp.get("id") not in (rid, 0):
+            raise ProtocolError(f"response id {resp.get('id')} for request {rid}")
+        err = resp.get("error")
+        if err:
+            raise from_code(err.get("code", "internal"), err.get("message", ""))
+        return resp
+
+    def _flush_pending(self) -> None:
+        while self._pending_release:
+            name = self._pending_release.pop()
+            try:
+                self._roundtrip("release", name=name)
+            except MemcudaError:
+                pass  # the connection's lease covers it; nothing else to do
+
+    # -- operations --------------------------------------------------------
+
+    def create(self, name: str, shape: Sequence[int], dtype: Any = "f32", device: Any = None) -> "SharedTensor":
+        """Creates a tensor (zero-filled), or opens the existing one when dtype
+        and shape match. Raises AlreadyExists on a mismatch."""
+        resp = self._call("create", name=name, dtype=_dtypes.canonical(dtype), shape=[int(d) for d in shape],
+                          device=_device_arg(device))
+        return self._open(resp)
+
+    def get(self, name: str) -> "SharedTensor":
+        """Opens an existing tensor by name. Raises NotFound."""
+        return self._open(self._call("get", name=name))
+
+    def delete(self, name: str) -> None:
+        """Drops the registry's reference: no new gets; the memory goes when the last reference does."""
+        self._call("delete", name=name)
+
+    def stat(self, name: str) -> TensorInfo:
+        return TensorInfo.from_wire(self._call("stat", name=name)["tensor"])
+
+    def list(self) -> list[TensorInfo]:
+        return [TensorInfo.from_wire(t) for t in self._call("list").get("tensors") or []]
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self._call("stats")["stats"])
+
+    def gc(self) -> dict[str, Any]:
+        return dict(self._call("gc")["gc"])
+
+    def close(self) -> None:
+        """Closes the connection: the agent drops every reference it held."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._sock.close()
+            for s in self._segments.values():
+                _unmap(s)
+                _close_fd(s.fd)
+            for fd in self._fds:
+                _close_fd(fd)
+            self._segments.clear()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # -- mappings ----------------------------------------------------------
+
+    def _open(self, resp: dict[str, Any]) -> "SharedTensor":
+        info = TensorInfo.from_wire(resp["tensor"])
+        with self._lock:
+            seg = self._segments.get(info.segment_id)
+            try:
+                if seg is None:
+                    raise ProtocolError(f"no descriptor for segment {info.segment_id}")
+                if seg.mapping is None:
+                    seg.mapping, seg.ptr = _map(seg, info)
+                seg.users += 1
+            except BaseException:
+                self._pending_release.append(info.name)
+                raise
+        return SharedTensor(self, info, seg)
+
+    def _release(self, t: "SharedTensor") -> None:
+        with self._lock:
+            self._drop_user(t._seg)
+            if not self._closed:
+                self._roundtrip("release", name=t.info.name)
+
+    def _drop_user(self, seg: _Segment) -> None:
+        seg.users -= 1
+        if seg.users == 0:
+            _unmap(seg)
+
+
+def _device_arg(device: Any) -> str:
+    if device is None:
+        return ""
+    if isinstance(device, int):
+        return str(device)
+    idx = getattr(device, "index", None)  # torch.device
+    if idx is not None:
+        return str(idx)
+    return str(device)
+
+
+def _map(seg: _Segment, info: TensorInfo) -> tuple[Any, int]:
+    if info.ipc_mode == "host":
+        m = mmap.mmap(seg.fd, info.segment_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        probe = ctypes.c_char.from_buffer(m)
+        ptr = ctypes.addressof(probe)
+        del probe  # release the buffer export so the mmap can close later
+        return m, ptr
+    from . import _cuda
+
+    mapping = _cuda.import_segment(seg.fd, info)
+    return mapping, int(mapping.ptr)
+
+
+def _unmap(seg: _Segment) -> None:
+    m, seg.mapping, seg.ptr = seg.mapping, None, 0
+    if m is None:
+        return
+    try:
+        m.close()
+    except BufferError:
+        pass  # something still exports the buffer: it closes when that dies
+
+
+def _close_fd(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+class _Views:
+    """Zero-copy views of a mapped tensor; shared by SharedTensor (socket) and
+    RedisTensor (Redis-only path)."""
+
+    info: TensorInfo
+    _released: bool
+    _seg_ptr: int
+    _ordinal: int
+
+    name = property(lambda self: self.info.name)
+    shape = property(lambda self: self.info.shape)
+    dtype = property(lambda self: self.info.dtype)
+
+    def _check(self) -> None:
+        if self._released:
+            raise FailedPrecondition(f"tensor {self.name!r} was released")
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.info.ipc_mode != "host"
+
+    @property
+    def device_index(self) -> int:
+        """The CUDA ordinal of the tensor's GPU in this process (its UUID resolved
+        under this process's CUDA_VISIBLE_DEVICES)."""
+        if not self.is_cuda:
+            raise TypeError("host tensor")
+        return self._ordinal
+
+    @property
+    def data_ptr(self) -> int:
+        """Address of the tensor's first byte in this process."""
+        self._check()
+        return self._seg_ptr + self.info.offset
+
+    def _host_array(self) -> Any:
+        """A NumPy array of the raw elements (unsigned ints for bf16/fp8) whose
+        base keeps this reference alive."""
+        import numpy as np
+
+        self._check()
+        if self.is_cuda:
+            raise TypeError(f"tensor {self.name!r} lives on the GPU: use .torch() or .cupy()")
+        typestr = _dtypes.TYPESTR.get(self.dtype) or {2: "<u2", 1: "|u1"}[_dtypes.ITEMSIZE[self.dtype]]
+        return np.asarray(_HostArray(self, typestr))
+
+    def numpy(self, view: Any = None) -> Any:
+        """A NumPy array over the shared host memory (host backend only). It
+        keeps the reference alive while it exists. `view` reinterprets the
+        bytes as another dtype (flat)."""
+        import numpy as np
+
+        arr = self._host_array()
+        if view is not None:
+            return arr.reshape(-1).view(np.uint8).view(view)
+        if self.dtype not in _dtypes.TYPESTR:
+            return arr.view(_dtypes.numpy_dtype(self.dtype))
+        return arr
+
+    def torch(self) -> Any:
+        """A torch.Tensor over the same memory (CPU for host, CUDA otherwise)."""
+        import torch
+
+        self._check()
+        if not self.is_cuda:
+            t = torch.from_numpy(self._host_array())
+            return t.view(_dtypes.torch_dtype(self.dtype)) if self.dtype not in _dtypes.TYPESTR else t
+        return torch.from_dlpack(_DLPackExporter(self))
+
+    def cupy(self) -> Any:
+        import cupy
+
+        self._check()
+        if not self.is_cuda:
+            raise TypeError(f"tensor {self.name!r} is a host tensor: use .numpy()")
+        return cupy.from_dlpack(_DLPackExporter(self))
+
+    @property
+    def __cuda_array_interface__(self) -> dict[str, Any]:
+        self._check()
+        if not self.is_cuda:
+            raise AttributeError("host tensor")
+        if self.dtype not in _dtypes.TYPESTR:
+            raise TypeError(f"{self.dtype} has no __cuda_array_interface__ typestr; use .torch() (DLPack)")
+        return {"shape": self.shape, "typestr": _dtypes.TYPESTR[self.dtype], "data": (self.data_ptr, False),
+                "version": 3, "strides": None, "stream": None}
+
+
+class SharedTensor(_Views):
+    """One reference on a named tensor. Views from .numpy(), .torch() and
+    .cupy() are zero-copy; NumPy and host views keep the reference alive while
+    they exist, and GPU views through DLPack do too. release() (or `with`)
+    drops it at once: views must not be used after that."""
+
+    def __init__(self, store: Store, info: TensorInfo, seg: _Segment) -> None:
+        self.store = store
+        self.info = info
+        self._seg = seg
+        self._seg_ptr = seg.ptr
+        self._ordinal = getattr(seg.mapping, "ordinal", -1)
+        self._released = False
+        self._finalizer = weakref.finalize(self, _finalize_release, weakref.ref(store), info.name, seg)
+
+    # -- lifetime --------------------------------------------------------
+
+    def release(self) -> None:
+        """Drops this reference. Views must not be used afterwards."""
+        if self._released:
+            return
+        self._released = True
+        self._finalizer.detach()
+        self.store._release(self)
+
+    def __enter__(self) -> "SharedTensor":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        state = "released" if self._released else f"refcount~{self.info.refcount}"
+        return f"SharedTensor({self.name!r}, {self.dtype}{list(self.shape)}, {self.info.ipc_mode}, {state})"
+
+
+class _HostArray:
+    """Hands NumPy the tensor's memory and keeps the SharedTensor alive for as
+    long as any array made from it."""
+
+    def __init__(self, t: _Views, typestr: str) -> None:
+        self.t = t
+        self.__array_interface__ = {"shape": t.shape, "typestr": typestr, "data": (t.data_ptr, False), "version": 3}
+
+
+def _finalize_release(store_ref: "weakref.ref[Store]", name: str, seg: _Segment) -> None:
+    # Runs from the garbage collector, possibly in the middle of another call
+    # on the same connection: the release is queued for the next call.
+    store = store_ref()
+    if store is None or store._closed:
+        return
+    store._drop_user(seg)
+    store._pending_release.append(name)
+
+
+class _DLPackExporter:
+    """Exports a GPU tensor through DLPack (bf16 and fp8 included)."""
+
+    def __init__(self, t: _Views) -> None:
+        self.t = t
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (2, self.t.device_index)  # kDLCUDA
+
+    def __dlpack__(self, stream: Any = None, **kw: Any) -> Any:
+        from . import _dlpack
+
+        # The memory is shared across processes: callers synchronise explicitly
+        # (or through an IPC event), so no stream ordering is implied here.
+        return _dlpack.capsule(self.t.data_ptr, self.t.shape, self.t.dtype, self.t.device_index, owner=self.t)
+

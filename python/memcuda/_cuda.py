@@ -1,0 +1,189 @@
+"""The CUDA driver calls the client needs, through ctypes on libcuda.so.1
+(no toolkit, no compiled extension): import a VMM segment from a file
+descriptor, or open a legacy CUipcMemHandle, in the device's primary context."""
+from __future__ import annotations
+
+import base64
+import ctypes
+import threading
+from typing import Any, Optional
+
+from ._errors import FailedPrecondition, MemcudaError
+
+CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR = 1
+CU_MEM_LOCATION_TYPE_DEVICE = 1
+CU_MEM_ACCESS_FLAGS_PROT_READWRITE = 3
+CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS = 1
+
+_lock = threading.Lock()
+_lib: Optional[ctypes.CDLL] = None
+_ctx: dict[int, ctypes.c_void_p] = {}
+_uuids: Optional[dict[str, int]] = None
+
+
+class CudaError(MemcudaError):
+    code = "internal"
+
+
+class _MemLocation(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_int), ("id", ctypes.c_int)]
+
+
+class _MemAccessDesc(ctypes.Structure):
+    _fields_ = [("location", _MemLocation), ("flags", ctypes.c_int)]
+
+
+class _IpcMemHandle(ctypes.Structure):
+    _fields_ = [("reserved", ctypes.c_char * 64)]
+
+
+def _load() -> ctypes.CDLL:
+    global _lib
+    if _lib is None:
+        try:
+            lib = ctypes.CDLL("libcuda.so.1")
+        except OSError as e:
+            raise FailedPrecondition(f"this tensor lives on a GPU but libcuda.so.1 cannot be loaded: {e}") from e
+        _lib = lib
+        _check("cuInit", _fn("cuInit")(0))
+    return _lib
+
+
+def _fn(name: str) -> Any:
+    lib = _lib if _lib is not None else _load()
+    for cand in (name + "_v2", name):
+        f = getattr(lib, cand, None)
+        if f is not None:
+            return f
+    raise CudaError(f"the driver has no {name}")
+
+
+def _check(what: str, rc: int) -> None:
+    if rc == 0:
+        return
+    lib = _lib
+    msg = ctypes.c_char_p()
+    name = ctypes.c_char_p()
+    if lib is not None:
+        lib.cuGetErrorName(rc, ctypes.byref(name))
+        lib.cuGetErrorString(rc, ctypes.byref(msg))
+    n = name.value.decode() if name.value else f"CUresult {rc}"
+    m = msg.value.decode() if msg.value else ""
+    raise CudaError(f"{what}: {n}: {m}")
+
+
+def format_uuid(raw: bytes) -> str:
+    h = raw.hex()
+    return f"GPU-{h[0:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
+
+
+def ordinal_of(uuid: str) -> int:
+    """The CUDA ordinal, in this process, of the GPU with this UUID."""
+    global _uuids
+    with _lock:
+        if _uuids is None:
+            _load()
+            n = ctypes.c_int()
+            _check("cuDeviceGetCount", _fn("cuDeviceGetCount")(ctypes.byref(n)))
+            found: dict[str, int] = {}
+            for i in range(n.value):
+                dev = ctypes.c_int()
+                _check("cuDeviceGet", _fn("cuDeviceGet")(ctypes.byref(dev), i))
+                raw = (ctypes.c_char * 16)()
+                _check("cuDeviceGetUuid", _fn("cuDeviceGetUuid")(raw, dev))
+                found[format_uuid(bytes(raw))] = i
+            _uuids = found
+    try:
+        return _uuids[uuid.lower()] if uuid.lower() in _uuids else _uuids[uuid]
+    except KeyError:
+        raise FailedPrecondition(f"GPU {uuid} is not visible in this process (check CUDA_VISIBLE_DEVICES)") from None
+
+
+class _Current:
+    """Makes the device's primary context current for a block (the one the
+    CUDA runtime, PyTorch and CuPy use)."""
+
+    def __init__(self, ordinal: int) -> None:
+        self.ordinal = ordinal
+
+    def __enter__(self) -> None:
+        with _lock:
+            ctx = _ctx.get(self.ordinal)
+            if ctx is None:
+                dev = ctypes.c_int()
+                _check("cuDeviceGet", _fn("cuDeviceGet")(ctypes.byref(dev), self.ordinal))
+                ctx = ctypes.c_void_p()
+                _check("cuDevicePrimaryCtxRetain", _fn("cuDevicePrimaryCtxRetain")(ctypes.byref(ctx), dev))
+                _ctx[self.ordinal] = ctx
+        _check("cuCtxPushCurrent", _fn("cuCtxPushCurrent")(ctx))
+
+    def __exit__(self, *exc: Any) -> None:
+        popped = ctypes.c_void_p()
+        _fn("cuCtxPopCurrent")(ctypes.byref(popped))
+
+
+class Mapping:
+    """A segment mapped into this process's address space."""
+
+    def __init__(self, ptr: int, size: int, ordinal: int, legacy: bool) -> None:
+        self.ptr = ptr
+        self.size = size
+        self.ordinal = ordinal
+        self.legacy = legacy
+        self.closed = False
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        with _Current(self.ordinal):
+            if self.legacy:
+                _check("cuIpcCloseMemHandle", _fn("cuIpcCloseMemHandle")(ctypes.c_uint64(self.ptr)))
+            else:
+                _check("cuMemUnmap", _fn("cuMemUnmap")(ctypes.c_uint64(self.ptr), ctypes.c_size_t(self.size)))
+                _check("cuMemAddressFree", _fn("cuMemAddressFree")(ctypes.c_uint64(self.ptr), ctypes.c_size_t(self.size)))
+
+
+def import_segment(fd: int, info: Any) -> Mapping:
+    """Maps a segment the agent sent: a VMM fd, or (legacy) the IPC handle of
+    the record."""
+    ordinal = ordinal_of(info.device_uuid)
+    if info.ipc_mode == "legacy":
+        return open_legacy(info.ipc_handle, info.segment_size, ordinal)
+    if info.ipc_mode != "vmm":
+        raise FailedPrecondition(f"unknown ipc_mode {info.ipc_mode!r}")
+    size = int(info.segment_size)
+    with _Current(ordinal):
+        handle = ctypes.c_uint64()
+        _check("cuMemImportFromShareableHandle", _fn("cuMemImportFromShareableHandle")(
+            ctypes.byref(handle), ctypes.c_void_p(fd), CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR))
+        ptr = ctypes.c_uint64()
+        try:
+            _check("cuMemAddressReserve", _fn("cuMemAddressReserve")(
+                ctypes.byref(ptr), ctypes.c_size_t(size), ctypes.c_size_t(0), ctypes.c_uint64(0), ctypes.c_uint64(0)))
+            try:
+                _check("cuMemMap", _fn("cuMemMap")(ptr, ctypes.c_size_t(size), ctypes.c_size_t(0), handle, ctypes.c_uint64(0)))
+                desc = _MemAccessDesc(_MemLocation(CU_MEM_LOCATION_TYPE_DEVICE, ordinal), CU_MEM_ACCESS_FLAGS_PROT_READWRITE)
+                rc = _fn("cuMemSetAccess")(ptr, ctypes.c_size_t(size), ctypes.byref(desc), ctypes.c_size_t(1))
+                if rc != 0:
+                    _fn("cuMemUnmap")(ptr, ctypes.c_size_t(size))
+                    _check("cuMemSetAccess", rc)
+            except BaseException:
+                _fn("cuMemAddressFree")(ptr, ctypes.c_size_t(size))
+                raise
+        finally:
+            # The mapping holds the physical memory; the handle is not needed.
+            _fn("cuMemRelease")(handle)
+    return Mapping(ptr.value, size, ordinal, legacy=False)
+
+
+def open_legacy(handle_b64: str, size: int, ordinal: int) -> Mapping:
+    raw = base64.b64decode(handle_b64)
+    if len(raw) != 64:
+        raise FailedPrecondition(f"legacy ipc_handle decodes to {len(raw)} bytes, want 64")
+    h = _IpcMemHandle()
+    ctypes.memmove(ctypes.byref(h), raw, 64)
+    ptr = ctypes.c_uint64()
+    with _Current(ordinal):
+        _check("cuIpcOpenMemHandle", _fn("cuIpcOpenMemHandle")(ctypes.byref(ptr), h, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS))
+    return Mapping(ptr.value, int(size), ordinal, legacy=True)

@@ -1,0 +1,103 @@
+"""Version 1 of the agent socket's framing (api/v1 in the Go module).
+
+A frame is a 12-byte header (magic "MCU1", version 1, kind, descriptor
+count, reserved 0, big-endian body length) and a compact JSON body. Request
+bodies are written exactly as Go's encoding/json writes them, so both sides
+produce the same bytes (api/v1/testdata/vectors.json pins them).
+"""
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+MAGIC = b"MCU1"
+VERSION = 1
+HEADER = struct.Struct(">4sBBBBI")
+HEADER_SIZE = HEADER.size
+MAX_BODY = 1 << 20
+MAX_FDS = 8
+KIND_REQUEST = 1
+KIND_RESPONSE = 2
+
+
+class FrameError(ValueError):
+    """A malformed frame."""
+
+
+@dataclass(frozen=True)
+class Header:
+    kind: int
+    num_fds: int
+    body_len: int
+
+
+def _go_json(obj: Any) -> bytes:
+    # encoding/json: compact, UTF-8, and <, >, &, U+2028, U+2029 escaped.
+    s = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    for ch, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        s = s.replace(ch, esc)
+    return s.encode("utf-8")
+
+
+def frame(kind: int, body: bytes, num_fds: int = 0) -> bytes:
+    if len(body) > MAX_BODY:
+        raise FrameError(f"body of {len(body)} bytes exceeds {MAX_BODY}")
+    if not 0 <= num_fds <= MAX_FDS:
+        raise FrameError(f"{num_fds} descriptors, at most {MAX_FDS}")
+    return HEADER.pack(MAGIC, VERSION, kind, num_fds, 0, len(body)) + body
+
+
+def parse_header(b: bytes) -> Header:
+    if len(b) < HEADER_SIZE:
+        raise FrameError(f"header of {len(b)} bytes")
+    magic, version, kind, nfd, reserved, n = HEADER.unpack(b[:HEADER_SIZE])
+    if magic != MAGIC:
+        raise FrameError(f"bad magic {magic!r}")
+    if version != VERSION:
+        raise FrameError(f"protocol version {version}, this client speaks {VERSION}")
+    if kind not in (KIND_REQUEST, KIND_RESPONSE):
+        raise FrameError(f"unknown frame kind {kind}")
+    if nfd > MAX_FDS:
+        raise FrameError(f"{nfd} descriptors, at most {MAX_FDS}")
+    if reserved != 0:
+        raise FrameError(f"reserved byte is {reserved}")
+    if n > MAX_BODY:
+        raise FrameError(f"body of {n} bytes exceeds {MAX_BODY}")
+    return Header(kind, nfd, n)
+
+
+def encode_request(
+    id: int,
+    op: str,
+    name: str = "",
+    dtype: str = "",
+    shape: Optional[Sequence[int]] = None,
+    device: str = "",
+    client: str = "",
+) -> bytes:
+    """A request frame, byte for byte what the Go encoder writes."""
+    body: dict[str, Any] = {"id": int(id), "op": op}
+    # Field order and omitempty rules of v1.Request.
+    if name:
+        body["name"] = name
+    if dtype:
+        body["dtype"] = dtype
+    if shape:
+        body["shape"] = [int(d) for d in shape]
+    if device:
+        body["device"] = device
+    if client:
+        body["client"] = client
+    return frame(KIND_REQUEST, _go_json(body))
+
+
+def decode_body(body: bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FrameError(f"bad JSON body: {e}") from e
+    if not isinstance(obj, dict):
+        raise FrameError("body is not a JSON object")
+    return obj

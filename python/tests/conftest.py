@@ -1,0 +1,114 @@
+"""Fixtures: a real redis-server and a real memcuda-agent (built from this
+checkout unless MEMCUDA_BIN_DIR points at built binaries)."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "python"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def bin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if os.environ.get("MEMCUDA_BIN_DIR"):
+        return Path(os.environ["MEMCUDA_BIN_DIR"])
+    out = tmp_path_factory.mktemp("bin")
+    subprocess.run(["go", "build", "-o", str(out), "./cmd/..."], cwd=ROOT, check=True)
+    return out
+
+
+@dataclass
+class Agent:
+    socket: str
+    redis_url: str
+    prefix: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    exe = os.environ.get("REDIS_SERVER") or shutil.which("redis-server")
+    if not exe:
+        pytest.fail("redis-server not found (CI installs it; or set REDIS_SERVER)")
+    d = tmp_path_factory.mktemp("redis")
+    port = _free_port()
+    p = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(d), "--save", "",
+                          "--appendonly", "no", "--logfile", str(d / "redis.log")])
+    deadline = time.time() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if time.time() > deadline:
+                p.kill()
+                pytest.fail("redis-server did not start")
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    p.kill()
+    p.wait()
+
+
+@pytest.fixture
+def agent(bin_dir: Path, redis_url: str, request: pytest.FixtureRequest) -> Iterator[Agent]:
+    d = Path(tempfile.mkdtemp(prefix="memcuda-py-"))
+    sock = str(d / "agent.sock")
+    prefix = f"py-{os.getpid()}-{request.node.name}:"
+    log = d / "agent.log"
+    marker = request.node.get_closest_marker("agent_args")
+    extra = list(marker.args) if marker else []
+    with open(log, "wb") as f:
+        p = subprocess.Popen([str(bin_dir / "memcuda-agent"), "--redis-url", redis_url, "--redis-prefix", prefix,
+                              "--socket", sock, "--metrics-addr", "", "--gc-interval", "200ms", "--log-level", "debug",
+                              *extra], stdout=f, stderr=subprocess.STDOUT)
+    a = Agent(sock, redis_url, prefix, p, log)
+    deadline = time.time() + 10
+    while b"registry reconciled" not in log.read_bytes():
+        if time.time() > deadline or p.poll() is not None:
+            a.stop()
+            pytest.fail("agent did not start:\n" + log.read_text())
+        time.sleep(0.02)
+    os.environ["MEMCUDA_SOCKET"] = sock
+    yield a
+    a.stop()
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        print(log.read_text())
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "agent_args(*args): extra memcuda-agent flags")
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU with PyTorch")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)

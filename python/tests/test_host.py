@@ -1,0 +1,156 @@
+"""The Python client against a real agent on the host backend (NumPy)."""
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import memcuda
+
+
+def child(code: str, agent) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, MEMCUDA_SOCKET=agent.socket, PYTHONPATH=os.path.dirname(os.path.dirname(memcuda.__file__)))
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_two_processes_share_by_name(agent) -> None:
+    w = child("""
+        import memcuda, numpy as np
+        s = memcuda.connect()
+        t = s.create("py.weights", (64, 128), "float32")
+        a = t.numpy()
+        assert a.shape == (64, 128) and a.dtype == np.float32 and not a.any()  # zero-filled
+        a[:] = np.arange(64 * 128, dtype=np.float32).reshape(64, 128)
+        print(float(a.sum()))
+    """, agent)
+    assert w.returncode == 0, w.stderr
+    r = child("""
+        import memcuda, numpy as np
+        with memcuda.connect() as s, s.get("py.weights") as t:
+            a = t.numpy()
+            assert np.array_equal(a.ravel(), np.arange(64 * 128, dtype=np.float32))
+            a[0, 0] = -7
+            print(float(a.sum()))
+    """, agent)
+    assert r.returncode == 0, r.stderr
+    with memcuda.connect() as s, s.get("py.weights") as t:
+        assert t.numpy()[0, 0] == -7
+        assert t.info.refcount == 2
+        assert t.info.ipc_mode == "host"
+
+
+def test_errors_carry_codes(agent) -> None:
+    with memcuda.connect() as s:
+        s.create("e", (2, 3), "f32").release()
+        with pytest.raises(memcuda.AlreadyExists):
+            s.create("e", (3, 2), "f32")
+        with pytest.raises(memcuda.NotFound):
+            s.get("missing")
+        for bad in [dict(name="a b", shape=(1,), dtype="f32"), dict(name="x", shape=(1,), dtype="f31"),
+                    dict(name="x", shape=(-1,), dtype="f32"), dict(name="x", shape=(1 << 40, 1 << 40), dtype="f32"),
+                    dict(name="x", shape=(1,) * 9, dtype="f32"), dict(name="../x", shape=(1,), dtype="f32")]:
+            with pytest.raises(memcuda.InvalidArgument) as ei:
+                s.create(**bad)
+            assert ei.value.code == "invalid_argument"
+        with pytest.raises(memcuda.FailedPrecondition):
+            s._call("release", name="e")  # this connection holds no reference
+
+
+def test_dtypes_and_views(agent) -> None:
+    with memcuda.connect() as s:
+        for dt, np_dt in [("f16", np.float16), ("float64", np.float64), ("int8", np.int8), ("i32", np.int32),
+                          ("torch.int64", np.int64), ("uint8", np.uint8), ("bool", np.bool_), (np.float32, np.float32)]:
+            name = f"dt.{np.dtype(np_dt).name}"
+            with s.create(name, (3, 5), dt) as t:
+                a = t.numpy()
+                assert a.dtype == np_dt and a.shape == (3, 5)
+        with s.create("dt.bf16", (4,), "bfloat16") as t:
+            raw = t.numpy(view=np.uint16)
+            assert raw.shape == (4,)
+            try:
+                import ml_dtypes  # noqa: F401
+            except ImportError:
+                with pytest.raises(TypeError, match="ml_dtypes"):
+                    t.numpy()
+        with s.create("dt.scalar", (), "f64") as t:
+            assert t.numpy().shape == ()
+        with s.create("dt.empty", (0, 7), "f32") as t:
+            assert t.numpy().shape == (0, 7)
+
+
+def test_list_stat_stats_delete(agent) -> None:
+    with memcuda.connect() as s:
+        s.create("a", (10,), "f32").release()
+        s.create("b", (20,), "u8").release()
+        names = [i.name for i in s.list()]
+        assert names == ["a", "b"]
+        info = s.stat("b")
+        assert info.bytes == 20 and info.refcount == 1 and info.shape == (20,)
+        st = s.stats()
+        assert st["tensors"] == 2 and st["pools"][0]["allocated"] >= 512
+        s.delete("a")
+        with pytest.raises(memcuda.NotFound):
+            s.stat("a")
+
+
+def test_views_keep_the_reference(agent) -> None:
+    with memcuda.connect() as s:
+        s.create("keep", (8,), "f32").release()
+        a = s.get("keep").numpy()  # the SharedTensor object is dropped at once
+        gc.collect()
+        assert s.stat("keep").refcount == 2, "a live NumPy view must keep its reference"
+        del a
+        gc.collect()
+        s.list()  # the finalizer's release goes out with the next call
+        assert s.stat("keep").refcount == 1
+
+
+def test_kill9_releases(agent) -> None:
+    with memcuda.connect() as s:
+        s.create("k", (4,), "f32").release()
+    env = dict(os.environ, MEMCUDA_SOCKET=agent.socket, PYTHONPATH=os.path.dirname(os.path.dirname(memcuda.__file__)))
+    p = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import memcuda, sys, time
+        s = memcuda.connect()
+        ts = [s.get("k") for _ in range(3)]
+        print("ready", flush=True)
+        time.sleep(600)
+    """)], env=env, stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    with memcuda.connect() as s:
+        assert s.stat("k").refcount == 2
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        deadline = time.time() + 2
+        while s.stat("k").refcount != 1:
+            assert time.time() < deadline, "refcount not back within 2 s of kill -9"
+            time.sleep(0.01)
+
+
+def test_redis_only_path(agent) -> None:
+    with memcuda.connect() as s:
+        with s.create("r", (16,), "i32") as t:
+            t.numpy()[:] = np.arange(16)
+    with memcuda.open_from_redis(agent.redis_url, "r", prefix=agent.prefix) as t:
+        assert list(t.numpy()) == list(range(16))
+        with memcuda.connect() as s:
+            assert s.stat("r").refcount == 2  # the queue reference of this pid
+    with memcuda.connect() as s:
+        assert s.stat("r").refcount == 1
+    t2 = memcuda.open_from_redis(agent.redis_url, "r", prefix=agent.prefix, reference=False)
+    assert t2.numpy()[3] == 3
+    t2.release()
+    with pytest.raises(memcuda.NotFound):
+        memcuda.open_from_redis(agent.redis_url, "nope", prefix=agent.prefix)
+
+
+def test_agent_down_is_unavailable(tmp_path) -> None:
+    with pytest.raises(memcuda.Unavailable):
+        memcuda.connect(str(tmp_path / "no.sock"))
