@@ -18,13 +18,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/memcuda/memcuda/cuda"
 	"github.com/memcuda/memcuda/pkg/backend"
+	"github.com/memcuda/memcuda/pkg/backend/gpu"
 	"github.com/memcuda/memcuda/pkg/backend/host"
 	"github.com/memcuda/memcuda/pkg/metrics"
 	"github.com/memcuda/memcuda/pkg/queue"
 	"github.com/memcuda/memcuda/pkg/registry"
 	"github.com/memcuda/memcuda/pkg/server"
 	"github.com/memcuda/memcuda/pkg/store"
+	"github.com/memcuda/memcuda/pkg/tensor"
 )
 
 // Config is everything the agent is told at start.
@@ -68,24 +71,45 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		return nil, errors.New("node name is empty")
 	}
 	a := &Agent{cfg: cfg, log: log, rdb: redis.NewClient(opt), instance: store.NewInstanceID()}
-	switch cfg.Backend {
-	case "auto", "host", "":
-		hb := host.New(cfg.RedisPrefix, a.instance, host.WithLogger(log))
-		removed, err := hb.RemoveStale()
-		if err != nil {
-			log.Warn("could not remove stale shared-memory objects", "err", err)
-		}
-		if len(removed) > 0 {
-			log.Info("removed shared-memory objects of a previous agent instance", "count", len(removed))
-		}
-		a.be = hb
-	default:
-		return nil, fmt.Errorf("--backend %q: this build knows auto and host", cfg.Backend)
+	if cfg.Backend == "" {
+		cfg.Backend = "auto"
 	}
+	be, err := a.openBackend(cfg.Backend)
+	if err != nil {
+		return nil, err
+	}
+	a.be = be
 	a.reg = registry.New(a.rdb, registry.Keys{Prefix: cfg.RedisPrefix, Node: cfg.Node})
 	a.st = store.New(a.reg, a.be, a.instance, cfg.Node,
 		store.WithLogger(log), store.WithDeviceLimit(cfg.DeviceLimit), store.WithZeroFill(cfg.ZeroFill))
 	return a, nil
+}
+
+// openBackend picks the memory backend: auto is vmm when a GPU is visible,
+// host otherwise.
+func (a *Agent) openBackend(name string) (backend.Backend, error) {
+	switch name {
+	case "auto", "":
+		if gpu.Available() {
+			return gpu.New(tensor.ModeVMM, a.instance)
+		}
+		_, err := cuda.DeviceCount()
+		a.log.Info("no GPU visible; using the host backend", "reason", err)
+		return a.openBackend("host")
+	case tensor.ModeVMM, tensor.ModeLegacy:
+		return gpu.New(name, a.instance)
+	case tensor.ModeHost:
+		hb := host.New(a.cfg.RedisPrefix, a.instance, host.WithLogger(a.log))
+		removed, err := hb.RemoveStale()
+		if err != nil {
+			a.log.Warn("could not remove stale shared-memory objects", "err", err)
+		}
+		if len(removed) > 0 {
+			a.log.Info("removed shared-memory objects of a previous agent instance", "count", len(removed))
+		}
+		return hb, nil
+	}
+	return nil, fmt.Errorf("--backend %q: want auto, vmm, legacy or host", name)
 }
 
 // Store is the agent's store.

@@ -50,9 +50,10 @@ type Client struct {
 
 type segment struct {
 	id    string
-	fd    int
+	fd    int // -1 for legacy segments, which travel as IPC handles
 	size  uint64
-	mem   []byte
+	mem   []byte   // host mapping
+	gpu   *gpuView // GPU mapping
 	users int
 }
 
@@ -186,10 +187,10 @@ func (c *Client) Close() error {
 		t.data = nil
 	}
 	for _, s := range c.segs {
-		if s.mem != nil {
-			errs = append(errs, unix.Munmap(s.mem))
+		errs = append(errs, s.unmap())
+		if s.fd >= 0 {
+			unix.Close(s.fd)
 		}
-		unix.Close(s.fd)
 	}
 	for _, fd := range c.fds {
 		unix.Close(fd)
@@ -211,6 +212,29 @@ type Tensor struct {
 // that opened it. It is nil for GPU tensors and after Release.
 func (t *Tensor) Bytes() []byte { return t.data }
 
+// DevicePtr is the tensor's address on its GPU in this process, and the CUDA
+// ordinal of that GPU here (its UUID resolved under this process's
+// CUDA_VISIBLE_DEVICES). ok is false for host tensors and after Release.
+func (t *Tensor) DevicePtr() (ptr uint64, ordinal int, ok bool) {
+	if t.released || t.seg == nil || t.seg.gpu == nil {
+		return 0, 0, false
+	}
+	return uint64(t.seg.gpu.ptr) + t.Info.Offset, t.seg.gpu.dev.Ordinal, true
+}
+
+func (s *segment) unmap() error {
+	var err error
+	if s.mem != nil {
+		err = unix.Munmap(s.mem)
+		s.mem = nil
+	}
+	if s.gpu != nil {
+		err = errors.Join(err, s.gpu.close())
+		s.gpu = nil
+	}
+	return err
+}
+
 func (c *Client) open(ctx context.Context, req *v1.Request) (*Tensor, error) {
 	resp, err := c.call(ctx, req)
 	if err != nil {
@@ -228,6 +252,10 @@ func (c *Client) mapTensor(t *Tensor) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	s := c.segs[t.Info.SegmentID]
+	if s == nil && t.Info.IPCMode == tensor.ModeLegacy {
+		s = &segment{id: t.Info.SegmentID, fd: -1}
+		c.segs[s.id] = s
+	}
 	if s == nil {
 		return fmt.Errorf("%w: agent sent no descriptor for segment %s", errdefs.ErrInternal, t.Info.SegmentID)
 	}
@@ -235,7 +263,14 @@ func (c *Client) mapTensor(t *Tensor) error {
 	s.users++
 	c.tensors[t] = struct{}{}
 	if t.Info.IPCMode != tensor.ModeHost {
-		return nil // GPU memory is mapped by the cuda package (python client, GPU issue).
+		if s.gpu == nil {
+			g, err := mapGPU(s.fd, t.Info)
+			if err != nil {
+				return err
+			}
+			s.gpu = g
+		}
+		return nil
 	}
 	if s.mem == nil {
 		mem, err := unix.Mmap(s.fd, 0, int(t.Info.SegmentSize), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
@@ -265,9 +300,8 @@ func (t *Tensor) Release(ctx context.Context) error {
 	t.data = nil
 	delete(c.tensors, t)
 	if s := t.seg; s != nil {
-		if s.users--; s.users == 0 && s.mem != nil {
-			unix.Munmap(s.mem)
-			s.mem = nil
+		if s.users--; s.users == 0 {
+			s.unmap()
 		}
 	}
 	closed := c.closed

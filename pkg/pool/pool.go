@@ -37,6 +37,12 @@ type Segment interface {
 	Release() error
 }
 
+// Pinned is implemented by segments that must never be released while the
+// pool lives (legacy CUDA IPC: any process may have mapped the handle).
+type Pinned interface {
+	Pinned() bool
+}
+
 // Source provides segments: the backend's side of a pool.
 type Source interface {
 	NewSegment(ctx context.Context, size uint64) (Segment, error)
@@ -318,6 +324,9 @@ func (p *Pool) trimLocked() (uint64, error) {
 	for seg := range p.segments {
 		h := seg.head
 		if h.allocated || h.next != nil {
+			continue
+		}
+		if pin, ok := seg.mem.(Pinned); ok && pin.Pinned() {
 			continue
 		}
 		p.setOf(seg).Delete(h)

@@ -254,6 +254,22 @@ func TestSourceErrorLeavesBudget(t *testing.T) {
 	}
 }
 
+type pinnedSegment struct{ fakeSegment }
+
+func (pinnedSegment) Pinned() bool { return true }
+
+func TestTrimSkipsPinnedSegments(t *testing.T) {
+	released := 0
+	p := New(SourceFunc(func(_ context.Context, size uint64) (Segment, error) {
+		return &pinnedSegment{fakeSegment{size: size, released: &released}}, nil
+	}))
+	b, _ := p.Alloc(context.Background(), 100)
+	p.Free(b)
+	if n, _ := p.Trim(); n != 0 || released != 0 {
+		t.Fatalf("trim released %d bytes of a pinned segment", n)
+	}
+}
+
 func TestTrim(t *testing.T) {
 	src := &fakeSource{}
 	p := New(src)

@@ -201,7 +201,8 @@ class Store:
             self._sock.close()
             for s in self._segments.values():
                 _unmap(s)
-                _close_fd(s.fd)
+                if s.fd >= 0:
+                    _close_fd(s.fd)
             for fd in self._fds:
                 _close_fd(fd)
             self._segments.clear()
@@ -224,6 +225,9 @@ class Store:
         info = TensorInfo.from_wire(resp["tensor"])
         with self._lock:
             seg = self._segments.get(info.segment_id)
+            if seg is None and info.ipc_mode == "legacy":
+                # Legacy segments travel as the record's IPC handle, not as a descriptor.
+                seg = self._segments[info.segment_id] = _Segment(info.segment_id, -1)
             try:
                 if seg is None:
                     raise ProtocolError(f"no descriptor for segment {info.segment_id}")

@@ -1,0 +1,197 @@
+// Package gpu is the CUDA backend in its two modes:
+//
+//   - vmm: segments from cuMemCreate with the POSIX-fd handle type, shared as
+//     file descriptors over the agent socket. Works across PID namespaces.
+//     Clients' mappings keep the physical memory alive, so releasing a
+//     segment here is always safe.
+//   - legacy: segments from cuMemAlloc, shared by CUipcMemHandle (base64 in
+//     the registry, plus the tensor's offset), as the seed designed. A
+//     process that read the handle may map the segment at any time, so
+//     legacy segments are pinned: trim never releases them.
+package gpu
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/memcuda/memcuda/cuda"
+	"github.com/memcuda/memcuda/pkg/backend"
+	"github.com/memcuda/memcuda/pkg/errdefs"
+	"github.com/memcuda/memcuda/pkg/tensor"
+)
+
+// Backend serves every visible GPU.
+type Backend struct {
+	mode     string
+	instance string
+	devs     []backend.Device
+	cu       map[int]*cuda.Device
+	gran     map[int]uint64
+	seq      atomic.Uint64
+}
+
+// Available reports whether a driver and at least one GPU are present.
+func Available() bool {
+	n, err := cuda.DeviceCount()
+	return err == nil && n > 0
+}
+
+// New opens every GPU for mode vmm or legacy.
+func New(mode, instance string) (*Backend, error) {
+	if mode != tensor.ModeVMM && mode != tensor.ModeLegacy {
+		return nil, errdefs.Invalid("gpu backend mode %q: want vmm or legacy", mode)
+	}
+	n, err := cuda.DeviceCount()
+	if err != nil {
+		return nil, err
+	}
+	if n == 0 {
+		return nil, fmt.Errorf("%w: no CUDA device is visible", cuda.ErrNoDriver)
+	}
+	b := &Backend{mode: mode, instance: instance, cu: map[int]*cuda.Device{}, gran: map[int]uint64{}}
+	for i := 0; i < n; i++ {
+		d, err := cuda.GetDevice(i)
+		if err != nil {
+			return nil, err
+		}
+		dev := backend.Device{Index: i}
+		if dev.UUID, err = d.UUID(); err != nil {
+			return nil, err
+		}
+		dev.PCIBusID, _ = d.PCIBusID()
+		dev.Name, _ = d.Name()
+		if dev.Total, err = d.TotalMem(); err != nil {
+			return nil, err
+		}
+		g := uint64(2 << 20)
+		if mode == tensor.ModeVMM {
+			if ok, _ := d.Attribute(cuda.AttrVirtualMemoryManagementSupported); ok == 0 {
+				return nil, fmt.Errorf("GPU %d (%s) does not support virtual memory management: use --backend legacy", i, dev.UUID)
+			}
+			if ok, _ := d.Attribute(cuda.AttrHandleTypePosixFDSupported); ok == 0 {
+				return nil, fmt.Errorf("GPU %d (%s) cannot export POSIX file descriptors: use --backend legacy", i, dev.UUID)
+			}
+			if g, err = d.Granularity(false); err != nil {
+				return nil, err
+			}
+		}
+		b.devs = append(b.devs, dev)
+		b.cu[i] = d
+		b.gran[i] = g
+	}
+	return b, nil
+}
+
+// Mode implements backend.Backend.
+func (b *Backend) Mode() string { return b.mode }
+
+// Devices implements backend.Backend.
+func (b *Backend) Devices() []backend.Device { return b.devs }
+
+// Granularity implements backend.Backend.
+func (b *Backend) Granularity(device int) uint64 { return b.gran[device] }
+
+// Close implements backend.Backend.
+func (b *Backend) Close() error { return nil }
+
+func classify(err error) error {
+	if errors.Is(err, cuda.ErrOutOfMemory) {
+		return fmt.Errorf("%w: %v", errdefs.ErrOutOfMemory, err)
+	}
+	return err
+}
+
+// NewSegment implements backend.Backend.
+func (b *Backend) NewSegment(_ context.Context, device int, size uint64) (backend.Segment, error) {
+	d := b.cu[device]
+	if d == nil {
+		return nil, errdefs.Invalid("no GPU %d", device)
+	}
+	id := fmt.Sprintf("%s.%s.%d.%d", b.mode, b.instance, device, b.seq.Add(1))
+	if b.mode == tensor.ModeLegacy {
+		p, err := d.MemAlloc(size)
+		if err != nil {
+			return nil, classify(err)
+		}
+		h, err := d.IPCGetMemHandle(p)
+		if err != nil {
+			d.MemFree(p)
+			return nil, err
+		}
+		return &Segment{id: id, d: d, ptr: p, size: size, fd: -1, handle: base64.StdEncoding.EncodeToString(h[:]), legacy: true}, nil
+	}
+	h, err := d.MemCreate(size)
+	if err != nil {
+		return nil, classify(err)
+	}
+	// The mapping below and the exported descriptor keep the memory; the
+	// allocation handle itself is not needed after them.
+	defer d.MemRelease(h)
+	fd, err := d.ExportFD(h)
+	if err != nil {
+		return nil, err
+	}
+	unix.CloseOnExec(fd)
+	p, err := d.Map(h, size)
+	if err != nil {
+		unix.Close(fd)
+		return nil, classify(err)
+	}
+	return &Segment{id: id, d: d, ptr: p, size: size, fd: fd}, nil
+}
+
+// Segment is one GPU allocation, mapped in the agent.
+type Segment struct {
+	id     string
+	d      *cuda.Device
+	ptr    cuda.DevicePtr
+	size   uint64
+	fd     int
+	handle string
+	legacy bool
+}
+
+// ID implements backend.Segment.
+func (s *Segment) ID() string { return s.id }
+
+// Handle implements backend.Segment: base64 CUipcMemHandle (legacy) or "".
+func (s *Segment) Handle() string { return s.handle }
+
+// FD implements backend.Segment: the VMM descriptor, -1 for legacy.
+func (s *Segment) FD() int { return s.fd }
+
+// Size implements pool.Segment.
+func (s *Segment) Size() uint64 { return s.size }
+
+// Ptr is the segment's address in the agent.
+func (s *Segment) Ptr() cuda.DevicePtr { return s.ptr }
+
+// Device is the segment's GPU.
+func (s *Segment) Device() *cuda.Device { return s.d }
+
+// Pinned implements pool.Pinned: legacy segments are never trimmed.
+func (s *Segment) Pinned() bool { return s.legacy }
+
+// Zero implements backend.Segment.
+func (s *Segment) Zero(_ context.Context, off, n uint64) error {
+	if off+n > s.size {
+		return fmt.Errorf("zero [%d,%d) outside segment of %d bytes", off, off+n, s.size)
+	}
+	if n == 0 {
+		return nil
+	}
+	return s.d.Memset(s.ptr+cuda.DevicePtr(off), 0, n)
+}
+
+// Release implements pool.Segment.
+func (s *Segment) Release() error {
+	if s.legacy {
+		return s.d.MemFree(s.ptr)
+	}
+	return errors.Join(s.d.Unmap(s.ptr, s.size), unix.Close(s.fd))
+}
