@@ -82,11 +82,31 @@ func (b *Block) Size() uint64 { return b.size }
 // Requested is the size that was asked for.
 func (b *Block) Requested() uint64 { return b.requested }
 
+// sizeClass picks the pool of a request.
+type sizeClass uint8
+
+const (
+	classSmall sizeClass = iota
+	classMedium
+	classLarge
+	numClasses
+)
+
+func classOf(size uint64) sizeClass {
+	switch {
+	case size <= SmallSize:
+		return classSmall
+	case size < MinLargeAlloc:
+		return classMedium
+	}
+	return classLarge
+}
+
 type segment struct {
 	mem   Segment
 	seq   uint64
 	size  uint64
-	small bool
+	class sizeClass
 	head  *block
 }
 
@@ -102,18 +122,18 @@ func lessBlock(a, b *block) bool {
 
 // Pool is a caching allocator over one Source.
 type Pool struct {
-	mu         sync.Mutex
-	src        Source
-	budget     *Budget
-	splitLarge uint64
-	granule    uint64
-	small      *btree.BTreeG[*block]
-	large      *btree.BTreeG[*block]
-	segments   map[*segment]struct{}
-	seq        uint64
-	stats      Stats
-	probe      block
-	probeSeg   segment
+	mu          sync.Mutex
+	src         Source
+	budget      *Budget
+	granule     uint64
+	sets        [numClasses]*btree.BTreeG[*block]
+	segments    map[*segment]struct{}
+	seq         uint64
+	stats       Stats
+	probe       block
+	probeSeg    segment
+	slack       float64
+	oversizeDiv uint64
 }
 
 // Option configures a Pool.
@@ -127,20 +147,25 @@ func WithBudget(b *Budget) Option { return func(p *Pool) { p.budget = b } }
 // allocation granularity, 2 MiB for CUDA VMM).
 func WithGranularity(g uint64) Option { return func(p *Pool) { p.granule = g } }
 
-// WithLargeSplitThreshold sets the smallest remainder split off a large block.
-// PyTorch keeps remainders up to 1 MiB unsplit; the default here splits any
-// remainder of at least 512 bytes, which keeps reserved/live lower.
-func WithLargeSplitThreshold(n uint64) Option { return func(p *Pool) { p.splitLarge = n } }
+// WithCacheSlack bounds the free memory the pool keeps cached: before it
+// grows, it releases wholly free segments until reserved bytes stay within
+// (1+slack) times the allocated bytes (after the growth). 0 caches without
+// bound, as PyTorch does. The default, 0.05, keeps reserved/live near 1 at
+// the price of more segment creations when the workload swings.
+func WithCacheSlack(slack float64) Option { return func(p *Pool) { p.slack = slack } }
 
 // New returns an empty pool drawing segments from src.
 func New(src Source, opts ...Option) *Pool {
 	p := &Pool{
-		src:        src,
-		splitLarge: Alignment,
-		granule:    1,
-		small:      btree.NewG(16, lessBlock),
-		large:      btree.NewG(16, lessBlock),
-		segments:   make(map[*segment]struct{}),
+		src:         src,
+		granule:     1,
+		slack:       0.05,
+		oversizeDiv: 8,
+
+		segments: make(map[*segment]struct{}),
+	}
+	for i := range p.sets {
+		p.sets[i] = btree.NewG(16, lessBlock)
 	}
 	p.probe.seg = &p.probeSeg
 	for _, o := range opts {
@@ -182,16 +207,18 @@ func (p *Pool) Alloc(ctx context.Context, n uint64) (*Block, error) {
 		return nil, errdefs.Invalid("allocation of %d bytes is too large", n)
 	}
 	size := RoundSize(n)
-	small := size <= SmallSize
-	set := p.large
-	if small {
-		set = p.small
-	}
+	class := classOf(size)
+	set := p.sets[class]
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	b := p.bestFit(set, size)
+	if b != nil && class == classLarge && b.size-size > p.maxWaste(size) {
+		// A much bigger free segment would waste its rest: take a segment
+		// of the right size (the slack policy releases the free one).
+		b = nil
+	}
 	if b == nil {
-		seg, err := p.grow(ctx, p.segmentSize(size), roundUp(size, p.granule), small)
+		seg, err := p.grow(ctx, p.segmentSize(size), roundUp(size, p.granule), class)
 		if err != nil {
 			return nil, err
 		}
@@ -199,11 +226,7 @@ func (p *Pool) Alloc(ctx context.Context, n uint64) (*Block, error) {
 	} else {
 		set.Delete(b)
 	}
-	minRest := uint64(Alignment)
-	if !small {
-		minRest = p.splitLarge
-	}
-	if rest := b.size - size; rest >= minRest && rest >= Alignment {
+	if rest := b.size - size; class != classLarge && rest >= Alignment {
 		r := &block{seg: b.seg, offset: b.offset + size, size: rest, prev: b, next: b.next}
 		if b.next != nil {
 			b.next.prev = r
@@ -224,6 +247,9 @@ func (p *Pool) Alloc(ctx context.Context, n uint64) (*Block, error) {
 	return b, nil
 }
 
+// maxWaste is how much larger than a large request a reused free block may be.
+func (p *Pool) maxWaste(size uint64) uint64 { return max(size/p.oversizeDiv, LargeRoundingTo) }
+
 // bestFit finds the smallest free block of at least size bytes. Called with
 // p.mu held; the probe is reused so that a lookup allocates nothing.
 func (p *Pool) bestFit(set *btree.BTreeG[*block], size uint64) *block {
@@ -239,7 +265,15 @@ func (p *Pool) bestFit(set *btree.BTreeG[*block], size uint64) *block {
 // grow gets a new segment of size bytes. When the budget has no room, it
 // trims cached free segments, and then settles for a segment of just minSize
 // bytes (the request itself) before it gives up. Called with p.mu held.
-func (p *Pool) grow(ctx context.Context, size, minSize uint64, small bool) (*segment, error) {
+func (p *Pool) grow(ctx context.Context, size, minSize uint64, class sizeClass) (*segment, error) {
+	if p.slack > 0 {
+		// Room for the new segment within the slack over live bytes.
+		if limit := uint64(float64(p.stats.Allocated+size) * (1 + p.slack)); limit > size {
+			p.trimTo(limit - size)
+		} else {
+			p.trimTo(0)
+		}
+	}
 	if !p.budget.reserve(size) {
 		p.trimLocked()
 		if !p.budget.reserve(size) {
@@ -256,7 +290,7 @@ func (p *Pool) grow(ctx context.Context, size, minSize uint64, small bool) (*seg
 		return nil, fmt.Errorf("new segment of %d bytes: %w", size, err)
 	}
 	p.seq++
-	seg := &segment{mem: mem, seq: p.seq, size: size, small: small}
+	seg := &segment{mem: mem, seq: p.seq, size: size, class: class}
 	seg.head = &block{seg: seg, size: size}
 	p.segments[seg] = struct{}{}
 	p.stats.Reserved += size
@@ -303,12 +337,7 @@ func (p *Pool) Free(b *Block) {
 	set.ReplaceOrInsert(b)
 }
 
-func (p *Pool) setOf(s *segment) *btree.BTreeG[*block] {
-	if s.small {
-		return p.small
-	}
-	return p.large
-}
+func (p *Pool) setOf(s *segment) *btree.BTreeG[*block] { return p.sets[s.class] }
 
 // Trim releases every segment that holds no allocated block and returns the
 // number of bytes given back.
@@ -316,6 +345,41 @@ func (p *Pool) Trim() (uint64, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.trimLocked()
+}
+
+// trimTo releases wholly free segments, largest first, while more than
+// limit bytes are reserved. Called with p.mu held.
+func (p *Pool) trimTo(limit uint64) {
+	for p.stats.Reserved > limit {
+		var victim *segment
+		for seg := range p.segments {
+			h := seg.head
+			if h.allocated || h.next != nil {
+				continue
+			}
+			if pin, ok := seg.mem.(Pinned); ok && pin.Pinned() {
+				continue
+			}
+			if victim == nil || seg.size > victim.size {
+				victim = seg
+			}
+		}
+		if victim == nil {
+			return
+		}
+		p.releaseSegment(victim)
+	}
+}
+
+func (p *Pool) releaseSegment(seg *segment) error {
+	p.setOf(seg).Delete(seg.head)
+	delete(p.segments, seg)
+	err := seg.mem.Release()
+	p.budget.release(seg.size)
+	p.stats.Reserved -= seg.size
+	p.stats.Segments--
+	p.stats.SegmentReleases++
+	return err
 }
 
 func (p *Pool) trimLocked() (uint64, error) {
@@ -329,15 +393,9 @@ func (p *Pool) trimLocked() (uint64, error) {
 		if pin, ok := seg.mem.(Pinned); ok && pin.Pinned() {
 			continue
 		}
-		p.setOf(seg).Delete(h)
-		delete(p.segments, seg)
-		if err := seg.mem.Release(); err != nil && firstErr == nil {
+		if err := p.releaseSegment(seg); err != nil && firstErr == nil {
 			firstErr = err
 		}
-		p.budget.release(seg.size)
-		p.stats.Reserved -= seg.size
-		p.stats.Segments--
-		p.stats.SegmentReleases++
 		released += seg.size
 	}
 	return released, firstErr
@@ -356,8 +414,9 @@ func (p *Pool) Close() error {
 		p.budget.release(seg.size)
 		delete(p.segments, seg)
 	}
-	p.small.Clear(false)
-	p.large.Clear(false)
+	for _, set := range p.sets {
+		set.Clear(false)
+	}
 	p.stats.Reserved, p.stats.Segments, p.stats.Allocated, p.stats.ActiveBlocks = 0, 0, 0, 0
 	return firstErr
 }

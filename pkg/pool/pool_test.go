@@ -76,20 +76,14 @@ func check(t *testing.T, p *Pool) {
 		}
 	}
 	n := 0
-	for _, set := range []*struct {
-		small bool
-	}{{true}, {false}} {
-		s := p.large
-		if set.small {
-			s = p.small
-		}
-		s.Ascend(func(b *block) bool {
+	for class, set := range p.sets {
+		set.Ascend(func(b *block) bool {
 			n++
 			if !free[b] {
 				t.Errorf("free set holds a block that is not free in its segment (offset %d)", b.offset)
 			}
-			if b.seg.small != set.small {
-				t.Errorf("block of a small=%v segment in the small=%v set", b.seg.small, set.small)
+			if b.seg.class != sizeClass(class) {
+				t.Errorf("block of a class %d segment in the class %d set", b.seg.class, class)
 			}
 			return true
 		})

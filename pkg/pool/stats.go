@@ -25,10 +25,7 @@ func (p *Pool) Stats() Stats {
 	defer p.mu.Unlock()
 	s := p.stats
 	var free uint64
-	for _, set := range []interface {
-		Len() int
-		Max() (*block, bool)
-	}{p.small, p.large} {
+	for _, set := range p.sets {
 		s.FreeBlocks += set.Len()
 		if m, ok := set.Max(); ok && m.size > s.LargestFree {
 			s.LargestFree = m.size

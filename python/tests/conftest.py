@@ -74,32 +74,58 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     p.wait()
 
 
-@pytest.fixture
-def agent(bin_dir: Path, redis_url: str, request: pytest.FixtureRequest) -> Iterator[Agent]:
+def start_agent(bin_dir: Path, redis_url: str, name: str, extra: list[str]) -> Agent:
     d = Path(tempfile.mkdtemp(prefix="memcuda-py-"))
     sock = str(d / "agent.sock")
-    prefix = f"py-{os.getpid()}-{request.node.name}:"
+    prefix = f"py-{os.getpid()}-{name}:"
     log = d / "agent.log"
-    marker = request.node.get_closest_marker("agent_args")
-    extra = list(marker.args) if marker else []
     with open(log, "wb") as f:
         p = subprocess.Popen([str(bin_dir / "memcuda-agent"), "--redis-url", redis_url, "--redis-prefix", prefix,
                               "--socket", sock, "--metrics-addr", "", "--gc-interval", "200ms", "--log-level", "debug",
                               *extra], stdout=f, stderr=subprocess.STDOUT)
     a = Agent(sock, redis_url, prefix, p, log)
-    deadline = time.time() + 10
+    deadline = time.time() + 20
     while b"registry reconciled" not in log.read_bytes():
         if time.time() > deadline or p.poll() is not None:
             a.stop()
             pytest.fail("agent did not start:\n" + log.read_text())
         time.sleep(0.02)
     os.environ["MEMCUDA_SOCKET"] = sock
-    yield a
+    return a
+
+
+def _finish(a: Agent, request: pytest.FixtureRequest) -> None:
     a.stop()
     rep = getattr(request.node, "rep_call", None)
     if rep is not None and rep.failed:
-        print(log.read_text())
-    shutil.rmtree(d, ignore_errors=True)
+        print(a.log.read_text())
+    shutil.rmtree(a.log.parent, ignore_errors=True)
+
+
+@pytest.fixture
+def agent(bin_dir: Path, redis_url: str, request: pytest.FixtureRequest) -> Iterator[Agent]:
+    """An agent on the host backend."""
+    marker = request.node.get_closest_marker("agent_args")
+    a = start_agent(bin_dir, redis_url, request.node.name, ["--backend", "host", *(marker.args if marker else [])])
+    yield a
+    _finish(a, request)
+
+
+@pytest.fixture(params=["vmm", "legacy"])
+def gpu_agent(bin_dir: Path, redis_url: str, request: pytest.FixtureRequest) -> Iterator[Agent]:
+    """An agent on each GPU backend (tests using it skip without a GPU)."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ImportError
+    except ImportError:
+        pytest.skip("needs PyTorch with a CUDA GPU")
+    name = request.node.name.replace("[", "-").replace("]", "")
+    a = start_agent(bin_dir, redis_url, name, ["--backend", request.param])
+    a.mode = request.param  # type: ignore[attr-defined]
+    yield a
+    _finish(a, request)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -1,0 +1,105 @@
+// Command pooltrace replays an alloc/free trace (bench/alloc_trace.py gen)
+// through mem-cuda's pool on a real backend and prints time per op and peak
+// reserved / peak live, the allocator comparison of docs/benchmarks.md.
+package main
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/memcuda/memcuda/pkg/backend"
+	"github.com/memcuda/memcuda/pkg/backend/gpu"
+	"github.com/memcuda/memcuda/pkg/backend/host"
+	"github.com/memcuda/memcuda/pkg/pool"
+)
+
+type op struct {
+	alloc bool
+	id    int
+	size  uint64
+}
+
+func main() {
+	mode := flag.String("backend", "vmm", "vmm, legacy or host")
+	zero := flag.Bool("zero", false, "zero-fill each block as the agent does")
+	flag.Parse()
+	if flag.NArg() != 1 {
+		fmt.Fprintln(os.Stderr, "usage: pooltrace [-backend vmm] trace.txt")
+		os.Exit(2)
+	}
+	ops, err := load(flag.Arg(0))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	var be backend.Backend
+	if *mode == "host" {
+		dir, _ := os.MkdirTemp("", "pooltrace")
+		defer os.RemoveAll(dir)
+		be = host.New("pooltrace", "bench", host.WithDir(dir))
+	} else if be, err = gpu.New(*mode, "bench"); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	p := pool.New(pool.SourceFunc(func(ctx context.Context, size uint64) (pool.Segment, error) {
+		return be.NewSegment(ctx, 0, size)
+	}), pool.WithGranularity(be.Granularity(0)))
+	ctx := context.Background()
+	held := map[int]*pool.Block{}
+	var live, peakLive uint64
+	start := time.Now()
+	for _, o := range ops {
+		if o.alloc {
+			b, err := p.Alloc(ctx, o.size)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(1)
+			}
+			if *zero {
+				b.Segment().(backend.Segment).Zero(ctx, b.Offset(), b.Size())
+			}
+			held[o.id] = b
+			live += o.size
+			peakLive = max(peakLive, live)
+		} else {
+			b := held[o.id]
+			delete(held, o.id)
+			live -= b.Requested()
+			p.Free(b)
+		}
+	}
+	per := time.Since(start) / time.Duration(len(ops))
+	st := p.Stats()
+	fmt.Printf("| mem-cuda pool (%s segments) | %.1f | %.3f |\n", *mode, float64(per.Nanoseconds())/1e3, float64(st.PeakReserved)/float64(peakLive))
+	fmt.Fprintf(os.Stderr, "segments made %d, peak reserved %d, peak live %d\n", st.SegmentAllocs, st.PeakReserved, peakLive)
+	p.Close()
+}
+
+func load(path string) ([]op, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var ops []op
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		p := strings.Fields(sc.Text())
+		if len(p) < 2 {
+			continue
+		}
+		id, _ := strconv.Atoi(p[1])
+		o := op{alloc: p[0] == "a", id: id}
+		if o.alloc {
+			o.size, _ = strconv.ParseUint(p[2], 10, 64)
+		}
+		ops = append(ops, o)
+	}
+	return ops, sc.Err()
+}

@@ -1,0 +1,197 @@
+"""GPU end to end with PyTorch, for the vmm and the legacy backend. Skipped
+without a CUDA GPU; run on one by `make gpu-suite` (scripts/gpu-suite-run.sh)."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import memcuda
+
+PKG = os.path.dirname(os.path.dirname(memcuda.__file__))
+
+PRELUDE = """
+import hashlib, os, sys, time, torch, memcuda
+def digest(t):
+    return hashlib.sha256(t.contiguous().view(torch.int16 if t.element_size() == 2 else torch.uint8).cpu().numpy().tobytes()).hexdigest()
+def say(*a):
+    print(*a, flush=True)
+"""
+
+
+class Child:
+    """A Python process speaking line by line over its stdin/stdout."""
+
+    def __init__(self, agent, code: str, prefix_cmd: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+        e = dict(os.environ, MEMCUDA_SOCKET=agent.socket, PYTHONPATH=PKG, PYTHONUNBUFFERED="1", **(env or {}))
+        self.p = subprocess.Popen([*(prefix_cmd or []), sys.executable, "-c", PRELUDE + textwrap.dedent(code)],
+                                  env=e, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def read(self, timeout: float = 120) -> str:
+        line = self.p.stdout.readline()
+        if not line:
+            err = self.p.stderr.read()
+            raise AssertionError(f"child exited ({self.p.wait()}): {err}")
+        return line.strip()
+
+    def send(self, line: str) -> None:
+        self.p.stdin.write(line + "\n")
+        self.p.stdin.flush()
+
+    def wait(self) -> None:
+        out, err = self.p.communicate(timeout=120)
+        assert self.p.returncode == 0, err
+
+    def kill(self) -> None:
+        self.p.send_signal(signal.SIGKILL)
+        self.p.wait()
+
+
+def refcount(name: str) -> int:
+    with memcuda.connect() as s:
+        return s.stat(name).refcount
+
+
+def test_share_bf16_between_processes(gpu_agent) -> None:
+    name = f"w.{gpu_agent.mode}"
+    a = Child(gpu_agent, f"""
+        s = memcuda.connect()
+        t = s.create("{name}", (4096, 4096), "bf16")
+        x = t.torch()
+        assert x.is_cuda and x.dtype == torch.bfloat16 and x.shape == (4096, 4096)
+        assert int(torch.count_nonzero(x)) == 0, "new tensors are zero-filled"
+        torch.manual_seed(1)
+        x.copy_(torch.randn(4096, 4096, device=x.device, dtype=torch.bfloat16))
+        torch.cuda.synchronize()
+        say(digest(x))
+        assert sys.stdin.readline().strip() == "check"
+        torch.cuda.synchronize()
+        say(float(x[0, :8].float().sum()), float(x[4095, 4095]))
+        sys.stdin.readline()
+    """)
+    want = a.read()
+    b = Child(gpu_agent, f"""
+        with memcuda.connect() as s, s.get("{name}") as t:
+            x = t.torch()
+            say(digest(x))
+            x[0, :8] = 1.0
+            x[4095, 4095] = 3.0
+            torch.cuda.synchronize()
+            say("wrote")
+    """)
+    assert b.read() == want, "process B sees other bytes than A wrote"
+    assert b.read() == "wrote"
+    b.wait()
+    a.send("check")
+    assert a.read() == "8.0 3.0", "A does not see B's writes"
+    # A third process in a new PID namespace (no hostPID-style sharing).
+    if shutil.which("unshare") and os.geteuid() == 0:
+        c = Child(gpu_agent, f"""
+            with memcuda.connect() as s, s.get("{name}") as t:
+                say(os.getpid(), float(t.torch()[4095, 4095]))
+        """, prefix_cmd=["unshare", "--pid", "--fork"])
+        pid, val = c.read().split()
+        c.wait()
+        assert pid == "1" and val == "3.0", (pid, val)
+    a.send("done")
+    a.wait()
+
+
+def test_kill9_reader_releases_within_2s(gpu_agent) -> None:
+    name = f"k.{gpu_agent.mode}"
+    with memcuda.connect() as s:
+        s.create(name, (1024, 1024), "f32").release()
+        r = Child(gpu_agent, f"""
+            s = memcuda.connect()
+            ts = [s.get("{name}") for _ in range(4)]
+            xs = [t.torch() for t in ts]
+            xs[0].fill_(2.0); torch.cuda.synchronize()
+            say("ready")
+            time.sleep(600)
+        """)
+        assert r.read() == "ready"
+        assert s.stat(name).refcount == 2
+        r.kill()
+        deadline = time.time() + 2
+        while s.stat(name).refcount != 1:
+            assert time.time() < deadline, "refcount not back within 2 s"
+            time.sleep(0.01)
+        with s.get(name) as t:
+            assert float(t.torch().sum()) == 2.0 * 1024 * 1024
+
+
+def test_tensor_outlives_its_creator(gpu_agent) -> None:
+    name = f"o.{gpu_agent.mode}"
+    c = Child(gpu_agent, f"""
+        s = memcuda.connect()
+        t = s.create("{name}", (256,), torch.float16)
+        t.torch().fill_(0.5); torch.cuda.synchronize()
+        say("ok")
+    """)
+    assert c.read() == "ok"
+    c.wait()
+    import torch
+
+    with memcuda.connect() as s, s.get(name) as t:
+        x = t.torch()
+        assert x.dtype == torch.float16 and float(x.float().sum()) == 128.0
+        assert t.info.ipc_mode == gpu_agent.mode and t.info.device_uuid.startswith("GPU-")
+
+
+def test_cupy_and_cuda_array_interface(gpu_agent) -> None:
+    cupy = pytest.importorskip("cupy")
+    with memcuda.connect() as s, s.create(f"c.{gpu_agent.mode}", (3, 4), "f32") as t:
+        a = cupy.asarray(t)  # __cuda_array_interface__
+        a[...] = 7
+        b = t.cupy()  # DLPack
+        assert float(b.sum()) == 84.0
+        assert t.torch().data_ptr() == t.data_ptr == a.data.ptr
+
+
+def test_legacy_redis_only_path(gpu_agent) -> None:
+    if gpu_agent.mode != "legacy":
+        with memcuda.connect() as s:
+            s.create("v", (4,), "f32").release()
+        with pytest.raises(memcuda.FailedPrecondition, match="socket"):
+            memcuda.open_from_redis(gpu_agent.redis_url, "v", prefix=gpu_agent.prefix)
+        return
+    with memcuda.connect() as s:
+        with s.create("lr", (16,), "i32") as t:
+            import torch
+
+            t.torch().copy_(torch.arange(16, dtype=torch.int32, device=t.torch().device))
+            torch.cuda.synchronize()
+    c = Child(gpu_agent, f"""
+        with memcuda.open_from_redis("{gpu_agent.redis_url}", "lr", prefix="{gpu_agent.prefix}") as t:
+            say(int(t.torch().sum()))
+    """)
+    assert c.read() == "120"
+    c.wait()
+    assert refcount("lr") == 1
+
+
+def test_other_visible_devices(gpu_agent) -> None:
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    with memcuda.connect() as s:
+        uuid1 = [d for d in s.hello["devices"] if d["index"] == 1][0]["uuid"]
+        t = s.create(f"g1.{gpu_agent.mode}", (8,), "f32", device=uuid1)
+        t.torch().fill_(4.0)
+        torch.cuda.synchronize()
+        assert t.info.device == 1 and t.info.device_uuid == uuid1
+        c = Child(gpu_agent, f"""
+            with memcuda.connect() as s, s.get("g1.{gpu_agent.mode}") as t:
+                x = t.torch()
+                say(x.device.index, float(x.sum()))
+        """, env={"CUDA_VISIBLE_DEVICES": "1"})
+        assert c.read() == "0 32.0", "GPU 1 must resolve to ordinal 0 under CUDA_VISIBLE_DEVICES=1"
+        c.wait()
+        t.release()
