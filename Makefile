@@ -5,7 +5,7 @@ PYTHON    ?= python3
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X main.Version=$(VERSION) -X github.com/memcuda/memcuda/pkg/server.Software=memcuda-agent/$(VERSION)
 
-.PHONY: all build demo test test-go test-python lint fuzz bench bench-pool bench-host envtest-assets clean
+.PHONY: gpu-suite all build demo test test-go test-python lint fuzz bench bench-pool bench-host envtest-assets clean
 
 all: build
 
@@ -42,6 +42,11 @@ bench-pool:
 
 bench-host: build
 	BIN_DIR=$(BIN_DIR) bash bench/host.sh
+
+# Builds the GPU suite into .device/; run it on a GPU machine with
+# `bash scripts/gpu-suite-run.sh` (the device tool carries .device).
+gpu-suite:
+	bash scripts/gpu-suite-build.sh
 
 envtest-assets:
 	bash hack/envtest-assets.sh

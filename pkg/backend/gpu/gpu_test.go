@@ -1,0 +1,91 @@
+package gpu
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"errors"
+	"testing"
+
+	"github.com/memcuda/memcuda/cuda"
+	"github.com/memcuda/memcuda/pkg/tensor"
+)
+
+func newBackend(t *testing.T, mode string) *Backend {
+	t.Helper()
+	if !Available() {
+		t.Skip("no CUDA GPU")
+	}
+	b, err := New(mode, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestNewWithoutGPU(t *testing.T) {
+	if Available() {
+		t.Skip("a GPU is present")
+	}
+	if _, err := New(tensor.ModeVMM, "x"); !errors.Is(err, cuda.ErrNoDriver) {
+		t.Fatalf("New without a GPU: %v, want ErrNoDriver", err)
+	}
+	if _, err := New("host", "x"); err == nil {
+		t.Fatal("New accepted mode host")
+	}
+}
+
+func TestSegments(t *testing.T) {
+	for _, mode := range []string{tensor.ModeVMM, tensor.ModeLegacy} {
+		t.Run(mode, func(t *testing.T) {
+			b := newBackend(t, mode)
+			devs := b.Devices()
+			if len(devs) == 0 || devs[0].UUID == "" || devs[0].Total == 0 {
+				t.Fatalf("devices %+v", devs)
+			}
+			g := b.Granularity(0)
+			seg, err := b.NewSegment(context.Background(), 0, 2*g)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := seg.(*Segment)
+			d := s.Device()
+			if err := d.CopyToDevice(s.Ptr(), bytes.Repeat([]byte{0xAB}, 4096)); err != nil {
+				t.Fatal(err)
+			}
+			if err := seg.Zero(context.Background(), 0, 4096); err != nil {
+				t.Fatal(err)
+			}
+			buf := make([]byte, 4096)
+			if err := d.CopyFromDevice(buf, s.Ptr()); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(buf, make([]byte, 4096)) {
+				t.Fatal("Zero left data")
+			}
+			switch mode {
+			case tensor.ModeVMM:
+				if seg.FD() < 0 || seg.Handle() != "" || s.Pinned() {
+					t.Fatalf("vmm segment fd=%d handle=%q pinned=%v", seg.FD(), seg.Handle(), s.Pinned())
+				}
+			case tensor.ModeLegacy:
+				raw, err := base64.StdEncoding.DecodeString(seg.Handle())
+				if seg.FD() != -1 || err != nil || len(raw) != 64 || !s.Pinned() {
+					t.Fatalf("legacy segment fd=%d handle=%q pinned=%v", seg.FD(), seg.Handle(), s.Pinned())
+				}
+			}
+			if err := seg.Release(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+func TestOutOfMemoryIsClassified(t *testing.T) {
+	b := newBackend(t, tensor.ModeVMM)
+	_, err := b.NewSegment(context.Background(), 0, b.Devices()[0].Total*4)
+	if err == nil {
+		t.Fatal("a segment of four times the device's memory was created")
+	}
+	t.Logf("oversized segment: %v", err)
+}

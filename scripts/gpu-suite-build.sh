@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Builds everything the GPU suite needs into .device/ (ignored by git, carried
+# to the GPU machine, which has no Go and no network): stripped binaries, Go
+# test binaries, and redis-server unpacked from Debian packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+D=.device
+rm -rf "$D" && mkdir -p "$D/bin" "$D/test" "$D/redis"
+export CGO_ENABLED=1
+LD="-s -w"
+go build -ldflags "$LD" -o "$D/bin/" ./cmd/memcuda-agent ./cmd/memcuda ./bench/pooltrace ./bench/hostbench
+go test -c -ldflags "$LD" -o "$D/test/cuda.test" ./cuda
+go test -c -ldflags "$LD" -o "$D/test/gpu.test" ./pkg/backend/gpu
+tmp=$(mktemp -d)
+(cd "$tmp" && apt-get download redis-server redis-tools liblzf1 libjemalloc2 >/dev/null 2>&1 || { apt-get update -qq && apt-get download redis-server redis-tools liblzf1 libjemalloc2; })
+for f in "$tmp"/*.deb; do dpkg -x "$f" "$D/redis"; done
+rm -rf "$tmp" "$D/redis/usr/share" "$D/redis/etc"
+du -sh "$D"

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Runs the whole GPU suite on a GPU machine in one go (see `make gpu-suite`):
+# Go cuda and backend tests, the Python tests (host and GPU, vmm and legacy),
+# the demo, and the benchmarks. Logs and JSON go to $OUT (or ./gpu-out).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+D=$PWD/.device
+OUT=${OUT:-$PWD/gpu-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+export LD_LIBRARY_PATH=$D/redis/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export REDIS_SERVER=$D/redis/usr/bin/redis-server
+export BIN_DIR=$D/bin MEMCUDA_BIN_DIR=$D/bin
+status=0
+step() { echo; echo "=== $*"; }
+run() { "$@" || { echo "FAILED: $*"; status=1; }; }
+
+step machine
+nvidia-smi -L; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "gpus", torch.cuda.device_count())'
+"$REDIS_SERVER" --version
+
+if [ -z "${ONLY_BENCH:-}" ]; then
+  step go cuda tests
+  run "$D/test/cuda.test" -test.v -test.count=1 2>&1 | tee "$OUT/go-cuda.log" | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|\.go:[0-9]+:'
+  step go gpu backend tests
+  run "$D/test/gpu.test" -test.v -test.count=1 2>&1 | tee "$OUT/go-gpu.log" | grep -E '^(--- |PASS|FAIL|ok)|\.go:[0-9]+:'
+  step python tests
+  (cd python && run python3 -m pytest -q -rs -p no:cacheprovider tests 2>&1 | tee "$OUT/pytest.log" | tail -25)
+  step demo
+  run bash scripts/demo.sh 2>&1 | tee "$OUT/demo.log"
+fi
+
+if [ -z "${SKIP_BENCH:-}" ]; then
+  . scripts/lib.sh
+  for mode in ${BENCH_MODES:-vmm legacy}; do
+    step "benchmarks ($mode)"
+    RUN=$(mktemp -d)
+    memcuda_up "$RUN" --backend "$mode" --log-level warn
+    MEMCUDA_BACKEND=$mode run python3 bench/gpu_bench.py --out "$OUT/bench-$mode.json" --n "${BENCH_N:-2000}" 2>&1 | tee "$OUT/bench-$mode.log"
+    memcuda_down
+    AGENT_PID= REDIS_PID=
+  done
+  step allocator trace
+  python3 bench/alloc_trace.py gen /tmp/memcuda-trace.txt
+  echo "| allocator | us per op | peak reserved / peak live |"
+  echo "| --- | --- | --- |"
+  run "$D/bin/pooltrace" -backend vmm /tmp/memcuda-trace.txt
+  run python3 bench/alloc_trace.py run /tmp/memcuda-trace.txt --out "$OUT/alloc.json"
+fi
+step "suite status: $status"
+exit $status
