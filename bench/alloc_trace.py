@@ -107,12 +107,13 @@ def run_cupy(trace: Any) -> tuple[float, int]:
 
 
 def run_async(trace: Any) -> tuple[float, int]:
+    from cuda.bindings import driver as drv
     from cuda.bindings import runtime as rt
 
     err, pool = rt.cudaDeviceGetDefaultMemPool(0)
     # Keep freed memory in the pool, as a caching allocator does.
-    rt.cudaMemPoolSetAttribute(pool, rt.cudaMemPoolAttr.cudaMemPoolAttrReleaseThreshold, rt.cuuint64_t(2**64 - 1))
-    rt.cudaMemPoolSetAttribute(pool, rt.cudaMemPoolAttr.cudaMemPoolAttrReservedMemHigh, rt.cuuint64_t(0))
+    rt.cudaMemPoolSetAttribute(pool, rt.cudaMemPoolAttr.cudaMemPoolAttrReleaseThreshold, drv.cuuint64_t(2**64 - 1))
+    rt.cudaMemPoolSetAttribute(pool, rt.cudaMemPoolAttr.cudaMemPoolAttrReservedMemHigh, drv.cuuint64_t(0))
 
     def alloc(n: int) -> Any:
         e, p = rt.cudaMallocAsync(n, 0)
@@ -173,7 +174,7 @@ def main() -> None:
                      ("cudaMallocAsync pool", run_async), ("cudaMalloc", run_malloc), ("rmm pool", run_rmm)]:
         try:
             dt, peak = fn(trace)
-        except ImportError as e:
+        except (ImportError, AttributeError) as e:
             results[name] = {"skipped": str(e)}
             print(f"{name}: skipped ({e})", file=sys.stderr)
             continue

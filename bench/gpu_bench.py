@@ -121,6 +121,7 @@ def bench_get(n: int) -> None:
     p.join()
 
     row("get, warm (connection holds the tensor)", held, "torch.multiprocessing Queue share", mp_times, "<= 50 us p50")
+    row("get, warm (connection holds the tensor) ", held, "Python Unix-socket echo round trip", socket_rtt(n), "")
     row("get, warm (first reference: one Redis script each way)", first, "torch.multiprocessing Queue share", mp_times, "")
     row("get, cold (new segment: fd + import + map)", cold, "raw driver import+map (same calls)", raw, "<= 1.2x raw")
     s.delete("b.get")
@@ -135,6 +136,47 @@ def _mp_consumer(q_in: Any, q_out: Any) -> None:
             return
         q_out.put(t.data_ptr())
         del t
+
+
+def _echo_server(path: str, ready: Any) -> None:
+    import socket as so
+
+    srv = so.socket(so.AF_UNIX, so.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(1)
+    ready.set()
+    c, _ = srv.accept()
+    while True:
+        b = c.recv(4096)
+        if not b:
+            return
+        c.sendall(b)
+
+
+def socket_rtt(n: int) -> list[float]:
+    """Round trip of a 100-byte message over a Unix socket to another Python
+    process: the floor under any request to the agent on this machine."""
+    import socket as so
+    import tempfile
+
+    path = os.path.join(tempfile.mkdtemp(), "echo.sock")
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    p = ctx.Process(target=_echo_server, args=(path, ready))
+    p.start()
+    ready.wait()
+    c = so.socket(so.AF_UNIX, so.SOCK_STREAM)
+    c.connect(path)
+    msg = b"x" * 100
+
+    def once() -> None:
+        c.sendall(msg)
+        c.recv(4096)
+
+    out = timed(once, n)
+    c.close()
+    p.join()
+    return out
 
 
 # --- create ------------------------------------------------------------------

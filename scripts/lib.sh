@@ -1,22 +1,20 @@
 # Shared helpers of the scripts: a throwaway redis-server and agent.
 # Source it; call memcuda_up, then memcuda_down (set as an EXIT trap).
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
 memcuda_up() {
   # $1: directory for the run; extra args go to the agent.
   RUN_DIR=$1; shift
   mkdir -p "$RUN_DIR"
-  REDIS_PORT=$(free_port)
-  "${REDIS_SERVER:-redis-server}" --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$RUN_DIR" --save "" \
-    --appendonly no --daemonize no --logfile "$RUN_DIR/redis.log" &
+  # Redis listens on a Unix socket only: node-local, and faster than TCP loopback.
+  "${REDIS_SERVER:-redis-server}" --port 0 --unixsocket "$RUN_DIR/redis.sock" --unixsocketperm 600 --dir "$RUN_DIR" \
+    --save "" --appendonly no --daemonize no --logfile "$RUN_DIR/redis.log" &
   REDIS_PID=$!
   for _ in $(seq 100); do
-    (exec 3<>/dev/tcp/127.0.0.1/"$REDIS_PORT") 2>/dev/null && break
+    [ -S "$RUN_DIR/redis.sock" ] && break
     sleep 0.05
   done
   export MEMCUDA_SOCKET=$RUN_DIR/agent.sock
-  export MEMCUDA_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0
+  export MEMCUDA_REDIS_URL=unix://$RUN_DIR/redis.sock
   "$BIN_DIR/memcuda-agent" --redis-url "$MEMCUDA_REDIS_URL" --socket "$MEMCUDA_SOCKET" \
     --metrics-addr "" --log-format text "$@" >"$RUN_DIR/agent.log" 2>&1 &
   AGENT_PID=$!

@@ -22,6 +22,7 @@ const (
 	OpStats   = "stats"
 	OpGC      = "gc"
 	OpTrim    = "trim"
+	OpPublish = "publish"
 )
 
 // Request is a client's request.
@@ -33,6 +34,9 @@ type Request struct {
 	Shape  []int64 `json:"shape,omitempty"` // absent: a scalar (shape [])
 	Device string  `json:"device,omitempty"`
 	Client string  `json:"client,omitempty"` // hello: client name and version
+	// Event is a base64 CUipcEventHandle: on publish, the event readers wait
+	// on; on release, GPU work the block must finish before it is reused.
+	Event string `json:"event,omitempty"`
 }
 
 // Response is the agent's answer to the request with the same id.
@@ -70,6 +74,7 @@ type Hello struct {
 // Stats are the agent's statistics.
 type Stats struct {
 	Tensors int         `json:"tensors"`
+	Pending int         `json:"pending"` // freed blocks waiting for clients' GPU work
 	Pools   []PoolStats `json:"pools"`
 }
 

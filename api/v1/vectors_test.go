@@ -54,6 +54,8 @@ func vectorMessages() []struct {
 		{"stats request", &Request{ID: 10, Op: OpStats}},
 		{"gc request", &Request{ID: 11, Op: OpGC}},
 		{"trim request", &Request{ID: 18446744073709551615, Op: OpTrim}},
+		{"publish request", &Request{ID: 13, Op: OpPublish, Name: "kv/0", Event: "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4vMDEyMzQ1Njc4OTo7PD0+Pw=="}},
+		{"release with event request", &Request{ID: 14, Op: OpRelease, Name: "kv/0", Event: "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4vMDEyMzQ1Njc4OTo7PD0+Pw=="}},
 		{"hello response", &Response{ID: 1, OK: true, Hello: &Hello{Version: 1, Agent: "a1b2c3d4e5f6", Node: "node-1", Mode: "host",
 			Devices: []backend.Device{{Index: 0, Name: "host", Total: 25769803776}}, PeerPID: 4242, Redis: true, Software: "memcuda-agent dev"}}},
 		{"get response with descriptor", &Response{ID: 5, OK: true, Tensor: &info, FDs: []string{"vmm.a1b2c3d4e5f6.3"}}},

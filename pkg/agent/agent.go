@@ -65,7 +65,10 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--redis-url: %w", err)
 	}
-	opt.MaxRetries = 1
+	// Never let the client retry on its own: a command whose reply was lost
+	// may have been applied (a BLMOVE, a refcount script). The worker and the
+	// request ids decide what to redo.
+	opt.MaxRetries = -1
 	opt.DialTimeout = 2 * time.Second
 	if cfg.Node == "" {
 		return nil, errors.New("node name is empty")
@@ -156,6 +159,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			run(func() { w.Run(ctx) })
 		}
 		run(func() { a.background(ctx) })
+		run(func() { a.st.RunReaper(ctx, 2*time.Millisecond) })
 	})
 
 	var result error

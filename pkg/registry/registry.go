@@ -24,11 +24,14 @@ var (
 	releaseLua string
 	//go:embed lua/remove.lua
 	removeLua string
+	//go:embed lua/publish.lua
+	publishLua string
 
 	createScript  = redis.NewScript(createLua)
 	acquireScript = redis.NewScript(acquireLua)
 	releaseScript = redis.NewScript(releaseLua)
 	removeScript  = redis.NewScript(removeLua)
+	publishScript = redis.NewScript(publishLua)
 )
 
 // HolderRegistry is the registry's own reference, taken by create and dropped by delete.
@@ -65,7 +68,7 @@ func (r *Registry) Client() redis.UniversalClient { return r.rdb }
 
 // Load loads every script so later calls run by SHA.
 func (r *Registry) Load(ctx context.Context) error {
-	for _, s := range []*redis.Script{createScript, acquireScript, releaseScript, removeScript} {
+	for _, s := range []*redis.Script{createScript, acquireScript, releaseScript, removeScript, publishScript} {
 		if err := s.Load(ctx, r.rdb).Err(); err != nil {
 			return Wrap(err)
 		}
@@ -226,6 +229,18 @@ func (r *Registry) Remove(ctx context.Context, name, agent string) (bool, error)
 	return n == 1, Wrap(err)
 }
 
+// Publish stores the IPC event handle (base64) readers of name wait on.
+func (r *Registry) Publish(ctx context.Context, name, event string) error {
+	n, err := publishScript.Run(ctx, r.rdb, []string{r.keys.Meta(name)}, event, r.nowMS()).Int()
+	if err != nil {
+		return Wrap(err)
+	}
+	if n == 0 {
+		return fmt.Errorf("%w: tensor %q", errdefs.ErrNotFound, name)
+	}
+	return nil
+}
+
 // Stat reads one record.
 func (r *Registry) Stat(ctx context.Context, name string) (tensor.Info, error) {
 	m, err := r.rdb.HGetAll(ctx, r.keys.Meta(name)).Result()
@@ -304,7 +319,7 @@ func toFields(info tensor.Info) ([]any, error) {
 		"ipc_mode", info.IPCMode, "ipc_handle", info.IPCHandle, "offset", info.Offset,
 		"segment_id", info.SegmentID, "segment_size", info.SegmentSize,
 		"owner_pid", info.OwnerPID, "state", info.State, "agent", info.Agent, "node", info.Node,
-		"tenant", info.Tenant, "ctime", info.Ctime, "mtime", info.Mtime,
+		"tenant", info.Tenant, "event", info.Event, "ctime", info.Ctime, "mtime", info.Mtime,
 	}, nil
 }
 
@@ -357,6 +372,7 @@ func fromMap(m map[string]string) (tensor.Info, error) {
 	info.Agent = m["agent"]
 	info.Node = m["node"]
 	info.Tenant = m["tenant"]
+	info.Event = m["event"]
 	info.Ctime = num("ctime")
 	info.Mtime = num("mtime")
 	if len(errs) > 0 {

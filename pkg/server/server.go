@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -84,7 +85,7 @@ func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
 			s.wg.Wait()
 			return err
 		}
-		cn := &conn{c: c, srv: s, holder: s.st.OpenLease(), leases: map[string]int64{}, infos: map[string]tensor.Info{}, sent: map[string]bool{}}
+		cn := &conn{c: c, srv: s, holder: s.st.OpenLease(), leases: map[string]int64{}, infos: map[string]tensor.Info{}, sent: map[string]bool{}, events: map[string]*sharedEvent{}}
 		if cred, err := procinfo.PeerCred(c); err == nil {
 			cn.pid, cn.uid = int(cred.Pid), int(cred.Uid)
 		}
@@ -112,8 +113,9 @@ type conn struct {
 	// records one reference for the connection while the count is positive:
 	// further gets and releases on the same connection stay in the agent.
 	leases map[string]int64
-	infos  map[string]tensor.Info // record of each leased tensor, as first returned
-	sent   map[string]bool  // segment ids whose descriptor this peer has
+	infos  map[string]tensor.Info  // record of each leased tensor, as first returned
+	sent   map[string]bool         // segment ids whose descriptor this peer has
+	events map[string]*sharedEvent // IPC events this peer sent, opened here
 }
 
 func (cn *conn) serve() {
@@ -126,14 +128,18 @@ func (cn *conn) serve() {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), cn.srv.timeout)
 		defer cancel()
+		for _, ev := range cn.events {
+			ev.Release()
+		}
 		if err := cn.srv.st.CloseLease(ctx, cn.holder, names); err != nil {
 			log.Warn("could not drop the leases of a closed connection now; GC will", "err", err)
 		} else if len(names) > 0 {
 			log.Debug("dropped leases of a closed connection", "tensors", len(names))
 		}
 	}()
+	r := bufio.NewReaderSize(cn.c, 64<<10) // one read per request, not one per header and body
 	for {
-		h, body, err := v1.ReadFrame(cn.c)
+		h, body, err := v1.ReadFrame(r)
 		if err != nil {
 			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !errors.Is(err, unix.ECONNRESET) {
 				log.Warn("closing connection after a bad frame", "err", err)
@@ -226,15 +232,40 @@ func (cn *conn) handle(req *v1.Request) (*v1.Response, []int, error) {
 			}
 			return nil, nil, fmt.Errorf("%w: this connection holds no reference on %q", errdefs.ErrFailedPrecondition, req.Name)
 		}
+		var fence store.Fence
+		if req.Event != "" {
+			f, err := cn.fence(req.Name, req.Event)
+			if err != nil {
+				return nil, nil, err
+			}
+			fence = f
+		}
 		if cn.leases[req.Name] == 1 {
-			if _, err := st.Release(ctx, req.Name, cn.holder, registry.AllRefs, ""); err != nil {
+			if _, err := st.ReleaseAfter(ctx, req.Name, cn.holder, registry.AllRefs, "", fence); err != nil {
 				return nil, nil, err
 			}
 			delete(cn.leases, req.Name)
 			delete(cn.infos, req.Name)
 			return resp, nil, nil
 		}
+		if fence != nil && !st.AttachFence(cn.infos[req.Name].UID, fence) {
+			fence.Release()
+		}
 		cn.leases[req.Name]--
+		return resp, nil, nil
+	case v1.OpPublish:
+		if cn.leases[req.Name] == 0 {
+			return nil, nil, fmt.Errorf("%w: publish needs a reference on %q held by this connection", errdefs.ErrFailedPrecondition, req.Name)
+		}
+		if _, err := decodeEvent(req.Event); err != nil {
+			return nil, nil, err
+		}
+		if err := st.Publish(ctx, req.Name, req.Event); err != nil {
+			return nil, nil, err
+		}
+		info := cn.infos[req.Name]
+		info.Event = req.Event
+		cn.infos[req.Name] = info
 		return resp, nil, nil
 	case v1.OpDelete:
 		_, err := st.Delete(ctx, req.Name, "")
@@ -303,7 +334,7 @@ func (cn *conn) attach(resp *v1.Response, info tensor.Info) []int {
 // StatsOf converts the store's statistics to the wire form.
 func StatsOf(st *store.Store) *v1.Stats {
 	n, pools := st.Stats()
-	out := &v1.Stats{Tensors: n, Pools: []v1.PoolStats{}}
+	out := &v1.Stats{Tensors: n, Pending: st.Pending(), Pools: []v1.PoolStats{}}
 	for _, p := range pools {
 		out.Pools = append(out.Pools, v1.PoolStats{
 			Device: p.Device, Tenant: p.Tenant, Limit: p.Limit, Allocated: p.Allocated, Requested: p.Requested,

@@ -25,9 +25,11 @@ import (
 
 // allocation is a tensor's block and the pool it returns to.
 type allocation struct {
+	name    string
 	block   *pool.Block
 	pool    *pool.Pool
-	deleted bool // delete ran: no new references, even from connections that hold one
+	deleted bool    // delete ran: no new references, even from connections that hold one
+	fences  []Fence // GPU work to finish before the block is reused
 }
 
 type poolKey struct {
@@ -50,7 +52,9 @@ type Store struct {
 	pools   map[poolKey]*pool.Pool
 	budgets map[int]*pool.Budget
 	blocks  map[string]allocation // tensor uid -> its memory
+	names   map[string]string     // name -> uid of this instance's live tensors
 	leases  map[string]struct{}   // live connection holders of this instance
+	pending []allocation          // freed blocks waiting for their fences
 	uidSeq  atomic.Uint64
 	connSeq atomic.Uint64
 }
@@ -74,7 +78,7 @@ func WithZeroFill(on bool) Option { return func(s *Store) { s.zeroFill = on } }
 func New(reg *registry.Registry, be backend.Backend, instance, node string, opts ...Option) *Store {
 	s := &Store{
 		reg: reg, be: be, instance: instance, node: node, log: slog.Default(), zeroFill: true, now: time.Now,
-		pools: map[poolKey]*pool.Pool{}, budgets: map[int]*pool.Budget{}, blocks: map[string]allocation{},
+		pools: map[poolKey]*pool.Pool{}, budgets: map[int]*pool.Budget{}, blocks: map[string]allocation{}, names: map[string]string{},
 		leases: map[string]struct{}{},
 	}
 	for _, o := range opts {
@@ -194,11 +198,16 @@ func (s *Store) Create(ctx context.Context, p CreateParams) (tensor.Info, error)
 		return tensor.Info{}, err
 	}
 	// Most creates of an existing name are replicas asking for the same
-	// weights: answer them without allocating.
-	if cur, err := s.reg.Stat(ctx, p.Name); err == nil {
-		return s.existing(ctx, cur, dt, p)
-	} else if !errors.Is(err, errdefs.ErrNotFound) {
-		return tensor.Info{}, err
+	// weights: answer them without allocating. This agent is the only
+	// writer of its prefix, so its own index says whether the name exists;
+	// the create script still decides atomically.
+	if s.hasName(p.Name) {
+		cur, err := s.reg.Stat(ctx, p.Name)
+		if err == nil {
+			return s.existing(ctx, cur, dt, p)
+		} else if !errors.Is(err, errdefs.ErrNotFound) {
+			return tensor.Info{}, err
+		}
 	}
 	p0 := s.poolFor(dev, p.Tenant)
 	blk, err := s.alloc(ctx, p0, dev.Index, n)
@@ -216,7 +225,7 @@ func (s *Store) Create(ctx context.Context, p CreateParams) (tensor.Info, error)
 	// Register the block before the record exists, so a concurrent release
 	// that frees the record always finds it.
 	s.mu.Lock()
-	s.blocks[info.UID] = allocation{block: blk, pool: p0}
+	s.blocks[info.UID] = allocation{name: info.Name, block: blk, pool: p0}
 	s.mu.Unlock()
 	res, err := s.reg.Create(ctx, info, p.Holder, p.ReqID)
 	if err != nil || !res.Created {
@@ -226,6 +235,9 @@ func (s *Store) Create(ctx context.Context, p CreateParams) (tensor.Info, error)
 	case err != nil:
 		return tensor.Info{}, err
 	case res.Created:
+		s.mu.Lock()
+		s.names[info.Name] = info.UID
+		s.mu.Unlock()
 		s.log.Debug("tensor created", "name", info.Name, "dtype", dt, "shape", info.Shape, "bytes", n, "segment", info.SegmentID, "offset", info.Offset)
 		return res.Info, nil
 	case res.Dup:
@@ -264,6 +276,7 @@ func equalShape(a, b []int64) bool {
 }
 
 func (s *Store) alloc(ctx context.Context, p *pool.Pool, dev int, n uint64) (*pool.Block, error) {
+	s.ReapPending()
 	blk, err := p.Alloc(ctx, n)
 	if errors.Is(err, errdefs.ErrOutOfMemory) {
 		// Other tenants' pools of the device may cache free segments.
@@ -304,14 +317,38 @@ func (s *Store) Get(ctx context.Context, name, holder, reqID string) (tensor.Inf
 
 // Release drops count references of holder (registry.AllRefs: every one).
 func (s *Store) Release(ctx context.Context, name, holder string, count int64, reqID string) (registry.ReleaseResult, error) {
+	return s.ReleaseAfter(ctx, name, holder, count, reqID, nil)
+}
+
+// ReleaseAfter is Release with a fence: the holder's GPU work on the tensor
+// that the block must wait for before it is reused. uid, when known, lets
+// the fence be attached before the reference goes.
+func (s *Store) ReleaseAfter(ctx context.Context, name, holder string, count int64, reqID string, f Fence) (registry.ReleaseResult, error) {
 	if err := tensor.ValidateName(name); err != nil {
 		return registry.ReleaseResult{}, err
+	}
+	if f != nil {
+		// Attach first: once the reference is gone, the block may be freed.
+		s.mu.Lock()
+		uid, ok := s.names[name]
+		s.mu.Unlock()
+		if !ok || !s.AttachFence(uid, f) {
+			f.Release()
+		}
 	}
 	res, err := s.reg.Release(ctx, name, holder, count, false, reqID)
 	if err == nil && res.Freed {
 		s.freeUID(res.UID)
 	}
 	return res, err
+}
+
+// Publish records the IPC event readers of name should wait on.
+func (s *Store) Publish(ctx context.Context, name, event string) error {
+	if err := tensor.ValidateName(name); err != nil {
+		return err
+	}
+	return s.reg.Publish(ctx, name, event)
 }
 
 // Delete drops the registry's reference: the tensor takes no new references
@@ -363,13 +400,23 @@ func (s *Store) Block(uid string) (*pool.Block, bool) {
 	return a.block, ok
 }
 
+func (s *Store) hasName(name string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.names[name]
+	return ok
+}
+
 func (s *Store) freeUID(uid string) {
 	s.mu.Lock()
 	a, ok := s.blocks[uid]
 	delete(s.blocks, uid)
+	if ok && s.names[a.name] == uid {
+		delete(s.names, a.name)
+	}
 	s.mu.Unlock()
 	if ok {
-		a.pool.Free(a.block)
+		s.retire(a)
 	}
 }
 
@@ -522,6 +569,13 @@ func (s *Store) trimDevice(dev int) {
 	}
 }
 
+// Pending is the number of freed blocks waiting for GPU work to finish.
+func (s *Store) Pending() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.pending)
+}
+
 // PoolStats are the statistics of one pool.
 type PoolStats struct {
 	Device int    `json:"device"`
@@ -551,6 +605,14 @@ func (s *Store) Close() error {
 		errs = append(errs, p.Close())
 		delete(s.pools, k)
 	}
+	for _, a := range s.blocks {
+		releaseFences(a.fences)
+	}
+	for _, a := range s.pending {
+		releaseFences(a.fences)
+	}
 	s.blocks = map[string]allocation{}
+	s.names = map[string]string{}
+	s.pending = nil
 	return errors.Join(errs...)
 }

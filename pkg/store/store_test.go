@@ -295,3 +295,52 @@ func TestTrimAndStats(t *testing.T) {
 		t.Fatalf("trim left %d objects", len(entries))
 	}
 }
+
+type fakeFence struct {
+	done     bool
+	released int
+}
+
+func (f *fakeFence) Done() bool { return f.done }
+func (f *fakeFence) Release()   { f.released++ }
+
+func TestFencedReleaseDefersReuse(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	a, err := f.st.Create(ctx, store.CreateParams{Name: "a", DType: "u8", Shape: []int64{4096}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lease := f.st.OpenLease()
+	if _, err := f.st.Get(ctx, "a", lease, ""); err != nil {
+		t.Fatal(err)
+	}
+	fence := &fakeFence{}
+	if _, err := f.st.ReleaseAfter(ctx, "a", lease, 1, "", fence); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.st.Delete(ctx, "a", ""); err != nil {
+		t.Fatal(err)
+	}
+	if f.st.Pending() != 1 {
+		t.Fatalf("pending %d: a block whose GPU work is not done was freed", f.st.Pending())
+	}
+	b, err := f.st.Create(ctx, store.CreateParams{Name: "b", DType: "u8", Shape: []int64{4096}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.SegmentID == a.SegmentID && b.Offset == a.Offset {
+		t.Fatal("a fenced block was reused before its fence was done")
+	}
+	fence.done = true
+	if n := f.st.ReapPending(); n != 0 || fence.released != 1 {
+		t.Fatalf("after the fence: %d pending, fence released %d times", n, fence.released)
+	}
+	c, err := f.st.Create(ctx, store.CreateParams{Name: "c", DType: "u8", Shape: []int64{4096}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.SegmentID != a.SegmentID || c.Offset != a.Offset {
+		t.Fatalf("the reaped block was not reused (c at %d, a was at %d)", c.Offset, a.Offset)
+	}
+}

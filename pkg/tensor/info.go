@@ -34,6 +34,7 @@ type Info struct {
 	Agent       string  `json:"agent"`
 	Node        string  `json:"node"`
 	Tenant      string  `json:"tenant,omitempty"`
+	Event       string  `json:"event,omitempty"` // base64 CUipcEventHandle of the last publish
 	Ctime       int64   `json:"ctime"`
 	Mtime       int64   `json:"mtime"`
 }

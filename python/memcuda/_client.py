@@ -42,6 +42,7 @@ class TensorInfo:
     tenant: str
     ctime: int
     mtime: int
+    event: str = ""  # base64 IPC event of the last publish
 
     @classmethod
     def from_wire(cls, d: dict[str, Any]) -> "TensorInfo":
@@ -53,6 +54,7 @@ class TensorInfo:
             segment_size=int(d.get("segment_size", 0)), owner_pid=int(d.get("owner_pid", 0)),
             refcount=int(d.get("refcount", 0)), state=d.get("state", ""), agent=d.get("agent", ""),
             node=d.get("node", ""), tenant=d.get("tenant", ""), ctime=int(d.get("ctime", 0)), mtime=int(d.get("mtime", 0)),
+            event=d.get("event", ""),
         )
 
 
@@ -93,6 +95,7 @@ class Store:
             raise Unavailable(f"connect to the agent at {path}: {e}") from e
         self._next_id = 0
         self._fds: list[int] = []
+        self._rbuf = bytearray()
         self._segments: dict[str, _Segment] = {}
         self._pending_release: list[str] = []  # from finalizers: sent before the next call
         self._closed = False
@@ -103,10 +106,12 @@ class Store:
     # -- transport ---------------------------------------------------------
 
     def _recv_exact(self, n: int) -> bytes:
-        buf = bytearray()
+        # Reads as much as is there (a whole response is one read), keeps
+        # the rest for the next call, and collects passed descriptors.
+        buf = self._rbuf
         while len(buf) < n:
             try:
-                data, anc, _flags, _addr = self._sock.recvmsg(n - len(buf), socket.CMSG_SPACE(4 * _wire.MAX_FDS))
+                data, anc, _flags, _addr = self._sock.recvmsg(max(65536, n - len(buf)), socket.CMSG_SPACE(4 * _wire.MAX_FDS))
             except OSError as e:
                 raise Unavailable(f"read from agent: {e}") from e
             for level, typ, payload in anc:
@@ -119,7 +124,9 @@ class Store:
             if not data:
                 raise Unavailable("the agent closed the connection")
             buf += data
-        return bytes(buf)
+        out = bytes(buf[:n])
+        del buf[:n]
+        return out
 
     def _call(self, op: str, **kw: Any) -> dict[str, Any]:
         with self._lock:
@@ -172,9 +179,14 @@ class Store:
                           device=_device_arg(device))
         return self._open(resp)
 
-    def get(self, name: str) -> "SharedTensor":
-        """Opens an existing tensor by name. Raises NotFound."""
-        return self._open(self._call("get", name=name))
+    def get(self, name: str, wait: bool = True) -> "SharedTensor":
+        """Opens an existing tensor by name. Raises NotFound. When a writer
+        published an event (SharedTensor.publish), the current stream waits
+        for it (wait=False leaves ordering to the caller)."""
+        t = self._open(self._call("get", name=name))
+        if wait and t.info.event and t.is_cuda:
+            t.wait()
+        return t
 
     def delete(self, name: str) -> None:
         """Drops the registry's reference: no new gets; the memory goes when the last reference does."""
@@ -239,11 +251,11 @@ class Store:
                 raise
         return SharedTensor(self, info, seg)
 
-    def _release(self, t: "SharedTensor") -> None:
+    def _release(self, t: "SharedTensor", event: str = "") -> None:
         with self._lock:
             self._drop_user(t._seg)
             if not self._closed:
-                self._roundtrip("release", name=t.info.name)
+                self._roundtrip("release", name=t.info.name, event=event)
 
     def _drop_user(self, seg: _Segment) -> None:
         seg.users -= 1
@@ -397,13 +409,44 @@ class SharedTensor(_Views):
 
     # -- lifetime --------------------------------------------------------
 
-    def release(self) -> None:
-        """Drops this reference. Views must not be used afterwards."""
+    def publish(self, stream: Optional[int] = None) -> None:
+        """Records this process's IPC event on the stream (default: PyTorch's
+        current stream) after the writes so far, and publishes it: later
+        get()s make their stream wait for it, instead of a device sync."""
+        self._check()
+        if not self.is_cuda:
+            raise TypeError("publish orders GPU work; this is a host tensor")
+        from . import _cuda
+
+        s = _cuda.current_stream(self.device_index) if stream is None else stream
+        self.store._call("publish", name=self.name, event=_cuda.record(self.device_index, s))
+
+    def wait(self, stream: Optional[int] = None) -> None:
+        """Makes the stream (default: PyTorch's current one) wait for the
+        event the writer published, if any."""
+        self._check()
+        if self.info.event and self.is_cuda:
+            from . import _cuda
+
+            s = _cuda.current_stream(self.device_index) if stream is None else stream
+            _cuda.stream_wait(self.device_index, self.info.event, s)
+
+    def release(self, stream: Optional[int] = None) -> None:
+        """Drops this reference. Views must not be used afterwards. For GPU
+        tensors an event recorded on the stream (default: PyTorch's current
+        stream) goes along, and the agent reuses the memory only after the
+        work queued so far is done: no synchronize needed before release."""
         if self._released:
             return
         self._released = True
         self._finalizer.detach()
-        self.store._release(self)
+        event = ""
+        if self.is_cuda:
+            from . import _cuda
+
+            s = _cuda.current_stream(self.device_index) if stream is None else stream
+            event = _cuda.record(self.device_index, s)
+        self.store._release(self, event)
 
     def __enter__(self) -> "SharedTensor":
         return self

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import ctypes
+import sys
 import threading
 from typing import Any, Optional
 
@@ -187,3 +188,63 @@ def open_legacy(handle_b64: str, size: int, ordinal: int) -> Mapping:
     with _Current(ordinal):
         _check("cuIpcOpenMemHandle", _fn("cuIpcOpenMemHandle")(ctypes.byref(ptr), h, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS))
     return Mapping(ptr.value, int(size), ordinal, legacy=True)
+
+
+CU_EVENT_DISABLE_TIMING = 2
+CU_EVENT_INTERPROCESS = 4
+_events: dict[int, tuple[ctypes.c_void_p, str]] = {}
+_opened: dict[str, ctypes.c_void_p] = {}
+
+
+class _IpcEventHandle(ctypes.Structure):
+    _fields_ = [("reserved", ctypes.c_char * 64)]
+
+
+def current_stream(ordinal: int) -> int:
+    """PyTorch's current stream on the device when PyTorch is in use, else the legacy default stream."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        return int(torch.cuda.current_stream(ordinal).cuda_stream)
+    return 0
+
+
+def process_event(ordinal: int) -> tuple[ctypes.c_void_p, str]:
+    """This process's interprocess event on the device and its base64 handle
+    (one per device: re-recording it is what orders later work)."""
+    with _lock:
+        hit = _events.get(ordinal)
+    if hit is not None:
+        return hit
+    with _Current(ordinal):
+        ev = ctypes.c_void_p()
+        _check("cuEventCreate", _fn("cuEventCreate")(ctypes.byref(ev), CU_EVENT_DISABLE_TIMING | CU_EVENT_INTERPROCESS))
+        h = _IpcEventHandle()
+        _check("cuIpcGetEventHandle", _fn("cuIpcGetEventHandle")(ctypes.byref(h), ev))
+    out = (ev, base64.b64encode(bytes(h)).decode())
+    with _lock:
+        _events[ordinal] = out
+    return out
+
+
+def record(ordinal: int, stream: int) -> str:
+    """Records this process's event on stream; returns its handle."""
+    ev, b64 = process_event(ordinal)
+    with _Current(ordinal):
+        _check("cuEventRecord", _fn("cuEventRecord")(ev, ctypes.c_void_p(stream)))
+    return b64
+
+
+def stream_wait(ordinal: int, b64: str, stream: int) -> None:
+    """Makes stream wait for another process's recorded event."""
+    with _lock:
+        ev = _opened.get(b64)
+    with _Current(ordinal):
+        if ev is None:
+            raw = base64.b64decode(b64)
+            h = _IpcEventHandle()
+            ctypes.memmove(ctypes.byref(h), raw, 64)
+            ev = ctypes.c_void_p()
+            _check("cuIpcOpenEventHandle", _fn("cuIpcOpenEventHandle")(ctypes.byref(ev), h))
+            with _lock:
+                _opened[b64] = ev
+        _check("cuStreamWaitEvent", _fn("cuStreamWaitEvent")(ctypes.c_void_p(stream), ev, 0))

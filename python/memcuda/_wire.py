@@ -76,6 +76,7 @@ def encode_request(
     shape: Optional[Sequence[int]] = None,
     device: str = "",
     client: str = "",
+    event: str = "",
 ) -> bytes:
     """A request frame, byte for byte what the Go encoder writes."""
     body: dict[str, Any] = {"id": int(id), "op": op}
@@ -90,6 +91,8 @@ def encode_request(
         body["device"] = device
     if client:
         body["client"] = client
+    if event:
+        body["event"] = event
     return frame(KIND_REQUEST, _go_json(body))
 
 

@@ -90,17 +90,38 @@ def test_share_bf16_between_processes(gpu_agent) -> None:
     b.wait()
     a.send("check")
     assert a.read() == "8.0 3.0", "A does not see B's writes"
-    # A third process in a new PID namespace (no hostPID-style sharing).
-    if shutil.which("unshare") and os.geteuid() == 0:
+    a.send("done")
+    a.wait()
+
+
+def _cuda_in_new_pid_namespace() -> str:
+    """'' when CUDA initialises in a process under `unshare --pid --fork`, else why not."""
+    if not shutil.which("unshare") or os.geteuid() != 0:
+        return "needs root and unshare"
+    probe = "import ctypes; print(ctypes.CDLL('libcuda.so.1').cuInit(0))"
+    r = subprocess.run(["unshare", "--pid", "--fork", sys.executable, "-c", probe], capture_output=True, text=True)
+    if r.returncode != 0 or r.stdout.strip() != "0":
+        return f"this machine's driver does not initialise in a new PID namespace (cuInit -> {r.stdout.strip() or r.stderr.strip()})"
+    return ""
+
+
+def test_open_from_new_pid_namespace(gpu_agent) -> None:
+    why = _cuda_in_new_pid_namespace()
+    if why:
+        pytest.skip(why)
+    name = f"ns.{gpu_agent.mode}"
+    with memcuda.connect() as s, s.create(name, (64,), "f32") as t:
+        import torch
+
+        t.torch().fill_(3.0)
+        torch.cuda.synchronize()
         c = Child(gpu_agent, f"""
             with memcuda.connect() as s, s.get("{name}") as t:
-                say(os.getpid(), float(t.torch()[4095, 4095]))
+                say(os.getpid(), float(t.torch().sum()))
         """, prefix_cmd=["unshare", "--pid", "--fork"])
         pid, val = c.read().split()
         c.wait()
-        assert pid == "1" and val == "3.0", (pid, val)
-    a.send("done")
-    a.wait()
+        assert pid == "1" and val == "192.0", (pid, val)
 
 
 def test_kill9_reader_releases_within_2s(gpu_agent) -> None:
@@ -195,3 +216,58 @@ def test_other_visible_devices(gpu_agent) -> None:
         assert c.read() == "0 32.0", "GPU 1 must resolve to ordinal 0 under CUDA_VISIBLE_DEVICES=1"
         c.wait()
         t.release()
+
+
+def test_publish_orders_readers_without_sync(gpu_agent) -> None:
+    name = f"pub.{gpu_agent.mode}"
+    a = Child(gpu_agent, f"""
+        s = memcuda.connect()
+        t = s.create("{name}", (1 << 20,), "f32")
+        x = t.torch()
+        torch.cuda._sleep(2_000_000_000)  # ~1 s of GPU time before the write lands
+        x.fill_(5.0)
+        t.publish()                        # no synchronize: readers wait on the event
+        say("published")
+        sys.stdin.readline()
+        torch.cuda.synchronize()
+    """)
+    assert a.read() == "published"
+    b = Child(gpu_agent, f"""
+        with memcuda.connect() as s, s.get("{name}") as t:
+            say(float(t.torch().min()))
+    """)
+    assert b.read() == "5.0", "the reader did not wait for the writer's published event"
+    b.wait()
+    a.send("done")
+    a.wait()
+
+
+def test_release_defers_reuse_until_gpu_work_is_done(gpu_agent) -> None:
+    name = f"def.{gpu_agent.mode}"
+    with memcuda.connect() as s:
+        s.create(name, (1 << 20,), "f32").release()
+        a = Child(gpu_agent, f"""
+            s = memcuda.connect()
+            t = s.get("{name}")
+            x = t.torch()
+            torch.cuda._sleep(3_000_000_000)  # the write below lands ~1.5 s later
+            x.fill_(9.0)
+            t.release()                        # no synchronize: an event goes with the release
+            say("released")
+            torch.cuda.synchronize()
+            say("done")
+        """)
+        assert a.read() == "released"
+        s.delete(name)  # refcount 0 now, but the block must wait for A's kernel
+        assert s.stats()["pending"] == 1
+        with s.create(f"{name}.next", (1 << 20,), "f32") as t2:
+            assert a.read() == "done"
+            import torch
+
+            torch.cuda.synchronize()
+            assert float(t2.torch().abs().max()) == 0.0, "a new tensor was given memory a released kernel still wrote"
+        deadline = time.time() + 5
+        while s.stats()["pending"] != 0:
+            assert time.time() < deadline, "the deferred block was never freed"
+            time.sleep(0.01)
+        a.wait()

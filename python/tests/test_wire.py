@@ -13,7 +13,8 @@ VECTORS = json.loads((Path(__file__).resolve().parents[2] / "api/v1/testdata/vec
 def test_request_vectors_encode_byte_for_byte(vec: dict) -> None:
     m = vec["message"]
     got = _wire.encode_request(m["id"], m["op"], name=m.get("name", ""), dtype=m.get("dtype", ""),
-                               shape=m.get("shape"), device=m.get("device", ""), client=m.get("client", ""))
+                               shape=m.get("shape"), device=m.get("device", ""), client=m.get("client", ""),
+                               event=m.get("event", ""))
     assert got.hex() == vec["frame_hex"]
 
 
