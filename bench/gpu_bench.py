@@ -64,6 +64,22 @@ def bench_get(n: int) -> None:
         s.get("b.get").release()
 
     held = timed(warm_held, n)
+    # The same get as a precomputed frame, reply read raw: the agent and the
+    # socket alone, without the client's encoding, decoding and bookkeeping.
+    import socket as so
+
+    from memcuda import _wire
+
+    fget = _wire.encode_request(1 << 40, "get", name="b.get")
+    frel = _wire.encode_request(1 << 40, "release", name="b.get")
+
+    def raw_get() -> None:
+        s._sock.sendall(fget)
+        s._sock.recvmsg(65536, so.CMSG_SPACE(32))
+        s._sock.sendall(frel)
+        s._sock.recvmsg(65536, so.CMSG_SPACE(32))
+
+    raw_frames = [x / 2 for x in timed(raw_get, n)]
     hold.release()
     # First reference of the connection, segment already mapped through b.keep
     # when both share a segment: a Redis round trip per get and per release.
@@ -121,7 +137,9 @@ def bench_get(n: int) -> None:
     p.join()
 
     row("get, warm (connection holds the tensor)", held, "torch.multiprocessing Queue share", mp_times, "<= 50 us p50")
-    row("get, warm (connection holds the tensor) ", held, "Python Unix-socket echo round trip", socket_rtt(n), "")
+    echo = socket_rtt(n)
+    row("get, warm (connection holds the tensor) ", held, "Python Unix-socket echo round trip", echo, "")
+    row("agent round trip, raw get frame (no client work)", raw_frames, "Python Unix-socket echo round trip", echo, "")
     row("get, warm (first reference: one Redis script each way)", first, "torch.multiprocessing Queue share", mp_times, "")
     row("get, cold (new segment: fd + import + map)", cold, "raw driver import+map (same calls)", raw, "<= 1.2x raw")
     s.delete("b.get")

@@ -25,7 +25,8 @@ func (e *sharedEvent) Release() {
 	}
 }
 
-// eventFence is a store.Fence over a shared event.
+// eventFence is a store.Fence over a shared event; fences of the same event
+// compare equal.
 type eventFence struct{ e *sharedEvent }
 
 // Done reports whether the recorded work finished. A failing query (the

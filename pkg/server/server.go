@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime"
 	"sync"
 	"time"
 
@@ -67,7 +68,7 @@ func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
 		l.Close()
 		s.mu.Lock()
 		for c := range s.conns {
-			c.c.Close()
+			c.raw.shutdown() // wakes its thread; the serving goroutine closes it
 		}
 		s.mu.Unlock()
 	}()
@@ -89,6 +90,10 @@ func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
 		if cred, err := procinfo.PeerCred(c); err == nil {
 			cn.pid, cn.uid = int(cred.Pid), int(cred.Uid)
 		}
+		if cn.raw, err = newRawConn(c); err != nil {
+			c.Close()
+			continue
+		}
 		s.mu.Lock()
 		s.conns[cn] = struct{}{}
 		s.mu.Unlock()
@@ -105,6 +110,7 @@ func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
 
 type conn struct {
 	c      *net.UnixConn
+	raw    *rawConn
 	srv    *Server
 	holder string
 	pid    int
@@ -137,7 +143,9 @@ func (cn *conn) serve() {
 			log.Debug("dropped leases of a closed connection", "tensors", len(names))
 		}
 	}()
-	r := bufio.NewReaderSize(cn.c, 64<<10) // one read per request, not one per header and body
+	runtime.LockOSThread() // rawConn blocks this thread in poll(2)
+	defer runtime.UnlockOSThread()
+	r := bufio.NewReaderSize(cn.raw, 64<<10) // one read per request, not one per header and body
 	for {
 		h, body, err := v1.ReadFrame(r)
 		if err != nil {
@@ -182,14 +190,7 @@ func (cn *conn) reply(resp *v1.Response, fds []int) error {
 	if len(fds) > 0 {
 		oob = unix.UnixRights(fds...)
 	}
-	n, _, err := cn.c.WriteMsgUnix(frame, oob, nil)
-	if err != nil {
-		return err
-	}
-	if n < len(frame) {
-		_, err = cn.c.Write(frame[n:])
-	}
-	return err
+	return cn.raw.writeMsg(frame, oob)
 }
 
 func (cn *conn) handle(req *v1.Request) (*v1.Response, []int, error) {

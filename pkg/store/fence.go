@@ -22,6 +22,14 @@ func (s *Store) AttachFence(uid string, f Fence) bool {
 	if !ok {
 		return false
 	}
+	for _, g := range a.fences {
+		if g == f {
+			// The same event re-recorded: its latest record covers the
+			// earlier one, so one attachment is enough.
+			f.Release()
+			return true
+		}
+	}
 	a.fences = append(a.fences, f)
 	s.blocks[uid] = a
 	return true

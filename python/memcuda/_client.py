@@ -7,6 +7,7 @@ import mmap
 import os
 import socket
 import threading
+import time
 import weakref
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
@@ -73,9 +74,11 @@ def socket_path(path: Optional[str] = None) -> str:
     return path or os.environ.get("MEMCUDA_SOCKET") or DEFAULT_SOCKET
 
 
-def connect(path: Optional[str] = None, timeout: float = 10.0) -> "Store":
-    """Connects to the node agent ($MEMCUDA_SOCKET, else /run/memcuda/agent.sock)."""
-    return Store(socket_path(path), timeout=timeout)
+def connect(path: Optional[str] = None, timeout: float = 10.0, spin_us: Optional[float] = None) -> "Store":
+    """Connects to the node agent ($MEMCUDA_SOCKET, else /run/memcuda/agent.sock).
+    spin_us: how long to poll for a reply before blocking (default 200, or
+    $MEMCUDA_SPIN_US; 0 never spins)."""
+    return Store(socket_path(path), timeout=timeout, spin_us=spin_us)
 
 
 class Store:
@@ -83,8 +86,9 @@ class Store:
     reference, held until released, until the Store closes, or until the
     process dies (the agent drops a closed connection's references)."""
 
-    def __init__(self, path: str, timeout: float = 10.0) -> None:
+    def __init__(self, path: str, timeout: float = 10.0, spin_us: Optional[float] = None) -> None:
         self.path = path
+        self.spin_us = float(os.environ.get("MEMCUDA_SPIN_US", "200") if spin_us is None else spin_us)
         self._lock = threading.RLock()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout)
@@ -96,6 +100,8 @@ class Store:
         self._next_id = 0
         self._fds: list[int] = []
         self._rbuf = bytearray()
+        self._idle: dict[str, _Segment] = {}  # mapped segments no tensor uses, oldest first
+        self.max_idle_mappings = int(os.environ.get("MEMCUDA_IDLE_MAPPINGS", "8"))
         self._segments: dict[str, _Segment] = {}
         self._pending_release: list[str] = []  # from finalizers: sent before the next call
         self._closed = False
@@ -111,7 +117,7 @@ class Store:
         buf = self._rbuf
         while len(buf) < n:
             try:
-                data, anc, _flags, _addr = self._sock.recvmsg(max(65536, n - len(buf)), socket.CMSG_SPACE(4 * _wire.MAX_FDS))
+                data, anc = self._recvmsg(max(65536, n - len(buf)))
             except OSError as e:
                 raise Unavailable(f"read from agent: {e}") from e
             for level, typ, payload in anc:
@@ -127,6 +133,23 @@ class Store:
         out = bytes(buf[:n])
         del buf[:n]
         return out
+
+    def _recvmsg(self, size: int) -> tuple[bytes, list[Any]]:
+        # The agent answers within microseconds; on virtual machines waking
+        # a thread blocked in recvmsg costs tens of them. Poll without
+        # blocking for spin_us first (docs/benchmarks.md has the numbers).
+        cmsg = socket.CMSG_SPACE(4 * _wire.MAX_FDS)
+        if self.spin_us > 0:
+            deadline = time.perf_counter() + self.spin_us / 1e6
+            while True:
+                try:
+                    data, anc, _f, _a = self._sock.recvmsg(size, cmsg, socket.MSG_DONTWAIT)
+                    return data, anc
+                except BlockingIOError:
+                    if time.perf_counter() > deadline:
+                        break
+        data, anc, _f, _a = self._sock.recvmsg(size, cmsg)
+        return data, anc
 
     def _call(self, op: str, **kw: Any) -> dict[str, Any]:
         with self._lock:
@@ -211,6 +234,7 @@ class Store:
                 return
             self._closed = True
             self._sock.close()
+            self._idle.clear()
             for s in self._segments.values():
                 _unmap(s)
                 if s.fd >= 0:
@@ -245,6 +269,7 @@ class Store:
                     raise ProtocolError(f"no descriptor for segment {info.segment_id}")
                 if seg.mapping is None:
                     seg.mapping, seg.ptr = _map(seg, info)
+                self._idle.pop(seg.id, None)
                 seg.users += 1
             except BaseException:
                 self._pending_release.append(info.name)
@@ -258,9 +283,14 @@ class Store:
                 self._roundtrip("release", name=t.info.name, event=event)
 
     def _drop_user(self, seg: _Segment) -> None:
+        # An unused segment stays mapped (up to max_idle_mappings, least
+        # recently used first out): the next get of a tensor in it is warm,
+        # and unmapping would wait for GPU work still queued on it.
         seg.users -= 1
         if seg.users == 0:
-            _unmap(seg)
+            self._idle[seg.id] = seg
+            while len(self._idle) > self.max_idle_mappings:
+                _unmap(self._idle.pop(next(iter(self._idle))))
 
 
 def _device_arg(device: Any) -> str:
@@ -419,7 +449,10 @@ class SharedTensor(_Views):
         from . import _cuda
 
         s = _cuda.current_stream(self.device_index) if stream is None else stream
-        self.store._call("publish", name=self.name, event=_cuda.record(self.device_index, s))
+        ev = _cuda.record(self.device_index, s)
+        if not ev:  # the stream is idle: record anyway, readers still need an event to wait on
+            ev = _cuda.record_always(self.device_index, s)
+        self.store._call("publish", name=self.name, event=ev)
 
     def wait(self, stream: Optional[int] = None) -> None:
         """Makes the stream (default: PyTorch's current one) wait for the

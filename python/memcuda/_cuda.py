@@ -108,6 +108,7 @@ class _Current:
         self.ordinal = ordinal
 
     def __enter__(self) -> None:
+        self.pushed = False
         with _lock:
             ctx = _ctx.get(self.ordinal)
             if ctx is None:
@@ -116,11 +117,17 @@ class _Current:
                 ctx = ctypes.c_void_p()
                 _check("cuDevicePrimaryCtxRetain", _fn("cuDevicePrimaryCtxRetain")(ctypes.byref(ctx), dev))
                 _ctx[self.ordinal] = ctx
+        cur = ctypes.c_void_p()
+        _fn("cuCtxGetCurrent")(ctypes.byref(cur))
+        if cur.value == ctx.value:
+            return  # PyTorch or CuPy already made it current on this thread
         _check("cuCtxPushCurrent", _fn("cuCtxPushCurrent")(ctx))
+        self.pushed = True
 
     def __exit__(self, *exc: Any) -> None:
-        popped = ctypes.c_void_p()
-        _fn("cuCtxPopCurrent")(ctypes.byref(popped))
+        if self.pushed:
+            popped = ctypes.c_void_p()
+            _fn("cuCtxPopCurrent")(ctypes.byref(popped))
 
 
 class Mapping:
@@ -192,7 +199,7 @@ def open_legacy(handle_b64: str, size: int, ordinal: int) -> Mapping:
 
 CU_EVENT_DISABLE_TIMING = 2
 CU_EVENT_INTERPROCESS = 4
-_events: dict[int, tuple[ctypes.c_void_p, str]] = {}
+_events: dict[tuple[int, int], tuple[ctypes.c_void_p, str]] = {}
 _opened: dict[str, ctypes.c_void_p] = {}
 
 
@@ -208,11 +215,12 @@ def current_stream(ordinal: int) -> int:
     return 0
 
 
-def process_event(ordinal: int) -> tuple[ctypes.c_void_p, str]:
-    """This process's interprocess event on the device and its base64 handle
-    (one per device: re-recording it is what orders later work)."""
+def process_event(ordinal: int, stream: int) -> tuple[ctypes.c_void_p, str]:
+    """This process's interprocess event for a stream of the device and its
+    base64 handle. One per stream: re-recording an event forgets its earlier
+    record, which is right only for later work on the same stream."""
     with _lock:
-        hit = _events.get(ordinal)
+        hit = _events.get((ordinal, stream))
     if hit is not None:
         return hit
     with _Current(ordinal):
@@ -222,16 +230,23 @@ def process_event(ordinal: int) -> tuple[ctypes.c_void_p, str]:
         _check("cuIpcGetEventHandle", _fn("cuIpcGetEventHandle")(ctypes.byref(h), ev))
     out = (ev, base64.b64encode(bytes(h)).decode())
     with _lock:
-        _events[ordinal] = out
+        _events[(ordinal, stream)] = out
     return out
 
 
+CUDA_ERROR_NOT_READY = 600
+
+
 def record(ordinal: int, stream: int) -> str:
-    """Records this process's event on stream; returns its handle."""
-    ev, b64 = process_event(ordinal)
+    """Records this process's event for stream on it and returns the handle;
+    '' when the stream has no unfinished work (nothing to wait for)."""
     with _Current(ordinal):
-        _check("cuEventRecord", _fn("cuEventRecord")(ev, ctypes.c_void_p(stream)))
-    return b64
+        rc = _fn("cuStreamQuery")(ctypes.c_void_p(stream))
+        if rc == 0:
+            return ""
+        if rc != CUDA_ERROR_NOT_READY:
+            _check("cuStreamQuery", rc)
+    return record_always(ordinal, stream)
 
 
 def stream_wait(ordinal: int, b64: str, stream: int) -> None:
@@ -248,3 +263,11 @@ def stream_wait(ordinal: int, b64: str, stream: int) -> None:
             with _lock:
                 _opened[b64] = ev
         _check("cuStreamWaitEvent", _fn("cuStreamWaitEvent")(ctypes.c_void_p(stream), ev, 0))
+
+
+def record_always(ordinal: int, stream: int) -> str:
+    """Records this process's event for stream on it, idle or not."""
+    ev, b64 = process_event(ordinal, stream)
+    with _Current(ordinal):
+        _check("cuEventRecord", _fn("cuEventRecord")(ev, ctypes.c_void_p(stream)))
+    return b64
