@@ -3,6 +3,7 @@ package server
 import (
 	"encoding/base64"
 	"fmt"
+	"log/slog"
 	"sync/atomic"
 
 	"github.com/memcuda/memcuda/cuda"
@@ -33,6 +34,9 @@ type eventFence struct{ e *sharedEvent }
 // exporting process is gone, and its work with it) counts as done.
 func (f eventFence) Done() bool {
 	done, err := f.e.ev.Done()
+	if err != nil {
+		slog.Debug("IPC event query failed; treating the fence as done", "err", err)
+	}
 	return done || err != nil
 }
 

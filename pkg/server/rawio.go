@@ -4,16 +4,9 @@ import (
 	"errors"
 	"io"
 	"net"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
-
-// spinFor is how long a connection retries a read before it blocks: a
-// client's next request often follows its last response within
-// microseconds, and on virtual machines waking a blocked thread costs tens
-// of microseconds (docs/benchmarks.md).
-const spinFor = 50 * time.Microsecond
 
 // rawConn does the connection's I/O with plain system calls, blocking in
 // poll(2) on the serving goroutine's locked OS thread instead of parking in
@@ -57,17 +50,10 @@ func (r *rawConn) wait(events int16) error {
 
 // Read implements io.Reader.
 func (r *rawConn) Read(p []byte) (int, error) {
-	var spinUntil time.Time
 	for {
 		n, err := unix.Read(r.fd, p)
 		switch {
 		case errors.Is(err, unix.EAGAIN):
-			if spinUntil.IsZero() {
-				spinUntil = time.Now().Add(spinFor)
-			}
-			if time.Now().Before(spinUntil) {
-				continue
-			}
 			if err := r.wait(unix.POLLIN); err != nil {
 				return 0, err
 			}

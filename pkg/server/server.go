@@ -240,6 +240,7 @@ func (cn *conn) handle(req *v1.Request) (*v1.Response, []int, error) {
 				return nil, nil, err
 			}
 			fence = f
+			cn.srv.log.Debug("release with an event", "name", req.Name, "done", f.Done())
 		}
 		if cn.leases[req.Name] == 1 {
 			if _, err := st.ReleaseAfter(ctx, req.Name, cn.holder, registry.AllRefs, "", fence); err != nil {

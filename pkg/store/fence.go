@@ -39,10 +39,14 @@ func (s *Store) AttachFence(uid string, f Fence) bool {
 // Called without s.mu.
 func (s *Store) retire(a allocation) {
 	if !fencesDone(a.fences) {
+		s.log.Debug("reuse deferred until clients' GPU work is done", "name", a.name, "fences", len(a.fences))
 		s.mu.Lock()
 		s.pending = append(s.pending, a)
 		s.mu.Unlock()
 		return
+	}
+	if len(a.fences) > 0 {
+		s.log.Debug("fences already done at free", "name", a.name, "fences", len(a.fences))
 	}
 	releaseFences(a.fences)
 	a.pool.Free(a.block)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import array
 import ctypes
 import mmap
+import struct
 import os
 import socket
 import threading
@@ -76,8 +77,9 @@ def socket_path(path: Optional[str] = None) -> str:
 
 def connect(path: Optional[str] = None, timeout: float = 10.0, spin_us: Optional[float] = None) -> "Store":
     """Connects to the node agent ($MEMCUDA_SOCKET, else /run/memcuda/agent.sock).
-    spin_us: how long to poll for a reply before blocking (default 200, or
-    $MEMCUDA_SPIN_US; 0 never spins)."""
+    spin_us: how long to poll for a reply before blocking (default 0, or
+    $MEMCUDA_SPIN_US): on machines where waking a blocked thread is slow it
+    trades client CPU for latency."""
     return Store(socket_path(path), timeout=timeout, spin_us=spin_us)
 
 
@@ -88,7 +90,7 @@ class Store:
 
     def __init__(self, path: str, timeout: float = 10.0, spin_us: Optional[float] = None) -> None:
         self.path = path
-        self.spin_us = float(os.environ.get("MEMCUDA_SPIN_US", "200") if spin_us is None else spin_us)
+        self.spin_us = float(os.environ.get("MEMCUDA_SPIN_US", "0") if spin_us is None else spin_us)
         self._lock = threading.RLock()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout)
@@ -97,6 +99,12 @@ class Store:
         except OSError as e:
             self._sock.close()
             raise Unavailable(f"connect to the agent at {path}: {e}") from e
+        # Blocking mode with kernel-side timeouts: a Python timeout socket
+        # polls before every send and receive, one more system call each.
+        self._sock.settimeout(None)
+        tv = struct.pack("ll", int(timeout), int((timeout % 1) * 1e6))
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
         self._next_id = 0
         self._fds: list[int] = []
         self._rbuf = bytearray()
@@ -118,6 +126,8 @@ class Store:
         while len(buf) < n:
             try:
                 data, anc = self._recvmsg(max(65536, n - len(buf)))
+            except BlockingIOError as e:  # SO_RCVTIMEO ran out
+                raise Unavailable(f"the agent did not answer in time: {e}") from e
             except OSError as e:
                 raise Unavailable(f"read from agent: {e}") from e
             for level, typ, payload in anc:

@@ -259,7 +259,8 @@ def test_release_defers_reuse_until_gpu_work_is_done(gpu_agent) -> None:
         """)
         assert a.read() == "released"
         s.delete(name)  # refcount 0 now, but the block must wait for A's kernel
-        assert s.stats()["pending"] == 1
+        log = [l for l in gpu_agent.log.read_text().splitlines() if "event" in l or "fence" in l or "deferred" in l]
+        assert s.stats()["pending"] == 1, "\n".join(log[-10:])
         with s.create(f"{name}.next", (1 << 20,), "f32") as t2:
             assert a.read() == "done"
             import torch
