@@ -48,6 +48,19 @@ class TensorInfo:
 
     @classmethod
     def from_wire(cls, d: dict[str, Any]) -> "TensorInfo":
+        # Warm gets return the same record again and again: reuse it.
+        key = (d.get("uid"), d.get("mtime"), d.get("refcount"), d.get("state"), d.get("event"))
+        hit = _INFO_CACHE.get(key)
+        if hit is not None:
+            return hit
+        info = cls._parse(d)
+        if len(_INFO_CACHE) > 4096:
+            _INFO_CACHE.clear()
+        _INFO_CACHE[key] = info
+        return info
+
+    @classmethod
+    def _parse(cls, d: dict[str, Any]) -> "TensorInfo":
         return cls(
             name=d.get("name", ""), uid=d.get("uid", ""), dtype=d.get("dtype", ""),
             shape=tuple(int(x) for x in (d.get("shape") or [])), device=int(d.get("device", 0)),
@@ -60,6 +73,9 @@ class TensorInfo:
         )
 
 
+_INFO_CACHE: dict[tuple[Any, ...], TensorInfo] = {}
+
+
 @dataclass
 class _Segment:
     """A segment descriptor received from the agent and its mapping in this process."""
@@ -69,6 +85,18 @@ class _Segment:
     users: int = 0
     mapping: Any = None  # mmap.mmap (host) or _cuda.Mapping (vmm/legacy)
     ptr: int = 0  # base address of the mapping in this process
+
+
+_stores: "weakref.WeakSet[Store]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for s in list(_stores):
+        s._forked = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def socket_path(path: Optional[str] = None) -> str:
@@ -113,7 +141,9 @@ class Store:
         self._segments: dict[str, _Segment] = {}
         self._pending_release: list[str] = []  # from finalizers: sent before the next call
         self._closed = False
-        self._pid = os.getpid()
+        self._forked = False
+        # A child of fork() shares this socket with the parent: refuse to use it there.
+        _stores.add(self)
         resp = self._call("hello", client=f"memcuda-py {__version__}")
         self.hello: dict[str, Any] = resp["hello"]
 
@@ -165,7 +195,7 @@ class Store:
         with self._lock:
             if self._closed:
                 raise FailedPrecondition("store is closed")
-            if os.getpid() != self._pid:
+            if self._forked:
                 raise FailedPrecondition("a Store cannot be used across fork(); connect() again in the child")
             self._flush_pending()
             return self._roundtrip(op, **kw)

@@ -8,6 +8,7 @@ produce the same bytes (api/v1/testdata/vectors.json pins them).
 from __future__ import annotations
 
 import json
+import re
 import struct
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
@@ -68,6 +69,10 @@ def parse_header(b: bytes) -> Header:
     return Header(kind, nfd, n)
 
 
+_PLAIN = re.compile(r"[A-Za-z0-9_.:/@+=-]*\Z")
+_HEAD = struct.Struct(">4sBBBBI")
+
+
 def encode_request(
     id: int,
     op: str,
@@ -79,6 +84,11 @@ def encode_request(
     event: str = "",
 ) -> bytes:
     """A request frame, byte for byte what the Go encoder writes."""
+    if not (dtype or shape or device or client or event) and _PLAIN.match(op) and _PLAIN.match(name):
+        # The hot path (get, release, stat...): nothing to escape in these
+        # characters, so formatting gives encoding/json's exact bytes.
+        b = (f'{{"id":{int(id)},"op":"{op}","name":"{name}"}}' if name else f'{{"id":{int(id)},"op":"{op}"}}').encode()
+        return _HEAD.pack(MAGIC, VERSION, KIND_REQUEST, 0, 0, len(b)) + b
     body: dict[str, Any] = {"id": int(id), "op": op}
     # Field order and omitempty rules of v1.Request.
     if name:

@@ -224,8 +224,10 @@ def test_publish_orders_readers_without_sync(gpu_agent) -> None:
         s = memcuda.connect()
         t = s.create("{name}", (1 << 20,), "f32")
         x = t.torch()
-        torch.cuda._sleep(2_000_000_000)  # ~1 s of GPU time before the write lands
+        for _ in range(4):
+            torch.cuda._sleep(500_000_000)  # ~1 s of GPU time before the write lands
         x.fill_(5.0)
+        assert not torch.cuda.current_stream().query(), "the sleep kernels finished too early for this test"
         t.publish()                        # no synchronize: readers wait on the event
         say("published")
         sys.stdin.readline()
@@ -250,8 +252,10 @@ def test_release_defers_reuse_until_gpu_work_is_done(gpu_agent) -> None:
             s = memcuda.connect()
             t = s.get("{name}")
             x = t.torch()
-            torch.cuda._sleep(3_000_000_000)  # the write below lands ~1.5 s later
+            for _ in range(6):
+                torch.cuda._sleep(500_000_000)  # the write below lands ~1.5 s later
             x.fill_(9.0)
+            assert not torch.cuda.current_stream().query(), "the sleep kernels finished too early for this test"
             t.release()                        # no synchronize: an event goes with the release
             say("released")
             torch.cuda.synchronize()

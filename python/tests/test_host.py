@@ -154,3 +154,20 @@ def test_redis_only_path(agent) -> None:
 def test_agent_down_is_unavailable(tmp_path) -> None:
     with pytest.raises(memcuda.Unavailable):
         memcuda.connect(str(tmp_path / "no.sock"))
+
+
+def test_store_refuses_use_after_fork(agent) -> None:
+    s = memcuda.connect()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            s.list()
+            os._exit(1)
+        except memcuda.FailedPrecondition:
+            os._exit(0)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0, "a forked child must not talk over its parent's connection"
+    assert s.list() == []
+    s.close()
