@@ -1,0 +1,116 @@
+// Package v1alpha1 holds the Kubernetes-facing API of mem-cuda: the pod and
+// namespace annotations the agent reads and writes. docs/kubernetes.md
+// documents them with examples.
+package v1alpha1
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	"github.com/memcuda/memcuda/pkg/tensor"
+)
+
+// Annotations.
+const (
+	// AnnotationTensors on a pod lists the tensors it needs (JSON, see TensorRequest).
+	AnnotationTensors = "memcuda.io/tensors"
+	// AnnotationStatus is written by the agent: name -> "ready" or the error.
+	AnnotationStatus = "memcuda.io/tensors-status"
+	// AnnotationShareWith on a namespace lists the namespaces ("*": all)
+	// whose pods may open this namespace's tensors.
+	AnnotationShareWith = "memcuda.io/share-with"
+	// ResourceName is the extended resource of the device plugin.
+	ResourceName = "memcuda.io/tensors"
+)
+
+// Event reasons recorded on pods.
+const (
+	ReasonTensorCreated     = "TensorCreated"
+	ReasonTensorReady       = "TensorReady"
+	ReasonTensorMismatch    = "TensorMismatch"
+	ReasonTensorUnavailable = "TensorUnavailable"
+	ReasonTensorReleased    = "TensorReleased"
+	ReasonInvalidAnnotation = "InvalidTensorAnnotation"
+	ReasonPermissionDenied  = "TensorPermissionDenied"
+)
+
+// TensorRequest is one entry of the memcuda.io/tensors annotation.
+type TensorRequest struct {
+	// Name is the tensor's name in the pod's namespace, or
+	// "<namespace>/<name>" for a tensor another namespace shares.
+	Name string `json:"name"`
+	// DType and Shape are required with Create, and checked when given.
+	DType string  `json:"dtype,omitempty"`
+	Shape []int64 `json:"shape,omitempty"`
+	// Device is an ordinal or a GPU UUID (default 0).
+	Device string `json:"device,omitempty"`
+	// Create makes the tensor when it does not exist.
+	Create bool `json:"create,omitempty"`
+}
+
+// ParseTensors decodes the annotation strictly.
+func ParseTensors(s string) ([]TensorRequest, error) {
+	dec := json.NewDecoder(bytes.NewReader([]byte(s)))
+	dec.DisallowUnknownFields()
+	var out []TensorRequest
+	if err := dec.Decode(&out); err != nil {
+		return nil, fmt.Errorf("%s must be a JSON list of {name, dtype, shape, device, create}: %v", AnnotationTensors, err)
+	}
+	seen := map[string]bool{}
+	for i, r := range out {
+		short := r.Name
+		if ns, n, ok := strings.Cut(r.Name, "/"); ok {
+			if ns == "" || strings.Contains(n, "/") {
+				return nil, fmt.Errorf("entry %d: name %q: want <name> or <namespace>/<name>", i, r.Name)
+			}
+			short = n
+		}
+		if err := tensor.ValidateName(short); err != nil {
+			return nil, fmt.Errorf("entry %d: %v", i, err)
+		}
+		if seen[r.Name] {
+			return nil, fmt.Errorf("entry %d: %q listed twice", i, r.Name)
+		}
+		seen[r.Name] = true
+		if r.Create && (r.DType == "" || r.Shape == nil) {
+			return nil, fmt.Errorf("entry %d (%s): create needs dtype and shape", i, r.Name)
+		}
+		if r.DType != "" {
+			dt, err := tensor.ParseDType(r.DType)
+			if err != nil {
+				return nil, fmt.Errorf("entry %d (%s): %v", i, r.Name, err)
+			}
+			if _, err := tensor.NumBytes(dt, r.Shape, 0); err != nil {
+				return nil, fmt.Errorf("entry %d (%s): %v", i, r.Name, err)
+			}
+		}
+	}
+	return out, nil
+}
+
+// Scoped is the registry name of a tensor a pod of namespace ns asks for:
+// "<ns>/<name>" for its own, the name itself when it names a namespace.
+func Scoped(ns, name string) string {
+	if strings.Contains(name, "/") {
+		return name
+	}
+	return ns + "/" + name
+}
+
+// Owner is the namespace of a scoped name.
+func Owner(scoped string) string {
+	ns, _, _ := strings.Cut(scoped, "/")
+	return ns
+}
+
+// Shares reports whether a namespace's share-with annotation lets reader in.
+func Shares(shareWith, reader string) bool {
+	for _, s := range strings.Split(shareWith, ",") {
+		if s = strings.TrimSpace(s); s == "*" || s == reader {
+			return true
+		}
+	}
+	return false
+}

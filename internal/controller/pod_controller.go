@@ -1,0 +1,199 @@
+// Package controller is the agent's pod controller: it watches the pods of
+// its node, creates or checks the tensors their memcuda.io/tensors
+// annotation asks for, holds one pod-scoped reference per tensor until the
+// pod ends, and records Events so `kubectl describe pod` shows what happened.
+package controller
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	k8sapi "github.com/memcuda/memcuda/api/k8s/v1alpha1"
+	"github.com/memcuda/memcuda/pkg/errdefs"
+	"github.com/memcuda/memcuda/pkg/registry"
+	"github.com/memcuda/memcuda/pkg/store"
+	"github.com/memcuda/memcuda/pkg/tensor"
+)
+
+// PodHolder is the reference holder of a pod: pod:<namespace>/<name>/<uid>.
+func PodHolder(ns, name string, uid types.UID) string {
+	return fmt.Sprintf("pod:%s/%s/%s", ns, name, uid)
+}
+
+// PodReconciler reconciles the pods of one node.
+type PodReconciler struct {
+	client.Client
+	Store    *store.Store
+	Node     string
+	Recorder events.EventRecorder
+	// RetryAfter is how soon a pod waiting for a tensor is looked at again.
+	RetryAfter time.Duration
+}
+
+// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch;patch
+// +kubebuilder:rbac:groups="",resources=namespaces,verbs=get;list;watch
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+
+// Reconcile implements reconcile.Reconciler.
+func (r *PodReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	logger := log.FromContext(ctx)
+	var pod corev1.Pod
+	if err := r.Get(ctx, req.NamespacedName, &pod); err != nil {
+		if apierrors.IsNotFound(err) {
+			return ctrl.Result{}, r.releaseMatching(ctx, fmt.Sprintf("pod:%s/%s/", req.Namespace, req.Name), nil)
+		}
+		return ctrl.Result{}, err
+	}
+	if pod.Spec.NodeName != r.Node {
+		return ctrl.Result{}, nil
+	}
+	holder := PodHolder(pod.Namespace, pod.Name, pod.UID)
+	if pod.DeletionTimestamp != nil || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+		return ctrl.Result{}, r.releaseMatching(ctx, holder, &pod)
+	}
+	raw, ok := pod.Annotations[k8sapi.AnnotationTensors]
+	if !ok {
+		return ctrl.Result{}, nil
+	}
+	reqs, err := k8sapi.ParseTensors(raw)
+	if err != nil {
+		r.event(&pod, corev1.EventTypeWarning, k8sapi.ReasonInvalidAnnotation, "%v", err)
+		return ctrl.Result{}, r.setStatus(ctx, &pod, map[string]string{"*": "error: " + err.Error()})
+	}
+	status := map[string]string{}
+	retry := false
+	for _, tr := range reqs {
+		st, again := r.ensure(ctx, &pod, holder, tr)
+		status[tr.Name] = st
+		retry = retry || again
+	}
+	if err := r.setStatus(ctx, &pod, status); err != nil {
+		return ctrl.Result{}, err
+	}
+	if retry {
+		logger.V(1).Info("waiting for tensors", "pod", req.NamespacedName)
+		return ctrl.Result{RequeueAfter: r.RetryAfter}, nil
+	}
+	return ctrl.Result{}, nil
+}
+
+// ensure makes sure the pod holds its reference on one tensor. It returns
+// the status string and whether to try again later.
+func (r *PodReconciler) ensure(ctx context.Context, pod *corev1.Pod, holder string, tr k8sapi.TensorRequest) (string, bool) {
+	name := k8sapi.Scoped(pod.Namespace, tr.Name)
+	if owner := k8sapi.Owner(name); owner != pod.Namespace {
+		var ns corev1.Namespace
+		if err := r.Get(ctx, types.NamespacedName{Name: owner}, &ns); err != nil || !k8sapi.Shares(ns.Annotations[k8sapi.AnnotationShareWith], pod.Namespace) {
+			r.event(pod, corev1.EventTypeWarning, k8sapi.ReasonPermissionDenied, "namespace %s does not share tensor %s with %s (annotation %s)", owner, name, pod.Namespace, k8sapi.AnnotationShareWith)
+			return "waiting: permission denied", true // the owner may share it later
+		}
+	}
+	if holders, err := r.Store.Registry().Holders(ctx, name); err == nil && holders[holder] > 0 {
+		if info, err := r.Store.Stat(ctx, name); err == nil && matches(info.DType, info.Shape, tr) {
+			return "ready", false
+		}
+	}
+	var err error
+	created := false
+	if tr.Create {
+		_, statErr := r.Store.Stat(ctx, name)
+		created = errors.Is(statErr, errdefs.ErrNotFound)
+		_, err = r.Store.Create(ctx, store.CreateParams{Name: name, DType: tr.DType, Shape: tr.Shape, Device: tr.Device, Tenant: k8sapi.Owner(name), Holder: holder})
+	} else {
+		got, gerr := r.Store.Get(ctx, name, holder, "")
+		err = gerr
+		if err == nil && tr.DType != "" && !matches(got.DType, got.Shape, tr) {
+			r.Store.Release(ctx, name, holder, 1, "")
+			err = fmt.Errorf("%w: tensor %s is %s%s, the pod asks for %s%s", errdefs.ErrAlreadyExists, name, got.DType,
+				tensor.FormatShape(got.Shape), tr.DType, tensor.FormatShape(tr.Shape))
+		}
+	}
+	switch {
+	case err == nil && created:
+		r.event(pod, corev1.EventTypeNormal, k8sapi.ReasonTensorCreated, "created tensor %s (%s %v)", name, tr.DType, tr.Shape)
+		return "ready", false
+	case err == nil:
+		r.event(pod, corev1.EventTypeNormal, k8sapi.ReasonTensorReady, "holding tensor %s", name)
+		return "ready", false
+	case errors.Is(err, errdefs.ErrAlreadyExists):
+		r.event(pod, corev1.EventTypeWarning, k8sapi.ReasonTensorMismatch, "%v", err)
+		return "error: " + err.Error(), false
+	case errors.Is(err, errdefs.ErrNotFound), errors.Is(err, errdefs.ErrUnavailable), errors.Is(err, errdefs.ErrOutOfMemory):
+		r.event(pod, corev1.EventTypeWarning, k8sapi.ReasonTensorUnavailable, "tensor %s: %v", name, err)
+		return "waiting: " + err.Error(), true
+	default:
+		r.event(pod, corev1.EventTypeWarning, k8sapi.ReasonTensorUnavailable, "tensor %s: %v", name, err)
+		return "error: " + err.Error(), false
+	}
+}
+
+// matches reports whether a tensor has the dtype and shape a request names
+// (a request without them accepts any).
+func matches(dt tensor.DType, shape []int64, tr k8sapi.TensorRequest) bool {
+	if tr.DType != "" {
+		want, err := tensor.ParseDType(tr.DType)
+		if err != nil || want != dt {
+			return false
+		}
+	}
+	return tr.Shape == nil || tensor.FormatShape(tr.Shape) == tensor.FormatShape(shape)
+}
+
+// releaseMatching drops every reference whose holder starts with prefix
+// (one pod's, or every incarnation of a pod name that is gone).
+func (r *PodReconciler) releaseMatching(ctx context.Context, prefix string, pod *corev1.Pod) error {
+	names, err := r.Store.Registry().Names(ctx)
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
+		holders, err := r.Store.Registry().Holders(ctx, name)
+		if err != nil {
+			return err
+		}
+		for h := range holders {
+			if !strings.HasPrefix(h, prefix) {
+				continue
+			}
+			if _, err := r.Store.Release(ctx, name, h, registry.AllRefs, ""); err != nil && !errors.Is(err, errdefs.ErrNotFound) && !errors.Is(err, errdefs.ErrFailedPrecondition) {
+				return err
+			}
+			if pod != nil {
+				r.event(pod, corev1.EventTypeNormal, k8sapi.ReasonTensorReleased, "released tensor %s", name)
+			}
+		}
+	}
+	return nil
+}
+
+func (r *PodReconciler) event(pod *corev1.Pod, typ, reason, format string, args ...any) {
+	if r.Recorder != nil {
+		r.Recorder.Eventf(pod, nil, typ, reason, "Reconcile", format, args...)
+	}
+}
+
+// setStatus writes the status annotation when it changed.
+func (r *PodReconciler) setStatus(ctx context.Context, pod *corev1.Pod, status map[string]string) error {
+	b, _ := json.Marshal(status) // map keys are sorted: equal status, equal bytes
+	if pod.Annotations[k8sapi.AnnotationStatus] == string(b) {
+		return nil
+	}
+	patch := client.MergeFrom(pod.DeepCopy())
+	if pod.Annotations == nil {
+		pod.Annotations = map[string]string{}
+	}
+	pod.Annotations[k8sapi.AnnotationStatus] = string(b)
+	return client.IgnoreNotFound(r.Patch(ctx, pod, patch))
+}

@@ -1,0 +1,141 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/memcuda/memcuda/pkg/errdefs"
+	"github.com/memcuda/memcuda/pkg/registry"
+	"github.com/memcuda/memcuda/pkg/store"
+)
+
+// Options configure the controller's manager.
+type Options struct {
+	Node       string
+	RetryAfter time.Duration
+	// SweepEvery is how often references of pods that no longer exist (they
+	// ended while the agent was down) are dropped.
+	SweepEvery time.Duration
+}
+
+// NewManager returns a manager whose cache holds only this node's pods (a
+// field selector on spec.nodeName) and namespaces, with the pod controller
+// and the sweeper added.
+func NewManager(cfg *rest.Config, st *store.Store, o Options) (manager.Manager, *PodReconciler, error) {
+	if o.Node == "" {
+		return nil, nil, errors.New("controller: node name is empty")
+	}
+	if o.RetryAfter == 0 {
+		o.RetryAfter = 10 * time.Second
+	}
+	if o.SweepEvery == 0 {
+		o.SweepEvery = 30 * time.Second
+	}
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
+			&corev1.Pod{}: {Field: fields.OneTermEqualSelector("spec.nodeName", o.Node)},
+		}},
+		Metrics:                metricsserver.Options{BindAddress: "0"}, // the agent serves its own /metrics
+		HealthProbeBindAddress: "0",
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	r := &PodReconciler{Client: mgr.GetClient(), Store: st, Node: o.Node, Recorder: mgr.GetEventRecorder("memcuda-agent"), RetryAfter: o.RetryAfter}
+	if err := ctrl.NewControllerManagedBy(mgr).For(&corev1.Pod{}).Named("memcuda-pods").Complete(r); err != nil {
+		return nil, nil, err
+	}
+	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+		t := time.NewTicker(o.SweepEvery)
+		defer t.Stop()
+		for {
+			if mgr.GetCache().WaitForCacheSync(ctx) {
+				if err := r.Sweep(ctx); err != nil {
+					ctrl.Log.WithName("sweep").Error(err, "sweep failed")
+				}
+			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-t.C:
+			}
+		}
+	})); err != nil {
+		return nil, nil, err
+	}
+	return mgr, r, nil
+}
+
+// Sweep drops the references of pods that no longer exist on this node (or
+// exist with another UID): pods that ended while the agent was not watching.
+func (r *PodReconciler) Sweep(ctx context.Context) error {
+	names, err := r.Store.Registry().Names(ctx)
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
+		holders, err := r.Store.Registry().Holders(ctx, name)
+		if err != nil {
+			return err
+		}
+		for h := range holders {
+			rest, ok := strings.CutPrefix(h, "pod:")
+			if !ok {
+				continue
+			}
+			parts := strings.SplitN(rest, "/", 3)
+			if len(parts) != 3 || r.podAlive(ctx, parts[0], parts[1], types.UID(parts[2])) {
+				continue
+			}
+			if _, err := r.Store.Release(ctx, name, h, registry.AllRefs, ""); err != nil && !errors.Is(err, errdefs.ErrNotFound) && !errors.Is(err, errdefs.ErrFailedPrecondition) {
+				return err
+			}
+			ctrl.Log.WithName("sweep").Info("dropped the references of a pod that is gone", "tensor", name, "holder", h)
+		}
+	}
+	return nil
+}
+
+func (r *PodReconciler) podAlive(ctx context.Context, ns, name string, uid types.UID) bool {
+	var pod corev1.Pod
+	if err := r.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &pod); err != nil {
+		return false
+	}
+	return pod.UID == uid && pod.DeletionTimestamp == nil && pod.Status.Phase != corev1.PodSucceeded && pod.Status.Phase != corev1.PodFailed
+}
+
+// PodByUID finds a pod of this node in the cache (for the socket's access
+// control).
+func (r *PodReconciler) PodByUID(ctx context.Context, uid string) (*corev1.Pod, bool) {
+	var pods corev1.PodList
+	if err := r.List(ctx, &pods); err != nil {
+		return nil, false
+	}
+	for i := range pods.Items {
+		if string(pods.Items[i].UID) == uid {
+			return &pods.Items[i], true
+		}
+	}
+	return nil, false
+}
+
+// NamespaceShares reports a namespace's share-with annotation.
+func (r *PodReconciler) NamespaceShares(ctx context.Context, ns string) string {
+	var n corev1.Namespace
+	if err := r.Get(ctx, types.NamespacedName{Name: ns}, &n); err != nil {
+		return ""
+	}
+	return n.Annotations["memcuda.io/share-with"]
+}
