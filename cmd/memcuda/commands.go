@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"os"
 	"text/tabwriter"
 	"time"
 
@@ -34,6 +35,9 @@ func HumanBytes(n uint64) string {
 
 func cmdList(ctx context.Context, g globals, args []string) error {
 	fs := flag.NewFlagSet("ls", flag.ContinueOnError)
+	allNodes := fs.Bool("all-nodes", false, "list every node's tensors from the shared Redis")
+	redisURL := fs.String("redis-url", os.Getenv("MEMCUDA_REDIS_URL"), "Redis URL (with --all-nodes)")
+	clusterPrefix := fs.String("cluster-prefix", "tensor:", "the agents' --cluster-prefix (with --all-nodes)")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return err
@@ -41,14 +45,23 @@ func cmdList(ctx context.Context, g globals, args []string) error {
 	if len(pos) > 0 {
 		return usageError{"ls takes no arguments"}
 	}
-	c, err := g.dial(ctx)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	list, err := c.List(ctx)
-	if err != nil {
-		return err
+	var list []tensor.Info
+	if *allNodes {
+		if *redisURL == "" {
+			return usageError{"ls --all-nodes needs --redis-url (or $MEMCUDA_REDIS_URL)"}
+		}
+		if list, err = listAllNodes(ctx, *redisURL, *clusterPrefix); err != nil {
+			return err
+		}
+	} else {
+		c, err := g.dial(ctx)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		if list, err = c.List(ctx); err != nil {
+			return err
+		}
 	}
 	if g.output == "json" {
 		if list == nil {
@@ -57,10 +70,10 @@ func cmdList(ctx context.Context, g globals, args []string) error {
 		return g.printJSON(list)
 	}
 	tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tDTYPE\tSHAPE\tBYTES\tDEVICE\tMODE\tREFS\tSTATE\tAGE")
+	fmt.Fprintln(tw, "NODE\tNAME\tDTYPE\tSHAPE\tBYTES\tDEVICE\tMODE\tREFS\tSTATE\tAGE")
 	for _, t := range list {
 		age := time.Since(time.UnixMilli(t.Ctime)).Round(time.Second)
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\t%s\n", t.Name, t.DType, tensor.FormatShape(t.Shape), HumanBytes(t.Bytes), t.Device, t.IPCMode, t.Refcount, t.State, age)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\t%s\n", t.Node, t.Name, t.DType, tensor.FormatShape(t.Shape), HumanBytes(t.Bytes), t.Device, t.IPCMode, t.Refcount, t.State, age)
 	}
 	return tw.Flush()
 }

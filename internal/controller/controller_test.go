@@ -71,7 +71,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 func pod(ns, name, node, annotation string) *corev1.Pod {
 	p := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
-		Spec: corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "main", Image: "busybox"}}},
+		Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "main", Image: "busybox"}}},
 	}
 	if annotation != "" {
 		p.Annotations = map[string]string{k8sapi.AnnotationTensors: annotation}

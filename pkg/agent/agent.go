@@ -18,7 +18,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/go-logr/logr"
+	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/client/config"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+
 	"github.com/memcuda/memcuda/cuda"
+	"github.com/memcuda/memcuda/internal/controller"
+	"github.com/memcuda/memcuda/pkg/deviceplugin"
 	"github.com/memcuda/memcuda/pkg/backend"
 	"github.com/memcuda/memcuda/pkg/backend/gpu"
 	"github.com/memcuda/memcuda/pkg/backend/host"
@@ -34,7 +40,10 @@ import (
 type Config struct {
 	RedisURL     string
 	RedisPrefix  string
-	Node         string
+	// ClusterPrefix holds the set of every agent's prefix, so tools can
+	// list all nodes of a shared Redis (memcuda ls --all-nodes).
+	ClusterPrefix string
+	Node          string
 	Socket       string
 	Backend      string // auto | host
 	DeviceLimit  uint64
@@ -45,6 +54,15 @@ type Config struct {
 	Queue        bool // run the command-queue worker
 	OpTimeout    time.Duration
 	HeartbeatTTL time.Duration
+
+	// Kubernetes: the pod controller, the device plugin and per-namespace
+	// access control. Off on bare metal.
+	Kubernetes       bool
+	AllowHostClients bool
+	PluginDir        string
+	ResourceName     string
+	Slots            int
+	ContainerSocket  string // where pods see the socket directory
 }
 
 // Agent is a running agent.
@@ -136,7 +154,16 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	var wg sync.WaitGroup
 	run := func(f func()) { wg.Add(1); go func() { defer wg.Done(); f() }() }
-	srv := server.New(a.st, server.WithLogger(a.log), server.WithMetrics(m), server.WithOpTimeout(a.cfg.OpTimeout))
+	srvOpts := []server.Option{server.WithLogger(a.log), server.WithMetrics(m), server.WithOpTimeout(a.cfg.OpTimeout)}
+	if a.cfg.Kubernetes {
+		opts, err := a.startKubernetes(ctx, run)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		srvOpts = append(srvOpts, opts...)
+	}
+	srv := server.New(a.st, srvOpts...)
 	serveErr := make(chan error, 1)
 	run(func() { serveErr <- srv.Serve(ctx, ln) })
 	var httpSrv *http.Server
@@ -177,6 +204,35 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Wait()
 	a.shutdown()
 	return result
+}
+
+// startKubernetes starts the pod controller's manager and the device
+// plugin, and returns the server options for per-namespace access.
+func (a *Agent) startKubernetes(ctx context.Context, run func(func())) ([]server.Option, error) {
+	cfg, err := ctrlconfig.GetConfig()
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes config: %w", err)
+	}
+	ctrllog.SetLogger(logr.FromSlogHandler(a.log.Handler()))
+	mgr, rec, err := controller.NewManager(cfg, a.st, controller.Options{Node: a.cfg.Node})
+	if err != nil {
+		return nil, err
+	}
+	run(func() {
+		if err := mgr.Start(ctx); err != nil {
+			a.log.Error("pod controller stopped", "err", err)
+		}
+	})
+	plugin, err := deviceplugin.New(deviceplugin.Config{
+		ResourceName: a.cfg.ResourceName, Slots: a.cfg.Slots, PluginDir: a.cfg.PluginDir,
+		HostSocket: a.cfg.Socket, Container: a.cfg.ContainerSocket,
+		Env: map[string]string{"MEMCUDA_NODE_NAME": a.cfg.Node, "MEMCUDA_REDIS_PREFIX": a.cfg.RedisPrefix},
+	}, a.log)
+	if err != nil {
+		return nil, err
+	}
+	run(func() { plugin.Run(ctx) })
+	return []server.Option{server.WithAuthorizer(controller.Authorizer{R: rec}, a.cfg.AllowHostClients)}, nil
 }
 
 // bootstrap waits for Redis, loads the scripts and reconciles the registry.
@@ -235,6 +291,9 @@ func (a *Agent) heartbeat(ctx context.Context) {
 			"mode", a.be.Mode(), "socket", a.cfg.Socket, "beat", time.Now().UnixMilli(), "software", server.Software)
 		p.Expire(ctx, k.Agent(), a.cfg.HeartbeatTTL)
 		p.SAdd(ctx, k.Agents(), a.cfg.Node)
+		if a.cfg.ClusterPrefix != "" {
+			p.SAdd(ctx, registry.PrefixesKey(a.cfg.ClusterPrefix), a.cfg.RedisPrefix)
+		}
 		return nil
 	})
 	a.ready.Store(err == nil)

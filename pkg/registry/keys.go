@@ -43,3 +43,7 @@ func (k Keys) Agent() string { return k.Prefix + "agent:" + k.Node }
 
 // Agents is the set of node names whose agents use this prefix.
 func (k Keys) Agents() string { return k.Prefix + "agents" }
+
+// PrefixesKey is the set, under a cluster-wide prefix, of the key prefixes of
+// every agent sharing the Redis.
+func PrefixesKey(clusterPrefix string) string { return clusterPrefix + "prefixes" }

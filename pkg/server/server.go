@@ -34,6 +34,9 @@ type Server struct {
 	metrics *metrics.Metrics
 	timeout time.Duration
 
+	auth      Authorizer
+	allowHost bool
+
 	mu    sync.Mutex
 	conns map[*conn]struct{}
 	wg    sync.WaitGroup
@@ -94,6 +97,9 @@ func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
 			c.Close()
 			continue
 		}
+		if s.auth != nil {
+			cn.id, cn.idErr = s.auth.Identify(ctx, cn.pid)
+		}
 		s.mu.Lock()
 		s.conns[cn] = struct{}{}
 		s.mu.Unlock()
@@ -109,6 +115,8 @@ func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
 }
 
 type conn struct {
+	id     Identity // set when the server has an Authorizer
+	idErr  error
 	c      *net.UnixConn
 	raw    *rawConn
 	srv    *Server
@@ -198,6 +206,9 @@ func (cn *conn) handle(req *v1.Request) (*v1.Response, []int, error) {
 	defer cancel()
 	st := cn.srv.st
 	resp := &v1.Response{ID: req.ID, OK: true}
+	if err := cn.scope(ctx, req); err != nil {
+		return nil, nil, err
+	}
 	switch req.Op {
 	case v1.OpHello:
 		resp.Hello = &v1.Hello{
@@ -215,7 +226,8 @@ func (cn *conn) handle(req *v1.Request) (*v1.Response, []int, error) {
 			if shape == nil {
 				shape = []int64{}
 			}
-			info, err = st.Create(ctx, store.CreateParams{Name: req.Name, DType: req.DType, Shape: shape, Device: req.Device, OwnerPID: cn.pid, Holder: cn.holder})
+			info, err = st.Create(ctx, store.CreateParams{Name: req.Name, DType: req.DType, Shape: shape, Device: req.Device,
+				OwnerPID: cn.pid, Holder: cn.holder, Tenant: cn.id.Namespace})
 		} else {
 			info, err = st.Get(ctx, req.Name, cn.holder, "")
 		}
@@ -278,7 +290,11 @@ func (cn *conn) handle(req *v1.Request) (*v1.Response, []int, error) {
 		return resp, nil, err
 	case v1.OpList:
 		list, err := st.List(ctx)
-		resp.Tensors = list
+		for _, t := range list {
+			if cn.visible(ctx, t) {
+				resp.Tensors = append(resp.Tensors, t)
+			}
+		}
 		return resp, nil, err
 	case v1.OpStats:
 		resp.Stats = StatsOf(st)

@@ -473,3 +473,28 @@ func TestMetricsAndHealth(t *testing.T) {
 		t.Fatalf("/healthz %d: the agent itself is alive", code)
 	}
 }
+
+func TestListAllNodes(t *testing.T) {
+	e := newEnv(t)
+	e.startAgent("--cluster-prefix", e.prefix+"cluster:")
+	if out, code := e.runCLI("create", "n1.t", "--shape", "3"); code != 0 {
+		t.Fatalf("create: %q", out)
+	}
+	// A second agent on "another node" sharing the Redis with its own prefix.
+	other := *e
+	other.prefix = e.prefix + "node2:"
+	other.socket = filepath.Join(t.TempDir(), "agent2.sock")
+	(&other).startAgent("--cluster-prefix", e.prefix+"cluster:", "--node", "node-2")
+	if out, code := (&other).runCLI("create", "n2.t", "--shape", "5"); code != 0 {
+		t.Fatalf("create on node 2: %q", out)
+	}
+	out, code := e.runCLI("-o", "json", "ls", "--all-nodes", "--redis-url", e.redis.URL(), "--cluster-prefix", e.prefix+"cluster:")
+	var list []tensor.Info
+	mustJSON(t, out, &list)
+	if code != 0 || len(list) != 2 {
+		t.Fatalf("ls --all-nodes: %d %q", code, out)
+	}
+	if _, code := e.runCLI("ls", "--all-nodes"); code != 2 && os.Getenv("MEMCUDA_REDIS_URL") == "" {
+		t.Fatalf("ls --all-nodes without a Redis URL: exit %d, want 2", code)
+	}
+}
