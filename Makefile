@@ -21,10 +21,12 @@ lint:
 	@bad=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi
 	$(GO) vet ./...
 
-# Fuzz seed corpora run as part of the normal tests.
+# Fuzz seed corpora run as part of the normal tests. The controller and
+# chart tests need a kube-apiserver and etcd (envtest) and helm: the hack/
+# scripts build them once into ~/.cache/memcuda.
 test-go:
 	bash scripts/ensure-redis.sh
-	$(GO) test -race -count=1 ./...
+	eval "$$(bash hack/envtest-assets.sh)" && HELM="$$(bash hack/helm.sh)" $(GO) test -race -count=1 -timeout 20m ./...
 
 test-python: build
 	cd python && MEMCUDA_BIN_DIR=$(BIN_DIR) $(PYTHON) -m pytest -q

@@ -8,7 +8,10 @@ D=.device
 rm -rf "$D" && mkdir -p "$D/bin" "$D/test" "$D/redis"
 export CGO_ENABLED=1
 LD="-s -w"
-go build -ldflags "$LD" -o "$D/bin/" ./cmd/memcuda-agent ./cmd/memcuda ./bench/pooltrace ./bench/hostbench
+go build -ldflags "$LD" -o "$D/bin/" ./cmd/memcuda-agent ./cmd/memcuda ./bench/pooltrace
+# The agent carries the Kubernetes libraries: compress it for the trip (the
+# run script unpacks it).
+gzip -9 "$D/bin/memcuda-agent"
 go test -c -ldflags "$LD" -o "$D/test/cuda.test" ./cuda
 go test -c -ldflags "$LD" -o "$D/test/gpu.test" ./pkg/backend/gpu
 tmp=$(mktemp -d)

@@ -11,9 +11,19 @@ export PYTHONUNBUFFERED=1
 export LD_LIBRARY_PATH=$D/redis/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export REDIS_SERVER=$D/redis/usr/bin/redis-server
 export BIN_DIR=$D/bin MEMCUDA_BIN_DIR=$D/bin
+[ -f "$D/bin/memcuda-agent.gz" ] && gunzip -f "$D/bin/memcuda-agent.gz"
 status=0
 step() { echo; echo "=== $*"; }
 run() { "$@" || { echo "FAILED: $*"; status=1; }; }
+# runlog LOG FILTER CMD...: runs CMD into LOG, shows LOG through FILTER (a
+# shell command), and records a failure (a pipeline would lose it).
+runlog() {
+  local log=$1 filter=$2; shift 2
+  "$@" >"$log" 2>&1
+  local rc=$?
+  bash -c "$filter" <"$log"
+  [ $rc -eq 0 ] || { echo "FAILED: $*"; status=1; }
+}
 
 step machine
 nvidia-smi -L; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
@@ -22,13 +32,13 @@ python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.versio
 
 if [ -z "${ONLY_BENCH:-}" ]; then
   step go cuda tests
-  run "$D/test/cuda.test" -test.v -test.count=1 2>&1 | tee "$OUT/go-cuda.log" | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|\.go:[0-9]+:'
+  runlog "$OUT/go-cuda.log" "grep -E '^(--- |PASS|FAIL|ok)|\.go:[0-9]+:'" "$D/test/cuda.test" -test.v -test.count=1
   step go gpu backend tests
-  run "$D/test/gpu.test" -test.v -test.count=1 2>&1 | tee "$OUT/go-gpu.log" | grep -E '^(--- |PASS|FAIL|ok)|\.go:[0-9]+:'
+  runlog "$OUT/go-gpu.log" "grep -E '^(--- |PASS|FAIL|ok)|\.go:[0-9]+:'" "$D/test/gpu.test" -test.v -test.count=1
   step python tests
-  (cd python && run python3 -m pytest -q -rs -p no:cacheprovider tests 2>&1 | tee "$OUT/pytest.log" | tail -25)
+  runlog "$OUT/pytest.log" "tail -25" bash -c 'cd python && python3 -m pytest -q -rs -p no:cacheprovider tests'
   step demo
-  run bash scripts/demo.sh 2>&1 | tee "$OUT/demo.log"
+  runlog "$OUT/demo.log" "cat" bash scripts/demo.sh
 fi
 
 if [ -z "${SKIP_BENCH:-}" ]; then
@@ -37,7 +47,7 @@ if [ -z "${SKIP_BENCH:-}" ]; then
     step "benchmarks ($mode)"
     RUN=$(mktemp -d)
     memcuda_up "$RUN" --backend "$mode" --log-level warn
-    MEMCUDA_BACKEND=$mode run python3 bench/gpu_bench.py --out "$OUT/bench-$mode.json" --n "${BENCH_N:-2000}" 2>&1 | tee "$OUT/bench-$mode.log"
+    MEMCUDA_BACKEND=$mode runlog "$OUT/bench-$mode.log" "cat" python3 bench/gpu_bench.py --out "$OUT/bench-$mode.json" --n "${BENCH_N:-2000}"
     memcuda_down
     AGENT_PID= REDIS_PID=
   done

@@ -22,6 +22,16 @@ def digest(t):
     return hashlib.sha256(t.contiguous().view(torch.int16 if t.element_size() == 2 else torch.uint8).cpu().numpy().tobytes()).hexdigest()
 def say(*a):
     print(*a, flush=True)
+def busy(seconds):
+    # Queues about `seconds` of GPU work on the current stream (f32 matrix
+    # products, timed once first), without waiting for it.
+    a = torch.randn(4096, 4096, device="cuda")
+    c = torch.empty_like(a)
+    torch.mm(a, a, out=c); torch.cuda.synchronize()
+    t0 = time.perf_counter(); torch.mm(a, a, out=c); torch.cuda.synchronize()
+    n = max(1, int(seconds / max(time.perf_counter() - t0, 1e-6)))
+    for _ in range(n):
+        torch.mm(a, a, out=c)
 """
 
 
@@ -224,10 +234,9 @@ def test_publish_orders_readers_without_sync(gpu_agent) -> None:
         s = memcuda.connect()
         t = s.create("{name}", (1 << 20,), "f32")
         x = t.torch()
-        for _ in range(4):
-            torch.cuda._sleep(500_000_000)  # ~1 s of GPU time before the write lands
+        busy(1.0)                          # ~1 s of GPU work before the write lands
         x.fill_(5.0)
-        assert not torch.cuda.current_stream().query(), "the sleep kernels finished too early for this test"
+        assert not torch.cuda.current_stream().query(), "the queued GPU work finished too early for this test"
         t.publish()                        # no synchronize: readers wait on the event
         say("published")
         sys.stdin.readline()
@@ -252,10 +261,9 @@ def test_release_defers_reuse_until_gpu_work_is_done(gpu_agent) -> None:
             s = memcuda.connect()
             t = s.get("{name}")
             x = t.torch()
-            for _ in range(6):
-                torch.cuda._sleep(500_000_000)  # the write below lands ~1.5 s later
+            busy(1.5)                          # the write below lands ~1.5 s later
             x.fill_(9.0)
-            assert not torch.cuda.current_stream().query(), "the sleep kernels finished too early for this test"
+            assert not torch.cuda.current_stream().query(), "the queued GPU work finished too early for this test"
             t.release()                        # no synchronize: an event goes with the release
             say("released")
             torch.cuda.synchronize()
