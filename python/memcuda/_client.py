@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 from . import _dtypes, _wire
-from ._errors import FailedPrecondition, MemcudaError, ProtocolError, Unavailable, from_code
+from ._errors import FailedPrecondition, InvalidArgument, MemcudaError, ProtocolError, Unavailable, from_code
 
 DEFAULT_SOCKET = "/run/memcuda/agent.sock"
 __version__ = "0.1.0"
@@ -334,14 +334,18 @@ class Store:
 
 
 def _device_arg(device: Any) -> str:
+    """None (device 0), an ordinal, a GPU UUID, "cuda:N" or a torch.device."""
     if device is None:
         return ""
+    if isinstance(device, bool):
+        raise InvalidArgument(f"device must be an ordinal, a GPU UUID or a torch.device, not {device!r}")
     if isinstance(device, int):
         return str(device)
-    idx = getattr(device, "index", None)  # torch.device
-    if idx is not None:
-        return str(idx)
-    return str(device)
+    if isinstance(device, str):
+        return device[len("cuda:"):] if device.startswith("cuda:") else device
+    if type(device).__name__ == "device" and hasattr(device, "type"):  # torch.device
+        return str(device.index or 0)
+    raise InvalidArgument(f"device must be an ordinal, a GPU UUID or a torch.device, not {device!r}")
 
 
 def _map(seg: _Segment, info: TensorInfo) -> tuple[Any, int]:

@@ -171,3 +171,20 @@ def test_store_refuses_use_after_fork(agent) -> None:
     assert os.WEXITSTATUS(status) == 0, "a forked child must not talk over its parent's connection"
     assert s.list() == []
     s.close()
+
+
+def test_device_argument_forms() -> None:
+    from memcuda._client import _device_arg
+
+    assert _device_arg(None) == "" and _device_arg(1) == "1" and _device_arg("cuda:2") == "2"
+    assert _device_arg("GPU-5a4b2e1c-0000-1111-2222-333344445555") == "GPU-5a4b2e1c-0000-1111-2222-333344445555"
+    for bad in (True, 1.5, object()):
+        with pytest.raises(memcuda.InvalidArgument):
+            _device_arg(bad)
+
+
+def test_unknown_device_is_refused(agent) -> None:
+    with memcuda.connect() as s:
+        for dev in (7, "GPU-00000000-0000-0000-0000-000000000000"):
+            with pytest.raises(memcuda.InvalidArgument):
+                s.create("d", (1,), "f32", device=dev)
