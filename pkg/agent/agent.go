@@ -24,10 +24,10 @@ import (
 
 	"github.com/memcuda/memcuda/cuda"
 	"github.com/memcuda/memcuda/internal/controller"
-	"github.com/memcuda/memcuda/pkg/deviceplugin"
 	"github.com/memcuda/memcuda/pkg/backend"
 	"github.com/memcuda/memcuda/pkg/backend/gpu"
 	"github.com/memcuda/memcuda/pkg/backend/host"
+	"github.com/memcuda/memcuda/pkg/deviceplugin"
 	"github.com/memcuda/memcuda/pkg/metrics"
 	"github.com/memcuda/memcuda/pkg/queue"
 	"github.com/memcuda/memcuda/pkg/registry"
@@ -38,22 +38,22 @@ import (
 
 // Config is everything the agent is told at start.
 type Config struct {
-	RedisURL     string
-	RedisPrefix  string
+	RedisURL    string
+	RedisPrefix string
 	// ClusterPrefix holds the set of every agent's prefix, so tools can
 	// list all nodes of a shared Redis (memcuda ls --all-nodes).
 	ClusterPrefix string
 	Node          string
-	Socket       string
-	Backend      string // auto | host
-	DeviceLimit  uint64
-	MetricsAddr  string // "" disables the HTTP endpoint
-	GCInterval   time.Duration
-	ReplyTTL     time.Duration
-	ZeroFill     bool
-	Queue        bool // run the command-queue worker
-	OpTimeout    time.Duration
-	HeartbeatTTL time.Duration
+	Socket        string
+	Backend       string // auto | host
+	DeviceLimit   uint64
+	MetricsAddr   string // "" disables the HTTP endpoint
+	GCInterval    time.Duration
+	ReplyTTL      time.Duration
+	ZeroFill      bool
+	Queue         bool // run the command-queue worker
+	OpTimeout     time.Duration
+	HeartbeatTTL  time.Duration
 
 	// Kubernetes: the pod controller, the device plugin and per-namespace
 	// access control. Off on bare metal.

@@ -62,8 +62,10 @@ func New(cfg Config, log *slog.Logger) (*Plugin, error) {
 	return p, nil
 }
 
-func (p *Plugin) socketPath() string  { return filepath.Join(p.cfg.PluginDir, p.cfg.SocketName) }
-func (p *Plugin) kubeletPath() string { return filepath.Join(p.cfg.PluginDir, filepath.Base(pluginapi.KubeletSocket)) }
+func (p *Plugin) socketPath() string { return filepath.Join(p.cfg.PluginDir, p.cfg.SocketName) }
+func (p *Plugin) kubeletPath() string {
+	return filepath.Join(p.cfg.PluginDir, filepath.Base(pluginapi.KubeletSocket))
+}
 
 // Registrations is how many times the plugin registered with the kubelet.
 func (p *Plugin) Registrations() int {
