@@ -7,6 +7,7 @@ import (
 	"io"
 
 	"github.com/memcuda/memcuda/pkg/backend"
+	"github.com/memcuda/memcuda/pkg/pool"
 	"github.com/memcuda/memcuda/pkg/tensor"
 )
 
@@ -78,25 +79,12 @@ type Stats struct {
 	Pools   []PoolStats `json:"pools"`
 }
 
-// PoolStats are one pool's statistics.
+// PoolStats are one pool's statistics (pool.Stats' fields follow Limit).
 type PoolStats struct {
-	Device          int     `json:"device"`
-	Tenant          string  `json:"tenant,omitempty"`
-	Limit           uint64  `json:"limit"`
-	Allocated       uint64  `json:"allocated"`
-	Requested       uint64  `json:"requested"`
-	Reserved        uint64  `json:"reserved"`
-	PeakAllocated   uint64  `json:"peak_allocated"`
-	PeakReserved    uint64  `json:"peak_reserved"`
-	Segments        int     `json:"segments"`
-	ActiveBlocks    int     `json:"active_blocks"`
-	FreeBlocks      int     `json:"free_blocks"`
-	LargestFree     uint64  `json:"largest_free"`
-	Allocs          uint64  `json:"allocs"`
-	Frees           uint64  `json:"frees"`
-	SegmentAllocs   uint64  `json:"segment_allocs"`
-	SegmentReleases uint64  `json:"segment_releases"`
-	Fragmentation   float64 `json:"fragmentation"`
+	Device int    `json:"device"`
+	Tenant string `json:"tenant,omitempty"`
+	Limit  uint64 `json:"limit"`
+	pool.Stats
 }
 
 // GCResult reports a GC pass.

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/memcuda/memcuda/pkg/backend"
+	"github.com/memcuda/memcuda/pkg/pool"
 	"github.com/memcuda/memcuda/pkg/tensor"
 )
 
@@ -63,9 +64,9 @@ func vectorMessages() []struct {
 		{"error response", &Response{ID: 2, Error: &Error{Code: "already_exists", Message: `already exists: tensor "demo" exists as f32[2,3], not f16[2,3]`}}},
 		{"list response", &Response{ID: 8, OK: true, Tensors: []tensor.Info{host}}},
 		{"empty list response", &Response{ID: 8, OK: true}},
-		{"stats response", &Response{ID: 10, OK: true, Stats: &Stats{Tensors: 1, Pools: []PoolStats{{Device: 0, Limit: 1 << 30, Allocated: 1024,
+		{"stats response", &Response{ID: 10, OK: true, Stats: &Stats{Tensors: 1, Pools: []PoolStats{{Device: 0, Limit: 1 << 30, Stats: pool.Stats{Allocated: 1024,
 			Requested: 24, Reserved: 2097152, PeakAllocated: 1024, PeakReserved: 2097152, Segments: 1, ActiveBlocks: 1, FreeBlocks: 1,
-			LargestFree: 2096128, Allocs: 1}}}}},
+			LargestFree: 2096128, Allocs: 1}}}}}},
 		{"gc response", &Response{ID: 11, OK: true, GC: &GCResult{Holders: 2, Freed: []string{"a", "b"}}}},
 		{"trim response", &Response{ID: 12, OK: true, Trimmed: 2097152}},
 	}

@@ -154,6 +154,16 @@ func matches(dt tensor.DType, shape []int64, tr k8sapi.TensorRequest) bool {
 // releaseMatching drops every reference whose holder starts with prefix
 // (one pod's, or every incarnation of a pod name that is gone).
 func (r *PodReconciler) releaseMatching(ctx context.Context, prefix string, pod *corev1.Pod) error {
+	return r.releaseHolders(ctx, func(h string) bool { return strings.HasPrefix(h, prefix) }, func(name, _ string) {
+		if pod != nil {
+			r.event(pod, corev1.EventTypeNormal, k8sapi.ReasonTensorReleased, "released tensor %s", name)
+		}
+	})
+}
+
+// releaseHolders drops all references of every holder that drop selects,
+// on every tensor, and calls done for each.
+func (r *PodReconciler) releaseHolders(ctx context.Context, drop func(holder string) bool, done func(name, holder string)) error {
 	names, err := r.Store.Registry().Names(ctx)
 	if err != nil {
 		return err
@@ -164,15 +174,13 @@ func (r *PodReconciler) releaseMatching(ctx context.Context, prefix string, pod 
 			return err
 		}
 		for h := range holders {
-			if !strings.HasPrefix(h, prefix) {
+			if !drop(h) {
 				continue
 			}
 			if _, err := r.Store.Release(ctx, name, h, registry.AllRefs, ""); err != nil && !errors.Is(err, errdefs.ErrNotFound) && !errors.Is(err, errdefs.ErrFailedPrecondition) {
 				return err
 			}
-			if pod != nil {
-				r.event(pod, corev1.EventTypeNormal, k8sapi.ReasonTensorReleased, "released tensor %s", name)
-			}
+			done(name, h)
 		}
 	}
 	return nil

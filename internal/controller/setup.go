@@ -16,8 +16,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
-	"github.com/memcuda/memcuda/pkg/errdefs"
-	"github.com/memcuda/memcuda/pkg/registry"
 	"github.com/memcuda/memcuda/pkg/store"
 )
 
@@ -81,31 +79,17 @@ func NewManager(cfg *rest.Config, st *store.Store, o Options) (manager.Manager, 
 // Sweep drops the references of pods that no longer exist on this node (or
 // exist with another UID): pods that ended while the agent was not watching.
 func (r *PodReconciler) Sweep(ctx context.Context) error {
-	names, err := r.Store.Registry().Names(ctx)
-	if err != nil {
-		return err
-	}
-	for _, name := range names {
-		holders, err := r.Store.Registry().Holders(ctx, name)
-		if err != nil {
-			return err
+	gone := func(h string) bool {
+		rest, ok := strings.CutPrefix(h, "pod:")
+		if !ok {
+			return false
 		}
-		for h := range holders {
-			rest, ok := strings.CutPrefix(h, "pod:")
-			if !ok {
-				continue
-			}
-			parts := strings.SplitN(rest, "/", 3)
-			if len(parts) != 3 || r.podAlive(ctx, parts[0], parts[1], types.UID(parts[2])) {
-				continue
-			}
-			if _, err := r.Store.Release(ctx, name, h, registry.AllRefs, ""); err != nil && !errors.Is(err, errdefs.ErrNotFound) && !errors.Is(err, errdefs.ErrFailedPrecondition) {
-				return err
-			}
-			ctrl.Log.WithName("sweep").Info("dropped the references of a pod that is gone", "tensor", name, "holder", h)
-		}
+		parts := strings.SplitN(rest, "/", 3)
+		return len(parts) == 3 && !r.podAlive(ctx, parts[0], parts[1], types.UID(parts[2]))
 	}
-	return nil
+	return r.releaseHolders(ctx, gone, func(name, h string) {
+		ctrl.Log.WithName("sweep").Info("dropped the references of a pod that is gone", "tensor", name, "holder", h)
+	})
 }
 
 func (r *PodReconciler) podAlive(ctx context.Context, ns, name string, uid types.UID) bool {

@@ -353,11 +353,7 @@ func (p *Pool) trimTo(limit uint64) {
 	for p.stats.Reserved > limit {
 		var victim *segment
 		for seg := range p.segments {
-			h := seg.head
-			if h.allocated || h.next != nil {
-				continue
-			}
-			if pin, ok := seg.mem.(Pinned); ok && pin.Pinned() {
+			if !seg.releasable() {
 				continue
 			}
 			if victim == nil || seg.size > victim.size {
@@ -369,6 +365,16 @@ func (p *Pool) trimTo(limit uint64) {
 		}
 		p.releaseSegment(victim)
 	}
+}
+
+// releasable reports whether a segment holds no allocated block and may be
+// given back (pinned segments never are).
+func (seg *segment) releasable() bool {
+	if seg.head.allocated || seg.head.next != nil {
+		return false
+	}
+	pin, ok := seg.mem.(Pinned)
+	return !ok || !pin.Pinned()
 }
 
 func (p *Pool) releaseSegment(seg *segment) error {
@@ -386,11 +392,7 @@ func (p *Pool) trimLocked() (uint64, error) {
 	var released uint64
 	var firstErr error
 	for seg := range p.segments {
-		h := seg.head
-		if h.allocated || h.next != nil {
-			continue
-		}
-		if pin, ok := seg.mem.(Pinned); ok && pin.Pinned() {
+		if !seg.releasable() {
 			continue
 		}
 		if err := p.releaseSegment(seg); err != nil && firstErr == nil {

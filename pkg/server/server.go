@@ -354,12 +354,7 @@ func StatsOf(st *store.Store) *v1.Stats {
 	n, pools := st.Stats()
 	out := &v1.Stats{Tensors: n, Pending: st.Pending(), Pools: []v1.PoolStats{}}
 	for _, p := range pools {
-		out.Pools = append(out.Pools, v1.PoolStats{
-			Device: p.Device, Tenant: p.Tenant, Limit: p.Limit, Allocated: p.Allocated, Requested: p.Requested,
-			Reserved: p.Reserved, PeakAllocated: p.PeakAllocated, PeakReserved: p.PeakReserved, Segments: p.Segments,
-			ActiveBlocks: p.ActiveBlocks, FreeBlocks: p.FreeBlocks, LargestFree: p.LargestFree, Allocs: p.Allocs,
-			Frees: p.Frees, SegmentAllocs: p.SegmentAllocs, SegmentReleases: p.SegmentReleases, Fragmentation: p.Fragmentation,
-		})
+		out.Pools = append(out.Pools, v1.PoolStats{Device: p.Device, Tenant: p.Tenant, Limit: p.Limit, Stats: p.Stats})
 	}
 	return out
 }
