@@ -137,9 +137,16 @@ func (d *Device) IPCCloseMemHandle(p DevicePtr) error {
 	return d.Do(func() error { return check("cuIpcCloseMemHandle", C.mc_cuIpcCloseMemHandle(C.CUdeviceptr(p))) })
 }
 
-// Memset sets n bytes at p to v and waits for it.
+// Memset sets n bytes at p to v and waits for it: cuMemsetD8 on device
+// memory may return before the memory is written, and another process
+// (with its own stream) must never see the old bytes after it.
 func (d *Device) Memset(p DevicePtr, v byte, n uint64) error {
-	return d.Do(func() error { return check("cuMemsetD8", C.mc_cuMemsetD8(C.CUdeviceptr(p), C.uchar(v), C.size_t(n))) })
+	return d.Do(func() error {
+		if err := check("cuMemsetD8", C.mc_cuMemsetD8(C.CUdeviceptr(p), C.uchar(v), C.size_t(n))); err != nil {
+			return err
+		}
+		return check("cuCtxSynchronize", C.mc_cuCtxSynchronize())
+	})
 }
 
 // CopyToDevice copies src to p.
