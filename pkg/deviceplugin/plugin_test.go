@@ -73,20 +73,28 @@ func (k *stubKubelet) dialPlugin(t *testing.T, endpoint string) pluginapi.Device
 	return pluginapi.NewDevicePluginClient(conn)
 }
 
-func TestRegisterListAndWatchAllocate(t *testing.T) {
-	dir := t.TempDir()
-	k := startKubelet(t, dir)
-	p, err := New(Config{
-		ResourceName: "memcuda.io/tensors", Slots: 5, PluginDir: dir, HostSocket: "/run/memcuda/agent.sock",
-		Env: map[string]string{"MEMCUDA_NODE_NAME": "node-1"},
-	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+// runPlugin starts a plugin in dir and stops it when the test ends.
+func runPlugin(t *testing.T, cfg Config) *Plugin {
+	t.Helper()
+	p, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { p.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	t.Cleanup(func() { cancel(); <-done })
+	return p
+}
+
+func TestRegisterListAndWatchAllocate(t *testing.T) {
+	dir := t.TempDir()
+	k := startKubelet(t, dir)
+	runPlugin(t, Config{
+		ResourceName: "memcuda.io/tensors", Slots: 5, PluginDir: dir, HostSocket: "/run/memcuda/agent.sock",
+		Env: map[string]string{"MEMCUDA_NODE_NAME": "node-1"},
+	})
+	ctx := context.Background()
 
 	reg := k.waitRegister(t)
 	if reg.Version != pluginapi.Version || reg.ResourceName != "memcuda.io/tensors" || reg.Endpoint != "memcuda.sock" {
@@ -132,15 +140,8 @@ func TestRegisterListAndWatchAllocate(t *testing.T) {
 func TestReregistersWhenTheKubeletRestarts(t *testing.T) {
 	dir := t.TempDir()
 	k := startKubelet(t, dir)
-	p, err := New(Config{ResourceName: "memcuda.io/tensors", Slots: 1, PluginDir: dir, HostSocket: "/run/memcuda/agent.sock"},
-		slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { p.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	p := runPlugin(t, Config{ResourceName: "memcuda.io/tensors", Slots: 1, PluginDir: dir, HostSocket: "/run/memcuda/agent.sock"})
+	ctx := context.Background()
 	k.waitRegister(t)
 	waitRegistrations(t, p, 1) // the plugin saw the first registration succeed
 
@@ -170,15 +171,7 @@ func waitRegistrations(t *testing.T, p *Plugin, n int) {
 
 func TestRegistrationRetriesUntilTheKubeletIsUp(t *testing.T) {
 	dir := t.TempDir()
-	p, err := New(Config{ResourceName: "memcuda.io/tensors", Slots: 1, PluginDir: dir, HostSocket: "/run/memcuda/agent.sock"},
-		slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { p.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	runPlugin(t, Config{ResourceName: "memcuda.io/tensors", Slots: 1, PluginDir: dir, HostSocket: "/run/memcuda/agent.sock"})
 	time.Sleep(500 * time.Millisecond)
 	k := startKubelet(t, dir)
 	k.waitRegister(t)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	v1 "github.com/memcuda/memcuda/api/v1"
 	"github.com/memcuda/memcuda/pkg/errdefs"
 	"github.com/memcuda/memcuda/pkg/metrics"
 	"github.com/memcuda/memcuda/pkg/registry"
@@ -30,11 +31,8 @@ type Reply struct {
 	Tensors []tensor.Info `json:"tensors,omitempty"`
 }
 
-// ReplyError is a reply's error.
-type ReplyError struct {
-	Code    string `json:"code"`
-	Message string `json:"message"`
-}
+// ReplyError is a reply's error: the same {code, message} as the socket's.
+type ReplyError = v1.Error
 
 // DeadLetter is an entry of the dead-letter list.
 type DeadLetter struct {
