@@ -500,3 +500,28 @@ func TestListAllNodes(t *testing.T) {
 		t.Fatalf("ls --all-nodes without a Redis URL: exit %d, want 2", code)
 	}
 }
+
+// An agent started while Redis is down serves the socket at once (answering
+// unavailable), and catches up when Redis comes.
+func TestAgentStartsBeforeRedis(t *testing.T) {
+	e := newEnv(t)
+	e.redis.Stop()
+	e.launchAgent()
+	c := e.dial()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := c.Create(ctx, "early", "f32", []int64{1}); !errors.Is(err, errdefs.ErrUnavailable) {
+		t.Fatalf("create before Redis is up: %v, want unavailable", err)
+	}
+	if h := c.Hello(); h.Redis {
+		t.Fatal("hello says Redis is up")
+	}
+	e.redis.Restart()
+	e.waitFor("the agent to reach Redis", 15*time.Second, func() bool {
+		_, err := c.Create(ctx, "early", "f32", []int64{1})
+		return err == nil
+	})
+	if rc := e.refcount("early"); rc != 2 {
+		t.Fatalf("refcount %d, want registry + this connection", rc)
+	}
+}

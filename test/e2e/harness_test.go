@@ -74,6 +74,17 @@ type agentProc struct {
 // startAgent runs memcuda-agent and waits until its registry is reconciled.
 func (e *env) startAgent(extra ...string) *agentProc {
 	e.t.Helper()
+	a := e.launchAgent(extra...)
+	e.waitFor("agent to reconcile", 10*time.Second, func() bool {
+		b, _ := os.ReadFile(a.log)
+		return strings.Contains(string(b), "registry reconciled")
+	})
+	return a
+}
+
+// launchAgent runs memcuda-agent and waits only for its socket.
+func (e *env) launchAgent(extra ...string) *agentProc {
+	e.t.Helper()
 	logPath := filepath.Join(e.t.TempDir(), "agent.log")
 	f, err := os.Create(logPath)
 	if err != nil {
@@ -96,9 +107,9 @@ func (e *env) startAgent(extra ...string) *agentProc {
 			e.t.Logf("agent log:\n%s", b)
 		}
 	})
-	e.waitFor("agent to reconcile", 10*time.Second, func() bool {
-		b, _ := os.ReadFile(logPath)
-		return strings.Contains(string(b), "registry reconciled")
+	e.waitFor("agent socket", 10*time.Second, func() bool {
+		_, err := os.Stat(e.socket)
+		return err == nil
 	})
 	return a
 }
