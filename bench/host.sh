@@ -4,10 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN_DIR=${BIN_DIR:-$PWD/bin}
-bash scripts/ensure-redis.sh
 . scripts/lib.sh
-RUN=$(mktemp -d /tmp/memcuda-bench.XXXXXX)
-trap 'memcuda_down; rm -rf "$RUN"' EXIT
-memcuda_up "$RUN" --log-level warn
+memcuda_session bench --log-level warn
 go build -o "$RUN/hostbench" ./bench/hostbench
 "$RUN/hostbench" -socket "$MEMCUDA_SOCKET" -redis-url "$MEMCUDA_REDIS_URL" -procs "${PROCS:-1,16}" -ops "${OPS:-5000}"

@@ -5,11 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN_DIR=${BIN_DIR:-$PWD/bin}
-bash scripts/ensure-redis.sh
 . scripts/lib.sh
-RUN=$(mktemp -d /tmp/memcuda-demo.XXXXXX)
-trap 'memcuda_down; rm -rf "$RUN"' EXIT
-memcuda_up "$RUN"
+memcuda_session demo
 echo "== agent up: socket $MEMCUDA_SOCKET, Redis $MEMCUDA_REDIS_URL"
 if [ -x python/demo.py ] || [ -f python/demo.py ]; then
   if python3 -c 'import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then

@@ -33,3 +33,14 @@ memcuda_down() {
   [ -n "${REDIS_PID:-}" ] && kill "$REDIS_PID" 2>/dev/null && wait "$REDIS_PID" 2>/dev/null
   true
 }
+
+# memcuda_session NAME [agent flags]: Redis and an agent in a fresh
+# /tmp/memcuda-NAME.* directory, both stopped and removed when the script
+# exits. Needs BIN_DIR; installs redis-server when missing.
+memcuda_session() {
+  local name=$1; shift
+  bash "$(dirname "${BASH_SOURCE[0]}")/ensure-redis.sh"
+  RUN=$(mktemp -d "/tmp/memcuda-$name.XXXXXX")
+  trap 'memcuda_down; rm -rf "$RUN"' EXIT
+  memcuda_up "$RUN" "$@"
+}
