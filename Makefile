@@ -29,6 +29,7 @@ test-go:
 	eval "$$(bash hack/envtest-assets.sh)" && HELM="$$(bash hack/helm.sh)" $(GO) test -race -count=1 -timeout 20m ./...
 
 test-python: build
+	PYTHON=$(PYTHON) bash scripts/ensure-python-deps.sh
 	cd python && MEMCUDA_BIN_DIR=$(BIN_DIR) $(PYTHON) -m pytest -q
 	cd python && $(PYTHON) -m mypy memcuda
 
