@@ -139,7 +139,9 @@ func TestNamespaceScoping(t *testing.T) {
 	if n < 4 {
 		t.Fatalf("%d refusals reported, want each one", n)
 	}
-	_ = st
+	if n, _ := st.Stats(); n != 2 {
+		t.Fatalf("%d tensors, want team-a/w and team-b/x", n)
+	}
 }
 
 func TestHostClientsAllowed(t *testing.T) {

@@ -15,8 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/memcuda/memcuda/pkg/backend/host"
 	"github.com/memcuda/memcuda/pkg/client"
 	"github.com/memcuda/memcuda/pkg/errdefs"
@@ -385,8 +383,6 @@ func TestManyClientsConcurrently(t *testing.T) {
 		}
 	}
 }
-
-var _ = redis.Nil
 
 // References a connection already holds are counted in the agent; a delete
 // must still stop new gets on that connection, and the last release must
