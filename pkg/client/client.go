@@ -46,7 +46,13 @@ type Client struct {
 	oob     []byte
 	closed  bool
 	tensors map[*Tensor]struct{}
+	idle    []*segment // mapped segments no tensor uses, oldest first
 }
+
+// maxIdleMappings bounds the unused segments a client keeps mapped: the
+// next get of a tensor in one is warm, and unmapping would wait for GPU
+// work still queued on it.
+const maxIdleMappings = 8
 
 type segment struct {
 	id    string
@@ -222,6 +228,15 @@ func (t *Tensor) DevicePtr() (ptr uint64, ordinal int, ok bool) {
 	return uint64(t.seg.gpu.ptr) + t.Info.Offset, t.seg.gpu.dev.Ordinal, true
 }
 
+func (c *Client) unidle(s *segment) {
+	for i, x := range c.idle {
+		if x == s {
+			c.idle = append(c.idle[:i], c.idle[i+1:]...)
+			return
+		}
+	}
+}
+
 func (s *segment) unmap() error {
 	var err error
 	if s.mem != nil {
@@ -262,6 +277,7 @@ func (c *Client) mapTensor(t *Tensor) error {
 	t.seg = s
 	s.users++
 	c.tensors[t] = struct{}{}
+	c.unidle(s)
 	if t.Info.IPCMode != tensor.ModeHost {
 		if s.gpu == nil {
 			g, err := mapGPU(s.fd, t.Info)
@@ -301,7 +317,11 @@ func (t *Tensor) Release(ctx context.Context) error {
 	delete(c.tensors, t)
 	if s := t.seg; s != nil {
 		if s.users--; s.users == 0 {
-			s.unmap()
+			c.idle = append(c.idle, s)
+			for len(c.idle) > maxIdleMappings {
+				c.idle[0].unmap()
+				c.idle = c.idle[1:]
+			}
 		}
 	}
 	closed := c.closed

@@ -521,3 +521,30 @@ func TestAgentStartsBeforeRedis(t *testing.T) {
 		t.Fatalf("refcount %d, want registry + this connection", rc)
 	}
 }
+
+// A released tensor's segment stays mapped (bounded): getting it again maps nothing new.
+func TestIdleMappingsAreReused(t *testing.T) {
+	e := newEnv(t)
+	e.startAgent()
+	c := e.dial()
+	ctx := context.Background()
+	first, err := c.Create(ctx, "idle", "u8", []int64{4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := &first.Bytes()[0]
+	first.Bytes()[0] = 42
+	if err := first.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if first.Bytes() != nil {
+		t.Fatal("a released tensor still exposes its bytes")
+	}
+	again, err := c.Get(ctx, "idle")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if &again.Bytes()[0] != addr || again.Bytes()[0] != 42 {
+		t.Fatal("the idle mapping was not reused")
+	}
+}
