@@ -3,7 +3,6 @@ package controller
 import (
 	"context"
 	"encoding/json"
-	"os"
 	"testing"
 	"time"
 
@@ -12,9 +11,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	k8sapi "github.com/memcuda/memcuda/api/k8s/v1alpha1"
+	"github.com/memcuda/memcuda/internal/envtestenv"
 	"github.com/memcuda/memcuda/internal/redistest"
 	"github.com/memcuda/memcuda/pkg/backend/host"
 	"github.com/memcuda/memcuda/pkg/registry"
@@ -26,15 +25,7 @@ import (
 // TEST_ASSET_ETCD), a real Redis, and the controller for node-1.
 func startEnv(t *testing.T) (client.Client, *store.Store, *PodReconciler) {
 	t.Helper()
-	if os.Getenv("TEST_ASSET_KUBE_APISERVER") == "" || os.Getenv("TEST_ASSET_ETCD") == "" {
-		t.Fatal("envtest needs TEST_ASSET_KUBE_APISERVER and TEST_ASSET_ETCD: run `eval $(bash hack/envtest-assets.sh)` (make test does)")
-	}
-	env := &envtest.Environment{}
-	cfg, err := env.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { env.Stop() })
+	cfg := envtestenv.Start(t)
 	srv := redistest.Start(t)
 	reg := registry.New(srv.Client(), registry.Keys{Prefix: "k:", Node: "node-1"})
 	if err := reg.Load(context.Background()); err != nil {

@@ -22,7 +22,6 @@ import (
 
 	k8sapi "github.com/memcuda/memcuda/api/k8s/v1alpha1"
 	"github.com/memcuda/memcuda/pkg/errdefs"
-	"github.com/memcuda/memcuda/pkg/registry"
 	"github.com/memcuda/memcuda/pkg/store"
 	"github.com/memcuda/memcuda/pkg/tensor"
 )
@@ -177,7 +176,7 @@ func (r *PodReconciler) releaseHolders(ctx context.Context, drop func(holder str
 			if !drop(h) {
 				continue
 			}
-			if _, err := r.Store.Release(ctx, name, h, registry.AllRefs, ""); err != nil && !errors.Is(err, errdefs.ErrNotFound) && !errors.Is(err, errdefs.ErrFailedPrecondition) {
+			if _, _, err := r.Store.DropHolder(ctx, name, h); err != nil {
 				return err
 			}
 			done(name, h)

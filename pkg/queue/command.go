@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 
+	v1 "github.com/memcuda/memcuda/api/v1"
 	"github.com/memcuda/memcuda/pkg/errdefs"
 	"github.com/memcuda/memcuda/pkg/tensor"
 )
@@ -19,14 +20,14 @@ import (
 // MaxCommandSize bounds one command's JSON.
 const MaxCommandSize = 64 << 10
 
-// Queue operations.
+// Queue operations: the socket's names for the same operations.
 const (
-	OpCreate  = "create"
-	OpGet     = "get"
-	OpRelease = "release"
-	OpDelete  = "delete"
-	OpList    = "list"
-	OpStat    = "stat"
+	OpCreate  = v1.OpCreate
+	OpGet     = v1.OpGet
+	OpRelease = v1.OpRelease
+	OpDelete  = v1.OpDelete
+	OpList    = v1.OpList
+	OpStat    = v1.OpStat
 )
 
 // Command is one parsed command.

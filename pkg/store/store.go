@@ -438,11 +438,22 @@ func (s *Store) CloseLease(ctx context.Context, holder string, names []string) e
 	s.mu.Unlock()
 	var errs []error
 	for _, n := range names {
-		if _, err := s.Release(ctx, n, holder, registry.AllRefs, ""); err != nil && !errors.Is(err, errdefs.ErrNotFound) && !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		if _, _, err := s.DropHolder(ctx, n, holder); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", n, err))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// DropHolder releases every reference of holder on name. dropped is false,
+// and err nil, when there was nothing left to drop (the tensor, or the
+// holder's references, went meanwhile).
+func (s *Store) DropHolder(ctx context.Context, name, holder string) (res registry.ReleaseResult, dropped bool, err error) {
+	res, err = s.Release(ctx, name, holder, registry.AllRefs, "")
+	if errors.Is(err, errdefs.ErrNotFound) || errors.Is(err, errdefs.ErrFailedPrecondition) {
+		return res, false, nil
+	}
+	return res, err == nil, err
 }
 
 func (s *Store) leaseLive(h string) bool {
@@ -476,12 +487,12 @@ func (s *Store) GC(ctx context.Context) (GCResult, error) {
 			if !s.deadHolder(h) {
 				continue
 			}
-			res, err := s.Release(ctx, name, h, registry.AllRefs, "")
-			if errors.Is(err, errdefs.ErrNotFound) || errors.Is(err, errdefs.ErrFailedPrecondition) {
-				continue // released meanwhile
-			}
+			res, dropped, err := s.DropHolder(ctx, name, h)
 			if err != nil {
 				return out, err
+			}
+			if !dropped {
+				continue // released meanwhile
 			}
 			out.Holders++
 			s.log.Info("dropped references of a dead holder", "name", name, "holder", h, "freed", res.Freed)

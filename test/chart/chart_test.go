@@ -26,7 +26,8 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/memcuda/memcuda/internal/envtestenv"
 )
 
 const chartDir = "../../charts/memcuda"
@@ -243,16 +244,7 @@ func TestMonitoringAndRuntimeClass(t *testing.T) {
 // TestServerSideDryRun sends every rendered object to a real API server,
 // which validates and admits it without storing it.
 func TestServerSideDryRun(t *testing.T) {
-	if os.Getenv("TEST_ASSET_KUBE_APISERVER") == "" || os.Getenv("TEST_ASSET_ETCD") == "" {
-		t.Fatal("envtest needs TEST_ASSET_KUBE_APISERVER and TEST_ASSET_ETCD: run `eval $(bash hack/envtest-assets.sh)` (make test does)")
-	}
-	env := &envtest.Environment{}
-	cfg, err := env.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer env.Stop()
-	c, err := client.New(cfg, client.Options{})
+	c, err := client.New(envtestenv.Start(t), client.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
