@@ -24,6 +24,7 @@ import (
 
 	"github.com/memcuda/memcuda/cuda"
 	"github.com/memcuda/memcuda/internal/controller"
+	"github.com/memcuda/memcuda/internal/blockingnet"
 	"github.com/memcuda/memcuda/pkg/backend"
 	"github.com/memcuda/memcuda/pkg/backend/gpu"
 	"github.com/memcuda/memcuda/pkg/backend/host"
@@ -88,6 +89,9 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	// request ids decide what to redo.
 	opt.MaxRetries = -1
 	opt.DialTimeout = 2 * time.Second
+	// Every socket request waits on a Redis script: block the serving thread
+	// on the reply instead of parking in the network poller (see blockingnet).
+	opt.Dialer = blockingnet.Dialer(opt.DialTimeout, opt.TLSConfig)
 	if cfg.Node == "" {
 		return nil, errors.New("node name is empty")
 	}

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	v1 "github.com/memcuda/memcuda/api/v1"
+	"github.com/memcuda/memcuda/internal/blockingnet"
 	"github.com/memcuda/memcuda/internal/procinfo"
 	"github.com/memcuda/memcuda/pkg/backend"
 	"github.com/memcuda/memcuda/pkg/errdefs"
@@ -71,7 +72,7 @@ func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
 		l.Close()
 		s.mu.Lock()
 		for c := range s.conns {
-			c.raw.shutdown() // wakes its thread; the serving goroutine closes it
+			c.raw.Shutdown() // wakes its thread; the serving goroutine closes it
 		}
 		s.mu.Unlock()
 	}()
@@ -93,7 +94,7 @@ func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
 		if cred, err := procinfo.PeerCred(c); err == nil {
 			cn.pid, cn.uid = int(cred.Pid), int(cred.Uid)
 		}
-		if cn.raw, err = newRawConn(c); err != nil {
+		if cn.raw, err = blockingnet.Wrap(c); err != nil {
 			c.Close()
 			continue
 		}
@@ -118,7 +119,7 @@ type conn struct {
 	id     Identity // set when the server has an Authorizer
 	idErr  error
 	c      *net.UnixConn
-	raw    *rawConn
+	raw    *blockingnet.Conn // blocking I/O on the serving goroutine's locked thread; c closes it
 	srv    *Server
 	holder string
 	pid    int
@@ -151,7 +152,7 @@ func (cn *conn) serve() {
 			log.Debug("dropped leases of a closed connection", "tensors", len(names))
 		}
 	}()
-	runtime.LockOSThread() // rawConn blocks this thread in poll(2)
+	runtime.LockOSThread() // raw blocks this thread in poll(2)
 	defer runtime.UnlockOSThread()
 	r := bufio.NewReaderSize(cn.raw, 64<<10) // one read per request, not one per header and body
 	for {
@@ -198,7 +199,8 @@ func (cn *conn) reply(resp *v1.Response, fds []int) error {
 	if len(fds) > 0 {
 		oob = unix.UnixRights(fds...)
 	}
-	return cn.raw.writeMsg(frame, oob)
+	_, err = cn.raw.WriteMsg(frame, oob)
+	return err
 }
 
 func (cn *conn) handle(req *v1.Request) (*v1.Response, []int, error) {

@@ -1,0 +1,156 @@
+package blockingnet
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/memcuda/memcuda/internal/redistest"
+)
+
+// pair returns a Conn and the plain peer of a Unix stream connection.
+func pair(t *testing.T) (*Conn, net.Conn) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "s")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	acc := make(chan net.Conn, 1)
+	go func() {
+		c, _ := l.Accept()
+		acc <- c
+	}()
+	c, err := Dialer(time.Second, nil)(context.Background(), "unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer := <-acc
+	t.Cleanup(func() { c.Close(); peer.Close() })
+	return c.(*Conn), peer
+}
+
+func TestReadWrite(t *testing.T) {
+	c, peer := pair(t)
+	big := make([]byte, 4<<20) // more than the socket buffers: Write must wait for room
+	for i := range big {
+		big[i] = byte(i * 7)
+	}
+	got := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(io.LimitReader(peer, int64(len(big))))
+		got <- b
+	}()
+	if n, err := c.Write(big); err != nil || n != len(big) {
+		t.Fatalf("Write = %d, %v", n, err)
+	}
+	if b := <-got; string(b) != string(big) {
+		t.Fatal("peer read other bytes than were written")
+	}
+	go peer.Write([]byte("pong"))
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "pong" {
+		t.Fatalf("Read = %q, %v", buf, err)
+	}
+	peer.Close()
+	if _, err := c.Read(buf); !errors.Is(err, io.EOF) {
+		t.Fatalf("Read after the peer closed: %v, want EOF", err)
+	}
+}
+
+func TestReadDeadline(t *testing.T) {
+	c, _ := pair(t)
+	c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	start := time.Now()
+	_, err := c.Read(make([]byte, 1))
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() || !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Read past the deadline: %v, want a timeout", err)
+	}
+	if d := time.Since(start); d < 40*time.Millisecond || d > 2*time.Second {
+		t.Fatalf("timed out after %v, want ~50ms", d)
+	}
+	c.SetReadDeadline(time.Time{})
+	c.SetDeadline(time.Now().Add(-time.Second))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Read with a past deadline: %v", err)
+	}
+}
+
+func TestCloseWakesBlockedRead(t *testing.T) {
+	c, _ := pair(t)
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Read(make([]byte, 1))
+		done <- err
+	}()
+	time.Sleep(20 * time.Millisecond)
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("blocked Read ended with %v, want net.ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not wake a blocked Read")
+	}
+	if err := c.Close(); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("second Close: %v", err)
+	}
+}
+
+// The agent's Redis client: scripts, a blocking command that times out,
+// a server restart, and a closed client unblocking a waiter.
+func TestGoRedisOverBlockingConns(t *testing.T) {
+	srv := redistest.Start(t)
+	opt := &redis.Options{Addr: srv.Addr(), MaxRetries: -1, ReadTimeout: time.Second}
+	opt.Dialer = Dialer(time.Second, nil)
+	rdb := redis.NewClient(opt)
+	ctx := context.Background()
+	script := redis.NewScript(`redis.call('HINCRBY', KEYS[1], 'n', 1) return redis.call('HGET', KEYS[1], 'n')`)
+	for i := 1; i <= 100; i++ {
+		n, err := script.Run(ctx, rdb, []string{"h"}).Int()
+		if err != nil || n != i {
+			t.Fatalf("script run %d = %d, %v", i, n, err)
+		}
+	}
+	start := time.Now()
+	if err := rdb.BLMove(ctx, "empty", "dst", "LEFT", "RIGHT", 200*time.Millisecond).Err(); !errors.Is(err, redis.Nil) {
+		t.Fatalf("BLMOVE on an empty list: %v, want redis.Nil", err)
+	}
+	if d := time.Since(start); d < 150*time.Millisecond {
+		t.Fatalf("BLMOVE returned after %v, before its timeout", d)
+	}
+	srv.Restart()
+	var err error
+	for i := 0; i < 3; i++ { // the pooled connection is dead: the first call may fail
+		if err = rdb.Ping(ctx).Err(); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("no Redis after its restart: %v", err)
+	}
+	waiting := make(chan error, 1)
+	go func() { waiting <- rdb.BLMove(ctx, "empty", "dst", "LEFT", "RIGHT", 0).Err() }()
+	time.Sleep(50 * time.Millisecond)
+	rdb.Close()
+	select {
+	case err := <-waiting:
+		if err == nil {
+			t.Fatal("a blocked BLMOVE returned no error after Close")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("closing the client did not wake a blocked BLMOVE")
+	}
+}

@@ -1,0 +1,35 @@
+package blockingnet
+
+import (
+	"context"
+	"crypto/tls"
+	"net"
+	"time"
+)
+
+// Dialer returns a dial function (the signature of go-redis's
+// Options.Dialer) whose connections are Conns, with TLS on top when cfg is
+// set.
+func Dialer(timeout time.Duration, cfg *tls.Config) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		d := &net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
+		c, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		bc, err := Wrap(c)
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+		if cfg == nil {
+			return bc, nil
+		}
+		tc := tls.Client(bc, cfg)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			tc.Close()
+			return nil, err
+		}
+		return tc, nil
+	}
+}
