@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import array
 import ctypes
+import logging
 import mmap
 import struct
 import os
@@ -74,6 +75,8 @@ class TensorInfo:
 
 
 _INFO_CACHE: dict[tuple[Any, ...], TensorInfo] = {}
+_MAX_UNREAD = 64  # pipelined releases in flight: their replies must fit the socket buffers
+_log = logging.getLogger("memcuda")
 
 
 @dataclass
@@ -140,6 +143,8 @@ class Store:
         self.max_idle_mappings = int(os.environ.get("MEMCUDA_IDLE_MAPPINGS", "8"))
         self._segments: dict[str, _Segment] = {}
         self._pending_release: list[str] = []  # from finalizers: sent before the next call
+        self._unread = 0  # releases sent whose replies are still on the socket
+        self.release_errors: list[MemcudaError] = []  # failures of pipelined releases, newest last (at most 64)
         self._closed = False
         self._forked = False
         # A child of fork() shares this socket with the parent: refuse to use it there.
@@ -200,13 +205,20 @@ class Store:
             self._flush_pending()
             return self._roundtrip(op, **kw)
 
-    def _roundtrip(self, op: str, **kw: Any) -> dict[str, Any]:
+    def _send(self, op: str, **kw: Any) -> int:
         self._next_id += 1
-        rid = self._next_id
         try:
-            self._sock.sendall(_wire.encode_request(rid, op, **kw))
+            self._sock.sendall(_wire.encode_request(self._next_id, op, **kw))
         except OSError as e:
             raise Unavailable(f"send to agent: {e}") from e
+        return self._next_id
+
+    def _roundtrip(self, op: str, **kw: Any) -> dict[str, Any]:
+        rid = self._send(op, **kw)
+        self._read_unread()
+        return self._read_response(rid)
+
+    def _read_response(self, rid: int) -> dict[str, Any]:
         h = _wire.parse_header(self._recv_exact(_wire.HEADER_SIZE))
         resp = _wire.decode_body(self._recv_exact(h.body_len))
         fd_ids = resp.get("fds") or []
@@ -218,20 +230,39 @@ class Store:
             else:
                 self._segments[sid] = _Segment(sid, fd)
         del self._fds[: h.num_fds]
-        if resp.get("id") not in (rid, 0):
+        if rid and resp.get("id") not in (rid, 0):
             raise ProtocolError(f"response id {resp.get('id')} for request {rid}")
         err = resp.get("error")
         if err:
             raise from_code(err.get("code", "internal"), err.get("message", ""))
         return resp
 
+    def _release_async(self, name: str, event: str = "") -> None:
+        # A release's answer carries nothing the caller needs: send it now,
+        # read its reply in front of the next call's (the agent answers a
+        # connection in order). A get+release pair costs one round trip.
+        if self._unread >= _MAX_UNREAD:
+            self._read_unread()
+        self._send("release", name=name, event=event)
+        self._unread += 1
+
+    def _read_unread(self) -> None:
+        while self._unread:
+            self._unread -= 1
+            try:
+                self._read_response(0)
+            except (ProtocolError, Unavailable):
+                raise
+            except MemcudaError as e:
+                # The reference is gone from this process either way, and the
+                # connection's lease covers what the agent could not drop.
+                _log.warning("memcuda: release failed: %s", e)
+                self.release_errors.append(e)
+                del self.release_errors[:-64]
+
     def _flush_pending(self) -> None:
         while self._pending_release:
-            name = self._pending_release.pop()
-            try:
-                self._roundtrip("release", name=name)
-            except MemcudaError:
-                pass  # the connection's lease covers it; nothing else to do
+            self._release_async(self._pending_release.pop())
 
     # -- operations --------------------------------------------------------
 
@@ -266,6 +297,17 @@ class Store:
 
     def gc(self) -> dict[str, Any]:
         return dict(self._call("gc")["gc"])
+
+    def flush(self) -> None:
+        """Waits until the agent has applied every release sent so far.
+        release() returns once its request is sent (the agent applies a
+        connection's requests in order, so this connection's next call sees
+        it); flush() is for when another process must see it. Failures are
+        logged and kept in release_errors."""
+        with self._lock:
+            if not self._closed and not self._forked:
+                self._flush_pending()
+                self._read_unread()
 
     def close(self) -> None:
         """Closes the connection: the agent drops every reference it held."""
@@ -319,8 +361,8 @@ class Store:
     def _release(self, t: "SharedTensor", event: str = "") -> None:
         with self._lock:
             self._drop_user(t._seg)
-            if not self._closed:
-                self._roundtrip("release", name=t.info.name, event=event)
+            if not self._closed and not self._forked:
+                self._release_async(t.info.name, event)
 
     def _drop_user(self, seg: _Segment) -> None:
         # An unused segment stays mapped (up to max_idle_mappings, least

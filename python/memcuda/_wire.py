@@ -71,6 +71,19 @@ def parse_header(b: bytes) -> Header:
 
 _PLAIN = re.compile(r"[A-Za-z0-9_.:/@+=-]*\Z")
 _HEAD = struct.Struct(">4sBBBBI")
+_TAILS: dict[tuple[str, str], bytes] = {}
+
+
+def _tail(op: str, name: str) -> Optional[bytes]:
+    # Nothing to escape in these characters, so formatting gives
+    # encoding/json's exact bytes; other names take the general path.
+    if not (_PLAIN.match(op) and _PLAIN.match(name)):
+        return None
+    t = (f',"op":"{op}","name":"{name}"}}' if name else f',"op":"{op}"}}').encode()
+    if len(_TAILS) >= 4096:
+        _TAILS.clear()
+    _TAILS[(op, name)] = t
+    return t
 
 
 def encode_request(
@@ -84,11 +97,15 @@ def encode_request(
     event: str = "",
 ) -> bytes:
     """A request frame, byte for byte what the Go encoder writes."""
-    if not (dtype or shape or device or client or event) and _PLAIN.match(op) and _PLAIN.match(name):
-        # The hot path (get, release, stat...): nothing to escape in these
-        # characters, so formatting gives encoding/json's exact bytes.
-        b = (f'{{"id":{int(id)},"op":"{op}","name":"{name}"}}' if name else f'{{"id":{int(id)},"op":"{op}"}}').encode()
-        return _HEAD.pack(MAGIC, VERSION, KIND_REQUEST, 0, 0, len(b)) + b
+    if not (dtype or shape or device or client or event):
+        # The hot path (get, release, stat...): the bytes after the id are
+        # the same every time for an op and name.
+        tail = _TAILS.get((op, name))
+        if tail is None:
+            tail = _tail(op, name)
+        if tail is not None:
+            b = b'{"id":%d' % id + tail
+            return _HEAD.pack(MAGIC, VERSION, KIND_REQUEST, 0, 0, len(b)) + b
     body: dict[str, Any] = {"id": int(id), "op": op}
     # Field order and omitempty rules of v1.Request.
     if name:
@@ -106,7 +123,13 @@ def encode_request(
     return frame(KIND_REQUEST, _go_json(body))
 
 
+_OK_TAIL = b',"ok":true}'
+
+
 def decode_body(body: bytes) -> dict[str, Any]:
+    # A bare success ({"id":N,"ok":true}: releases, publishes) needs no parser.
+    if body.endswith(_OK_TAIL) and body.startswith(b'{"id":') and body[6:-11].isdigit():
+        return {"id": int(body[6:-11]), "ok": True}
     try:
         obj = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

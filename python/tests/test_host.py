@@ -112,6 +112,31 @@ def test_views_keep_the_reference(agent) -> None:
         assert s.stat("keep").refcount == 1
 
 
+def test_release_is_pipelined_and_ordered(agent) -> None:
+    with memcuda.connect() as s, memcuda.connect() as other:
+        s.create("pipe", (8,), "f32").release()
+        held = [s.get("pipe") for _ in range(200)]  # more than the replies kept in flight
+        for t in held:
+            t.release()
+        assert s._unread > 0, "release must not wait for its reply"
+        assert s.stat("pipe").refcount == 1, "the next call on the connection sees every release"
+        t = s.get("pipe")
+        t.release()
+        s.flush()
+        assert s._unread == 0
+        assert other.stat("pipe").refcount == 1, "after flush() other connections see the release"
+
+
+def test_failed_pipelined_release_is_reported(agent, caplog) -> None:
+    with memcuda.connect() as s:
+        s.create("pipe.err", (8,), "f32").release()
+        s._release_async("pipe.err")  # this connection holds no reference on it
+        with caplog.at_level("WARNING", logger="memcuda"):
+            assert s.stat("pipe.err").refcount == 1  # the connection goes on
+        assert [e.code for e in s.release_errors] == ["failed_precondition"]
+        assert "release failed" in caplog.text
+
+
 def test_kill9_releases(agent) -> None:
     with memcuda.connect() as s:
         s.create("k", (4,), "f32").release()

@@ -46,3 +46,22 @@ def test_bad_headers(mutate) -> None:
 def test_go_escaping() -> None:
     body = _wire.encode_request(1, "hello", client="a<b>&c\u2028é")[_wire.HEADER_SIZE:]
     assert body == '{"id":1,"op":"hello","client":"a\\u003cb\\u003e\\u0026c\\u2028é"}'.encode()
+
+
+@pytest.mark.parametrize("op,name", [("get", "model.w1"), ("release", "a/b:c@d+e=f-g_h"), ("list", ""), ("get", "a b"),
+                                     ("get", "<x>&"), ("get", "ünï"), ("stat", "x" * 200)])
+def test_hot_path_encoding_matches_the_general_one(op: str, name: str) -> None:
+    body: dict[str, object] = {"id": 99, "op": op}
+    if name:
+        body["name"] = name
+    want = _wire.frame(_wire.KIND_REQUEST, _wire._go_json(body))
+    for _ in range(2):  # the second call takes the cached tail
+        assert _wire.encode_request(99, op, name=name) == want
+
+
+@pytest.mark.parametrize("body", [b'{"id":7,"ok":true}', b'{"id":0,"ok":true}', b'{"id":18446744073709551615,"ok":true}',
+                                  b'{"id":7,"ok":true,"x":1}', b'{"id":-1,"ok":true}', b'{"id":1e3,"ok":true}'])
+def test_bare_success_decodes_like_json(body: bytes) -> None:
+    import json
+
+    assert _wire.decode_body(body) == json.loads(body)
