@@ -20,6 +20,7 @@ from memcuda import _cuda  # noqa: E402
 
 RESULTS: dict[str, Any] = {}
 ROWS: list[tuple[str, str, str, str, str]] = []
+NOTES: list[str] = []
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -49,6 +50,32 @@ def row(what: str, ours: list[float], base_name: str, base: list[float], target:
                  f"{pct(ours, 50) / pct(base, 50):.2f}x", target))
 
 
+def agent_ops() -> dict[str, tuple[float, float]]:
+    """(count, seconds) per socket op from the agent's metrics
+    ($MEMCUDA_METRICS_URL), to split a call's time between agent and client."""
+    url = os.environ.get("MEMCUDA_METRICS_URL")
+    if not url:
+        return {}
+    import re
+    import urllib.request
+
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    out: dict[str, list[float]] = {}
+    for m in re.finditer(r'^memcuda_op_duration_seconds_(sum|count)\{op="(\w+)",path="socket"\} (\S+)$', text, re.M):
+        kind, op, v = m.groups()
+        out.setdefault(op, [0.0, 0.0])[0 if kind == "count" else 1] = float(v)
+    return {op: (c, t) for op, (c, t) in out.items()}
+
+
+def agent_mean(before: dict[str, tuple[float, float]], op: str) -> str:
+    after = agent_ops()
+    if op not in after:
+        return ""
+    c0, t0 = before.get(op, (0.0, 0.0))
+    c1, t1 = after[op]
+    return f"agent-side mean {(t1 - t0) / max(1.0, c1 - c0) * 1e6:.1f} us over {c1 - c0:.0f} {op}s"
+
+
 # --- get ---------------------------------------------------------------------
 
 def bench_get(n: int) -> None:
@@ -60,10 +87,27 @@ def bench_get(n: int) -> None:
     keep = s.get("b.keep")  # same small segment? keeps the segment mapped either way
     hold = s.get("b.get")
 
-    def warm_held() -> None:
+    # get alone: its release is sent after the timed call and its reply read
+    # in front of the next get's (the client pipelines releases).
+    held: list[float] = []
+    before = agent_ops()
+    for i in range(n + 20):
+        t0 = time.perf_counter()
+        t = s.get("b.get")
+        dt = time.perf_counter() - t0
+        t.release()
+        if i >= 20:
+            held.append(dt)
+
+    note = agent_mean(before, "get")
+    if note:
+        NOTES.append(f"warm get: {note}")
+
+    def warm_pair() -> None:
         s.get("b.get").release()
 
-    held = timed(warm_held, n)
+    pair = timed(warm_pair, n)
+    s.flush()
     # The same get as a precomputed frame, reply read raw: the agent and the
     # socket alone, without the client's encoding, decoding and bookkeeping.
     import socket as so
@@ -86,6 +130,7 @@ def bench_get(n: int) -> None:
     def warm_first() -> None:
         t = s.get("b.get")
         t.release()
+        s.flush()  # the release's Redis script inside the timed call
 
     first = timed(warm_first, n)
     keep.release()
@@ -109,11 +154,15 @@ def bench_get(n: int) -> None:
     cold: list[float] = []
     c = memcuda.connect()
     ts = []
+    before = agent_ops()
     for i in range(k):
         t0 = time.perf_counter()
         ts.append(c.get(f"b.cold{i}"))
         cold.append(time.perf_counter() - t0)
     _cuda.import_segment = orig  # type: ignore[assignment]
+    note = agent_mean(before, "get")
+    if note:
+        NOTES.append(f"cold get: {note}")
     for t in ts:
         t.release()
     c.close()
@@ -137,6 +186,7 @@ def bench_get(n: int) -> None:
     p.join()
 
     row("get, warm (connection holds the tensor)", held, "torch.multiprocessing Queue share", mp_times, "<= 50 us p50")
+    row("get+release pair, warm", pair, "torch.multiprocessing Queue share", mp_times, "")
     echo = socket_rtt(n)
     row("get, warm (connection holds the tensor) ", held, "Python Unix-socket echo round trip", echo, "")
     row("agent round trip, raw get frame (no client work)", raw_frames, "Python Unix-socket echo round trip", echo, "")
@@ -203,6 +253,7 @@ def bench_create(n: int) -> None:
     import torch
 
     s = memcuda.connect()
+    before = agent_ops()
     times = []  # only the create call is timed
     for j in range(n + 20):
         name = f"b.c.{j}"
@@ -213,6 +264,11 @@ def bench_create(n: int) -> None:
         s.delete(name)
         if j >= 20:
             times.append(dt)
+
+    note = agent_mean(before, "create")
+    if note:
+        RESULTS["create_agent"] = note
+        NOTES.append(f"create: {note}")
 
     def torch_empty() -> None:
         x = torch.empty((256, 1024), dtype=torch.bfloat16, device="cuda")
@@ -335,6 +391,9 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- |")
     for r in ROWS:
         print("| " + " | ".join(r) + " |")
+    for line in NOTES:
+        print(f"\n{line}")
+    RESULTS["notes"] = NOTES
     if args.out:
         with open(args.out, "w") as f:
             json.dump(RESULTS, f, indent=2)

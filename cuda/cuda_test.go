@@ -75,7 +75,7 @@ func pattern(n int) []byte {
 	return b
 }
 
-func needGPU(t *testing.T) *Device {
+func needGPU(t testing.TB) *Device {
 	t.Helper()
 	if err := Load(); err != nil {
 		t.Skipf("no CUDA driver: %v", err)

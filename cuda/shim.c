@@ -41,6 +41,7 @@ static const char *const names[F_COUNT][3] = {
   [F_cuMemUnmap] = {"cuMemUnmap"},
   [F_cuMemSetAccess] = {"cuMemSetAccess"},
   [F_cuMemsetD8] = {"cuMemsetD8_v2"},
+  [F_cuMemsetD8Async] = {"cuMemsetD8Async"},
   [F_cuMemcpyHtoD] = {"cuMemcpyHtoD_v2"},
   [F_cuMemcpyDtoH] = {"cuMemcpyDtoH_v2"},
   [F_cuEventCreate] = {"cuEventCreate"},
@@ -113,6 +114,7 @@ CUresult mc_cuMemMap(CUdeviceptr p, size_t n, size_t o, CUmemGenericAllocationHa
 CUresult mc_cuMemUnmap(CUdeviceptr p, size_t n) { CALL(cuMemUnmap, CUresult (*)(CUdeviceptr, size_t), p, n); }
 CUresult mc_cuMemSetAccess(CUdeviceptr p, size_t n, const CUmemAccessDesc *d, size_t c) { CALL(cuMemSetAccess, CUresult (*)(CUdeviceptr, size_t, const CUmemAccessDesc *, size_t), p, n, d, c); }
 CUresult mc_cuMemsetD8(CUdeviceptr p, unsigned char v, size_t n) { CALL(cuMemsetD8, CUresult (*)(CUdeviceptr, unsigned char, size_t), p, v, n); }
+CUresult mc_cuMemsetD8Async(CUdeviceptr p, unsigned char v, size_t n, CUstream s) { CALL(cuMemsetD8Async, CUresult (*)(CUdeviceptr, unsigned char, size_t, CUstream), p, v, n, s); }
 CUresult mc_cuMemcpyHtoD(CUdeviceptr d, const void *s, size_t n) { CALL(cuMemcpyHtoD, CUresult (*)(CUdeviceptr, const void *, size_t), d, s, n); }
 CUresult mc_cuMemcpyDtoH(void *d, CUdeviceptr s, size_t n) { CALL(cuMemcpyDtoH, CUresult (*)(void *, CUdeviceptr, size_t), d, s, n); }
 CUresult mc_cuEventCreate(CUevent *e, unsigned int f) { CALL(cuEventCreate, CUresult (*)(CUevent *, unsigned int), e, f); }

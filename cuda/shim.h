@@ -58,7 +58,7 @@ enum mc_fn {
   F_cuMemAlloc, F_cuMemFree, F_cuIpcGetMemHandle, F_cuIpcOpenMemHandle, F_cuIpcCloseMemHandle,
   F_cuMemCreate, F_cuMemRelease, F_cuMemGetAllocationGranularity, F_cuMemExportToShareableHandle,
   F_cuMemImportFromShareableHandle, F_cuMemAddressReserve, F_cuMemAddressFree, F_cuMemMap, F_cuMemUnmap,
-  F_cuMemSetAccess, F_cuMemsetD8, F_cuMemcpyHtoD, F_cuMemcpyDtoH,
+  F_cuMemSetAccess, F_cuMemsetD8, F_cuMemsetD8Async, F_cuMemcpyHtoD, F_cuMemcpyDtoH,
   F_cuEventCreate, F_cuEventDestroy, F_cuEventRecord, F_cuEventQuery, F_cuEventSynchronize,
   F_cuIpcGetEventHandle, F_cuIpcOpenEventHandle, F_cuStreamWaitEvent,
   F_COUNT
@@ -100,6 +100,7 @@ CUresult mc_cuMemMap(CUdeviceptr p, size_t n, size_t offset, CUmemGenericAllocat
 CUresult mc_cuMemUnmap(CUdeviceptr p, size_t n);
 CUresult mc_cuMemSetAccess(CUdeviceptr p, size_t n, const CUmemAccessDesc *desc, size_t count);
 CUresult mc_cuMemsetD8(CUdeviceptr p, unsigned char v, size_t n);
+CUresult mc_cuMemsetD8Async(CUdeviceptr p, unsigned char v, size_t n, CUstream s);
 CUresult mc_cuMemcpyHtoD(CUdeviceptr dst, const void *src, size_t n);
 CUresult mc_cuMemcpyDtoH(void *dst, CUdeviceptr src, size_t n);
 CUresult mc_cuEventCreate(CUevent *e, unsigned int flags);
