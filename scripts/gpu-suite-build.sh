@@ -14,6 +14,9 @@ go build -ldflags "$LD" -o "$D/bin/" ./cmd/memcuda-agent ./cmd/memcuda ./bench/p
 gzip -9 "$D/bin/memcuda-agent"
 go test -c -ldflags "$LD" -o "$D/test/cuda.test" ./cuda
 go test -c -ldflags "$LD" -o "$D/test/gpu.test" ./pkg/backend/gpu
+# Benchmarks that split a create's time: Redis scripts, store with the GPU.
+go test -c -ldflags "$LD" -o "$D/test/registry.test" ./pkg/registry
+go test -c -ldflags "$LD" -o "$D/test/store.test" ./pkg/store
 tmp=$(mktemp -d)
 (cd "$tmp" && apt-get download redis-server redis-tools liblzf1 libjemalloc2 >/dev/null 2>&1 || { apt-get update -qq && apt-get download redis-server redis-tools liblzf1 libjemalloc2; })
 for f in "$tmp"/*.deb; do dpkg -x "$f" "$D/redis"; done

@@ -35,8 +35,10 @@ if [ -z "${ONLY_BENCH:-}" ]; then
   runlog "$OUT/go-cuda.log" "grep -E '^(--- |PASS|FAIL|ok)|\.go:[0-9]+:'" "$D/test/cuda.test" -test.v -test.count=1
   step go gpu backend tests
   runlog "$OUT/go-gpu.log" "grep -E '^(--- |PASS|FAIL|ok)|\.go:[0-9]+:'" "$D/test/gpu.test" -test.v -test.count=1
-  step cuda fill benchmarks
-  runlog "$OUT/go-cuda-bench.log" "grep -E '^Benchmark'" "$D/test/cuda.test" -test.run '^$' -test.bench . -test.benchtime 2000x
+  step go benchmarks: fill, Redis scripts, store create
+  runlog "$OUT/go-bench.log" "grep -E '^Benchmark'" bash -c "$D/test/cuda.test -test.run '^\$' -test.bench . -test.benchtime 2000x &&
+    $D/test/registry.test -test.run '^\$' -test.bench . -test.benchtime 2000x &&
+    $D/test/store.test -test.run '^\$' -test.bench . -test.benchtime 1000x"
   step python tests
   runlog "$OUT/pytest.log" "tail -25" bash -c 'cd python && python3 -m pytest -q -rs -p no:cacheprovider tests'
   step demo
@@ -51,7 +53,7 @@ if [ -z "${SKIP_BENCH:-}" ]; then
     memcuda_up "$RUN" --backend "$mode" --log-level warn --metrics-addr 127.0.0.1:19477
     export MEMCUDA_METRICS_URL=http://127.0.0.1:19477/metrics
     # Redis's own round trip here, for the share of it in create and first gets.
-    "$D/redis/usr/bin/redis-benchmark" -s "$RUN/redis.sock" -c 1 -n 20000 -q PING_MBULK 2>&1 | tr '\r' '\n' | tail -1
+    "$D/redis/usr/bin/redis-benchmark" -s "$RUN/redis.sock" -c 1 -n 20000 -q PING 2>&1 | tr '\r' '\n' | tail -1
     "$D/redis/usr/bin/redis-benchmark" -s "$RUN/redis.sock" -c 1 -n 20000 -q EVAL "redis.call('HSET', KEYS[1], 'refcount', 1) return redis.call('HGETALL', KEYS[1])" 1 bench:h 2>&1 | tr '\r' '\n' | tail -1
     MEMCUDA_BACKEND=$mode runlog "$OUT/bench-$mode.log" "cat" python3 bench/gpu_bench.py --out "$OUT/bench-$mode.json" --n "${BENCH_N:-2000}"
     memcuda_down

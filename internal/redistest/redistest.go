@@ -24,6 +24,8 @@ type Server struct {
 	dir  string
 	port int
 	cmd  *exec.Cmd
+	// volatile: no append-only file, as the agent's benchmarks run Redis
+	volatile bool
 }
 
 // Binary finds redis-server ($REDIS_SERVER, then PATH).
@@ -47,6 +49,22 @@ func Start(t testing.TB) *Server {
 	return s
 }
 
+// StartVolatile is Start without the append-only file: what survives a
+// restart does not matter, and fsync on every write must not be measured.
+func StartVolatile(t testing.TB) *Server {
+	t.Helper()
+	if _, err := Binary(); err != nil {
+		t.Fatalf("redis-server not found (install it, or set REDIS_SERVER): %v", err)
+	}
+	s := &Server{t: t, dir: t.TempDir(), port: freePort(t), volatile: true}
+	s.start()
+	t.Cleanup(s.Stop)
+	return s
+}
+
+// Socket is the server's Unix socket.
+func (s *Server) Socket() string { return filepath.Join(s.dir, "redis.sock") }
+
 func freePort(t testing.TB) int {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -59,10 +77,15 @@ func freePort(t testing.TB) int {
 func (s *Server) start() {
 	s.t.Helper()
 	bin, _ := Binary()
-	s.cmd = exec.Command(bin,
+	persist := []string{"--appendonly", "yes", "--appendfsync", "always"}
+	if s.volatile {
+		persist = []string{"--appendonly", "no"}
+	}
+	args := append([]string{
 		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1", "--dir", s.dir,
-		"--appendonly", "yes", "--appendfsync", "always", "--save", "",
-		"--protected-mode", "no", "--daemonize", "no", "--logfile", filepath.Join(s.dir, "redis.log"))
+		"--unixsocket", s.Socket(), "--unixsocketperm", "700", "--save", "",
+		"--protected-mode", "no", "--daemonize", "no", "--logfile", filepath.Join(s.dir, "redis.log")}, persist...)
+	s.cmd = exec.Command(bin, args...)
 	if err := s.cmd.Start(); err != nil {
 		s.t.Fatalf("start redis-server: %v", err)
 	}

@@ -23,8 +23,8 @@ import (
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/memcuda/memcuda/cuda"
-	"github.com/memcuda/memcuda/internal/controller"
 	"github.com/memcuda/memcuda/internal/blockingnet"
+	"github.com/memcuda/memcuda/internal/controller"
 	"github.com/memcuda/memcuda/pkg/backend"
 	"github.com/memcuda/memcuda/pkg/backend/gpu"
 	"github.com/memcuda/memcuda/pkg/backend/host"

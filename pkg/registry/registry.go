@@ -126,6 +126,10 @@ type CreateResult struct {
 // Create stores a new record with refcount 1 (the registry's reference), or 2
 // when holder is not empty. An existing name is returned, not overwritten.
 func (r *Registry) Create(ctx context.Context, info tensor.Info, holder, reqID string) (CreateResult, error) {
+	info.Refcount = 1
+	if holder != "" {
+		info.Refcount = 2
+	}
 	fields, err := toFields(info)
 	if err != nil {
 		return CreateResult{}, err
@@ -138,6 +142,10 @@ func (r *Registry) Create(ctx context.Context, info tensor.Info, holder, reqID s
 		return CreateResult{}, Wrap(err)
 	}
 	status, _ := res[0].(string)
+	if status == "created" {
+		// The record is what was written: Redis does not send it back.
+		return CreateResult{Created: true, Info: info}, nil
+	}
 	var rec tensor.Info
 	if len(res) > 1 {
 		if rec, err = fromReply(res[1]); err != nil {
@@ -145,8 +153,6 @@ func (r *Registry) Create(ctx context.Context, info tensor.Info, holder, reqID s
 		}
 	}
 	switch status {
-	case "created":
-		return CreateResult{Created: true, Info: rec}, nil
 	case "exists":
 		return CreateResult{Info: rec}, nil
 	case "dup":
@@ -155,15 +161,34 @@ func (r *Registry) Create(ctx context.Context, info tensor.Info, holder, reqID s
 	return CreateResult{}, fmt.Errorf("%w: create script returned %q", errdefs.ErrInternal, status)
 }
 
-// Acquire takes one reference on a ready tensor owned by agent.
-func (r *Registry) Acquire(ctx context.Context, name, holder, agent, reqID string) (tensor.Info, error) {
+// Acquire takes one reference on a ready tensor owned by agent. known, when
+// not nil, returns the record as created for a uid (the owning agent keeps
+// it): Redis then answers only with what changes after create (refcount,
+// mtime, event) instead of the whole record. A uid that known does not
+// have is read in full.
+func (r *Registry) Acquire(ctx context.Context, name, holder, agent, reqID string, known func(uid string) (tensor.Info, bool)) (tensor.Info, error) {
 	useReq, _ := reqArgs(reqID)
+	brief := "0"
+	if known != nil {
+		brief = "1"
+	}
+	now := r.nowMS()
 	res, err := acquireScript.Run(ctx, r.rdb, []string{r.keys.Meta(name), r.keys.Refs(name), r.keys.Req(reqID)},
-		useReq, int64(r.reqTTL/time.Second), holder, r.nowMS(), agent).Slice()
+		useReq, int64(r.reqTTL/time.Second), holder, now, agent, brief).Slice()
 	if err != nil {
 		return tensor.Info{}, Wrap(err)
 	}
 	switch res[0] {
+	case "brief":
+		uid, _ := res[1].(string)
+		n, _ := res[2].(int64)
+		event, _ := res[3].(string)
+		info, ok := known(uid)
+		if !ok {
+			return r.Stat(ctx, name)
+		}
+		info.Refcount, info.Mtime, info.Event, info.State = n, now, event, tensor.StateReady
+		return info, nil
 	case "ok", "dup":
 		return fromReply(res[1])
 	case "not_found":
@@ -320,6 +345,7 @@ func toFields(info tensor.Info) ([]any, error) {
 		"segment_id", info.SegmentID, "segment_size", info.SegmentSize,
 		"owner_pid", info.OwnerPID, "state", info.State, "agent", info.Agent, "node", info.Node,
 		"tenant", info.Tenant, "event", info.Event, "ctime", info.Ctime, "mtime", info.Mtime,
+		"refcount", info.Refcount,
 	}, nil
 }
 

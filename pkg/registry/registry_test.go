@@ -3,6 +3,7 @@ package registry_test
 import (
 	"context"
 	"errors"
+	"reflect"
 	"testing"
 	"time"
 
@@ -45,11 +46,11 @@ func TestCreateAcquireReleaseLifecycle(t *testing.T) {
 	if err != nil || res.Created || res.Info.Refcount != 1 {
 		t.Fatalf("second create: %+v %v", res, err)
 	}
-	info, err := r.Acquire(ctx, "w", "pid:1:5", "inst1", "")
+	info, err := r.Acquire(ctx, "w", "pid:1:5", "inst1", "", nil)
 	if err != nil || info.Refcount != 2 {
 		t.Fatalf("acquire: %+v %v", info, err)
 	}
-	if _, err := r.Acquire(ctx, "w", "pid:1:5", "other-instance", ""); !errors.Is(err, errdefs.ErrUnavailable) {
+	if _, err := r.Acquire(ctx, "w", "pid:1:5", "other-instance", "", nil); !errors.Is(err, errdefs.ErrUnavailable) {
 		t.Fatalf("acquire from a stale instance: %v", err)
 	}
 	holders, _ := r.Holders(ctx, "w")
@@ -61,7 +62,7 @@ func TestCreateAcquireReleaseLifecycle(t *testing.T) {
 	if err != nil || rel.Freed || rel.Refcount != 1 {
 		t.Fatalf("delete: %+v %v", rel, err)
 	}
-	if _, err := r.Acquire(ctx, "w", "pid:2:5", "inst1", ""); !errors.Is(err, errdefs.ErrNotFound) {
+	if _, err := r.Acquire(ctx, "w", "pid:2:5", "inst1", "", nil); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Fatalf("acquire after delete: %v", err)
 	}
 	if _, err := r.Release(ctx, "w", registry.HolderRegistry, 1, true, ""); !errors.Is(err, errdefs.ErrNotFound) {
@@ -111,7 +112,7 @@ func TestRequestIDsApplyOnce(t *testing.T) {
 		t.Fatalf("replayed create: %+v %v", res, err)
 	}
 	for i := 0; i < 3; i++ {
-		if _, err := r.Acquire(ctx, "x", "pid:1:1", "inst1", "req-2"); err != nil {
+		if _, err := r.Acquire(ctx, "x", "pid:1:1", "inst1", "req-2", nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -166,8 +167,51 @@ func TestRedisDownIsUnavailable(t *testing.T) {
 	srv.Stop()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	_, err := r.Acquire(ctx, "w", "h", "i", "")
+	_, err := r.Acquire(ctx, "w", "h", "i", "", nil)
 	if !errors.Is(err, errdefs.ErrUnavailable) {
 		t.Fatalf("err = %v, want unavailable", err)
+	}
+}
+
+// The owning agent's acquire gets only what changed since create; merged with
+// the record it made, it must equal the record Redis holds.
+func TestBriefAcquireEqualsStoredRecord(t *testing.T) {
+	r := newRegistry(t)
+	ctx := context.Background()
+	res, err := r.Create(ctx, record("w"), "conn:1", "")
+	if err != nil || !res.Created {
+		t.Fatalf("create: %+v %v", res, err)
+	}
+	stored, err := r.Stat(ctx, "w")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(res.Info, stored) {
+		t.Fatalf("create returned %+v, Redis holds %+v", res.Info, stored)
+	}
+	if err := r.Publish(ctx, "w", "ZXZlbnQ="); err != nil {
+		t.Fatal(err)
+	}
+	asked := ""
+	known := func(uid string) (tensor.Info, bool) { asked = uid; return res.Info, uid == res.Info.UID }
+	got, err := r.Acquire(ctx, "w", "conn:2", "inst1", "", known)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if asked != "w-uid" {
+		t.Fatalf("known was asked for %q", asked)
+	}
+	stored, _ = r.Stat(ctx, "w")
+	if !reflect.DeepEqual(got, stored) || got.Refcount != 3 || got.Event != "ZXZlbnQ=" {
+		t.Fatalf("brief acquire gave %+v, Redis holds %+v", got, stored)
+	}
+	// A uid the caller does not know: the full record.
+	got, err = r.Acquire(ctx, "w", "conn:3", "inst1", "", func(string) (tensor.Info, bool) { return tensor.Info{}, false })
+	stored, _ = r.Stat(ctx, "w")
+	if err != nil || !reflect.DeepEqual(got, stored) || got.Refcount != 4 {
+		t.Fatalf("acquire with an unknown uid gave %+v %v, Redis holds %+v", got, err, stored)
+	}
+	if _, err := r.Acquire(ctx, "missing", "conn:3", "inst1", "", known); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("brief acquire of a missing tensor: %v", err)
 	}
 }

@@ -28,8 +28,9 @@ type allocation struct {
 	name    string
 	block   *pool.Block
 	pool    *pool.Pool
-	deleted bool    // delete ran: no new references, even from connections that hold one
-	fences  []Fence // GPU work to finish before the block is reused
+	deleted bool        // delete ran: no new references, even from connections that hold one
+	fences  []Fence     // GPU work to finish before the block is reused
+	record  tensor.Info // as created: what acquires need not read back from Redis
 }
 
 type poolKey struct {
@@ -237,6 +238,10 @@ func (s *Store) Create(ctx context.Context, p CreateParams) (tensor.Info, error)
 	case res.Created:
 		s.mu.Lock()
 		s.names[info.Name] = info.UID
+		if a, ok := s.blocks[info.UID]; ok {
+			a.record = res.Info
+			s.blocks[info.UID] = a
+		}
 		s.mu.Unlock()
 		s.log.Debug("tensor created", "name", info.Name, "dtype", dt, "shape", info.Shape, "bytes", n, "segment", info.SegmentID, "offset", info.Offset)
 		return res.Info, nil
@@ -301,7 +306,7 @@ func (s *Store) Get(ctx context.Context, name, holder, reqID string) (tensor.Inf
 	if err := tensor.ValidateName(name); err != nil {
 		return tensor.Info{}, err
 	}
-	info, err := s.reg.Acquire(ctx, name, holder, s.instance, reqID)
+	info, err := s.reg.Acquire(ctx, name, holder, s.instance, reqID, s.record)
 	if err != nil {
 		return tensor.Info{}, err
 	}
@@ -379,6 +384,19 @@ func (s *Store) Live(uid string) bool {
 	defer s.mu.Unlock()
 	a, ok := s.blocks[uid]
 	return ok && !a.deleted
+}
+
+// record is a tensor's record as created, when this instance made it.
+func (s *Store) record(uid string) (tensor.Info, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a, ok := s.blocks[uid]
+	if !ok || a.record.UID != uid {
+		return tensor.Info{}, false
+	}
+	info := a.record
+	info.Shape = append([]int64(nil), info.Shape...) // callers own what they get
+	return info, true
 }
 
 // Stat returns one record.

@@ -75,6 +75,8 @@ class TensorInfo:
 
 
 _INFO_CACHE: dict[tuple[Any, ...], TensorInfo] = {}
+# Received descriptors are close-on-exec from the start (no fcntl per fd).
+_CMSG_CLOEXEC: int = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 _MAX_UNREAD = 64  # pipelined releases in flight: their replies must fit the socket buffers
 _log = logging.getLogger("memcuda")
 
@@ -169,8 +171,9 @@ class Store:
                 if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
                     fds = array.array("i")
                     fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
-                    for fd in fds:
-                        os.set_inheritable(fd, False)
+                    if not _CMSG_CLOEXEC:
+                        for fd in fds:
+                            os.set_inheritable(fd, False)
                     self._fds.extend(fds)
             if not data:
                 raise Unavailable("the agent closed the connection")
@@ -188,12 +191,12 @@ class Store:
             deadline = time.perf_counter() + self.spin_us / 1e6
             while True:
                 try:
-                    data, anc, _f, _a = self._sock.recvmsg(size, cmsg, socket.MSG_DONTWAIT)
+                    data, anc, _f, _a = self._sock.recvmsg(size, cmsg, socket.MSG_DONTWAIT | _CMSG_CLOEXEC)
                     return data, anc
                 except BlockingIOError:
                     if time.perf_counter() > deadline:
                         break
-        data, anc, _f, _a = self._sock.recvmsg(size, cmsg)
+        data, anc, _f, _a = self._sock.recvmsg(size, cmsg, _CMSG_CLOEXEC)
         return data, anc
 
     def _call(self, op: str, **kw: Any) -> dict[str, Any]:

@@ -106,6 +106,27 @@ def encode_request(
         if tail is not None:
             b = b'{"id":%d' % id + tail
             return _HEAD.pack(MAGIC, VERSION, KIND_REQUEST, 0, 0, len(b)) + b
+    if not client and all(_PLAIN.match(x) for x in (op, name, dtype, device, event)):
+        # create and publish: the same rules as above, field by field in
+        # v1.Request's order and omitempty.
+        b = b'{"id":%d,"op":"%s"' % (id, op.encode())
+        if name:
+            b += b',"name":"%s"' % name.encode()
+        if dtype:
+            b += b',"dtype":"%s"' % dtype.encode()
+        if shape:
+            b += b',"shape":[%s]' % ",".join([str(int(d)) for d in shape]).encode()
+        if device:
+            b += b',"device":"%s"' % device.encode()
+        if event:
+            b += b',"event":"%s"' % event.encode()
+        b += b"}"
+        return _HEAD.pack(MAGIC, VERSION, KIND_REQUEST, 0, 0, len(b)) + b
+    return _encode_general(id, op, name, dtype, shape, device, client, event)
+
+
+def _encode_general(id: int, op: str, name: str, dtype: str, shape: Optional[Sequence[int]], device: str, client: str,
+                    event: str) -> bytes:
     body: dict[str, Any] = {"id": int(id), "op": op}
     # Field order and omitempty rules of v1.Request.
     if name:

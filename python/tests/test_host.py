@@ -137,6 +137,12 @@ def test_failed_pipelined_release_is_reported(agent, caplog) -> None:
         assert "release failed" in caplog.text
 
 
+def test_received_descriptors_are_close_on_exec(agent) -> None:
+    with memcuda.connect() as s, s.create("cloexec", (8,), "f32") as t:
+        assert t._seg.fd >= 0
+        assert not os.get_inheritable(t._seg.fd), "a child process must not inherit the segment's descriptor"
+
+
 def test_kill9_releases(agent) -> None:
     with memcuda.connect() as s:
         s.create("k", (4,), "f32").release()

@@ -65,3 +65,20 @@ def test_bare_success_decodes_like_json(body: bytes) -> None:
     import json
 
     assert _wire.decode_body(body) == json.loads(body)
+
+
+@pytest.mark.parametrize("kw", [
+    dict(op="create", name="w", dtype="bf16", shape=[256, 1024], device="0"),
+    dict(op="create", name="w", dtype="f32", shape=[], device=""),
+    dict(op="create", name="w.x", dtype="f32", shape=[0, 7], device="GPU-8f1c2d3e-aaaa-bbbb-cccc-0123456789ab"),
+    dict(op="create", name="w x", dtype="f32", shape=[1]),
+    dict(op="create", name="w", dtype="f<32>", shape=[1]),
+    dict(op="create", name="w", dtype="f32", shape=[-1, 3]),
+    dict(op="publish", name="w", event="AAAA+/8=" * 8),
+    dict(op="release", name="w", event="AAAA+/8="),
+    dict(op="hello", client="memcuda-py 0.1.0"),
+])
+def test_fast_encodings_match_the_general_one(kw: dict) -> None:
+    assert _wire.encode_request(12345, **kw) == _wire._encode_general(
+        12345, kw["op"], kw.get("name", ""), kw.get("dtype", ""), kw.get("shape"), kw.get("device", ""), kw.get("client", ""),
+        kw.get("event", ""))

@@ -1,0 +1,83 @@
+package store_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/memcuda/memcuda/internal/blockingnet"
+	"github.com/memcuda/memcuda/internal/redistest"
+	"github.com/memcuda/memcuda/pkg/backend"
+	"github.com/memcuda/memcuda/pkg/backend/gpu"
+	"github.com/memcuda/memcuda/pkg/backend/host"
+	"github.com/memcuda/memcuda/pkg/registry"
+	"github.com/memcuda/memcuda/pkg/store"
+	"github.com/memcuda/memcuda/pkg/tensor"
+)
+
+// A create as the socket server runs it (bf16 256x1024 from a warm pool,
+// zero-filled, with a lease), split into its parts: the registry script
+// alone and a Redis PING on the same client are the baselines of the run.
+func BenchmarkCreate(b *testing.B) {
+	srv := redistest.StartVolatile(b)
+	rdb := redis.NewClient(&redis.Options{Network: "unix", Addr: srv.Socket(), MaxRetries: -1,
+		Dialer: blockingnet.Dialer(time.Second, nil)})
+	defer rdb.Close()
+	ctx := context.Background()
+	backends := map[string]func() (backend.Backend, error){
+		"host": func() (backend.Backend, error) { return host.New("b:", "inst1", host.WithDir(b.TempDir())), nil },
+	}
+	if gpu.Available() {
+		for _, mode := range []string{tensor.ModeVMM, tensor.ModeLegacy} {
+			backends[mode] = func() (backend.Backend, error) { return gpu.New(mode, "inst1") }
+		}
+	}
+	b.Run("redis-ping", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			if err := rdb.Ping(ctx).Err(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	seq := 0
+	for _, name := range []string{"host", tensor.ModeVMM, tensor.ModeLegacy} {
+		open, ok := backends[name]
+		if !ok {
+			continue
+		}
+		be, err := open()
+		if err != nil {
+			b.Fatal(err)
+		}
+		reg := registry.New(rdb, registry.Keys{Prefix: "b:", Node: name})
+		if err := reg.Load(ctx); err != nil {
+			b.Fatal(err)
+		}
+		for _, zero := range []bool{false, true} {
+			st := store.New(reg, be, "inst1", name, store.WithZeroFill(zero))
+			b.Run(fmt.Sprintf("%s/zero-fill=%v", name, zero), func(b *testing.B) {
+				for i := 0; i < b.N; i++ {
+					seq++
+					n := fmt.Sprintf("c%d", seq)
+					if _, err := st.Create(ctx, store.CreateParams{Name: n, DType: "bf16", Shape: []int64{256, 1024}, Holder: "conn:1"}); err != nil {
+						b.Fatal(err)
+					}
+					// Free it untimed: the next create reuses the block (a warm pool).
+					b.StopTimer()
+					if err := st.CloseLease(ctx, "conn:1", []string{n}); err != nil {
+						b.Fatal(err)
+					}
+					if _, err := st.Delete(ctx, n, ""); err != nil {
+						b.Fatal(err)
+					}
+					b.StartTimer()
+				}
+			})
+			st.Close()
+		}
+		be.Close()
+	}
+}
