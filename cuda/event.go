@@ -23,6 +23,15 @@ func (d *Device) NewIPCEvent() (*Event, error) {
 	return e, err
 }
 
+// NewEvent creates an event for this process only (timing disabled).
+func (d *Device) NewEvent() (*Event, error) {
+	e := &Event{d: d}
+	err := d.Do(func() error {
+		return check("cuEventCreate", C.mc_cuEventCreate(&e.ev, C.MC_CU_EVENT_DISABLE_TIMING))
+	})
+	return e, err
+}
+
 // OpenIPCEvent opens another process's interprocess event.
 func (d *Device) OpenIPCEvent(h IPCEventHandle) (*Event, error) {
 	var ch C.CUipcEventHandle

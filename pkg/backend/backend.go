@@ -33,6 +33,14 @@ type Segment interface {
 	Zero(ctx context.Context, off, n uint64) error
 }
 
+// AsyncZeroer is a Segment whose zero-fill can run while the caller does
+// other work (the GPU backends: the fill is queued on the device).
+type AsyncZeroer interface {
+	// ZeroAsync starts clearing n bytes at off; wait returns once they are
+	// zero. Nobody else may see the memory before wait returned.
+	ZeroAsync(ctx context.Context, off, n uint64) (wait func() error, err error)
+}
+
 // Backend makes segments on its devices.
 type Backend interface {
 	// Mode is the registry's ipc_mode for this backend's tensors.

@@ -28,9 +28,10 @@ type allocation struct {
 	name    string
 	block   *pool.Block
 	pool    *pool.Pool
-	deleted bool        // delete ran: no new references, even from connections that hold one
-	fences  []Fence     // GPU work to finish before the block is reused
-	record  tensor.Info // as created: what acquires need not read back from Redis
+	deleted bool         // delete ran: no new references, even from connections that hold one
+	fences  []Fence      // GPU work to finish before the block is reused
+	record  tensor.Info  // as created: what acquires need not read back from Redis
+	filling func() error // the zero-fill's wait while create runs; nil after
 }
 
 type poolKey struct {
@@ -211,7 +212,7 @@ func (s *Store) Create(ctx context.Context, p CreateParams) (tensor.Info, error)
 		}
 	}
 	p0 := s.poolFor(dev, p.Tenant)
-	blk, err := s.alloc(ctx, p0, dev.Index, n)
+	blk, filled, err := s.alloc(ctx, p0, dev.Index, n)
 	if err != nil {
 		return tensor.Info{}, err
 	}
@@ -226,9 +227,16 @@ func (s *Store) Create(ctx context.Context, p CreateParams) (tensor.Info, error)
 	// Register the block before the record exists, so a concurrent release
 	// that frees the record always finds it.
 	s.mu.Lock()
-	s.blocks[info.UID] = allocation{name: info.Name, block: blk, pool: p0}
+	s.blocks[info.UID] = allocation{name: info.Name, block: blk, pool: p0, filling: filled}
 	s.mu.Unlock()
+	// The zero-fill runs on the GPU while Redis runs the script.
 	res, err := s.reg.Create(ctx, info, p.Holder, p.ReqID)
+	if ferr := filled(); ferr != nil {
+		if err == nil && res.Created {
+			s.undoCreate(ctx, info.Name, p.Holder)
+		}
+		err, res = fmt.Errorf("zero-fill: %w", ferr), registry.CreateResult{}
+	}
 	if err != nil || !res.Created {
 		s.freeUID(info.UID)
 	}
@@ -239,7 +247,7 @@ func (s *Store) Create(ctx context.Context, p CreateParams) (tensor.Info, error)
 		s.mu.Lock()
 		s.names[info.Name] = info.UID
 		if a, ok := s.blocks[info.UID]; ok {
-			a.record = res.Info
+			a.record, a.filling = res.Info, nil
 			s.blocks[info.UID] = a
 		}
 		s.mu.Unlock()
@@ -280,25 +288,46 @@ func equalShape(a, b []int64) bool {
 	return true
 }
 
-func (s *Store) alloc(ctx context.Context, p *pool.Pool, dev int, n uint64) (*pool.Block, error) {
+// alloc takes a block and starts its zero-fill; filled waits for the fill
+// (callers overlap it with the registry's round trip).
+func (s *Store) alloc(ctx context.Context, p *pool.Pool, dev int, n uint64) (blk *pool.Block, filled func() error, err error) {
 	s.ReapPending()
-	blk, err := p.Alloc(ctx, n)
+	blk, err = p.Alloc(ctx, n)
 	if errors.Is(err, errdefs.ErrOutOfMemory) {
 		// Other tenants' pools of the device may cache free segments.
 		s.trimDevice(dev)
 		blk, err = p.Alloc(ctx, n)
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	filled = func() error { return nil }
 	if s.zeroFill {
 		seg := blk.Segment().(backend.Segment)
-		if err := seg.Zero(ctx, blk.Offset(), blk.Size()); err != nil {
+		if az, ok := seg.(backend.AsyncZeroer); ok {
+			filled, err = az.ZeroAsync(ctx, blk.Offset(), blk.Size())
+		} else {
+			err = seg.Zero(ctx, blk.Offset(), blk.Size())
+		}
+		if err != nil {
 			p.Free(blk)
-			return nil, fmt.Errorf("zero-fill: %w", err)
+			return nil, nil, fmt.Errorf("zero-fill: %w", err)
 		}
 	}
-	return blk, nil
+	return blk, filled, nil
+}
+
+// undoCreate drops the references a create took, for a tensor whose memory
+// turned out unusable: the record goes with them.
+func (s *Store) undoCreate(ctx context.Context, name, holder string) {
+	if holder != "" {
+		if _, err := s.reg.Release(ctx, name, holder, registry.AllRefs, false, ""); err != nil {
+			s.log.Warn("could not undo the lease of a failed create", "name", name, "err", err)
+		}
+	}
+	if _, err := s.reg.Release(ctx, name, registry.HolderRegistry, 1, true, ""); err != nil {
+		s.log.Warn("could not undo a failed create", "name", name, "err", err)
+	}
 }
 
 // Get takes one reference for holder.
@@ -310,7 +339,16 @@ func (s *Store) Get(ctx context.Context, name, holder, reqID string) (tensor.Inf
 	if err != nil {
 		return tensor.Info{}, err
 	}
-	if _, ok := s.Block(info.UID); !ok {
+	s.mu.Lock()
+	a, ok := s.blocks[info.UID]
+	s.mu.Unlock()
+	if ok && a.filling != nil {
+		// Found between the create script and the end of its zero-fill.
+		if err := a.filling(); err != nil {
+			ok = false
+		}
+	}
+	if !ok {
 		// The record says it is ours but the memory is not: never hand it out.
 		if _, rerr := s.reg.Release(ctx, name, holder, 1, false, ""); rerr != nil {
 			s.log.Warn("could not undo reference on tensor with no memory", "name", name, "err", rerr)

@@ -32,6 +32,7 @@ type Backend struct {
 	devs     []backend.Device
 	cu       map[int]*cuda.Device
 	gran     map[int]uint64
+	fill     map[int]*cuda.Event // recorded after each queued zero-fill of the device
 	seq      atomic.Uint64
 }
 
@@ -53,7 +54,7 @@ func New(mode, instance string) (*Backend, error) {
 	if n == 0 {
 		return nil, fmt.Errorf("%w: no CUDA device is visible", cuda.ErrNoDriver)
 	}
-	b := &Backend{mode: mode, instance: instance, cu: map[int]*cuda.Device{}, gran: map[int]uint64{}}
+	b := &Backend{mode: mode, instance: instance, cu: map[int]*cuda.Device{}, gran: map[int]uint64{}, fill: map[int]*cuda.Event{}}
 	for i := 0; i < n; i++ {
 		d, err := cuda.GetDevice(i)
 		if err != nil {
@@ -80,9 +81,14 @@ func New(mode, instance string) (*Backend, error) {
 				return nil, err
 			}
 		}
+		ev, err := d.NewEvent()
+		if err != nil {
+			return nil, err
+		}
 		b.devs = append(b.devs, dev)
 		b.cu[i] = d
 		b.gran[i] = g
+		b.fill[i] = ev
 	}
 	return b, nil
 }
@@ -97,7 +103,13 @@ func (b *Backend) Devices() []backend.Device { return b.devs }
 func (b *Backend) Granularity(device int) uint64 { return b.gran[device] }
 
 // Close implements backend.Backend.
-func (b *Backend) Close() error { return nil }
+func (b *Backend) Close() error {
+	var errs []error
+	for _, ev := range b.fill {
+		errs = append(errs, ev.Destroy())
+	}
+	return errors.Join(errs...)
+}
 
 func classify(err error) error {
 	if errors.Is(err, cuda.ErrOutOfMemory) {
@@ -123,7 +135,7 @@ func (b *Backend) NewSegment(_ context.Context, device int, size uint64) (backen
 			d.MemFree(p)
 			return nil, err
 		}
-		return &Segment{id: id, d: d, ptr: p, size: size, fd: -1, handle: base64.StdEncoding.EncodeToString(h[:]), legacy: true}, nil
+		return &Segment{id: id, d: d, ptr: p, size: size, fd: -1, handle: base64.StdEncoding.EncodeToString(h[:]), legacy: true, fill: b.fill[device]}, nil
 	}
 	h, err := d.MemCreate(size)
 	if err != nil {
@@ -142,7 +154,7 @@ func (b *Backend) NewSegment(_ context.Context, device int, size uint64) (backen
 		unix.Close(fd)
 		return nil, classify(err)
 	}
-	return &Segment{id: id, d: d, ptr: p, size: size, fd: fd}, nil
+	return &Segment{id: id, d: d, ptr: p, size: size, fd: fd, fill: b.fill[device]}, nil
 }
 
 // Segment is one GPU allocation, mapped in the agent.
@@ -154,6 +166,7 @@ type Segment struct {
 	fd     int
 	handle string
 	legacy bool
+	fill   *cuda.Event
 }
 
 // ID implements backend.Segment.
@@ -186,6 +199,23 @@ func (s *Segment) Zero(_ context.Context, off, n uint64) error {
 		return nil
 	}
 	return s.d.Memset(s.ptr+cuda.DevicePtr(off), 0, n)
+}
+
+// ZeroAsync implements backend.AsyncZeroer: the fill goes on the device's
+// default stream, followed by the device's fill event; wait synchronizes on
+// that event. Its latest record may be another fill's, queued after this
+// one on the same stream, so waiting on it is never too early.
+func (s *Segment) ZeroAsync(_ context.Context, off, n uint64) (func() error, error) {
+	if off+n > s.size {
+		return nil, fmt.Errorf("zero [%d,%d) outside segment of %d bytes", off, off+n, s.size)
+	}
+	if n == 0 {
+		return func() error { return nil }, nil
+	}
+	if err := s.d.MemsetAsync(s.ptr+cuda.DevicePtr(off), 0, n, s.fill); err != nil {
+		return nil, err
+	}
+	return s.fill.Wait, nil
 }
 
 // Release implements pool.Segment.

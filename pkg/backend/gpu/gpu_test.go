@@ -63,6 +63,31 @@ func TestSegments(t *testing.T) {
 			if !bytes.Equal(buf, make([]byte, 4096)) {
 				t.Fatal("Zero left data")
 			}
+			// The queued fill: a larger range, waited for through the event.
+			n := uint64(1 << 20)
+			if err := d.CopyToDevice(s.Ptr()+4096, bytes.Repeat([]byte{0xCD}, int(n))); err != nil {
+				t.Fatal(err)
+			}
+			wait, err := s.ZeroAsync(context.Background(), 4096, n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := wait(); err != nil {
+				t.Fatal(err)
+			}
+			if done, err := s.fill.Done(); !done || err != nil {
+				t.Fatalf("fill event not complete after wait: %v %v", done, err)
+			}
+			big := make([]byte, n)
+			if err := d.CopyFromDevice(big, s.Ptr()+4096); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(big, make([]byte, n)) {
+				t.Fatal("ZeroAsync left data")
+			}
+			if _, err := s.ZeroAsync(context.Background(), 2*g-10, 11); err == nil {
+				t.Fatal("ZeroAsync past the segment's end did not fail")
+			}
 			switch mode {
 			case tensor.ModeVMM:
 				if seg.FD() < 0 || seg.Handle() != "" || s.Pinned() {
