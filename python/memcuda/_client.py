@@ -77,7 +77,8 @@ class TensorInfo:
 _INFO_CACHE: dict[tuple[Any, ...], TensorInfo] = {}
 # Received descriptors are close-on-exec from the start (no fcntl per fd).
 _CMSG_CLOEXEC: int = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
-_MAX_UNREAD = 64  # pipelined releases in flight: their replies must fit the socket buffers
+_MAX_UNREAD = 64
+_RESPONSE_HEAD = _wire.MAGIC + bytes([_wire.VERSION, _wire.KIND_RESPONSE])  # pipelined releases in flight: their replies must fit the socket buffers
 _log = logging.getLogger("memcuda")
 
 
@@ -156,9 +157,9 @@ class Store:
 
     # -- transport ---------------------------------------------------------
 
-    def _recv_exact(self, n: int) -> bytes:
-        # Reads as much as is there (a whole response is one read), keeps
-        # the rest for the next call, and collects passed descriptors.
+    def _fill(self, n: int) -> None:
+        # Reads until the buffer holds n bytes (a whole response is usually
+        # one read), and collects passed descriptors.
         buf = self._rbuf
         while len(buf) < n:
             try:
@@ -178,9 +179,25 @@ class Store:
             if not data:
                 raise Unavailable("the agent closed the connection")
             buf += data
-        out = bytes(buf[:n])
-        del buf[:n]
-        return out
+
+    def _read_frame(self) -> tuple[int, bytes]:
+        """The next response frame: (descriptor count, body)."""
+        buf = self._rbuf
+        if len(buf) < _wire.HEADER_SIZE:
+            self._fill(_wire.HEADER_SIZE)
+        if buf[:6] == _RESPONSE_HEAD and buf[7] == 0:
+            nfd, n = buf[6], int.from_bytes(buf[8:12], "big")
+            if nfd > _wire.MAX_FDS or n > _wire.MAX_BODY:
+                _wire.parse_header(bytes(buf[:_wire.HEADER_SIZE]))  # raises with the reason
+        else:
+            h = _wire.parse_header(bytes(buf[:_wire.HEADER_SIZE]))
+            nfd, n = h.num_fds, h.body_len
+        end = _wire.HEADER_SIZE + n
+        if len(buf) < end:
+            self._fill(end)
+        body = bytes(buf[_wire.HEADER_SIZE:end])
+        del buf[:end]
+        return nfd, body
 
     def _recvmsg(self, size: int) -> tuple[bytes, list[Any]]:
         # The agent answers within microseconds; on virtual machines waking
@@ -222,17 +239,18 @@ class Store:
         return self._read_response(rid)
 
     def _read_response(self, rid: int) -> dict[str, Any]:
-        h = _wire.parse_header(self._recv_exact(_wire.HEADER_SIZE))
-        resp = _wire.decode_body(self._recv_exact(h.body_len))
-        fd_ids = resp.get("fds") or []
-        if len(fd_ids) != h.num_fds or len(self._fds) < h.num_fds:
-            raise ProtocolError(f"response announces {h.num_fds} descriptors, {len(self._fds)} arrived")
-        for sid, fd in zip(fd_ids, self._fds[: h.num_fds]):
-            if sid in self._segments:
-                os.close(fd)
-            else:
-                self._segments[sid] = _Segment(sid, fd)
-        del self._fds[: h.num_fds]
+        nfd, body = self._read_frame()
+        resp = _wire.decode_body(body)
+        if nfd or "fds" in resp:
+            fd_ids = resp.get("fds") or []
+            if len(fd_ids) != nfd or len(self._fds) < nfd:
+                raise ProtocolError(f"response announces {nfd} descriptors, {len(self._fds)} arrived")
+            for sid, fd in zip(fd_ids, self._fds[:nfd]):
+                if sid in self._segments:
+                    os.close(fd)
+                else:
+                    self._segments[sid] = _Segment(sid, fd)
+            del self._fds[:nfd]
         if rid and resp.get("id") not in (rid, 0):
             raise ProtocolError(f"response id {resp.get('id')} for request {rid}")
         err = resp.get("error")

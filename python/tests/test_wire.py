@@ -82,3 +82,16 @@ def test_fast_encodings_match_the_general_one(kw: dict) -> None:
     assert _wire.encode_request(12345, **kw) == _wire._encode_general(
         12345, kw["op"], kw.get("name", ""), kw.get("dtype", ""), kw.get("shape"), kw.get("device", ""), kw.get("client", ""),
         kw.get("event", ""))
+
+
+def test_repeated_record_bodies_decode_like_json() -> None:
+    rec = b'"ok":true,"tensor":{"name":"w","uid":"i-1","shape":[2,3]},"fds":["seg1"]}'
+    for rid in (1, 2, 987654321, 2):
+        body = b'{"id":%d,' % rid + rec
+        got = _wire.decode_body(body)
+        assert got == json.loads(body)
+        got["id"] = -1  # the caller's copy: the next decode is not affected
+    other = b'{"id":5,"ok":true,"tensor":{"name":"x"}}'
+    assert _wire.decode_body(other) == json.loads(other)
+    with pytest.raises(_wire.FrameError):
+        _wire.decode_body(b'{"id":5,"ok":true,"tensor":{"name":')
