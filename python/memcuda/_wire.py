@@ -162,11 +162,12 @@ def decode_body(body: bytes) -> dict[str, Any]:
         rest = body[comma:]
         hit = _BODIES.get(rest)
         if hit is None:
-            hit = _decode(b'{"id":0' + rest)
+            hit = _decode(body)
             if len(rest) <= 4096:
                 if len(_BODIES) >= 1024:
                     _BODIES.clear()
                 _BODIES[rest] = hit
+            return dict(hit)
         out = dict(hit)
         out["id"] = int(body[6:comma])
         return out

@@ -95,3 +95,19 @@ def test_repeated_record_bodies_decode_like_json() -> None:
     assert _wire.decode_body(other) == json.loads(other)
     with pytest.raises(_wire.FrameError):
         _wire.decode_body(b'{"id":5,"ok":true,"tensor":{"name":')
+
+
+def test_tensor_info_from_the_wire_is_a_normal_frozen_record() -> None:
+    import dataclasses
+
+    from memcuda._client import TensorInfo
+
+    d = {"name": "w", "uid": "i-1", "dtype": "bf16", "shape": [256, 1024], "device": 1, "bytes": 524288, "ipc_mode": "vmm",
+         "offset": 512, "segment_id": "s", "segment_size": 2097152, "owner_pid": 7, "refcount": 2, "state": "ready",
+         "agent": "i", "node": "n", "ctime": 5, "mtime": 6, "event": "ev"}
+    info = TensorInfo._parse(d)
+    same = TensorInfo(**{f.name: getattr(info, f.name) for f in dataclasses.fields(TensorInfo)})
+    assert info == same and hash(info) == hash(same)
+    assert info.shape == (256, 1024) and info.device_uuid == "" and info.tenant == ""
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        info.name = "x"  # type: ignore[misc]
