@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -19,8 +20,15 @@ import (
 	"github.com/memcuda/memcuda/pkg/registry"
 )
 
+// Version is set at build time (-X main.Version=...).
+var Version = "dev"
+
 func main() {
-	if err := run(os.Args[1:]); err != nil {
+	err := run(os.Args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "memcuda-agent:", err)
 		os.Exit(1)
 	}
@@ -35,6 +43,7 @@ func run(args []string) error {
 	var cfg agent.Config
 	var limit flagenv.Bytes
 	var logFormat, logLevel string
+	var version bool
 	fs.StringVar(&cfg.RedisURL, "redis-url", "redis://127.0.0.1:6379/0", "Redis URL; password and TLS (rediss://) go in the URL")
 	fs.StringVar(&cfg.RedisPrefix, "redis-prefix", registry.DefaultPrefix, "prefix of every Redis key; must differ between agents sharing a Redis")
 	fs.StringVar(&cfg.ClusterPrefix, "cluster-prefix", registry.DefaultPrefix, "prefix of the set listing every agent's --redis-prefix (memcuda ls --all-nodes)")
@@ -57,8 +66,13 @@ func run(args []string) error {
 	fs.StringVar(&logFormat, "log-format", "json", "log format: json or text")
 	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	flagenv.Document(fs)
+	fs.BoolVar(&version, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if version {
+		fmt.Println("memcuda-agent", Version)
+		return nil
 	}
 	if err := flagenv.Apply(fs); err != nil {
 		return err
