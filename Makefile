@@ -5,7 +5,7 @@ PYTHON    ?= python3
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X main.Version=$(VERSION) -X github.com/memcuda/memcuda/pkg/server.Software=memcuda-agent/$(VERSION)
 
-.PHONY: gpu-suite all build demo test test-go test-python lint fuzz bench bench-pool bench-host envtest-assets clean
+.PHONY: image gpu-suite all build demo test test-go test-python lint fuzz bench bench-pool bench-host envtest-assets clean
 
 all: build
 
@@ -53,6 +53,11 @@ gpu-suite:
 
 envtest-assets:
 	bash hack/envtest-assets.sh
+
+# The agent image from the Dockerfile, built and checked without a Docker
+# engine (buildah, as root); IMAGE=... names it.
+image:
+	bash hack/image-build.sh
 
 clean:
 	rm -rf $(BIN_DIR)
