@@ -174,7 +174,7 @@ def main() -> None:
                      ("cudaMallocAsync pool", run_async), ("cudaMalloc", run_malloc), ("rmm pool", run_rmm)]:
         try:
             dt, peak = fn(trace)
-        except (ImportError, AttributeError) as e:
+        except (ImportError, AttributeError, OSError) as e:  # not installed, or its libraries missing
             results[name] = {"skipped": str(e)}
             print(f"{name}: skipped ({e})", file=sys.stderr)
             continue

@@ -21,4 +21,11 @@ tmp=$(mktemp -d)
 (cd "$tmp" && apt-get download redis-server redis-tools liblzf1 libjemalloc2 >/dev/null 2>&1 || { apt-get update -qq && apt-get download redis-server redis-tools liblzf1 libjemalloc2; })
 for f in "$tmp"/*.deb; do dpkg -x "$f" "$D/redis"; done
 rm -rf "$tmp" "$D/redis/usr/share" "$D/redis/etc"
+# RMM's pool for the allocator comparison (the GPU machine has no network):
+# the CUDA 13 wheels for its Python 3.12, unpacked there.
+mkdir -p "$D/wheels"
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
+  -d "$D/wheels" "rmm-cu13==26.10.*" "librmm-cu13==26.10.*" "rapids-logger==0.3.*" \
+  || echo "RMM wheels not downloaded: the allocator comparison will skip RMM" >&2
 du -sh "$D"

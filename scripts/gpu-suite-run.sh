@@ -64,7 +64,11 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   echo "| allocator | us per op | peak reserved / peak live |"
   echo "| --- | --- | --- |"
   run "$D/bin/pooltrace" -backend vmm /tmp/memcuda-trace.txt
-  run python3 bench/alloc_trace.py run /tmp/memcuda-trace.txt --out "$OUT/alloc.json"
+  # RMM from the carried wheels (a zip each: unpacked, not installed).
+  if compgen -G "$D/wheels/*.whl" >/dev/null; then
+    python3 -c 'import sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sys.argv[2:]]' "$D/pylib" "$D"/wheels/*.whl
+  fi
+  PYTHONPATH=$D/pylib${PYTHONPATH:+:$PYTHONPATH} run python3 bench/alloc_trace.py run /tmp/memcuda-trace.txt --out "$OUT/alloc.json"
 fi
 step "suite status: $status"
 exit $status
