@@ -28,9 +28,9 @@ def main(n: int = 1000) -> None:
             t1 = time.perf_counter()
             nfd, body = s._read_frame()
             t2 = time.perf_counter()
-            resp = _wire.decode_body(body)
+            resp = _wire.decode_body(body, cache=False)  # as create() does
             assert resp.get("id") == rid and not resp.get("error") and nfd == 0, resp
-            t = s._open(resp)
+            t = s._open(resp, cache=False)
         t3 = time.perf_counter()
         t.release()
         s.delete(name)

@@ -48,13 +48,17 @@ class TensorInfo:
     event: str = ""  # base64 IPC event of the last publish
 
     @classmethod
-    def from_wire(cls, d: dict[str, Any]) -> "TensorInfo":
-        # Warm gets return the same record again and again: reuse it.
+    def from_wire(cls, d: dict[str, Any], cache: bool = True) -> "TensorInfo":
+        # Warm gets return the same record again and again: reuse it. Other
+        # records (a create's) are not kept: memory that keeps growing costs
+        # fresh pages, which are slow to fault in under some sandboxes.
         key = (d.get("uid"), d.get("mtime"), d.get("refcount"), d.get("state"), d.get("event"))
         hit = _INFO_CACHE.get(key)
         if hit is not None:
             return hit
         info = cls._parse(d)
+        if not cache:
+            return info
         if len(_INFO_CACHE) > 4096:
             _INFO_CACHE.clear()
         _INFO_CACHE[key] = info
@@ -242,11 +246,11 @@ class Store:
     def _roundtrip(self, op: str, **kw: Any) -> dict[str, Any]:
         rid = self._send(op, **kw)
         self._read_unread()
-        return self._read_response(rid)
+        return self._read_response(rid, cache=op == "get")
 
-    def _read_response(self, rid: int) -> dict[str, Any]:
+    def _read_response(self, rid: int, cache: bool = False) -> dict[str, Any]:
         nfd, body = self._read_frame()
-        resp = _wire.decode_body(body)
+        resp = _wire.decode_body(body, cache)
         if nfd or "fds" in resp:
             fd_ids = resp.get("fds") or []
             if len(fd_ids) != nfd or len(self._fds) < nfd:
@@ -298,7 +302,7 @@ class Store:
         and shape match. Raises AlreadyExists on a mismatch."""
         resp = self._call("create", name=name, dtype=_dtypes.canonical(dtype), shape=[int(d) for d in shape],
                           device=_device_arg(device))
-        return self._open(resp)
+        return self._open(resp, cache=False)
 
     def get(self, name: str, wait: bool = True) -> "SharedTensor":
         """Opens an existing tensor by name. Raises NotFound. When a writer
@@ -366,8 +370,8 @@ class Store:
 
     # -- mappings ----------------------------------------------------------
 
-    def _open(self, resp: dict[str, Any]) -> "SharedTensor":
-        info = TensorInfo.from_wire(resp["tensor"])
+    def _open(self, resp: dict[str, Any], cache: bool = True) -> "SharedTensor":
+        info = TensorInfo.from_wire(resp["tensor"], cache)
         with self._lock:
             seg = self._segments.get(info.segment_id)
             if seg is None and info.ipc_mode == "legacy":

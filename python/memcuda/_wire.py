@@ -150,14 +150,15 @@ _OK_TAIL = b',"ok":true}'
 _BODIES: dict[bytes, dict[str, Any]] = {}  # parsed responses by the bytes after their id
 
 
-def decode_body(body: bytes) -> dict[str, Any]:
+def decode_body(body: bytes, cache: bool = True) -> dict[str, Any]:
     """A response body as a dict (callers must not change nested values:
-    repeated bodies share them)."""
+    repeated bodies share them). cache=False for bodies unlikely to repeat
+    (a create's): they are parsed but not kept."""
     # A bare success ({"id":N,"ok":true}: releases, publishes) needs no parser.
     if body.endswith(_OK_TAIL) and body.startswith(b'{"id":') and body[6:-11].isdigit():
         return {"id": int(body[6:-11]), "ok": True}
     # Warm gets of one tensor repeat the same record: parse it once.
-    comma = body.find(b",", 6, 28)
+    comma = body.find(b",", 6, 28) if cache else -1
     if comma > 6 and body.startswith(b'{"id":') and body[6:comma].isdigit() and b'"tensor":' in body:
         rest = body[comma:]
         hit = _BODIES.get(rest)
