@@ -192,6 +192,8 @@ def bench_get(n: int) -> None:
     row("agent round trip, raw get frame (no client work)", raw_frames, "Python Unix-socket echo round trip", echo, "")
     row("get, warm (first reference: one Redis script each way)", first, "torch.multiprocessing Queue share", mp_times, "")
     row("get, cold (new segment: fd + import + map)", cold, "raw driver import+map (same calls)", raw, "<= 1.2x raw")
+    row("Unix-socket round trip passing a descriptor (part of a cold get)", socket_rtt(n, with_fd=True),
+        "Python Unix-socket echo round trip", echo, "")
     s.delete("b.get")
     s.delete("b.keep")
     s.close()
@@ -206,7 +208,7 @@ def _mp_consumer(q_in: Any, q_out: Any) -> None:
         del t
 
 
-def _echo_server(path: str, ready: Any) -> None:
+def _echo_server(path: str, ready: Any, with_fd: bool) -> None:
     import socket as so
 
     srv = so.socket(so.AF_UNIX, so.SOCK_STREAM)
@@ -214,23 +216,29 @@ def _echo_server(path: str, ready: Any) -> None:
     srv.listen(1)
     ready.set()
     c, _ = srv.accept()
+    fd = os.memfd_create("echo") if with_fd else -1
     while True:
         b = c.recv(4096)
         if not b:
             return
-        c.sendall(b)
+        if with_fd:
+            so.send_fds(c, [b], [fd])
+        else:
+            c.sendall(b)
 
 
-def socket_rtt(n: int) -> list[float]:
+def socket_rtt(n: int, with_fd: bool = False) -> list[float]:
     """Round trip of a 100-byte message over a Unix socket to another Python
-    process: the floor under any request to the agent on this machine."""
+    process: the floor under any request to the agent on this machine. With
+    with_fd every answer carries a descriptor (as a cold get's does), which
+    the client closes."""
     import socket as so
     import tempfile
 
     path = os.path.join(tempfile.mkdtemp(), "echo.sock")
     ctx = mp.get_context("spawn")
     ready = ctx.Event()
-    p = ctx.Process(target=_echo_server, args=(path, ready))
+    p = ctx.Process(target=_echo_server, args=(path, ready, with_fd))
     p.start()
     ready.wait()
     c = so.socket(so.AF_UNIX, so.SOCK_STREAM)
@@ -239,7 +247,12 @@ def socket_rtt(n: int) -> list[float]:
 
     def once() -> None:
         c.sendall(msg)
-        c.recv(4096)
+        if with_fd:
+            _, fds, _, _ = so.recv_fds(c, 4096, 1, getattr(so, "MSG_CMSG_CLOEXEC", 0))
+            for f in fds:
+                os.close(f)
+        else:
+            c.recv(4096)
 
     out = timed(once, n)
     c.close()
