@@ -53,8 +53,11 @@ type Config struct {
 	ReplyTTL      time.Duration
 	ZeroFill      bool
 	Queue         bool // run the command-queue worker
-	OpTimeout     time.Duration
-	HeartbeatTTL  time.Duration
+	// RedisBlockingIO: Redis replies are awaited in poll(2) on the calling
+	// thread rather than in Go's network poller (internal/blockingnet).
+	RedisBlockingIO bool
+	OpTimeout       time.Duration
+	HeartbeatTTL    time.Duration
 
 	// Kubernetes: the pod controller, the device plugin and per-namespace
 	// access control. Off on bare metal.
@@ -89,9 +92,11 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	// request ids decide what to redo.
 	opt.MaxRetries = -1
 	opt.DialTimeout = 2 * time.Second
-	// Every socket request waits on a Redis script: block the serving thread
-	// on the reply instead of parking in the network poller (see blockingnet).
-	opt.Dialer = blockingnet.Dialer(opt.DialTimeout, opt.TLSConfig)
+	if cfg.RedisBlockingIO {
+		// Every socket request waits on a Redis script: block the serving
+		// thread on the reply instead of parking in the network poller.
+		opt.Dialer = blockingnet.Dialer(opt.DialTimeout, opt.TLSConfig)
+	}
 	if cfg.Node == "" {
 		return nil, errors.New("node name is empty")
 	}
