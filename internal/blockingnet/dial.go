@@ -25,11 +25,16 @@ func Dialer(timeout time.Duration, cfg *tls.Config) func(ctx context.Context, ne
 		if cfg == nil {
 			return bc, nil
 		}
+		// The dial timeout covers the handshake too, as tls.DialWithDialer's.
+		if timeout > 0 {
+			bc.SetDeadline(time.Now().Add(timeout))
+		}
 		tc := tls.Client(bc, cfg)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			tc.Close()
 			return nil, err
 		}
+		bc.SetDeadline(time.Time{})
 		return tc, nil
 	}
 }
