@@ -220,6 +220,7 @@ def test_other_visible_devices(gpu_agent) -> None:
     with memcuda.connect() as s:
         uuid1 = [d for d in s.hello["devices"] if d["index"] == 1][0]["uuid"]
         t = s.create(f"g1.{gpu_agent.mode}", (8,), "f32", device=uuid1)
+        assert t.torch().device.index == 1 and float(t.torch().sum()) == 0.0, "zero-filled on GPU 1"
         t.torch().fill_(4.0)
         torch.cuda.synchronize()
         assert t.info.device == 1 and t.info.device_uuid == uuid1
