@@ -71,7 +71,7 @@ func main() {
 		}
 		pp := pct(ping, 50)
 		tput := float64(gets) / (float64(wall) / 1e9)
-		fmt.Printf("| get+release (warm) | %d | %.1f | %.1f | %.0f | %.1f | %.2f |\n", n, us(pct(get, 50)), us(pct(get, 99)), tput, us(pp), float64(pct(get, 50))/float64(pp))
+		fmt.Printf("| get (segment mapped; first reference of the connection: one Redis script), ops/s of get+release pairs | %d | %.1f | %.1f | %.0f | %.1f | %.2f |\n", n, us(pct(get, 50)), us(pct(get, 99)), tput, us(pp), float64(pct(get, 50))/float64(pp))
 		fmt.Printf("| create (warm pool) | %d | %.1f | %.1f | | %.1f | %.2f |\n", n, us(pct(create, 50)), us(pct(create, 99)), us(pp), float64(pct(create, 50))/float64(pp))
 	}
 	c.Delete(ctx, "bench.t")

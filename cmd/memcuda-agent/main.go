@@ -57,7 +57,7 @@ func run(args []string) error {
 	fs.DurationVar(&cfg.OpTimeout, "op-timeout", 10*time.Second, "time limit of one operation")
 	fs.BoolVar(&cfg.ZeroFill, "zero-fill", true, "zero new tensors (a reused block never shows old data)")
 	fs.BoolVar(&cfg.Queue, "queue", true, "serve the Redis command queue")
-	fs.BoolVar(&cfg.RedisBlockingIO, "redis-blocking-io", true, "wait for Redis replies in poll(2) on the request's thread, not in Go's network poller (faster in gVisor sandboxes; false may suit VMs with slow thread wake-ups)")
+	fs.BoolVar(&cfg.RedisBlockingIO, "redis-blocking-io", true, "wait for Redis replies in poll(2) on the request's thread, not in Go's network poller (false: the poller)")
 	fs.BoolVar(&cfg.Kubernetes, "kubernetes", false, "run the pod controller, the device plugin and per-namespace access control (in a DaemonSet)")
 	fs.BoolVar(&cfg.AllowHostClients, "allow-host-clients", true, "with --kubernetes: let processes outside any pod use the socket")
 	fs.StringVar(&cfg.PluginDir, "device-plugin-dir", "/var/lib/kubelet/device-plugins", "kubelet's device-plugin directory")
