@@ -2,6 +2,8 @@
 # Runs the whole GPU suite on a GPU machine in one go (see `make gpu-suite`):
 # Go cuda and backend tests, the Python tests (host and GPU, vmm and legacy),
 # the demo, and the benchmarks. Logs and JSON go to $OUT (or ./gpu-out).
+# ONLY_BENCH=1 skips the tests, SKIP_BENCH=1 the benchmarks, SKIP_ALLOC=1 the
+# allocator comparison; BENCH_MODES and BENCH_N pick backends and samples.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 D=$PWD/.device
@@ -59,16 +61,18 @@ if [ -z "${SKIP_BENCH:-}" ]; then
     memcuda_down
     AGENT_PID= REDIS_PID=
   done
-  step allocator trace
-  python3 bench/alloc_trace.py gen /tmp/memcuda-trace.txt
-  echo "| allocator | us per op | peak reserved / peak live |"
-  echo "| --- | --- | --- |"
-  run "$D/bin/pooltrace" -backend vmm /tmp/memcuda-trace.txt
-  # RMM from the carried wheels (a zip each: unpacked, not installed).
-  if compgen -G "$D/wheels/*.whl" >/dev/null; then
-    python3 -c 'import sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sys.argv[2:]]' "$D/pylib" "$D"/wheels/*.whl
+  if [ -z "${SKIP_ALLOC:-}" ]; then
+    step allocator trace
+    python3 bench/alloc_trace.py gen /tmp/memcuda-trace.txt
+    echo "| allocator | us per op | peak reserved / peak live |"
+    echo "| --- | --- | --- |"
+    run "$D/bin/pooltrace" -backend vmm /tmp/memcuda-trace.txt
+    # RMM from the carried wheels (a zip each: unpacked, not installed).
+    if compgen -G "$D/wheels/*.whl" >/dev/null; then
+      python3 -c 'import sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sys.argv[2:]]' "$D/pylib" "$D"/wheels/*.whl
+    fi
+    PYTHONPATH=$D/pylib${PYTHONPATH:+:$PYTHONPATH} run python3 bench/alloc_trace.py run /tmp/memcuda-trace.txt --out "$OUT/alloc.json"
   fi
-  PYTHONPATH=$D/pylib${PYTHONPATH:+:$PYTHONPATH} run python3 bench/alloc_trace.py run /tmp/memcuda-trace.txt --out "$OUT/alloc.json"
 fi
 step "suite status: $status"
 exit $status
