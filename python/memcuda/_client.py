@@ -52,17 +52,23 @@ class TensorInfo:
         # Warm gets return the same record again and again: reuse it. Other
         # records (a create's) are not kept: memory that keeps growing costs
         # fresh pages, which are slow to fault in under some sandboxes.
+        same = _INFO_BY_DICT.get(id(d))
+        if same is not None and same[0] is d:  # the decoder's cached body: the same dict object
+            return same[1]
         key = (d.get("uid"), d.get("mtime"), d.get("refcount"), d.get("state"), d.get("event"))
         hit = _INFO_CACHE.get(key)
-        if hit is not None:
-            return hit
-        info = cls._parse(d)
-        if not cache:
-            return info
-        if len(_INFO_CACHE) > 4096:
-            _INFO_CACHE.clear()
-        _INFO_CACHE[key] = info
-        return info
+        if hit is None:
+            hit = cls._parse(d)
+            if not cache:
+                return hit
+            if len(_INFO_CACHE) > 4096:
+                _INFO_CACHE.clear()
+            _INFO_CACHE[key] = hit
+        if cache:
+            if len(_INFO_BY_DICT) > 4096:
+                _INFO_BY_DICT.clear()
+            _INFO_BY_DICT[id(d)] = (d, hit)  # holding d keeps its id from being reused
+        return hit
 
     @classmethod
     def _parse(cls, d: dict[str, Any]) -> "TensorInfo":
@@ -85,6 +91,7 @@ class TensorInfo:
 
 
 _INFO_CACHE: dict[tuple[Any, ...], TensorInfo] = {}
+_INFO_BY_DICT: dict[int, tuple[dict[str, Any], TensorInfo]] = {}
 # Received descriptors are close-on-exec from the start (no fcntl per fd).
 _CMSG_CLOEXEC: int = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 _MAX_UNREAD = 64
@@ -552,7 +559,8 @@ class SharedTensor(_Views):
         self._seg_ptr = seg.ptr
         self._ordinal = getattr(seg.mapping, "ordinal", -1)
         self._released = False
-        self._finalizer = weakref.finalize(self, _finalize_release, weakref.ref(store), info.name, seg)
+        # Released by __del__ when forgotten (cheaper to set up than a
+        # weakref.finalize, which a warm get would pay for every time).
 
     # -- lifetime --------------------------------------------------------
 
@@ -589,7 +597,6 @@ class SharedTensor(_Views):
         if self._released:
             return
         self._released = True
-        self._finalizer.detach()
         event = ""
         if self.is_cuda:
             from . import _cuda
@@ -603,6 +610,14 @@ class SharedTensor(_Views):
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_released", True):
+            self._released = True
+            try:
+                _finalize_release(self.store, self.info.name, self._seg)
+            except Exception:
+                pass  # interpreter shutdown: the connection's close drops the reference
 
     def __repr__(self) -> str:
         state = "released" if self._released else f"refcount~{self.info.refcount}"
@@ -618,11 +633,10 @@ class _HostArray:
         self.__array_interface__ = {"shape": t.shape, "typestr": typestr, "data": (t.data_ptr, False), "version": 3}
 
 
-def _finalize_release(store_ref: "weakref.ref[Store]", name: str, seg: _Segment) -> None:
+def _finalize_release(store: Store, name: str, seg: _Segment) -> None:
     # Runs from the garbage collector, possibly in the middle of another call
     # on the same connection: the release is queued for the next call.
-    store = store_ref()
-    if store is None or store._closed:
+    if store._closed:
         return
     store._drop_user(seg)
     store._pending_release.append(name)
