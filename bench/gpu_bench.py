@@ -103,21 +103,6 @@ def bench_get(n: int) -> None:
     if note:
         NOTES.append(f"warm get: {note}")
 
-    # The same loop reading without SO_RCVLOWAT: the release's answer and the
-    # get's in two reads (the client's behaviour where the option is refused).
-    lowat = s._lowat
-    s._set_lowat(1)
-    s._lowat = 0
-    plain: list[float] = []
-    for i in range(n + 20):
-        t0 = time.perf_counter()
-        t = s.get("b.get")
-        dt = time.perf_counter() - t0
-        t.release()
-        if i >= 20:
-            plain.append(dt)
-    s._lowat = 1 if lowat else 0
-
     def warm_pair() -> None:
         s.get("b.get").release()
 
@@ -202,7 +187,6 @@ def bench_get(n: int) -> None:
 
     row("get, warm (connection holds the tensor)", held, "torch.multiprocessing Queue share", mp_times, "<= 50 us p50")
     row("get+release pair, warm", pair, "torch.multiprocessing Queue share", mp_times, "")
-    row("get, warm (connection holds the tensor)   ", held, "same loop reading without SO_RCVLOWAT", plain, "")
     echo = socket_rtt(n)
     row("get, warm (connection holds the tensor) ", held, "Python Unix-socket echo round trip", echo, "")
     row("agent round trip, raw get frame (no client work)", raw_frames, "Python Unix-socket echo round trip", echo, "")

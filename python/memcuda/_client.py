@@ -164,8 +164,6 @@ class Store:
         self._segments: dict[str, _Segment] = {}
         self._pending_release: list[str] = []  # from finalizers: sent before the next call
         self._unread = 0  # releases sent whose replies are still on the socket
-        self._unread_bytes = 0  # the least those replies can take
-        self._lowat = 1  # the socket's SO_RCVLOWAT; 0 once the system refused it
         self.release_errors: list[MemcudaError] = []  # failures of pipelined releases, newest last (at most 64)
         self._closed = False
         self._forked = False
@@ -176,17 +174,11 @@ class Store:
 
     # -- transport ---------------------------------------------------------
 
-    def _fill(self, n: int, wait_all: bool = False) -> None:
+    def _fill(self, n: int) -> None:
         # Reads until the buffer holds n bytes (a whole response is usually
-        # one read), and collects passed descriptors. wait_all: n bytes are
-        # sure to come, so one read may wait for all of them (SO_RCVLOWAT):
-        # a get behind pipelined releases then reads their answers and its
-        # own in one system call instead of two.
+        # one read), and collects passed descriptors.
         buf = self._rbuf
         while len(buf) < n:
-            need = n - len(buf)
-            if self._lowat and (self._lowat > need or (wait_all and self._lowat != need)):
-                self._set_lowat(need if wait_all else 1)
             try:
                 data, anc = self._recvmsg(max(65536, n - len(buf)))
             except BlockingIOError as e:  # SO_RCVTIMEO ran out
@@ -204,16 +196,6 @@ class Store:
             if not data:
                 raise Unavailable("the agent closed the connection")
             buf += data
-
-    def _set_lowat(self, n: int) -> None:
-        try:
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, n)
-            self._lowat = n
-        except OSError:
-            if n == 1:
-                raise Unavailable("cannot reset the socket's receive low-water mark") from None
-            self._set_lowat(1)
-            self._lowat = 0  # not supported here: plain reads from now on
 
     def _read_frame(self) -> tuple[int, bytes]:
         """The next response frame: (descriptor count, body)."""
@@ -270,10 +252,7 @@ class Store:
 
     def _roundtrip(self, op: str, **kw: Any) -> dict[str, Any]:
         rid = self._send(op, **kw)
-        if self._unread:
-            # The releases' answers, then at least a header and a byte of ours.
-            self._fill(self._unread_bytes + _wire.HEADER_SIZE + 1, wait_all=True)
-            self._read_unread()
+        self._read_unread()
         return self._read_response(rid, cache=op == "get")
 
     def _read_response(self, rid: int, cache: bool = False) -> dict[str, Any]:
@@ -302,13 +281,10 @@ class Store:
         # connection in order). A get+release pair costs one round trip.
         if self._unread >= _MAX_UNREAD:
             self._read_unread()
-        rid = self._send("release", name=name, event=event)
+        self._send("release", name=name, event=event)
         self._unread += 1
-        # The shortest answer is {"id":<rid>,"ok":true} behind its header.
-        self._unread_bytes += _wire.HEADER_SIZE + 17 + len(str(rid))
 
     def _read_unread(self) -> None:
-        self._unread_bytes = 0
         while self._unread:
             self._unread -= 1
             try:
