@@ -1,11 +1,10 @@
 // Package blockingnet does socket I/O with plain system calls that block the
 // calling OS thread in poll(2), instead of parking the goroutine in Go's
-// network poller. A request/response peer waits on every round trip, and on
-// virtual machines and sandboxes waking a thread blocked in the kernel is
-// several times faster than the poller's wakeup and goroutine hand-off
-// (docs/benchmarks.md: an agent-to-Redis script went from ~120 us to the
-// Redis client's own ~30 us on an H200 host under gVisor). The cost is an
-// OS thread per blocked caller.
+// network poller. A request/response peer waits on every round trip, and
+// waking a thread blocked in the kernel skips the poller's wakeup and
+// goroutine hand-off (docs/benchmarks.md: the registry's create script took
+// 46-47 us this way against 60-68 us through the poller on an H200 host
+// under gVisor). The cost is an OS thread per blocked caller.
 package blockingnet
 
 import (
