@@ -48,27 +48,21 @@ class TensorInfo:
     event: str = ""  # base64 IPC event of the last publish
 
     @classmethod
-    def from_wire(cls, d: dict[str, Any], cache: bool = True) -> "TensorInfo":
-        # Warm gets return the same record again and again: reuse it. Other
-        # records (a create's) are not kept: memory that keeps growing costs
-        # fresh pages, which are slow to fault in under some sandboxes.
+    def from_wire(cls, d: dict[str, Any], cache: bool = False) -> "TensorInfo":
+        # Warm gets return the same record again and again, and the decoder
+        # hands back the same dict for it (_wire.decode_body): cache=True
+        # keeps the record by that dict. Others (a create's, a stat's) are
+        # not kept: memory that keeps growing costs fresh pages, which are
+        # slow to fault in under some sandboxes.
         same = _INFO_BY_DICT.get(id(d))
-        if same is not None and same[0] is d:  # the decoder's cached body: the same dict object
+        if same is not None and same[0] is d:
             return same[1]
-        key = (d.get("uid"), d.get("mtime"), d.get("refcount"), d.get("state"), d.get("event"))
-        hit = _INFO_CACHE.get(key)
-        if hit is None:
-            hit = cls._parse(d)
-            if not cache:
-                return hit
-            if len(_INFO_CACHE) > 4096:
-                _INFO_CACHE.clear()
-            _INFO_CACHE[key] = hit
+        info = cls._parse(d)
         if cache:
             if len(_INFO_BY_DICT) > 4096:
                 _INFO_BY_DICT.clear()
-            _INFO_BY_DICT[id(d)] = (d, hit)  # holding d keeps its id from being reused
-        return hit
+            _INFO_BY_DICT[id(d)] = (d, info)  # holding d keeps its id from being reused
+        return info
 
     @classmethod
     def _parse(cls, d: dict[str, Any]) -> "TensorInfo":
@@ -90,12 +84,11 @@ class TensorInfo:
         return info
 
 
-_INFO_CACHE: dict[tuple[Any, ...], TensorInfo] = {}
 _INFO_BY_DICT: dict[int, tuple[dict[str, Any], TensorInfo]] = {}
 # Received descriptors are close-on-exec from the start (no fcntl per fd).
 _CMSG_CLOEXEC: int = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
-_MAX_UNREAD = 64
-_RESPONSE_HEAD = _wire.MAGIC + bytes([_wire.VERSION, _wire.KIND_RESPONSE])  # pipelined releases in flight: their replies must fit the socket buffers
+_MAX_UNREAD = 64  # pipelined releases in flight: their replies must fit the socket buffers
+_RESPONSE_HEAD = _wire.MAGIC + bytes([_wire.VERSION, _wire.KIND_RESPONSE])
 _log = logging.getLogger("memcuda")
 
 
@@ -315,7 +308,7 @@ class Store:
         """Opens an existing tensor by name. Raises NotFound. When a writer
         published an event (SharedTensor.publish), the current stream waits
         for it (wait=False leaves ordering to the caller)."""
-        t = self._open(self._call("get", name=name))
+        t = self._open(self._call("get", name=name), cache=True)
         if wait and t.info.event and t.is_cuda:
             t.wait()
         return t
@@ -377,7 +370,7 @@ class Store:
 
     # -- mappings ----------------------------------------------------------
 
-    def _open(self, resp: dict[str, Any], cache: bool = True) -> "SharedTensor":
+    def _open(self, resp: dict[str, Any], cache: bool) -> "SharedTensor":
         info = TensorInfo.from_wire(resp["tensor"], cache)
         with self._lock:
             seg = self._segments.get(info.segment_id)
