@@ -190,15 +190,13 @@ func (s *Segment) Device() *cuda.Device { return s.d }
 // Pinned implements pool.Pinned: legacy segments are never trimmed.
 func (s *Segment) Pinned() bool { return s.legacy }
 
-// Zero implements backend.Segment.
-func (s *Segment) Zero(_ context.Context, off, n uint64) error {
-	if off+n > s.size {
-		return fmt.Errorf("zero [%d,%d) outside segment of %d bytes", off, off+n, s.size)
+// Zero implements backend.Segment: the queued fill, waited for.
+func (s *Segment) Zero(ctx context.Context, off, n uint64) error {
+	wait, err := s.ZeroAsync(ctx, off, n)
+	if err != nil {
+		return err
 	}
-	if n == 0 {
-		return nil
-	}
-	return s.d.Memset(s.ptr+cuda.DevicePtr(off), 0, n)
+	return wait()
 }
 
 // ZeroAsync implements backend.AsyncZeroer: the fill goes on the device's
