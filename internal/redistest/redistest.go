@@ -40,23 +40,22 @@ func Binary() (string, error) {
 // (not skip) when redis-server is missing: CI installs it.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	if _, err := Binary(); err != nil {
-		t.Fatalf("redis-server not found (install it, or set REDIS_SERVER): %v", err)
-	}
-	s := &Server{t: t, dir: t.TempDir(), port: freePort(t)}
-	s.start()
-	t.Cleanup(s.Stop)
-	return s
+	return launch(t, false)
 }
 
 // StartVolatile is Start without the append-only file: what survives a
 // restart does not matter, and fsync on every write must not be measured.
 func StartVolatile(t testing.TB) *Server {
 	t.Helper()
+	return launch(t, true)
+}
+
+func launch(t testing.TB, volatile bool) *Server {
+	t.Helper()
 	if _, err := Binary(); err != nil {
 		t.Fatalf("redis-server not found (install it, or set REDIS_SERVER): %v", err)
 	}
-	s := &Server{t: t, dir: t.TempDir(), port: freePort(t), volatile: true}
+	s := &Server{t: t, dir: t.TempDir(), port: freePort(t), volatile: volatile}
 	s.start()
 	t.Cleanup(s.Stop)
 	return s
