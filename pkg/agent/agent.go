@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"sync"
@@ -56,8 +57,12 @@ type Config struct {
 	// RedisBlockingIO: Redis replies are awaited in poll(2) on the calling
 	// thread rather than in Go's network poller (internal/blockingnet).
 	RedisBlockingIO bool
-	OpTimeout       time.Duration
-	HeartbeatTTL    time.Duration
+	// RegistryWriteBehind: a socket create, or a connection's first get of a
+	// tensor, is answered once the agent has decided it; its Redis script
+	// runs right after on the connection's thread (store.WithWriteBehind).
+	RegistryWriteBehind bool
+	OpTimeout           time.Duration
+	HeartbeatTTL        time.Duration
 
 	// Kubernetes: the pod controller, the device plugin and per-namespace
 	// access control. Off on bare metal.
@@ -79,6 +84,7 @@ type Agent struct {
 	be       backend.Backend
 	ready    atomic.Bool // registry reconciled and Redis reachable
 	instance string
+	live     *registry.Liveness // nil without write-behind
 }
 
 // New checks the config and builds the agent's parts; Run starts them.
@@ -109,9 +115,17 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		return nil, err
 	}
 	a.be = be
-	a.reg = registry.New(a.rdb, registry.Keys{Prefix: cfg.RedisPrefix, Node: cfg.Node})
+	var regOpts []registry.Option
+	if cfg.RegistryWriteBehind {
+		// Answering before Redis must not hide a Redis that is gone: watch it.
+		dial := blockingnet.Dialer(opt.DialTimeout, opt.TLSConfig)
+		a.live = registry.NewLiveness(func(ctx context.Context) (net.Conn, error) { return dial(ctx, opt.Network, opt.Addr) })
+		regOpts = append(regOpts, registry.WithLiveness(a.live))
+	}
+	a.reg = registry.New(a.rdb, registry.Keys{Prefix: cfg.RedisPrefix, Node: cfg.Node}, regOpts...)
 	a.st = store.New(a.reg, a.be, a.instance, cfg.Node,
-		store.WithLogger(log), store.WithDeviceLimit(cfg.DeviceLimit), store.WithZeroFill(cfg.ZeroFill))
+		store.WithLogger(log), store.WithDeviceLimit(cfg.DeviceLimit), store.WithZeroFill(cfg.ZeroFill),
+		store.WithWriteBehind(cfg.RegistryWriteBehind))
 	return a, nil
 }
 
@@ -314,7 +328,12 @@ func (a *Agent) heartbeat(ctx context.Context) {
 func (a *Agent) shutdown() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	// The memory is about to go: no record may keep pointing at it.
+	// The memory is about to go: no record may keep pointing at it, and no
+	// retried write may bring one back.
+	a.st.StopWrites()
+	if a.live != nil {
+		a.live.Close()
+	}
 	if names, err := a.reg.Names(ctx); err == nil {
 		removed := 0
 		for _, n := range names {

@@ -43,6 +43,7 @@ type Registry struct {
 	keys   Keys
 	reqTTL time.Duration
 	now    func() time.Time
+	live   *Liveness
 }
 
 // Option configures a Registry.
@@ -50,6 +51,9 @@ type Option func(*Registry)
 
 // WithRequestTTL sets how long applied request ids are remembered (default 24h).
 func WithRequestTTL(d time.Duration) Option { return func(r *Registry) { r.reqTTL = d } }
+
+// WithLiveness lets Up say whether Redis is there without a round trip.
+func WithLiveness(l *Liveness) Option { return func(r *Registry) { r.live = l } }
 
 // New returns a registry over rdb with the given keys.
 func New(rdb redis.UniversalClient, keys Keys, opts ...Option) *Registry {
@@ -75,6 +79,10 @@ func (r *Registry) Load(ctx context.Context) error {
 	}
 	return nil
 }
+
+// Up reports whether Redis is believed reachable: false only when the
+// liveness watch saw it go (always true without one).
+func (r *Registry) Up() bool { return r.live == nil || r.live.Up() }
 
 // Ping checks that Redis answers.
 func (r *Registry) Ping(ctx context.Context) error { return Wrap(r.rdb.Ping(ctx).Err()) }

@@ -131,6 +131,10 @@ type conn struct {
 	infos  map[string]tensor.Info  // record of each leased tensor, as first returned
 	sent   map[string]bool         // segment ids whose descriptor this peer has
 	events map[string]*sharedEvent // IPC events this peer sent, opened here
+	// commit is the registry write of the request just handled, when it was
+	// answered first: run after the answer is written, before the next
+	// request is read, so this connection's next request sees it applied.
+	commit store.Commit
 }
 
 func (cn *conn) serve() {
@@ -179,11 +183,25 @@ func (cn *conn) serve() {
 				resp = errorResponse(req.ID, err)
 			}
 		}
-		if err := cn.reply(resp, fds); err != nil {
-			log.Debug("write failed", "err", err)
+		werr := cn.reply(resp, fds)
+		if cn.commit != nil {
+			cn.runCommit()
+		}
+		if werr != nil {
+			log.Debug("write failed", "err", werr)
 			return
 		}
 	}
+}
+
+func (cn *conn) runCommit() {
+	c := cn.commit
+	cn.commit = nil
+	ctx, cancel := context.WithTimeout(context.Background(), cn.srv.timeout)
+	defer cancel()
+	start := time.Now()
+	c(ctx)
+	cn.srv.metrics.Observe("socket", "registry_write", nil, start)
 }
 
 func errorResponse(id uint64, err error) *v1.Response {
@@ -228,10 +246,10 @@ func (cn *conn) handle(req *v1.Request) (*v1.Response, []int, error) {
 			if shape == nil {
 				shape = []int64{}
 			}
-			info, err = st.Create(ctx, store.CreateParams{Name: req.Name, DType: req.DType, Shape: shape, Device: req.Device,
+			info, cn.commit, err = st.CreateEarly(ctx, store.CreateParams{Name: req.Name, DType: req.DType, Shape: shape, Device: req.Device,
 				OwnerPID: cn.pid, Holder: cn.holder, Tenant: cn.id.Namespace})
 		} else {
-			info, err = st.Get(ctx, req.Name, cn.holder, "")
+			info, cn.commit, err = st.GetEarly(ctx, req.Name, cn.holder)
 		}
 		if err != nil {
 			return nil, nil, err

@@ -48,7 +48,10 @@ type Store struct {
 	log      *slog.Logger
 	limit    uint64
 	zeroFill bool
+	early    bool // socket creates and gets may be answered before their script
 	now      func() time.Time
+	bg       context.Context // registry writes retried after their request ended
+	stop     context.CancelFunc
 
 	mu      sync.Mutex
 	pools   map[poolKey]*pool.Pool
@@ -57,6 +60,8 @@ type Store struct {
 	names   map[string]string     // name -> uid of this instance's live tensors
 	leases  map[string]struct{}   // live connection holders of this instance
 	pending []allocation          // freed blocks waiting for their fences
+	turns   map[string]*turn      // name -> its last queued registry script
+	orphans map[string]string     // holder+"\x00"+name -> uid of a withdrawn tensor that holder still has
 	uidSeq  atomic.Uint64
 	connSeq atomic.Uint64
 }
@@ -75,14 +80,20 @@ func WithDeviceLimit(n uint64) Option { return func(s *Store) { s.limit = n } }
 // when every writer overwrites whole tensors.
 func WithZeroFill(on bool) Option { return func(s *Store) { s.zeroFill = on } }
 
+// WithWriteBehind lets the socket server answer a create, or a connection's
+// first get of a tensor, as soon as the agent has decided it, and run the
+// Redis script right after (CreateEarly, GetEarly). Default off.
+func WithWriteBehind(on bool) Option { return func(s *Store) { s.early = on } }
+
 // New returns a store. instance identifies this agent process: records of
 // other instances are stale after a restart.
 func New(reg *registry.Registry, be backend.Backend, instance, node string, opts ...Option) *Store {
 	s := &Store{
 		reg: reg, be: be, instance: instance, node: node, log: slog.Default(), zeroFill: true, now: time.Now,
 		pools: map[poolKey]*pool.Pool{}, budgets: map[int]*pool.Budget{}, blocks: map[string]allocation{}, names: map[string]string{},
-		leases: map[string]struct{}{},
+		leases: map[string]struct{}{}, turns: map[string]*turn{}, orphans: map[string]string{},
 	}
+	s.bg, s.stop = context.WithCancel(context.Background())
 	for _, o := range opts {
 		o(s)
 	}
@@ -199,6 +210,16 @@ func (s *Store) Create(ctx context.Context, p CreateParams) (tensor.Info, error)
 	if err != nil {
 		return tensor.Info{}, err
 	}
+	var info tensor.Info
+	err = s.inTurn(ctx, p.Name, func() (err error) {
+		info, err = s.create(ctx, p, dt, n, dev)
+		return err
+	})
+	return info, err
+}
+
+// create is Create in the name's turn.
+func (s *Store) create(ctx context.Context, p CreateParams, dt tensor.DType, n uint64, dev backend.Device) (tensor.Info, error) {
 	// Most creates of an existing name are replicas asking for the same
 	// weights: answer them without allocating. This agent is the only
 	// writer of its prefix, so its own index says whether the name exists;
@@ -216,14 +237,7 @@ func (s *Store) Create(ctx context.Context, p CreateParams) (tensor.Info, error)
 	if err != nil {
 		return tensor.Info{}, err
 	}
-	seg := blk.Segment().(backend.Segment)
-	now := s.now().UnixMilli()
-	info := tensor.Info{
-		Name: p.Name, UID: fmt.Sprintf("%s-%d", s.instance, s.uidSeq.Add(1)), DType: dt, Shape: append([]int64{}, p.Shape...),
-		Device: dev.Index, DeviceUUID: dev.UUID, Bytes: n, IPCMode: s.be.Mode(), IPCHandle: seg.Handle(),
-		Offset: blk.Offset(), SegmentID: seg.ID(), SegmentSize: seg.Size(), OwnerPID: p.OwnerPID,
-		State: tensor.StateReady, Agent: s.instance, Node: s.node, Tenant: p.Tenant, Ctime: now, Mtime: now,
-	}
+	info := s.newInfo(p, dt, n, dev, blk)
 	// Register the block before the record exists, so a concurrent release
 	// that frees the record always finds it.
 	s.mu.Lock()
@@ -273,7 +287,7 @@ func (s *Store) existing(ctx context.Context, cur tensor.Info, dt tensor.DType, 
 	if p.Holder == "" {
 		return cur, nil
 	}
-	return s.Get(ctx, p.Name, p.Holder, p.ReqID)
+	return s.get(ctx, p.Name, p.Holder, p.ReqID)
 }
 
 func equalShape(a, b []int64) bool {
@@ -335,12 +349,26 @@ func (s *Store) Get(ctx context.Context, name, holder, reqID string) (tensor.Inf
 	if err := tensor.ValidateName(name); err != nil {
 		return tensor.Info{}, err
 	}
+	var info tensor.Info
+	err := s.inTurn(ctx, name, func() (err error) {
+		info, err = s.get(ctx, name, holder, reqID)
+		return err
+	})
+	return info, err
+}
+
+// get is Get in the name's turn.
+func (s *Store) get(ctx context.Context, name, holder, reqID string) (tensor.Info, error) {
 	info, err := s.reg.Acquire(ctx, name, holder, s.instance, reqID, s.record)
 	if err != nil {
 		return tensor.Info{}, err
 	}
 	s.mu.Lock()
 	a, ok := s.blocks[info.UID]
+	if ok && a.record.UID == info.UID {
+		a.record.Refcount = info.Refcount
+		s.blocks[info.UID] = a
+	}
 	s.mu.Unlock()
 	if ok && a.filling != nil {
 		// Found between the create script and the end of its zero-fill.
@@ -379,9 +407,26 @@ func (s *Store) ReleaseAfter(ctx context.Context, name, holder string, count int
 			f.Release()
 		}
 	}
+	var res registry.ReleaseResult
+	err := s.inTurn(ctx, name, func() (err error) {
+		res, err = s.release(ctx, name, holder, count, reqID)
+		return err
+	})
+	return res, err
+}
+
+// release is Release in the name's turn.
+func (s *Store) release(ctx context.Context, name, holder string, count int64, reqID string) (registry.ReleaseResult, error) {
+	if uid, ok := s.takeOrphan(holder, name); ok {
+		// Its record never made it to Redis: the holder's reference is the only one.
+		s.freeUID(uid)
+		return registry.ReleaseResult{Freed: true, UID: uid}, nil
+	}
 	res, err := s.reg.Release(ctx, name, holder, count, false, reqID)
 	if err == nil && res.Freed {
 		s.freeUID(res.UID)
+	} else if err == nil {
+		s.noteRefcount(res.UID, res.Refcount)
 	}
 	return res, err
 }
@@ -391,7 +436,19 @@ func (s *Store) Publish(ctx context.Context, name, event string) error {
 	if err := tensor.ValidateName(name); err != nil {
 		return err
 	}
-	return s.reg.Publish(ctx, name, event)
+	return s.inTurn(ctx, name, func() error {
+		if err := s.reg.Publish(ctx, name, event); err != nil {
+			return err
+		}
+		// Gets answered from the agent's record must hand it out too.
+		s.mu.Lock()
+		if a, ok := s.blocks[s.names[name]]; ok {
+			a.record.Event = event
+			s.blocks[s.names[name]] = a
+		}
+		s.mu.Unlock()
+		return nil
+	})
 }
 
 // Delete drops the registry's reference: the tensor takes no new references
@@ -400,17 +457,22 @@ func (s *Store) Delete(ctx context.Context, name, reqID string) (registry.Releas
 	if err := tensor.ValidateName(name); err != nil {
 		return registry.ReleaseResult{}, err
 	}
-	res, err := s.reg.Release(ctx, name, registry.HolderRegistry, 1, true, reqID)
-	if err == nil && res.Freed {
-		s.freeUID(res.UID)
-	} else if err == nil {
-		s.mu.Lock()
-		if a, ok := s.blocks[res.UID]; ok {
-			a.deleted = true
-			s.blocks[res.UID] = a
+	var res registry.ReleaseResult
+	err := s.inTurn(ctx, name, func() (err error) {
+		res, err = s.reg.Release(ctx, name, registry.HolderRegistry, 1, true, reqID)
+		if err == nil && res.Freed {
+			s.freeUID(res.UID)
+		} else if err == nil {
+			s.mu.Lock()
+			if a, ok := s.blocks[res.UID]; ok {
+				a.deleted = true
+				a.record.Refcount = res.Refcount
+				s.blocks[res.UID] = a
+			}
+			s.mu.Unlock()
 		}
-		s.mu.Unlock()
-	}
+		return err
+	})
 	return res, err
 }
 
@@ -442,11 +504,19 @@ func (s *Store) Stat(ctx context.Context, name string) (tensor.Info, error) {
 	if err := tensor.ValidateName(name); err != nil {
 		return tensor.Info{}, err
 	}
+	if err := s.settle(ctx, name); err != nil {
+		return tensor.Info{}, err
+	}
 	return s.reg.Stat(ctx, name)
 }
 
 // List returns every record.
-func (s *Store) List(ctx context.Context) ([]tensor.Info, error) { return s.reg.List(ctx) }
+func (s *Store) List(ctx context.Context) ([]tensor.Info, error) {
+	if err := s.settle(ctx); err != nil {
+		return nil, err
+	}
+	return s.reg.List(ctx)
+}
 
 // Block returns the block of a tensor uid of this instance.
 func (s *Store) Block(uid string) (*pool.Block, bool) {
@@ -662,9 +732,14 @@ func (s *Store) Stats() (tensors int, pools []PoolStats) {
 	return len(s.blocks), pools
 }
 
+// StopWrites gives up the registry writes still being retried.
+func (s *Store) StopWrites() { s.stop() }
+
 // Close releases every segment. Records of this instance stay in Redis and
-// are reconciled by the next instance.
+// are reconciled by the next instance; registry writes still being retried
+// are given up.
 func (s *Store) Close() error {
+	s.stop()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var errs []error

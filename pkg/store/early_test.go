@@ -1,0 +1,234 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/memcuda/memcuda/pkg/errdefs"
+	"github.com/memcuda/memcuda/pkg/registry"
+	"github.com/memcuda/memcuda/pkg/store"
+	"github.com/memcuda/memcuda/pkg/tensor"
+)
+
+const lease = "conn:inst1:1"
+
+func earlyCreate(t *testing.T, f *fixture, name string) (tensor.Info, store.Commit) {
+	t.Helper()
+	info, commit, err := f.st.CreateEarly(context.Background(), store.CreateParams{Name: name, DType: "f32", Shape: []int64{4}, Holder: lease})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if commit == nil {
+		t.Fatal("write-behind create ran its script before answering")
+	}
+	return info, commit
+}
+
+// result runs fn in the background; the channel gets its error.
+func result(fn func() error) chan error {
+	ch := make(chan error, 1)
+	go func() { ch <- fn() }()
+	return ch
+}
+
+func pending(t *testing.T, ch chan error, what string) {
+	t.Helper()
+	select {
+	case err := <-ch:
+		t.Fatalf("%s did not wait for the pending registry write: %v", what, err)
+	case <-time.After(100 * time.Millisecond):
+	}
+}
+
+func TestCreateEarlyAnswersBeforeTheRecordAndOrdersLaterScripts(t *testing.T) {
+	f := newFixture(t, store.WithWriteBehind(true))
+	ctx := context.Background()
+	info, commit := earlyCreate(t, f, "w")
+	if info.Refcount != 2 || info.State != tensor.StateReady || info.Agent != "inst1" {
+		t.Fatalf("answer %+v", info)
+	}
+	if _, err := f.reg.Stat(ctx, "w"); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("record in Redis before the commit: %v", err)
+	}
+	// Another holder's get and a stat through the store wait for the record.
+	var got tensor.Info
+	get := result(func() (err error) { got, err = f.st.Get(ctx, "w", "pid:1:1", ""); return err })
+	var st tensor.Info
+	stat := result(func() (err error) { st, err = f.st.Stat(ctx, "w"); return err })
+	pending(t, get, "get")
+	pending(t, stat, "stat")
+	commit(ctx)
+	if err := <-get; err != nil || got.UID != info.UID || got.Refcount != 3 {
+		t.Fatalf("get after the commit: %+v %v", got, err)
+	}
+	if err := <-stat; err != nil || st.UID != info.UID {
+		t.Fatalf("stat after the commit: %+v %v", st, err)
+	}
+	rec, err := f.reg.Stat(ctx, "w")
+	if err != nil || rec.Refcount != 3 || rec.Offset != info.Offset || rec.SegmentID != info.SegmentID {
+		t.Fatalf("record %+v %v", rec, err)
+	}
+	holders, _ := f.reg.Holders(ctx, "w")
+	if holders[registry.HolderRegistry] != 1 || holders[lease] != 1 || holders["pid:1:1"] != 1 {
+		t.Fatalf("holders %v", holders)
+	}
+}
+
+func TestCreateEarlyIsSynchronousWhenItCannotBeEarly(t *testing.T) {
+	ctx := context.Background()
+	off := newFixture(t)
+	if _, commit, err := off.st.CreateEarly(ctx, store.CreateParams{Name: "a", DType: "f32", Shape: []int64{1}, Holder: lease}); err != nil || commit != nil {
+		t.Fatalf("write-behind off: commit %v, err %v", commit != nil, err)
+	}
+	if rc, _ := off.reg.Stat(ctx, "a"); rc.Refcount != 2 {
+		t.Fatalf("refcount %d", rc.Refcount)
+	}
+	f := newFixture(t, store.WithWriteBehind(true))
+	_, commit := earlyCreate(t, f, "b")
+	// A second creator of the name waits for the first one's record, then
+	// gets the same tensor.
+	var again tensor.Info
+	second := result(func() (err error) {
+		var c store.Commit
+		again, c, err = f.st.CreateEarly(ctx, store.CreateParams{Name: "b", DType: "f32", Shape: []int64{4}, Holder: "conn:inst1:2"})
+		if c != nil {
+			return errors.New("an existing name was answered early")
+		}
+		return err
+	})
+	pending(t, second, "second create")
+	commit(ctx)
+	if err := <-second; err != nil || again.Refcount != 3 {
+		t.Fatalf("second create: %+v %v", again, err)
+	}
+	// Bad input is refused before anything is taken.
+	if _, _, err := f.st.CreateEarly(ctx, store.CreateParams{Name: "bad name!", DType: "f32", Shape: []int64{1}, Holder: lease}); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Fatalf("bad name: %v", err)
+	}
+	if _, _, err := f.st.CreateEarly(ctx, store.CreateParams{Name: "c", DType: "f32", Shape: []int64{-1}, Holder: lease}); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Fatalf("negative shape: %v", err)
+	}
+}
+
+// A get answered early and a delete that follows it reach Redis in that
+// order: the delete cannot free memory the get handed out.
+func TestGetEarlyIsOrderedBeforeALaterDelete(t *testing.T) {
+	f := newFixture(t, store.WithWriteBehind(true))
+	ctx := context.Background()
+	info, err := f.st.Create(ctx, store.CreateParams{Name: "w", DType: "f32", Shape: []int64{4}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, commit, err := f.st.GetEarly(ctx, "w", lease)
+	if err != nil || commit == nil || got.UID != info.UID || got.Refcount != 2 {
+		t.Fatalf("early get: %+v commit %v err %v", got, commit != nil, err)
+	}
+	var res registry.ReleaseResult
+	del := result(func() (err error) { res, err = f.st.Delete(ctx, "w", ""); return err })
+	pending(t, del, "delete")
+	commit(ctx)
+	if err := <-del; err != nil || res.Freed || res.Refcount != 1 {
+		t.Fatalf("delete: %+v %v", res, err)
+	}
+	if _, ok := f.st.Block(info.UID); !ok {
+		t.Fatal("block freed under the early get")
+	}
+	// Behind the delete, gets are refused by the agent at once.
+	if _, _, err := f.st.GetEarly(ctx, "w", "conn:inst1:2"); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("get of a deleted tensor: %v", err)
+	}
+	if r, err := f.st.Release(ctx, "w", lease, registry.AllRefs, ""); err != nil || !r.Freed {
+		t.Fatalf("last release: %+v %v", r, err)
+	}
+}
+
+// Behind a script that may free the tensor, a get waits for its outcome.
+func TestGetEarlyWaitsBehindAReleaseOrDelete(t *testing.T) {
+	f := newFixture(t, store.WithWriteBehind(true))
+	ctx := context.Background()
+	if _, err := f.st.Create(ctx, store.CreateParams{Name: "w", DType: "f32", Shape: []int64{4}, Holder: "pid:1:1"}); err != nil {
+		t.Fatal(err)
+	}
+	release, started := make(chan struct{}), make(chan struct{})
+	f.st.HoldTurn("w", started, release) // a delete or release in flight
+	<-started
+	early := make(chan bool, 1)
+	get := result(func() error {
+		_, c, err := f.st.GetEarly(ctx, "w", lease)
+		early <- c != nil
+		if c != nil {
+			c(ctx)
+		}
+		return err
+	})
+	pending(t, get, "get behind a release")
+	close(release)
+	err := <-get
+	if wasEarly := <-early; err != nil || wasEarly {
+		t.Fatalf("get behind a release: err %v, answered early %v", err, wasEarly)
+	}
+}
+
+// A registry write that finds Redis gone is retried until it is back; reads
+// of the name through the agent answer unavailable meanwhile, not stale data.
+func TestCommitRetriesUntilRedisIsBack(t *testing.T) {
+	f := newFixture(t, store.WithWriteBehind(true))
+	ctx := context.Background()
+	info, commit := earlyCreate(t, f, "w")
+	f.srv.Stop()
+	short, cancel := context.WithTimeout(ctx, time.Second)
+	commit(short)
+	cancel()
+	short, cancel = context.WithTimeout(ctx, 200*time.Millisecond)
+	if _, err := f.st.Stat(short, "w"); !errors.Is(err, errdefs.ErrUnavailable) {
+		t.Fatalf("stat while the write is pending: %v", err)
+	}
+	cancel()
+	f.srv.Restart()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		rec, err := f.st.Stat(ctx, "w")
+		if err == nil {
+			if rec.UID != info.UID || rec.Refcount != 2 {
+				t.Fatalf("record after the retry %+v", rec)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("record never written: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// A record Redis refuses (it has one of that name the agent did not know
+// of) withdraws the tensor: the name is not served, and the creator's
+// release frees the memory without touching the other record.
+func TestRefusedCreateIsWithdrawn(t *testing.T) {
+	f := newFixture(t, store.WithWriteBehind(true))
+	ctx := context.Background()
+	info, commit := earlyCreate(t, f, "w")
+	rdb := f.srv.Client()
+	keys := f.reg.Keys()
+	rdb.HSet(ctx, keys.Meta("w"), "name", "w", "uid", "other-1", "state", "ready", "agent", "other", "refcount", 1)
+	rdb.ZAdd(ctx, keys.Index(), redisZ("w"))
+	commit(ctx)
+	if _, ok := f.st.Block(info.UID); !ok {
+		t.Fatal("memory freed while its creator holds it")
+	}
+	if _, _, err := f.st.GetEarly(ctx, "w", "conn:inst1:2"); !errors.Is(err, errdefs.ErrUnavailable) {
+		t.Fatalf("get of the name: %v, want the other agent's record (stale)", err)
+	}
+	r, err := f.st.Release(ctx, "w", lease, registry.AllRefs, "")
+	if err != nil || !r.Freed || r.UID != info.UID {
+		t.Fatalf("creator's release: %+v %v", r, err)
+	}
+	if _, ok := f.st.Block(info.UID); ok {
+		t.Fatal("withdrawn tensor's memory not freed")
+	}
+	if rec, err := f.reg.Stat(ctx, "w"); err != nil || rec.UID != "other-1" || rec.Refcount != 1 {
+		t.Fatalf("the other record was touched: %+v %v", rec, err)
+	}
+}
