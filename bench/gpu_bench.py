@@ -282,6 +282,11 @@ def bench_create(n: int) -> None:
     if note:
         RESULTS["create_agent"] = note
         NOTES.append(f"create: {note}")
+    # With write-behind the create script runs after the answer, on the
+    # connection's thread: its own metric.
+    note = agent_mean(before, "registry_write")
+    if note:
+        NOTES.append(f"create: registry write after the answer: {note}")
 
     def torch_empty() -> None:
         x = torch.empty((256, 1024), dtype=torch.bfloat16, device="cuda")

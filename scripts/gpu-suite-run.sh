@@ -3,7 +3,9 @@
 # Go cuda and backend tests, the Python tests (host and GPU, vmm and legacy),
 # the demo, and the benchmarks. Logs and JSON go to $OUT (or ./gpu-out).
 # ONLY_BENCH=1 skips the tests, SKIP_BENCH=1 the benchmarks, SKIP_ALLOC=1 the
-# allocator comparison; BENCH_MODES and BENCH_N pick backends and samples.
+# allocator comparison; BENCH_MODES and BENCH_N pick backends and samples (a
+# mode ending in -sync runs that backend with --registry-write-behind=false:
+# every Redis script before its answer, the baseline of write-behind).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 D=$PWD/.device
@@ -49,10 +51,12 @@ fi
 
 if [ -z "${SKIP_BENCH:-}" ]; then
   . scripts/lib.sh
-  for mode in ${BENCH_MODES:-vmm legacy}; do
+  for mode in ${BENCH_MODES:-vmm legacy vmm-sync}; do
     step "benchmarks ($mode)"
     RUN=$(mktemp -d)
-    memcuda_up "$RUN" --backend "$mode" --log-level warn --metrics-addr 127.0.0.1:19477
+    extra=()
+    [[ $mode == *-sync ]] && extra=(--registry-write-behind=false)
+    memcuda_up "$RUN" --backend "${mode%-sync}" "${extra[@]}" --log-level warn --metrics-addr 127.0.0.1:19477
     export MEMCUDA_METRICS_URL=http://127.0.0.1:19477/metrics
     # Redis's own round trip here, for the share of it in create and first gets.
     "$D/redis/usr/bin/redis-benchmark" -s "$RUN/redis.sock" -c 1 -n 20000 -q PING 2>&1 | tr '\r' '\n' | tail -1
