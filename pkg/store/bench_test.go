@@ -56,14 +56,24 @@ func BenchmarkCreate(b *testing.B) {
 		if err := reg.Load(ctx); err != nil {
 			b.Fatal(err)
 		}
-		for _, zero := range []bool{false, true} {
-			st := store.New(reg, be, "inst1", name, store.WithZeroFill(zero))
-			b.Run(fmt.Sprintf("%s/zero-fill=%v", name, zero), func(b *testing.B) {
+		for _, v := range []struct {
+			zero, early bool
+		}{{false, false}, {true, false}, {true, true}} {
+			st := store.New(reg, be, "inst1", name, store.WithZeroFill(v.zero), store.WithWriteBehind(v.early))
+			// early: what the client waits for with write-behind (the
+			// script runs after, untimed).
+			b.Run(fmt.Sprintf("%s/zero-fill=%v/early=%v", name, v.zero, v.early), func(b *testing.B) {
 				for i := 0; i < b.N; i++ {
 					seq++
 					n := fmt.Sprintf("c%d", seq)
-					if _, err := st.Create(ctx, store.CreateParams{Name: n, DType: "bf16", Shape: []int64{256, 1024}, Holder: "conn:1"}); err != nil {
+					_, commit, err := st.CreateEarly(ctx, store.CreateParams{Name: n, DType: "bf16", Shape: []int64{256, 1024}, Holder: "conn:1"})
+					if err != nil {
 						b.Fatal(err)
+					}
+					if commit != nil {
+						b.StopTimer()
+						commit(ctx)
+						b.StartTimer()
 					}
 					// Free it untimed: the next create reuses the block (a warm pool).
 					b.StopTimer()

@@ -56,8 +56,7 @@ func (s *Store) CreateEarly(ctx context.Context, p CreateParams) (tensor.Info, C
 	blk, filled, err := s.alloc(ctx, p0, dev.Index, n)
 	if err == nil {
 		if err = filled(); err != nil {
-			p0.Free(blk)
-			err = fmt.Errorf("zero-fill: %w", err)
+			s.recycle(p0, dev.Index, blk)
 		}
 	}
 	if err != nil {
@@ -67,7 +66,7 @@ func (s *Store) CreateEarly(ctx context.Context, p CreateParams) (tensor.Info, C
 	info := s.newInfo(p, dt, n, dev, blk)
 	info.Refcount = 2 // the registry's and the lease's
 	s.mu.Lock()
-	s.blocks[info.UID] = allocation{name: info.Name, block: blk, pool: p0, record: info}
+	s.blocks[info.UID] = allocation{name: info.Name, block: blk, pool: p0, dev: dev.Index, record: info}
 	s.names[info.Name] = info.UID
 	s.mu.Unlock()
 	s.log.Debug("tensor created", "name", info.Name, "dtype", dt, "shape", info.Shape, "bytes", n, "segment", info.SegmentID, "offset", info.Offset, "registry", "pending")

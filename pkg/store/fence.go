@@ -49,7 +49,7 @@ func (s *Store) retire(a allocation) {
 		s.log.Debug("fences already done at free", "name", a.name, "fences", len(a.fences))
 	}
 	releaseFences(a.fences)
-	a.pool.Free(a.block)
+	s.recycle(a.pool, a.dev, a.block)
 }
 
 func fencesDone(fs []Fence) bool {
@@ -89,7 +89,7 @@ func (s *Store) ReapPending() int {
 	s.mu.Unlock()
 	for _, a := range ready {
 		releaseFences(a.fences)
-		a.pool.Free(a.block)
+		s.recycle(a.pool, a.dev, a.block)
 	}
 	return n
 }

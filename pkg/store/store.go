@@ -28,6 +28,7 @@ type allocation struct {
 	name    string
 	block   *pool.Block
 	pool    *pool.Pool
+	dev     int // device index of the pool
 	deleted bool         // delete ran: no new references, even from connections that hold one
 	fences  []Fence      // GPU work to finish before the block is reused
 	record  tensor.Info  // as created: what acquires need not read back from Redis
@@ -61,6 +62,7 @@ type Store struct {
 	leases  map[string]struct{}   // live connection holders of this instance
 	pending []allocation          // freed blocks waiting for their fences
 	turns   map[string]*turn      // name -> its last queued registry script
+	clears  map[int]*pendingClear // device -> its latest queued clear
 	orphans map[string]string     // holder+"\x00"+name -> uid of a withdrawn tensor that holder still has
 	uidSeq  atomic.Uint64
 	connSeq atomic.Uint64
@@ -91,7 +93,7 @@ func New(reg *registry.Registry, be backend.Backend, instance, node string, opts
 	s := &Store{
 		reg: reg, be: be, instance: instance, node: node, log: slog.Default(), zeroFill: true, now: time.Now,
 		pools: map[poolKey]*pool.Pool{}, budgets: map[int]*pool.Budget{}, blocks: map[string]allocation{}, names: map[string]string{},
-		leases: map[string]struct{}{}, turns: map[string]*turn{}, orphans: map[string]string{},
+		leases: map[string]struct{}{}, turns: map[string]*turn{}, orphans: map[string]string{}, clears: map[int]*pendingClear{},
 	}
 	s.bg, s.stop = context.WithCancel(context.Background())
 	for _, o := range opts {
@@ -176,7 +178,16 @@ func (s *Store) poolFor(d backend.Device, tenant string) *pool.Pool {
 	}
 	dev := d.Index
 	p := pool.New(pool.SourceFunc(func(ctx context.Context, size uint64) (pool.Segment, error) {
-		return s.be.NewSegment(ctx, dev, size)
+		seg, err := s.be.NewSegment(ctx, dev, size)
+		if err != nil || !s.zeroFill {
+			return seg, err
+		}
+		// A new segment may hold what its memory held before.
+		if err := s.clear(dev, seg, 0, seg.Size()); err != nil {
+			seg.Release()
+			return nil, fmt.Errorf("zero-fill: %w", err)
+		}
+		return seg, nil
 	}), pool.WithBudget(b), pool.WithGranularity(s.be.Granularity(dev)))
 	s.pools[k] = p
 	return p
@@ -241,7 +252,7 @@ func (s *Store) create(ctx context.Context, p CreateParams, dt tensor.DType, n u
 	// Register the block before the record exists, so a concurrent release
 	// that frees the record always finds it.
 	s.mu.Lock()
-	s.blocks[info.UID] = allocation{name: info.Name, block: blk, pool: p0, filling: filled}
+	s.blocks[info.UID] = allocation{name: info.Name, block: blk, pool: p0, dev: dev.Index, filling: filled}
 	s.mu.Unlock()
 	// The zero-fill runs on the GPU while Redis runs the script.
 	res, err := s.reg.Create(ctx, info, p.Holder, p.ReqID)
@@ -249,7 +260,7 @@ func (s *Store) create(ctx context.Context, p CreateParams, dt tensor.DType, n u
 		if err == nil && res.Created {
 			s.undoCreate(ctx, info.Name, p.Holder)
 		}
-		err, res = fmt.Errorf("zero-fill: %w", ferr), registry.CreateResult{}
+		err, res = ferr, registry.CreateResult{}
 	}
 	if err != nil || !res.Created {
 		s.freeUID(info.UID)
@@ -302,8 +313,8 @@ func equalShape(a, b []int64) bool {
 	return true
 }
 
-// alloc takes a block and starts its zero-fill; filled waits for the fill
-// (callers overlap it with the registry's round trip).
+// alloc takes a block; filled waits for the clears still queued on its
+// device (callers overlap it with the registry's round trip).
 func (s *Store) alloc(ctx context.Context, p *pool.Pool, dev int, n uint64) (blk *pool.Block, filled func() error, err error) {
 	s.ReapPending()
 	blk, err = p.Alloc(ctx, n)
@@ -315,20 +326,7 @@ func (s *Store) alloc(ctx context.Context, p *pool.Pool, dev int, n uint64) (blk
 	if err != nil {
 		return nil, nil, err
 	}
-	filled = func() error { return nil }
-	if s.zeroFill {
-		seg := blk.Segment().(backend.Segment)
-		if az, ok := seg.(backend.AsyncZeroer); ok {
-			filled, err = az.ZeroAsync(ctx, blk.Offset(), blk.Size())
-		} else {
-			err = seg.Zero(ctx, blk.Offset(), blk.Size())
-		}
-		if err != nil {
-			p.Free(blk)
-			return nil, nil, fmt.Errorf("zero-fill: %w", err)
-		}
-	}
-	return blk, filled, nil
+	return blk, s.cleared(dev), nil
 }
 
 // undoCreate drops the references a create took, for a tensor whose memory

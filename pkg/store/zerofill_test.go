@@ -45,6 +45,9 @@ func (s queuedSegment) ZeroAsync(ctx context.Context, off, n uint64) (func() err
 	}, nil
 }
 
+// Free memory is cleared when it is freed (and segments when they are
+// made), on the device's queue: a create waits only for clears still queued,
+// and a failed clear fails the create that needs it and leaves no record.
 func TestQueuedZeroFill(t *testing.T) {
 	srv := redistest.Start(t)
 	reg := registry.New(srv.Client(), registry.Keys{Prefix: "t:", Node: "n1"})
@@ -56,33 +59,65 @@ func TestQueuedZeroFill(t *testing.T) {
 	st := store.New(reg, be, "inst1", "n1")
 	t.Cleanup(func() { st.Close() })
 
-	a, err := st.Create(ctx, store.CreateParams{Name: "a", DType: "u8", Shape: []int64{4096}, Holder: "conn:1"})
+	small := store.CreateParams{Name: "a", DType: "u8", Shape: []int64{4096}, Holder: "conn:1"}
+	a, err := st.Create(ctx, small)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if n := be.waits.Load(); n != 1 {
-		t.Fatalf("create returned after %d waits for its fill, want 1", n)
+		t.Fatalf("the first create waited for %d clears, want 1 (its new segment's)", n)
 	}
+	small.Name = "a2"
+	if _, err := st.Create(ctx, small); err != nil {
+		t.Fatal(err)
+	}
+	if n := be.waits.Load(); n != 1 {
+		t.Fatalf("a create from cleared free memory waited for %d clears, want none more", n)
+	}
+	// A large tensor gets a segment of its own, whose clear fails.
 	boom := errors.New("device lost")
 	be.fail.Store(&boom)
-	if _, err := st.Create(ctx, store.CreateParams{Name: "b", DType: "u8", Shape: []int64{4096}, Holder: "conn:1"}); err == nil || !errors.Is(err, boom) {
-		t.Fatalf("create with a failed fill: %v, want the fill's error", err)
+	large := store.CreateParams{Name: "b", DType: "u8", Shape: []int64{64 << 20}, Holder: "conn:1"}
+	if _, err := st.Create(ctx, large); err == nil || !errors.Is(err, boom) {
+		t.Fatalf("create with a failed clear: %v, want the clear's error", err)
 	}
 	if _, err := reg.Stat(ctx, "b"); !errors.Is(err, errdefs.ErrNotFound) {
-		t.Fatalf("a create whose fill failed left a record: %v", err)
+		t.Fatalf("a create whose clear failed left a record: %v", err)
 	}
 	if holders, _ := reg.Holders(ctx, "b"); len(holders) != 0 {
-		t.Fatalf("a create whose fill failed left holders %v", holders)
+		t.Fatalf("a create whose clear failed left holders %v", holders)
 	}
 	be.fail.Store(nil)
-	b, err := st.Create(ctx, store.CreateParams{Name: "b", DType: "u8", Shape: []int64{4096}})
+	large.Holder = ""
+	b, err := st.Create(ctx, large)
 	if err != nil {
-		t.Fatalf("the name is not free after a failed fill: %v", err)
+		t.Fatalf("the name is not free after a failed clear: %v", err)
 	}
 	if b.Refcount != 1 {
 		t.Fatalf("recreated %+v", b)
 	}
 	if got, err := st.Get(ctx, "a", "conn:2", ""); err != nil || got.Refcount != 3 || got.UID != a.UID {
 		t.Fatalf("get after create: %+v %v", got, err)
+	}
+	// Freeing queues a clear; the next create from that memory waits for it.
+	before := be.waits.Load()
+	for _, h := range []string{"conn:1", "conn:2"} {
+		if _, err := st.Release(ctx, "a", h, registry.AllRefs, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := st.Delete(ctx, "a", ""); err != nil {
+		t.Fatal(err)
+	}
+	small.Name = "c"
+	c, err := st.Create(ctx, small)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.SegmentID != a.SegmentID || c.Offset != a.Offset {
+		t.Fatalf("c did not reuse a's block")
+	}
+	if n := be.waits.Load() - before; n != 1 {
+		t.Fatalf("a create of a freed block waited for %d clears, want 1", n)
 	}
 }

@@ -302,3 +302,22 @@ def test_release_defers_reuse_until_gpu_work_is_done(gpu_agent) -> None:
             assert time.time() < deadline, "the deferred block was never freed"
             time.sleep(0.01)
         a.wait()
+
+
+def test_reused_block_is_zero(gpu_agent) -> None:
+    """Freed memory is cleared on the device's queue when it is freed: the
+    next tensor in the same block must read zero, written by another
+    process's kernel or not."""
+    import torch
+
+    with memcuda.connect() as s:
+        with s.create("z.a", (256, 1024), "bf16") as t:
+            a = t.info
+            t.torch().fill_(3.0)
+            torch.cuda.synchronize()
+        s.flush()
+        s.delete("z.a")
+        with s.create("z.b", (256, 1024), "bf16") as t:
+            assert (t.info.segment_id, t.info.offset) == (a.segment_id, a.offset), "the freed block was not reused"
+            assert int(torch.count_nonzero(t.torch())) == 0, "a reused block shows the previous tensor's data"
+        s.delete("z.b")
