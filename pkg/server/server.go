@@ -132,8 +132,10 @@ type conn struct {
 	sent   map[string]bool         // segment ids whose descriptor this peer has
 	events map[string]*sharedEvent // IPC events this peer sent, opened here
 	// commit is the registry write of the request just handled, when it was
-	// answered first: run after the answer is written, before the next
-	// request is read, so this connection's next request sees it applied.
+	// answered first: started once the answer is written. It runs beside
+	// the connection's next requests (a cold get's descriptor import in the
+	// client takes as long as the write); the store orders it before any
+	// later request on the same name.
 	commit store.Commit
 }
 
@@ -184,8 +186,10 @@ func (cn *conn) serve() {
 			}
 		}
 		werr := cn.reply(resp, fds)
-		if cn.commit != nil {
-			cn.runCommit()
+		if c := cn.commit; c != nil {
+			cn.commit = nil
+			cn.srv.wg.Add(1)
+			go cn.runCommit(c)
 		}
 		if werr != nil {
 			log.Debug("write failed", "err", werr)
@@ -194,9 +198,8 @@ func (cn *conn) serve() {
 	}
 }
 
-func (cn *conn) runCommit() {
-	c := cn.commit
-	cn.commit = nil
+func (cn *conn) runCommit(c store.Commit) {
+	defer cn.srv.wg.Done()
 	ctx, cancel := context.WithTimeout(context.Background(), cn.srv.timeout)
 	defer cancel()
 	start := time.Now()

@@ -203,6 +203,7 @@ def test_legacy_redis_only_path(gpu_agent) -> None:
 
             t.torch().copy_(torch.arange(16, dtype=torch.int32, device=t.torch().device))
             torch.cuda.synchronize()
+        s.stat("lr")  # the record reaches Redis after create returns: wait for it
     c = Child(gpu_agent, f"""
         with memcuda.open_from_redis("{gpu_agent.redis_url}", "lr", prefix="{gpu_agent.prefix}") as t:
             say(int(t.torch().sum()))

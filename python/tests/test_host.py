@@ -169,6 +169,7 @@ def test_redis_only_path(agent) -> None:
     with memcuda.connect() as s:
         with s.create("r", (16,), "i32") as t:
             t.numpy()[:] = np.arange(16)
+        s.stat("r")  # the record reaches Redis after create returns: wait for it
     with memcuda.open_from_redis(agent.redis_url, "r", prefix=agent.prefix) as t:
         assert list(t.numpy()) == list(range(16))
         with memcuda.connect() as s:
