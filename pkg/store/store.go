@@ -28,7 +28,7 @@ type allocation struct {
 	name    string
 	block   *pool.Block
 	pool    *pool.Pool
-	dev     int // device index of the pool
+	dev     int          // device index of the pool
 	deleted bool         // delete ran: no new references, even from connections that hold one
 	fences  []Fence      // GPU work to finish before the block is reused
 	record  tensor.Info  // as created: what acquires need not read back from Redis
