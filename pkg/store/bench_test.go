@@ -60,6 +60,9 @@ func BenchmarkCreate(b *testing.B) {
 			zero, early bool
 		}{{false, false}, {true, false}, {true, true}} {
 			st := store.New(reg, be, "inst1", name, store.WithZeroFill(v.zero), store.WithWriteBehind(v.early))
+			if _, err := st.Reconcile(ctx); err != nil {
+				b.Fatal(err)
+			}
 			// early: what the client waits for with write-behind (the
 			// script runs after, untimed).
 			b.Run(fmt.Sprintf("%s/zero-fill=%v/early=%v", name, v.zero, v.early), func(b *testing.B) {

@@ -28,14 +28,16 @@ const retryWait = 2 * time.Second
 // before the registry write: once the memory is allocated and zero-filled
 // and the name is taken in the agent, the agent's own index being the
 // authority on its prefix. The returned commit writes the record. It is a
-// synchronous Create (nil commit) when write-behind is off, the name exists
-// or has scripts pending, or Redis is known down (so that is a clear error).
+// synchronous Create (nil commit) when write-behind is off, the registry is
+// not reconciled yet (a predecessor's record may still hold the name), the
+// name exists or has scripts pending, or Redis is known down (so that is a
+// clear error).
 func (s *Store) CreateEarly(ctx context.Context, p CreateParams) (tensor.Info, Commit, error) {
 	dt, n, dev, err := s.validate(p)
 	if err != nil {
 		return tensor.Info{}, nil, err
 	}
-	if !s.early || p.Holder == "" || p.ReqID != "" || !s.reg.Up() {
+	if !s.early || p.Holder == "" || p.ReqID != "" || !s.reconciled.Load() || !s.reg.Up() {
 		info, err := s.Create(ctx, p)
 		return info, nil, err
 	}
@@ -94,7 +96,7 @@ func (s *Store) GetEarly(ctx context.Context, name, holder string) (tensor.Info,
 	if err := tensor.ValidateName(name); err != nil {
 		return tensor.Info{}, nil, err
 	}
-	if !s.early || holder == "" || !s.reg.Up() {
+	if !s.early || holder == "" || !s.reconciled.Load() || !s.reg.Up() {
 		info, err := s.Get(ctx, name, holder, "")
 		return info, nil, err
 	}

@@ -232,3 +232,25 @@ func TestRefusedCreateIsWithdrawn(t *testing.T) {
 		t.Fatalf("the other record was touched: %+v %v", rec, err)
 	}
 }
+
+// Until the registry is reconciled a predecessor's record may still hold a
+// name: creates wait for Redis's answer instead of trusting the agent's index.
+func TestCreateIsSynchronousUntilReconciled(t *testing.T) {
+	f := newFixture(t, store.WithWriteBehind(true))
+	st := store.New(f.reg, f.st.Backend(), "inst2", "n1", store.WithWriteBehind(true))
+	defer st.Close()
+	ctx := context.Background()
+	p := store.CreateParams{Name: "w", DType: "f32", Shape: []int64{4}, Holder: "conn:inst2:1"}
+	if _, c, err := st.CreateEarly(ctx, p); err != nil || c != nil {
+		t.Fatalf("before reconciling: commit %v, err %v", c != nil, err)
+	}
+	if _, err := st.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p.Name = "x"
+	if _, c, err := st.CreateEarly(ctx, p); err != nil || c == nil {
+		t.Fatalf("after reconciling: commit %v, err %v", c != nil, err)
+	} else {
+		c(ctx)
+	}
+}

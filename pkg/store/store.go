@@ -65,6 +65,9 @@ type Store struct {
 	clears  map[int]*pendingClear // device -> its latest queued clear
 	orphans map[string]string     // holder+"\x00"+name -> uid of a withdrawn tensor that holder still has
 	uidSeq  atomic.Uint64
+	// reconciled: Redis holds no records of a predecessor any more, so the
+	// agent's own index may decide creates (write-behind waits for it).
+	reconciled atomic.Bool
 	connSeq atomic.Uint64
 }
 
@@ -667,6 +670,7 @@ func (s *Store) Reconcile(ctx context.Context) ([]string, error) {
 			s.log.Warn("removed tensor whose memory is gone", "name", name, "agent", owner, "refcount", info.Refcount)
 		}
 	}
+	s.reconciled.Store(true)
 	return removed, nil
 }
 

@@ -35,6 +35,9 @@ func newFixture(t *testing.T, opts ...store.Option) *fixture {
 	be := host.New("t:", "inst1", host.WithDir(dir))
 	st := store.New(reg, be, "inst1", "n1", opts...)
 	t.Cleanup(func() { st.Close() })
+	if _, err := st.Reconcile(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	return &fixture{st: st, reg: reg, dir: dir, srv: srv}
 }
 
