@@ -68,7 +68,7 @@ type Store struct {
 	// reconciled: Redis holds no records of a predecessor any more, so the
 	// agent's own index may decide creates (write-behind waits for it).
 	reconciled atomic.Bool
-	connSeq atomic.Uint64
+	connSeq    atomic.Uint64
 }
 
 // Option configures a Store.
