@@ -57,7 +57,7 @@ func run(args []string) error {
 	fs.DurationVar(&cfg.OpTimeout, "op-timeout", 10*time.Second, "time limit of one operation")
 	fs.BoolVar(&cfg.ZeroFill, "zero-fill", true, "zero new tensors (a reused block never shows old data)")
 	fs.BoolVar(&cfg.Queue, "queue", true, "serve the Redis command queue")
-	fs.BoolVar(&cfg.RegistryWriteBehind, "registry-write-behind", true, "answer a socket create, or a connection's first get of a tensor, before its Redis script runs (right after, on the same thread; later requests on the name wait for it)")
+	fs.BoolVar(&cfg.RegistryWriteBehind, "registry-write-behind", true, "answer a socket create, or a connection's first get of a tensor, before its Redis script runs (right after; later requests on the name wait for it)")
 	fs.BoolVar(&cfg.RedisBlockingIO, "redis-blocking-io", true, "wait for Redis replies in poll(2) on the request's thread, not in Go's network poller (false: the poller)")
 	fs.BoolVar(&cfg.Kubernetes, "kubernetes", false, "run the pod controller, the device plugin and per-namespace access control (in a DaemonSet)")
 	fs.BoolVar(&cfg.AllowHostClients, "allow-host-clients", true, "with --kubernetes: let processes outside any pod use the socket")

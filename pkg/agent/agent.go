@@ -59,7 +59,7 @@ type Config struct {
 	RedisBlockingIO bool
 	// RegistryWriteBehind: a socket create, or a connection's first get of a
 	// tensor, is answered once the agent has decided it; its Redis script
-	// runs right after on the connection's thread (store.WithWriteBehind).
+	// runs right after, beside the connection's next requests (store.WithWriteBehind).
 	RegistryWriteBehind bool
 	OpTimeout           time.Duration
 	HeartbeatTTL        time.Duration

@@ -9,10 +9,10 @@ import (
 
 // A turn is one registry script's place in the order of its tensor name.
 // The socket server answers some creates and gets before their script has
-// run (the script follows on the connection's thread); every later script
-// on that name must run after it, or Redis would apply the agent's
-// decisions out of order. Turns of different names do not wait for each
-// other.
+// run (the script follows, beside the connection's next requests); every
+// later script on that name must run after it, or Redis would apply the
+// agent's decisions out of order. Turns of different names do not wait for
+// each other.
 type turn struct {
 	prev  *turn
 	done  chan struct{} // closed once this script and every earlier one ran
