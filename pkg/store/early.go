@@ -50,8 +50,7 @@ func (s *Store) CreateEarly(ctx context.Context, p CreateParams) (tensor.Info, C
 	}
 	// Holding the name's turn keeps other creators of it waiting until the
 	// record is in Redis; gets may queue behind it and answer early too.
-	t := s.takeTurnLocked(p.Name)
-	t.early = true
+	t := s.takeTurnLocked(p.Name, true)
 	s.mu.Unlock()
 
 	p0 := s.poolFor(dev, p.Tenant)
@@ -111,8 +110,7 @@ func (s *Store) GetEarly(ctx context.Context, name, holder string) (tensor.Info,
 		info, err := s.Get(ctx, name, holder, "")
 		return info, nil, err
 	}
-	t := s.takeTurnLocked(name)
-	t.early = true
+	t := s.takeTurnLocked(name, true)
 	a.record.Refcount++ // the registry's count once the script ran, unless others moved it meanwhile
 	a.record.Mtime = s.now().UnixMilli()
 	s.blocks[uid] = a
@@ -134,46 +132,39 @@ func (s *Store) GetEarly(ctx context.Context, name, holder string) (tensor.Info,
 // again in the background until it is back or the store closes. refused
 // handles any other failure.
 func (s *Store) commit(ctx context.Context, name string, t *turn, write func(context.Context) error, refused func(error)) {
-	err := t.wait(ctx)
-	if err == nil {
-		err = write(ctx)
+	attempt := func(ctx context.Context) error {
+		if err := t.wait(ctx); err != nil {
+			return err
+		}
+		return write(ctx)
 	}
-	if err == nil {
-		s.end(name, t)
-		return
-	}
-	if !retryable(err) {
-		refused(err)
+	err := attempt(ctx)
+	if err == nil || !retryable(err) {
+		if err != nil {
+			refused(err)
+		}
 		s.end(name, t)
 		return
 	}
 	s.log.Warn("registry write failed; retrying until Redis is back", "name", name, "err", err)
 	go func() {
 		defer s.end(name, t)
-		wait := 50 * time.Millisecond
-		for {
+		for wait := 50 * time.Millisecond; retryable(err); wait = min(2*wait, retryWait) {
 			select {
 			case <-s.bg.Done():
 				s.log.Error("registry write given up: the agent is stopping", "name", name, "err", err)
 				return
 			case <-time.After(wait):
 			}
-			wait = min(2*wait, retryWait)
 			ctx, cancel := context.WithTimeout(s.bg, 10*time.Second)
-			err = t.wait(ctx)
-			if err == nil {
-				err = write(ctx)
-			}
+			err = attempt(ctx)
 			cancel()
-			switch {
-			case err == nil:
-				s.log.Info("registry write done after a retry", "name", name)
-				return
-			case !retryable(err):
-				refused(err)
-				return
-			}
 		}
+		if err != nil {
+			refused(err)
+			return
+		}
+		s.log.Info("registry write done after a retry", "name", name)
 	}()
 }
 

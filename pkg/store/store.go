@@ -364,12 +364,9 @@ func (s *Store) get(ctx context.Context, name, holder, reqID string) (tensor.Inf
 	if err != nil {
 		return tensor.Info{}, err
 	}
+	s.noteRefcount(info.UID, info.Refcount)
 	s.mu.Lock()
 	a, ok := s.blocks[info.UID]
-	if ok && a.record.UID == info.UID {
-		a.record.Refcount = info.Refcount
-		s.blocks[info.UID] = a
-	}
 	s.mu.Unlock()
 	if ok && a.filling != nil {
 		// Found between the create script and the end of its zero-fill.
@@ -443,9 +440,10 @@ func (s *Store) Publish(ctx context.Context, name, event string) error {
 		}
 		// Gets answered from the agent's record must hand it out too.
 		s.mu.Lock()
-		if a, ok := s.blocks[s.names[name]]; ok {
+		uid := s.names[name]
+		if a, ok := s.blocks[uid]; ok {
 			a.record.Event = event
-			s.blocks[s.names[name]] = a
+			s.blocks[uid] = a
 		}
 		s.mu.Unlock()
 		return nil

@@ -19,9 +19,10 @@ type turn struct {
 	early bool          // answered before its script: a create or a get, which never frees
 }
 
-// takeTurnLocked queues a script on name; the caller holds s.mu.
-func (s *Store) takeTurnLocked(name string) *turn {
-	t := &turn{prev: s.turns[name], done: make(chan struct{})}
+// takeTurnLocked queues a script on name; the caller holds s.mu. early: the
+// request is answered before the script runs.
+func (s *Store) takeTurnLocked(name string, early bool) *turn {
+	t := &turn{prev: s.turns[name], done: make(chan struct{}), early: early}
 	s.turns[name] = t
 	return t
 }
@@ -29,7 +30,7 @@ func (s *Store) takeTurnLocked(name string) *turn {
 func (s *Store) takeTurn(name string) *turn {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.takeTurnLocked(name)
+	return s.takeTurnLocked(name, false)
 }
 
 // wait returns once every earlier script on the name has run.
