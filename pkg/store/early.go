@@ -38,14 +38,14 @@ func (s *Store) CreateEarly(ctx context.Context, p CreateParams) (tensor.Info, C
 		return tensor.Info{}, nil, err
 	}
 	if !s.early || p.Holder == "" || p.ReqID != "" || !s.reconciled.Load() || !s.reg.Up() {
-		info, err := s.Create(ctx, p)
+		info, err := s.createInTurn(ctx, p, dt, n, dev)
 		return info, nil, err
 	}
 	s.mu.Lock()
 	_, exists := s.names[p.Name]
 	if exists || s.turns[p.Name] != nil {
 		s.mu.Unlock()
-		info, err := s.Create(ctx, p)
+		info, err := s.createInTurn(ctx, p, dt, n, dev)
 		return info, nil, err
 	}
 	// Holding the name's turn keeps other creators of it waiting until the
@@ -96,7 +96,7 @@ func (s *Store) GetEarly(ctx context.Context, name, holder string) (tensor.Info,
 		return tensor.Info{}, nil, err
 	}
 	if !s.early || holder == "" || !s.reconciled.Load() || !s.reg.Up() {
-		info, err := s.Get(ctx, name, holder, "")
+		info, err := s.getInTurn(ctx, name, holder, "")
 		return info, nil, err
 	}
 	s.mu.Lock()
@@ -107,7 +107,7 @@ func (s *Store) GetEarly(ctx context.Context, name, holder string) (tensor.Info,
 	// its outcome can say whether the get succeeds.
 	if !ok || !live || a.deleted || a.filling != nil || a.record.UID != uid || (last != nil && !last.early) {
 		s.mu.Unlock()
-		info, err := s.Get(ctx, name, holder, "")
+		info, err := s.getInTurn(ctx, name, holder, "")
 		return info, nil, err
 	}
 	t := s.takeTurnLocked(name, true)

@@ -224,7 +224,11 @@ func (s *Store) Create(ctx context.Context, p CreateParams) (tensor.Info, error)
 	if err != nil {
 		return tensor.Info{}, err
 	}
-	var info tensor.Info
+	return s.createInTurn(ctx, p, dt, n, dev)
+}
+
+// createInTurn is Create of a validated request.
+func (s *Store) createInTurn(ctx context.Context, p CreateParams, dt tensor.DType, n uint64, dev backend.Device) (info tensor.Info, err error) {
 	err = s.inTurn(ctx, p.Name, func() (err error) {
 		info, err = s.create(ctx, p, dt, n, dev)
 		return err
@@ -350,8 +354,12 @@ func (s *Store) Get(ctx context.Context, name, holder, reqID string) (tensor.Inf
 	if err := tensor.ValidateName(name); err != nil {
 		return tensor.Info{}, err
 	}
-	var info tensor.Info
-	err := s.inTurn(ctx, name, func() (err error) {
+	return s.getInTurn(ctx, name, holder, reqID)
+}
+
+// getInTurn is Get of a validated name.
+func (s *Store) getInTurn(ctx context.Context, name, holder, reqID string) (info tensor.Info, err error) {
+	err = s.inTurn(ctx, name, func() (err error) {
 		info, err = s.get(ctx, name, holder, reqID)
 		return err
 	})
