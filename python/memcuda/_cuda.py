@@ -50,11 +50,20 @@ def _load() -> ctypes.CDLL:
     return _lib
 
 
+_fns: dict[str, Any] = {}
+
+
 def _fn(name: str) -> Any:
+    # Looked up once: a miss on the _v2 name is a failed dlsym and an
+    # exception each time, a few microseconds per driver call.
+    f = _fns.get(name)
+    if f is not None:
+        return f
     lib = _lib if _lib is not None else _load()
     for cand in (name + "_v2", name):
         f = getattr(lib, cand, None)
         if f is not None:
+            _fns[name] = f
             return f
     raise CudaError(f"the driver has no {name}")
 
@@ -81,6 +90,9 @@ def format_uuid(raw: bytes) -> str:
 def ordinal_of(uuid: str) -> int:
     """The CUDA ordinal, in this process, of the GPU with this UUID."""
     global _uuids
+    known = _uuids  # filled once; read without the lock afterwards
+    if known is not None and uuid in known:
+        return known[uuid]
     with _lock:
         if _uuids is None:
             _load()
@@ -109,6 +121,17 @@ class _Current:
 
     def __enter__(self) -> None:
         self.pushed = False
+        ctx = _ctx.get(self.ordinal)  # set once per device, under the lock
+        if ctx is None:
+            ctx = self._retain()
+        cur = ctypes.c_void_p()
+        _fn("cuCtxGetCurrent")(ctypes.byref(cur))
+        if cur.value == ctx.value:
+            return  # PyTorch or CuPy already made it current on this thread
+        _check("cuCtxPushCurrent", _fn("cuCtxPushCurrent")(ctx))
+        self.pushed = True
+
+    def _retain(self) -> ctypes.c_void_p:
         with _lock:
             ctx = _ctx.get(self.ordinal)
             if ctx is None:
@@ -117,12 +140,7 @@ class _Current:
                 ctx = ctypes.c_void_p()
                 _check("cuDevicePrimaryCtxRetain", _fn("cuDevicePrimaryCtxRetain")(ctypes.byref(ctx), dev))
                 _ctx[self.ordinal] = ctx
-        cur = ctypes.c_void_p()
-        _fn("cuCtxGetCurrent")(ctypes.byref(cur))
-        if cur.value == ctx.value:
-            return  # PyTorch or CuPy already made it current on this thread
-        _check("cuCtxPushCurrent", _fn("cuCtxPushCurrent")(ctx))
-        self.pushed = True
+        return ctx
 
     def __exit__(self, *exc: Any) -> None:
         if self.pushed:
@@ -152,6 +170,20 @@ class Mapping:
                 _check("cuMemAddressFree", _fn("cuMemAddressFree")(ctypes.c_uint64(self.ptr), ctypes.c_size_t(self.size)))
 
 
+_SIZE0 = ctypes.c_size_t(0)
+_SIZE1 = ctypes.c_size_t(1)
+_access_descs: dict[int, _MemAccessDesc] = {}
+
+
+def _access(ordinal: int) -> _MemAccessDesc:
+    """Read-write access for the device: the same descriptor every time."""
+    d = _access_descs.get(ordinal)
+    if d is None:
+        d = _access_descs[ordinal] = _MemAccessDesc(_MemLocation(CU_MEM_LOCATION_TYPE_DEVICE, ordinal),
+                                                    CU_MEM_ACCESS_FLAGS_PROT_READWRITE)
+    return d
+
+
 def import_segment(fd: int, info: Any) -> Mapping:
     """Maps a segment the agent sent: a VMM fd, or (legacy) the IPC handle of
     the record."""
@@ -161,23 +193,23 @@ def import_segment(fd: int, info: Any) -> Mapping:
     if info.ipc_mode != "vmm":
         raise FailedPrecondition(f"unknown ipc_mode {info.ipc_mode!r}")
     size = int(info.segment_size)
+    csize = ctypes.c_size_t(size)
+    zero = ctypes.c_uint64(0)
     with _Current(ordinal):
         handle = ctypes.c_uint64()
         _check("cuMemImportFromShareableHandle", _fn("cuMemImportFromShareableHandle")(
             ctypes.byref(handle), ctypes.c_void_p(fd), CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR))
         ptr = ctypes.c_uint64()
         try:
-            _check("cuMemAddressReserve", _fn("cuMemAddressReserve")(
-                ctypes.byref(ptr), ctypes.c_size_t(size), ctypes.c_size_t(0), ctypes.c_uint64(0), ctypes.c_uint64(0)))
+            _check("cuMemAddressReserve", _fn("cuMemAddressReserve")(ctypes.byref(ptr), csize, _SIZE0, zero, zero))
             try:
-                _check("cuMemMap", _fn("cuMemMap")(ptr, ctypes.c_size_t(size), ctypes.c_size_t(0), handle, ctypes.c_uint64(0)))
-                desc = _MemAccessDesc(_MemLocation(CU_MEM_LOCATION_TYPE_DEVICE, ordinal), CU_MEM_ACCESS_FLAGS_PROT_READWRITE)
-                rc = _fn("cuMemSetAccess")(ptr, ctypes.c_size_t(size), ctypes.byref(desc), ctypes.c_size_t(1))
+                _check("cuMemMap", _fn("cuMemMap")(ptr, csize, _SIZE0, handle, zero))
+                rc = _fn("cuMemSetAccess")(ptr, csize, ctypes.byref(_access(ordinal)), _SIZE1)
                 if rc != 0:
-                    _fn("cuMemUnmap")(ptr, ctypes.c_size_t(size))
+                    _fn("cuMemUnmap")(ptr, csize)
                     _check("cuMemSetAccess", rc)
             except BaseException:
-                _fn("cuMemAddressFree")(ptr, ctypes.c_size_t(size))
+                _fn("cuMemAddressFree")(ptr, csize)
                 raise
         finally:
             # The mapping holds the physical memory; the handle is not needed.
