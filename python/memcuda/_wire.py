@@ -106,23 +106,41 @@ def encode_request(
         if tail is not None:
             b = b'{"id":%d' % id + tail
             return _HEAD.pack(MAGIC, VERSION, KIND_REQUEST, 0, 0, len(b)) + b
-    if not client and all(_PLAIN.match(x) for x in (op, name, dtype, device, event)):
-        # create and publish: the same rules as above, field by field in
-        # v1.Request's order and omitempty.
-        b = b'{"id":%d,"op":"%s"' % (id, op.encode())
-        if name:
-            b += b',"name":"%s"' % name.encode()
-        if dtype:
-            b += b',"dtype":"%s"' % dtype.encode()
-        if shape:
-            b += b',"shape":[%s]' % ",".join([str(int(d)) for d in shape]).encode()
-        if device:
-            b += b',"device":"%s"' % device.encode()
-        if event:
-            b += b',"event":"%s"' % event.encode()
-        b += b"}"
+    if not client and _PLAIN.match(op + name + dtype + device + event):
+        # create and publish: the same rules as above (one match checks every
+        # field: the pattern is a character class). The bytes after the name
+        # repeat for a dtype, shape and device: formatted once.
+        key = (op, dtype, tuple(shape) if shape else (), device, event)
+        parts = _SUFFIXES.get(key)
+        if parts is None:
+            parts = _suffix(key)
+        head, rest = parts
+        b = b'{"id":%d' % id + head + (b',"name":"%s"' % name.encode() if name else b"") + rest
         return _HEAD.pack(MAGIC, VERSION, KIND_REQUEST, 0, 0, len(b)) + b
     return _encode_general(id, op, name, dtype, shape, device, client, event)
+
+
+_SUFFIXES: dict[tuple[str, str, tuple[int, ...], str, str], tuple[bytes, bytes]] = {}
+
+
+def _suffix(key: tuple[str, str, tuple[int, ...], str, str]) -> tuple[bytes, bytes]:
+    # v1.Request's field order and omitempty: op, (name), dtype, shape,
+    # device, event.
+    op, dtype, shape, device, event = key
+    rest = b""
+    if dtype:
+        rest += b',"dtype":"%s"' % dtype.encode()
+    if shape:
+        rest += b',"shape":[%s]' % ",".join([str(int(d)) for d in shape]).encode()
+    if device:
+        rest += b',"device":"%s"' % device.encode()
+    if event:
+        rest += b',"event":"%s"' % event.encode()
+    parts = (b',"op":"%s"' % op.encode(), rest + b"}")
+    if len(_SUFFIXES) >= 1024:
+        _SUFFIXES.clear()
+    _SUFFIXES[key] = parts
+    return parts
 
 
 def _encode_general(id: int, op: str, name: str, dtype: str, shape: Optional[Sequence[int]], device: str, client: str,
