@@ -102,6 +102,7 @@ _INFO_FIELDS = frozenset(_INFO_DEFAULTS)
 _INFO_BY_DICT: dict[int, tuple[dict[str, Any], TensorInfo]] = {}
 # Received descriptors are close-on-exec from the start (no fcntl per fd).
 _CMSG_CLOEXEC: int = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+_GET_WINDOW = 32  # get_many's requests in flight: their answers must fit the socket buffers
 _MAX_UNREAD = 64  # pipelined releases in flight: their replies must fit the socket buffers
 _RESPONSE_HEAD = _wire.MAGIC + bytes([_wire.VERSION, _wire.KIND_RESPONSE])
 _log = logging.getLogger("memcuda")
@@ -327,6 +328,55 @@ class Store:
         if wait and t.info.event and t.is_cuda:
             t.wait()
         return t
+
+    def get_many(self, names: Sequence[str], wait: bool = True) -> "list[SharedTensor]":
+        """Opens several tensors in one go: the requests are sent together
+        (up to 32 in flight) and each answer is mapped while the agent
+        answers the next, so n tensors cost about one round trip plus their
+        mappings. All or nothing: when one name fails, the tensors already
+        opened are released and its error is raised."""
+        if isinstance(names, (str, bytes)):
+            raise InvalidArgument("get_many takes a sequence of names, not one name")
+        names = list(names)
+        for n in names:
+            if not isinstance(n, str):
+                raise InvalidArgument(f"tensor names are strings, not {type(n).__name__}")
+        out: list[SharedTensor] = []
+        failed: Optional[BaseException] = None
+        with self._lock:
+            if self._closed:
+                raise FailedPrecondition("store is closed")
+            if self._forked:
+                raise FailedPrecondition("a Store cannot be used across fork(); connect() again in the child")
+            self._flush_pending()
+            for start in range(0, len(names), _GET_WINDOW):
+                ids = [self._send("get", name=n) for n in names[start:start + _GET_WINDOW]]
+                self._read_unread()
+                for rid in ids:
+                    # Every answer is read, even after a failure: the
+                    # connection must stay in step with the agent.
+                    try:
+                        resp = self._read_response(rid, cache=True)
+                    except (ProtocolError, Unavailable):
+                        raise
+                    except MemcudaError as e:
+                        failed = failed or e
+                        continue
+                    try:
+                        out.append(self._open(resp, cache=True))
+                    except BaseException as e:  # _open queued the release of this one
+                        failed = failed or e
+                if failed is not None:
+                    break
+        if failed is not None:
+            for t in out:
+                t.release()
+            raise failed
+        if wait:
+            for t in out:
+                if t.info.event and t.is_cuda:
+                    t.wait()
+        return out
 
     def delete(self, name: str) -> None:
         """Drops the registry's reference: no new gets; the memory goes when the last reference does."""

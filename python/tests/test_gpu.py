@@ -322,3 +322,35 @@ def test_reused_block_is_zero(gpu_agent) -> None:
             assert (t.info.segment_id, t.info.offset) == (a.segment_id, a.offset), "the freed block was not reused"
             assert int(torch.count_nonzero(t.torch())) == 0, "a reused block shows the previous tensor's data"
         s.delete("z.b")
+
+
+def test_get_many_maps_every_segment(gpu_agent) -> None:
+    """get_many over tensors in segments this process has not mapped (32 MiB
+    each: a segment of their own) and in one shared small segment."""
+    import torch
+
+    big = [f"m.{gpu_agent.mode}.big{i}" for i in range(5)]
+    small = [f"m.{gpu_agent.mode}.small{i}" for i in range(5)]
+    c = Child(gpu_agent, f"""
+        s = memcuda.connect()
+        for i, name in enumerate({big!r}):
+            s.create(name, (8 << 20,), "f32").torch().fill_(i)
+        for i, name in enumerate({small!r}):
+            s.create(name, (16,), "bf16").torch().fill_(-i)
+        torch.cuda.synchronize()
+        say("ok")
+    """)
+    assert c.read() == "ok"
+    c.wait()
+    with memcuda.connect() as s:
+        ts = s.get_many(big + small)
+        assert len({t.info.segment_id for t in ts[:5]}) == 5
+        for i, t in enumerate(ts[:5]):
+            assert float(t.torch().sum()) == float(i * (8 << 20))
+        for i, t in enumerate(ts[5:]):
+            x = t.torch()
+            assert x.dtype == torch.bfloat16 and float(x.float().sum()) == float(-i * 16)
+        for t in ts:
+            t.release()
+        for name in big + small:
+            s.delete(name)

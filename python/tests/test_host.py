@@ -127,6 +127,37 @@ def test_release_is_pipelined_and_ordered(agent) -> None:
         assert other.stat("pipe").refcount == 1, "after flush() other connections see the release"
 
 
+def test_get_many(agent) -> None:
+    names = [f"many.{i}" for i in range(40)]  # more than one window of requests in flight
+    with memcuda.connect() as w:
+        for i, name in enumerate(names):
+            with w.create(name, (4,), "i32") as t:
+                t.numpy()[:] = i
+    with memcuda.connect() as s, memcuda.connect() as other:
+        ts = s.get_many(names)
+        assert [t.name for t in ts] == names
+        assert [int(t.numpy()[0]) for t in ts] == list(range(40))
+        assert other.stat("many.7").refcount == 2
+        for t in ts:
+            t.release()
+        s.flush()
+        assert other.stat("many.7").refcount == 1
+        assert s.get_many([]) == []
+        # All or nothing: what was opened before the failure is released,
+        # and the answers after it are read (the connection stays in step).
+        for bad, err in [("many.missing", memcuda.NotFound), ("a b", memcuda.InvalidArgument)]:
+            with pytest.raises(err):
+                s.get_many(["many.1", bad, "many.2"])
+            s.flush()
+            assert other.stat("many.1").refcount == 1 and other.stat("many.2").refcount == 1
+            with s.get("many.5") as t:
+                assert int(t.numpy()[0]) == 5
+        with pytest.raises(memcuda.InvalidArgument, match="sequence"):
+            s.get_many("many.1")
+        with pytest.raises(memcuda.InvalidArgument, match="int"):
+            s.get_many(["many.1", 2])  # type: ignore[list-item]
+
+
 def test_failed_pipelined_release_is_reported(agent, caplog) -> None:
     with memcuda.connect() as s:
         s.create("pipe.err", (8,), "f32").release()
