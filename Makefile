@@ -36,6 +36,7 @@ test-python: build
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./pkg/queue
 	$(GO) test -run '^$$' -fuzz FuzzReadFrame -fuzztime 30s ./api/v1
+	$(GO) test -run '^$$' -fuzz FuzzDecodePlain -fuzztime 30s ./api/v1
 
 bench: bench-pool bench-host
 

@@ -108,6 +108,9 @@ func EncodeResponse(resp *Response) ([]byte, error) {
 // DecodeRequest decodes a request body strictly: unknown fields and wrong
 // types are errors.
 func DecodeRequest(body []byte) (*Request, error) {
+	if req, ok := decodePlain(body); ok {
+		return &req, nil
+	}
 	var req Request
 	if err := strictUnmarshal(body, &req); err != nil {
 		return nil, fmt.Errorf("%w: request body: %v", ErrFrame, err)
