@@ -138,35 +138,59 @@ def bench_get(n: int) -> None:
     # Cold: a fresh connection; each get brings a new segment (32 MiB tensors
     # get their own segments): descriptor over the socket + import + map.
     k = 48
-    for i in range(k):
+    for i in range(5 * k):
         s.create(f"b.cold{i}", (8 << 20,), "f32").release()
-    raw: list[float] = []
-    orig = _cuda.import_segment
-
-    def instrumented(fd: int, info: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return orig(fd, info)
-        finally:
-            raw.append(time.perf_counter() - t0)
-
-    _cuda.import_segment = instrumented  # type: ignore[assignment]
-    cold: list[float] = []
-    c = memcuda.connect()
-    ts = []
+    # Let the agent finish what the creates left running (their registry
+    # scripts: a get of a name with one pending waits for it; the clears of
+    # the new segments on the GPU) before timing gets.
+    s.list()
+    time.sleep(0.2)
+    vmm = s.hello.get("mode") == "vmm"
+    names = [f"b.cold{i}" for i in range(k)]
     before = agent_ops()
-    for i in range(k):
-        t0 = time.perf_counter()
-        ts.append(c.get(f"b.cold{i}"))
-        cold.append(time.perf_counter() - t0)
-    _cuda.import_segment = orig  # type: ignore[assignment]
+    cold, raw, split, c, cold_held = cold_pass(names, 0.0)
     note = agent_mean(before, "get")
     if note:
         NOTES.append(f"cold get: {note}")
-    for t in ts:
-        t.release()
+    NOTES.append(f"cold get split, p50 us: {split}")
+    base_name, base_first = "raw driver open (same calls)", raw
+    if vmm:
+        # The raw driver sequence a process runs with a segment's descriptor
+        # in hand, on segments it never mapped (as a cold get's are).
+        base_name = "raw driver sequence, descriptor in hand, first map"
+        base_first, ours_first = raw_first_imports([f"b.cold{i}" for i in range(3 * k, 4 * k)])
+        NOTES.append(f"first maps with the descriptor in hand, alternating, p50 us: the raw sequence "
+                     f"{us(pct(base_first, 50))}, the client's import_segment {us(pct(ours_first, 50))}")
+        # The same round trip as a cold get's, passing one of these
+        # segments' descriptors (a CUDA export) instead of a memfd.
+        cuda_fd = c._segments[cold_held[0].info.segment_id].fd
+        row("Unix-socket round trip passing a CUDA-exported descriptor", socket_rtt(200, with_fd=True, fd=cuda_fd),
+            "same, passing a memfd", socket_rtt(200, with_fd=True), "")
     c.close()
-    for i in range(k):
+    # What waiting does to the work after it: the same with 2 ms idle
+    # before each get, and with the client polling for its answers
+    # (spin_us) instead of sleeping in recvmsg.
+    paused, paused_raw, split, c, _ = cold_pass([f"b.cold{i}" for i in range(k, 2 * k)], 0.002)
+    c.close()
+    NOTES.append(f"cold get, 2 ms idle before each: {us(pct(paused, 50))} vs import {us(pct(paused_raw, 50))}; split {split}")
+    spun, spun_raw, split, c, _ = cold_pass([f"b.cold{i}" for i in range(4 * k, 5 * k)], 0.0, spin_us=300)
+    c.close()
+    NOTES.append(f"cold get, client polling for the answer: {us(pct(spun, 50))} vs import {us(pct(spun_raw, 50))}; "
+                 f"split {split}")
+    # Several names at once: the requests go together and each answer is
+    # mapped while the agent answers the next.
+    batch = 8
+    c = memcuda.connect()
+    many: list[float] = []
+    held_many = []  # held: a dropped tensor's segment could be unmapped inside the next call
+    for i in range(2 * k, 3 * k, batch):
+        t0 = time.perf_counter()
+        held_many.extend(c.get_many([f"b.cold{j}" for j in range(i, i + batch)]))
+        many.extend([(time.perf_counter() - t0) / batch] * batch)
+    c.close()
+    if vmm:
+        cold_breakdown(k)
+    for i in range(5 * k):
         s.delete(f"b.cold{i}")
 
     # torch.multiprocessing: share a CUDA tensor through a Queue, consumer acks.
@@ -192,11 +216,209 @@ def bench_get(n: int) -> None:
     row("agent round trip, raw get frame (no client work)", raw_frames, "Python Unix-socket echo round trip", echo, "")
     row("get, warm (first reference: one Redis script each way)", first, "torch.multiprocessing Queue share", mp_times, "")
     row("get, cold (new segment: fd + import + map)", cold, "raw driver import+map (same calls)", raw, "<= 1.2x raw")
+    if vmm:
+        row("get, cold (new segment: fd + import + map) ", cold, base_name, base_first, "<= 1.2x raw")
+    row(f"get_many, cold, {batch} names per call (time per tensor)", many, base_name, base_first, "")
     row("Unix-socket round trip passing a descriptor (part of a cold get)", socket_rtt(n, with_fd=True),
         "Python Unix-socket echo round trip", echo, "")
     s.delete("b.get")
     s.delete("b.keep")
     s.close()
+
+
+def cold_pass(names: list[str], pause: float, spin_us: float = 0) -> tuple[list[float], list[float], str, Any, list[Any]]:
+    """Gets each name once on a fresh connection (each in its own segment:
+    a cold get), timing the call, the import inside it, and when the
+    answer arrived. Returns (get times, import times, split, the open
+    connection, the tensors: held, so that no segment is unmapped between
+    gets)."""
+    raw: list[float] = []
+    spans: list[tuple[float, float]] = []  # (start, end) of each import
+    orig = _cuda.import_segment
+
+    def instrumented(fd: int, info: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return orig(fd, info)
+        finally:
+            t1 = time.perf_counter()
+            raw.append(t1 - t0)
+            spans.append((t0, t1))
+
+    c = memcuda.connect(spin_us=spin_us)
+    replied: list[float] = []  # when each read of the socket returned
+    recv = c._recvmsg
+
+    def timed_recv(size: int) -> Any:
+        try:
+            return recv(size)
+        finally:
+            replied.append(time.perf_counter())
+
+    c._recvmsg = timed_recv  # type: ignore[method-assign]
+    _cuda.import_segment = instrumented  # type: ignore[assignment]
+    cold: list[float] = []
+    to_reply: list[float] = []
+    reply_to_import: list[float] = []
+    after_import: list[float] = []
+    held = []
+    import resource
+
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    try:
+        for name in names:
+            if pause:
+                time.sleep(pause)
+            t0 = time.perf_counter()
+            held.append(c.get(name))
+            t1 = time.perf_counter()
+            cold.append(t1 - t0)
+            to_reply.append(replied[-1] - t0)
+            reply_to_import.append(spans[-1][0] - replied[-1])
+            after_import.append(t1 - spans[-1][1])
+    finally:
+        _cuda.import_segment = orig  # type: ignore[assignment]
+        del c._recvmsg
+    split = (f"request to reply {us(pct(to_reply, 50))}, reply to import {us(pct(reply_to_import, 50))}, "
+             f"import {us(pct(raw, 50))}, import to return {us(pct(after_import, 50))}; "
+             f"{(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / len(names):.1f} minor page faults per get")
+    return cold, raw, split, c, held
+
+
+def _raw_map(lib: Any, fd: int, size: int, desc: Any, at: int = 0) -> int:
+    """What a process does with a VMM descriptor in hand: import, reserve a
+    range (unless at is given), map, set access, drop the handle."""
+    h = ctypes.c_uint64()
+    _cuda._check("import", lib.cuMemImportFromShareableHandle(ctypes.byref(h), ctypes.c_void_p(fd), 1))
+    ptr = ctypes.c_uint64(at)
+    if not at:
+        _cuda._check("reserve", lib.cuMemAddressReserve(ctypes.byref(ptr), ctypes.c_size_t(size), ctypes.c_size_t(0),
+                                                        ctypes.c_uint64(0), ctypes.c_uint64(0)))
+    _cuda._check("map", lib.cuMemMap(ptr, ctypes.c_size_t(size), ctypes.c_size_t(0), h, ctypes.c_uint64(0)))
+    _cuda._check("access", lib.cuMemSetAccess(ptr, ctypes.c_size_t(size), ctypes.byref(desc), ctypes.c_size_t(1)))
+    lib.cuMemRelease(h)
+    return ptr.value
+
+
+def _access_desc(ordinal: int) -> Any:
+    return _cuda._MemAccessDesc(_cuda._MemLocation(_cuda.CU_MEM_LOCATION_TYPE_DEVICE, ordinal),
+                                _cuda.CU_MEM_ACCESS_FLAGS_PROT_READWRITE)
+
+
+def raw_first_imports(names: list[str]) -> tuple[list[float], list[float]]:
+    """The raw driver sequence (_raw_map) over segments this process never
+    mapped: their descriptors fetched with bare get frames on a connection
+    the client does not read, then each mapped, timed, and unmapped. Every
+    other one goes through the client's own import_segment instead, for
+    comparison; returns (raw, client's)."""
+    import socket as so
+
+    from memcuda import _wire
+
+    c = memcuda.connect()
+    got = []
+    for n in names:
+        c._sock.sendall(_wire.encode_request(1 << 40, "get", name=n))
+        data, anc, _, _ = c._sock.recvmsg(65536, so.CMSG_SPACE(4 * _wire.MAX_FDS))
+        tensor = json.loads(data[12:])["tensor"]
+        fds = [int.from_bytes(p[i:i + 4], sys.byteorder) for _l, _t, p in anc for i in range(0, len(p) - 3, 4)]
+        assert len(fds) == 1, f"{n}: {len(fds)} descriptors (each tensor should have its own segment)"
+        got.append((fds[0], int(tensor["segment_size"]), tensor["device_uuid"]))
+    lib = _cuda._load()
+    ordinal = _cuda.ordinal_of(got[0][2])
+    desc = _access_desc(ordinal)
+    out: list[float] = []
+    ours: list[float] = []
+    mapped = []
+    with _cuda._Current(ordinal):
+        for i, (fd, size, uuid) in enumerate(got):
+            t0 = time.perf_counter()
+            if i % 2:
+                m = _cuda.import_segment(fd, _RawInfo(size, uuid))
+                ours.append(time.perf_counter() - t0)
+                mapped.append(m)
+                continue
+            p = _raw_map(lib, fd, size, desc)
+            out.append(time.perf_counter() - t0)
+            mapped.append((p, size))
+        for m in mapped:
+            if isinstance(m, tuple):
+                lib.cuMemUnmap(ctypes.c_uint64(m[0]), ctypes.c_size_t(m[1]))
+                lib.cuMemAddressFree(ctypes.c_uint64(m[0]), ctypes.c_size_t(m[1]))
+            else:
+                m.close()
+    for fd, _, _ in got:
+        os.close(fd)
+    c.close()
+    return out, ours
+
+
+class _RawInfo:
+    """The fields of a record import_segment reads."""
+
+    ipc_mode = "vmm"
+
+    def __init__(self, segment_size: int, device_uuid: str) -> None:
+        self.segment_size, self.device_uuid = segment_size, device_uuid
+
+
+def cold_breakdown(k: int) -> None:
+    """Where a cold get's import goes, call by call (a second fresh
+    connection over the same tensors), and what the same import costs on a
+    virtual range reserved beforehand (descriptors duplicated from that
+    connection, imported again after it closed)."""
+    calls: dict[str, list[float]] = {}
+    orig_fn = _cuda._fn
+
+    def timing_fn(name: str) -> Any:
+        f = orig_fn(name)
+
+        def call(*a: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return f(*a)
+            finally:
+                calls.setdefault(name, []).append(time.perf_counter() - t0)
+        return call
+
+    _cuda._fn = timing_fn  # type: ignore[assignment]
+    c = memcuda.connect()
+    try:
+        ts = [c.get(f"b.cold{i}") for i in range(k)]
+    finally:
+        _cuda._fn = orig_fn  # type: ignore[assignment]
+    NOTES.append("cold get import, driver calls p50 us: " + ", ".join(
+        f"{name} {us(pct(v, 50))}" for name, v in calls.items() if len(v) >= k // 2))
+    segs = [(os.dup(c._segments[t.info.segment_id].fd), t.info.segment_size, t.info.device_uuid) for t in ts]
+    for t in ts:
+        t.release()
+    c.close()
+
+    lib = _cuda._load()
+    ordinal = _cuda.ordinal_of(segs[0][2])
+    size = segs[0][1]
+    desc = _access_desc(ordinal)
+    whole: list[float] = []
+    prereserved: list[float] = []
+    with _cuda._Current(ordinal):
+        base = ctypes.c_uint64()
+        _cuda._check("cuMemAddressReserve", lib.cuMemAddressReserve(
+            ctypes.byref(base), ctypes.c_size_t(size * len(segs)), ctypes.c_size_t(0), ctypes.c_uint64(0), ctypes.c_uint64(0)))
+        mapped = []
+        for i, (fd, sz, _) in enumerate(segs):
+            t0 = time.perf_counter()
+            p = _raw_map(lib, fd, sz, desc, at=base.value + i * size if i % 2 else 0)
+            (prereserved if i % 2 else whole).append(time.perf_counter() - t0)
+            mapped.append((p, sz, i % 2 == 0))
+        for p, sz, own in mapped:
+            lib.cuMemUnmap(ctypes.c_uint64(p), ctypes.c_size_t(sz))
+            if own:
+                lib.cuMemAddressFree(ctypes.c_uint64(p), ctypes.c_size_t(sz))
+        lib.cuMemAddressFree(base, ctypes.c_size_t(size * len(segs)))
+    for fd, _, _ in segs:
+        os.close(fd)
+    NOTES.append(f"cold get import again, p50 us: with its own reserve {us(pct(whole, 50))}, "
+                 f"on a range reserved beforehand {us(pct(prereserved, 50))}")
 
 
 def _mp_consumer(q_in: Any, q_out: Any) -> None:
@@ -208,7 +430,7 @@ def _mp_consumer(q_in: Any, q_out: Any) -> None:
         del t
 
 
-def _echo_server(path: str, ready: Any, with_fd: bool) -> None:
+def _echo_server(path: str, ready: Any, with_fd: bool, fd_from_client: bool) -> None:
     import socket as so
 
     srv = so.socket(so.AF_UNIX, so.SOCK_STREAM)
@@ -217,6 +439,9 @@ def _echo_server(path: str, ready: Any, with_fd: bool) -> None:
     ready.set()
     c, _ = srv.accept()
     fd = os.memfd_create("echo") if with_fd else -1
+    if fd_from_client:  # the client's first message carries the descriptor to echo
+        _, fds, _, _ = so.recv_fds(c, 16, 1)
+        fd = fds[0]
     while True:
         b = c.recv(4096)
         if not b:
@@ -227,22 +452,24 @@ def _echo_server(path: str, ready: Any, with_fd: bool) -> None:
             c.sendall(b)
 
 
-def socket_rtt(n: int, with_fd: bool = False) -> list[float]:
+def socket_rtt(n: int, with_fd: bool = False, fd: int = -1) -> list[float]:
     """Round trip of a 100-byte message over a Unix socket to another Python
     process: the floor under any request to the agent on this machine. With
     with_fd every answer carries a descriptor (as a cold get's does), which
-    the client closes."""
+    the client closes: a memfd, or a duplicate of fd when given."""
     import socket as so
     import tempfile
 
     path = os.path.join(tempfile.mkdtemp(), "echo.sock")
     ctx = mp.get_context("spawn")
     ready = ctx.Event()
-    p = ctx.Process(target=_echo_server, args=(path, ready, with_fd))
+    p = ctx.Process(target=_echo_server, args=(path, ready, with_fd, fd >= 0))
     p.start()
     ready.wait()
     c = so.socket(so.AF_UNIX, so.SOCK_STREAM)
     c.connect(path)
+    if fd >= 0:
+        so.send_fds(c, [b"f"], [fd])
     msg = b"x" * 100
 
     def once() -> None:
@@ -288,6 +515,30 @@ def bench_create(n: int) -> None:
     if note:
         NOTES.append(f"create: registry write after the answer: {note}")
 
+    # The same creates as precomputed frames, replies read raw: the socket
+    # and the agent without the client's encoding, decoding and objects.
+    import socket as so
+
+    from memcuda import _wire
+
+    s.flush()
+    raw_create: list[float] = []
+    for j in range(n + 20):
+        name = f"b.r.{j}"
+        fc = _wire.encode_request(1 << 40, "create", name=name, dtype="bf16", shape=[256, 1024], device="")
+        tail = _wire.encode_request(1 << 40, "release", name=name) + _wire.encode_request(1 << 40, "delete", name=name)
+        t0 = time.perf_counter()
+        s._sock.sendall(fc)
+        _, anc, _, _ = s._sock.recvmsg(65536, so.CMSG_SPACE(32))
+        dt = time.perf_counter() - t0
+        for _level, _typ, payload in anc:  # a descriptor for a segment this connection has not seen
+            for i in range(0, len(payload) - 3, 4):
+                os.close(int.from_bytes(payload[i:i + 4], sys.byteorder))
+        s._sock.sendall(tail)
+        _drain_frames(s._sock, 2)
+        if j >= 20:
+            raw_create.append(dt)
+
     def torch_empty() -> None:
         x = torch.empty((256, 1024), dtype=torch.bfloat16, device="cuda")
         del x
@@ -311,7 +562,74 @@ def bench_create(n: int) -> None:
             lib.cuMemFree_v2(ctypes.c_uint64(p))
     row("create bf16 256x1024 (warm pool, zero-filled)", times, "torch.empty (caching allocator)", te, "<= 60 us p50")
     row("create bf16 256x1024 (warm pool, zero-filled) ", times, "cuMemAlloc + cuIpcGetMemHandle", mi, "<= 60 us p50")
+    row("create, precomputed frame read raw (socket + agent, no client work)", raw_create, "create (Python client)", times, "")
+    row("create, the client's work alone (recorded answer, no socket)", client_work_create(n), "create (Python client)", times, "")
     s.close()
+
+
+class _ReplayedSocket:
+    """Stands in for the agent's socket: answers every request with one
+    recorded response (its id rewritten), to time the client's own work."""
+
+    def __init__(self, store: Any, frame: bytes) -> None:
+        from memcuda import _wire
+
+        self.store, self.wire = store, _wire
+        body = frame[12:]
+        self.tail = body[body.index(b","):]
+
+    def sendall(self, b: bytes) -> None:
+        pass
+
+    def recvmsg(self, size: int, cmsg: int, flags: int = 0) -> tuple[bytes, list[Any], int, Any]:
+        body = b'{"id":%d' % self.store._next_id + self.tail
+        return self.wire.frame(self.wire.KIND_RESPONSE, body), [], 0, None
+
+
+def client_work_create(n: int) -> list[float]:
+    """A create's time in the client alone: the same call against a recorded answer."""
+    c = memcuda.connect()
+    c.create("b.w.0", (256, 1024), "bf16").release()  # the segment's descriptor arrives here
+    c.flush()
+    got: list[bytes] = []
+    sock = c._sock
+
+    class Recording:
+        def sendall(self, b: bytes) -> None:
+            sock.sendall(b)
+
+        def recvmsg(self, *a: Any) -> Any:
+            r = sock.recvmsg(*a)
+            got.append(r[0])
+            return r
+
+    c._sock = Recording()  # type: ignore[assignment]
+    t = c.create("b.w.1", (256, 1024), "bf16")
+    c._sock = _ReplayedSocket(c, got[-1])  # type: ignore[assignment]
+    held = []
+
+    def once() -> None:
+        x = c.create("b.w.1", (256, 1024), "bf16")
+        x._released = True  # never sent: the socket is not real
+        held.append(x)
+
+    out = timed(once, n)
+    c._sock = sock
+    t.release()
+    c.delete("b.w.0")
+    c.delete("b.w.1")
+    c.close()
+    return out
+
+
+def _drain_frames(sock: Any, count: int) -> None:
+    """Reads count whole response frames (header: body length in bytes 8-12)."""
+    buf = b""
+    while count:
+        buf += sock.recv(65536)
+        while count and len(buf) >= 12 and len(buf) >= 12 + int.from_bytes(buf[8:12], "big"):
+            buf = buf[12 + int.from_bytes(buf[8:12], "big"):]
+            count -= 1
 
 
 # --- throughput --------------------------------------------------------------
