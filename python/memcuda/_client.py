@@ -117,6 +117,7 @@ class _Segment:
     users: int = 0
     mapping: Any = None  # mmap.mmap (host) or _cuda.Mapping (vmm/legacy)
     ptr: int = 0  # base address of the mapping in this process
+    size: int = 0  # bytes mapped
 
 
 _stores: "weakref.WeakSet[Store]" = weakref.WeakSet()
@@ -170,6 +171,7 @@ class Store:
         self._rbuf = bytearray()
         self._idle: dict[str, _Segment] = {}  # mapped segments no tensor uses, oldest first
         self.max_idle_mappings = int(os.environ.get("MEMCUDA_IDLE_MAPPINGS", "8"))
+        self.max_idle_bytes = int(os.environ.get("MEMCUDA_IDLE_MAPPING_BYTES", str(1 << 30)))
         self._segments: dict[str, _Segment] = {}
         self._pending_release: list[str] = []  # from finalizers: sent before the next call
         self._unread = 0  # releases sent whose replies are still on the socket
@@ -447,6 +449,7 @@ class Store:
                     raise ProtocolError(f"no descriptor for segment {info.segment_id}")
                 if seg.mapping is None:
                     seg.mapping, seg.ptr = _map(seg, info)
+                    seg.size = int(info.segment_size)
                 self._idle.pop(seg.id, None)
                 seg.users += 1
             except BaseException:
@@ -461,13 +464,16 @@ class Store:
                 self._release_async(t.info.name, event)
 
     def _drop_user(self, seg: _Segment) -> None:
-        # An unused segment stays mapped (up to max_idle_mappings, least
-        # recently used first out): the next get of a tensor in it is warm,
-        # and unmapping would wait for GPU work still queued on it.
+        # An unused segment stays mapped (up to max_idle_mappings segments
+        # and max_idle_bytes bytes, least recently used out first): the next
+        # get of a tensor in it is warm, and unmapping would wait for GPU
+        # work still queued on it. The bounds matter because a mapping keeps
+        # the segment's memory allocated even after the agent gives it back.
         seg.users -= 1
         if seg.users == 0:
             self._idle[seg.id] = seg
-            while len(self._idle) > self.max_idle_mappings:
+            while self._idle and (len(self._idle) > self.max_idle_mappings
+                                  or sum(s.size for s in self._idle.values()) > self.max_idle_bytes):
                 _unmap(self._idle.pop(next(iter(self._idle))))
 
 

@@ -158,6 +158,32 @@ def test_get_many(agent) -> None:
             s.get_many(["many.1", 2])  # type: ignore[list-item]
 
 
+def test_idle_mappings_are_bounded(agent) -> None:
+    """A segment no tensor of this process uses stays mapped for the next get,
+    within max_idle_mappings and max_idle_bytes; past them it is unmapped
+    (its memory can then go back) and a later get maps it again."""
+    with memcuda.connect() as w:
+        for i in range(3):
+            with w.create(f"idle.{i}", (1 << 20,), "u8") as t:
+                t.numpy()[:] = i + 1
+    with memcuda.connect() as s:
+        s.max_idle_bytes = 1 << 40
+        t = s.get("idle.0")
+        sid = t.info.segment_id
+        t.release()
+        assert s._segments[sid].mapping is not None, "an idle segment within the bounds stays mapped"
+        s.max_idle_bytes = 0
+        t = s.get("idle.1")
+        t.release()
+        assert all(seg.mapping is None for seg in s._segments.values()), "over max_idle_bytes nothing idle stays mapped"
+        with s.get("idle.2") as t:
+            assert int(t.numpy()[0]) == 3, "a segment unmapped earlier maps again"
+        s.max_idle_bytes, s.max_idle_mappings = 1 << 40, 0
+        with s.get("idle.0") as t:
+            assert int(t.numpy()[-1]) == 1
+        assert all(seg.mapping is None for seg in s._segments.values()), "max_idle_mappings=0 unmaps at the last release"
+
+
 def test_failed_pipelined_release_is_reported(agent, caplog) -> None:
     with memcuda.connect() as s:
         s.create("pipe.err", (8,), "f32").release()
