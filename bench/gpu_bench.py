@@ -226,6 +226,22 @@ def bench_get(n: int) -> None:
     s.close()
 
 
+def mark_reads(store: Any) -> list[float]:
+    """Notes when each read of the store's socket returns (undo with
+    `del store._recvmsg`)."""
+    replied: list[float] = []
+    recv = store._recvmsg
+
+    def timed_recv(size: int) -> Any:
+        try:
+            return recv(size)
+        finally:
+            replied.append(time.perf_counter())
+
+    store._recvmsg = timed_recv
+    return replied
+
+
 def cold_pass(names: list[str], pause: float, spin_us: float = 0) -> tuple[list[float], list[float], str, Any, list[Any]]:
     """Gets each name once on a fresh connection (each in its own segment:
     a cold get), timing the call, the import inside it, and when the
@@ -246,16 +262,7 @@ def cold_pass(names: list[str], pause: float, spin_us: float = 0) -> tuple[list[
             spans.append((t0, t1))
 
     c = memcuda.connect(spin_us=spin_us)
-    replied: list[float] = []  # when each read of the socket returned
-    recv = c._recvmsg
-
-    def timed_recv(size: int) -> Any:
-        try:
-            return recv(size)
-        finally:
-            replied.append(time.perf_counter())
-
-    c._recvmsg = timed_recv  # type: ignore[method-assign]
+    replied = mark_reads(c)
     _cuda.import_segment = instrumented  # type: ignore[assignment]
     cold: list[float] = []
     to_reply: list[float] = []
@@ -507,16 +514,7 @@ def bench_create(n: int) -> None:
 
     # The same, split at the moment the answer was read (a separate pass:
     # the marks cost a little).
-    replied: list[float] = []
-    recv = s._recvmsg
-
-    def timed_recv(size: int) -> Any:
-        try:
-            return recv(size)
-        finally:
-            replied.append(time.perf_counter())
-
-    s._recvmsg = timed_recv  # type: ignore[method-assign]
+    replied = mark_reads(s)
     to_answer: list[float] = []
     after_answer: list[float] = []
     for j in range(n // 4):

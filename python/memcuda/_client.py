@@ -244,13 +244,18 @@ class Store:
         data, anc, _f, _a = self._sock.recvmsg(size, cmsg, _CMSG_CLOEXEC)
         return data, anc
 
+    def _begin(self) -> None:
+        # Under the lock, before a request: the connection must be usable,
+        # and releases queued by finalizers go out first.
+        if self._closed:
+            raise FailedPrecondition("store is closed")
+        if self._forked:
+            raise FailedPrecondition("a Store cannot be used across fork(); connect() again in the child")
+        self._flush_pending()
+
     def _call(self, op: str, **kw: Any) -> dict[str, Any]:
         with self._lock:
-            if self._closed:
-                raise FailedPrecondition("store is closed")
-            if self._forked:
-                raise FailedPrecondition("a Store cannot be used across fork(); connect() again in the child")
-            self._flush_pending()
+            self._begin()
             return self._roundtrip(op, **kw)
 
     def _send(self, op: str, **kw: Any) -> int:
@@ -346,11 +351,7 @@ class Store:
         out: list[SharedTensor] = []
         failed: Optional[BaseException] = None
         with self._lock:
-            if self._closed:
-                raise FailedPrecondition("store is closed")
-            if self._forked:
-                raise FailedPrecondition("a Store cannot be used across fork(); connect() again in the child")
-            self._flush_pending()
+            self._begin()
             for start in range(0, len(names), _GET_WINDOW):
                 ids = [self._send("get", name=n) for n in names[start:start + _GET_WINDOW]]
                 self._read_unread()
