@@ -24,6 +24,10 @@ const (
 	OpGC      = "gc"
 	OpTrim    = "trim"
 	OpPublish = "publish"
+	// OpForget tells the agent the client closed the descriptor of a
+	// segment (Request.Segment): the next answer that needs it carries it
+	// again. An open descriptor keeps the segment's memory allocated.
+	OpForget = "forget"
 )
 
 // Request is a client's request.
@@ -38,6 +42,8 @@ type Request struct {
 	// Event is a base64 CUipcEventHandle: on publish, the event readers wait
 	// on; on release, GPU work the block must finish before it is reused.
 	Event string `json:"event,omitempty"`
+	// Segment is the segment id of a forget.
+	Segment string `json:"segment,omitempty"`
 }
 
 // Response is the agent's answer to the request with the same id.
@@ -70,6 +76,9 @@ type Hello struct {
 	PeerPID  int              `json:"peer_pid"`
 	Redis    bool             `json:"redis"` // the registry answered
 	Software string           `json:"software"`
+	// Features lists what this agent speaks beyond version 1's first ops
+	// ("forget"), so a newer client can tell an older agent.
+	Features []string `json:"features,omitempty"`
 }
 
 // Stats are the agent's statistics.

@@ -40,7 +40,7 @@ func decodePlain(b []byte) (req Request, ok bool) {
 	for _, f := range []struct {
 		key string
 		dst *string
-	}{{`,"device":`, &req.Device}, {`,"client":`, &req.Client}, {`,"event":`, &req.Event}} {
+	}{{`,"device":`, &req.Device}, {`,"client":`, &req.Client}, {`,"event":`, &req.Event}, {`,"segment":`, &req.Segment}} {
 		if p.lit(f.key) {
 			if *f.dst, ok = p.str(); !ok {
 				return Request{}, false

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -136,7 +137,11 @@ func (c *Client) call(ctx context.Context, req *v1.Request) (*v1.Response, error
 	for i, id := range resp.FDs {
 		fd := c.fds[i]
 		if old := c.segs[id]; old != nil {
-			unix.Close(fd) // already have it
+			if old.fd < 0 && old.mem == nil && old.gpu == nil {
+				old.fd = fd // sent again after a forget
+			} else {
+				unix.Close(fd) // already have it
+			}
 			continue
 		}
 		c.segs[id] = &segment{id: id, fd: fd}
@@ -315,11 +320,14 @@ func (t *Tensor) Release(ctx context.Context) error {
 	t.released = true
 	t.data = nil
 	delete(c.tensors, t)
+	var forget []string
 	if s := t.seg; s != nil {
 		if s.users--; s.users == 0 {
 			c.idle = append(c.idle, s)
 			for len(c.idle) > maxIdleMappings {
-				c.idle[0].unmap()
+				if c.evict(c.idle[0]) {
+					forget = append(forget, c.idle[0].id)
+				}
 				c.idle = c.idle[1:]
 			}
 		}
@@ -330,7 +338,26 @@ func (t *Tensor) Release(ctx context.Context) error {
 		return nil // the lease went with the connection
 	}
 	_, err := c.call(ctx, &v1.Request{Op: v1.OpRelease, Name: t.Info.Name})
+	for _, id := range forget {
+		if _, ferr := c.call(ctx, &v1.Request{Op: v1.OpForget, Segment: id}); ferr != nil {
+			err = errors.Join(err, ferr)
+		}
+	}
 	return err
+}
+
+// evict unmaps an unused segment and, when the agent can send it again,
+// closes its descriptor: an open descriptor keeps the segment's memory
+// allocated even after the agent gives the segment back. It reports
+// whether the agent must be told (forget).
+func (c *Client) evict(s *segment) bool {
+	s.unmap()
+	if s.fd < 0 || !slices.Contains(c.hello.Features, v1.OpForget) {
+		return false
+	}
+	unix.Close(s.fd)
+	s.fd = -1
+	return true
 }
 
 // CreateOption configures Create.

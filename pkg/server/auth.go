@@ -55,7 +55,7 @@ func (cn *conn) scope(ctx context.Context, req *v1.Request) error {
 		return nil
 	}
 	switch req.Op {
-	case v1.OpHello, v1.OpList, v1.OpStats, v1.OpGC, v1.OpTrim:
+	case v1.OpHello, v1.OpList, v1.OpStats, v1.OpGC, v1.OpTrim, v1.OpForget:
 		return nil
 	}
 	if err := tensor.ValidateName(req.Name); err != nil {

@@ -237,6 +237,7 @@ func (cn *conn) handle(req *v1.Request) (*v1.Response, []int, error) {
 		resp.Hello = &v1.Hello{
 			Version: v1.Version, Agent: st.Instance(), Node: st.Node(), Mode: st.Backend().Mode(),
 			Devices: st.Backend().Devices(), PeerPID: cn.pid, Redis: st.Registry().Ping(ctx) == nil, Software: Software,
+			Features: []string{v1.OpForget},
 		}
 		return resp, nil, nil
 	case v1.OpCreate, v1.OpGet:
@@ -330,6 +331,14 @@ func (cn *conn) handle(req *v1.Request) (*v1.Response, []int, error) {
 		n, err := st.Trim()
 		resp.Trimmed = n
 		return resp, nil, err
+	case v1.OpForget:
+		// The peer closed its copy of the descriptor (its memory can go
+		// once the agent releases the segment): send it again when needed.
+		if req.Segment == "" {
+			return nil, nil, errdefs.Invalid("forget needs a segment id")
+		}
+		delete(cn.sent, req.Segment)
+		return resp, nil, nil
 	}
 	return nil, nil, errdefs.Invalid("unknown op %q", req.Op)
 }

@@ -548,3 +548,45 @@ func TestIdleMappingsAreReused(t *testing.T) {
 		t.Fatal("the idle mapping was not reused")
 	}
 }
+
+// Past the idle bound a segment is unmapped and its descriptor closed (an
+// open one keeps the memory), the agent is told, and a later get of a
+// tensor in it brings the descriptor again.
+func TestEvictedSegmentsDescriptorIsClosedAndSentAgain(t *testing.T) {
+	e := newEnv(t)
+	e.startAgent()
+	c := e.dial()
+	ctx := context.Background()
+	openFDs := func() int {
+		ents, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ents)
+	}
+	const n = 9 // one more than the client keeps mapped unused
+	var before int
+	for i := 0; i < n; i++ {
+		x, err := c.Create(ctx, fmt.Sprintf("evict.%d", i), "u8", []int64{10 << 20}) // a segment each
+		if err != nil {
+			t.Fatal(err)
+		}
+		x.Bytes()[0] = byte(i + 1)
+		if i == n-1 {
+			before = openFDs() - 1 // the last segment's descriptor came with this create
+		}
+		if err := x.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := openFDs(); got != before {
+		t.Fatalf("%d descriptors open after the first segment was evicted, want %d (its descriptor closed)", got, before)
+	}
+	first, err := c.Get(ctx, "evict.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.Bytes()[0] != 1 {
+		t.Fatalf("evict.0 reads %d after mapping it again", first.Bytes()[0])
+	}
+}
