@@ -174,6 +174,8 @@ class Store:
         self.max_idle_bytes = int(os.environ.get("MEMCUDA_IDLE_MAPPING_BYTES", str(1 << 30)))
         self._segments: dict[str, _Segment] = {}
         self._pending_release: list[str] = []  # from finalizers: sent before the next call
+        self._unmapped: list[_Segment] = []  # descriptors to close, and forget, at a safe point
+        self._in_window = False  # get_many is reading answers: no forget may go out now
         self._unread = 0  # releases sent whose replies are still on the socket
         self.release_errors: list[MemcudaError] = []  # failures of pipelined releases, newest last (at most 64)
         self._closed = False
@@ -182,6 +184,9 @@ class Store:
         _stores.add(self)
         resp = self._call("hello", client=f"memcuda-py {__version__}")
         self.hello: dict[str, Any] = resp["hello"]
+        # Agents that take forget send a segment's descriptor again after
+        # it: only then may an unmapped segment's descriptor be closed.
+        self._can_forget = "forget" in (self.hello.get("features") or ())
 
     # -- transport ---------------------------------------------------------
 
@@ -279,10 +284,13 @@ class Store:
             if len(fd_ids) != nfd or len(self._fds) < nfd:
                 raise ProtocolError(f"response announces {nfd} descriptors, {len(self._fds)} arrived")
             for sid, fd in zip(fd_ids, self._fds[:nfd]):
-                if sid in self._segments:
-                    os.close(fd)
-                else:
+                seg = self._segments.get(sid)
+                if seg is None:
                     self._segments[sid] = _Segment(sid, fd)
+                elif seg.fd < 0 and seg.mapping is None:
+                    seg.fd = fd  # sent again after a forget
+                else:
+                    os.close(fd)
             del self._fds[:nfd]
         if rid and resp.get("id") not in (rid, 0):
             raise ProtocolError(f"response id {resp.get('id')} for request {rid}")
@@ -295,9 +303,12 @@ class Store:
         # A release's answer carries nothing the caller needs: send it now,
         # read its reply in front of the next call's (the agent answers a
         # connection in order). A get+release pair costs one round trip.
+        self._pipelined("release", name=name, event=event)
+
+    def _pipelined(self, op: str, **kw: Any) -> None:
         if self._unread >= _MAX_UNREAD:
             self._read_unread()
-        self._send("release", name=name, event=event)
+        self._send(op, **kw)
         self._unread += 1
 
     def _read_unread(self) -> None:
@@ -317,6 +328,20 @@ class Store:
     def _flush_pending(self) -> None:
         while self._pending_release:
             self._release_async(self._pending_release.pop())
+        self._forget_unmapped()
+
+    def _forget_unmapped(self) -> None:
+        # An open descriptor keeps its segment's memory allocated, even after
+        # the agent gives the segment back: close the descriptors of
+        # segments unmapped since, and tell the agent (it sends one again
+        # when a later answer needs it). Pipelined like a release.
+        while self._unmapped:
+            seg = self._unmapped.pop()
+            if seg.mapping is not None or seg.users or seg.fd < 0:
+                continue  # mapped again meanwhile
+            _close_fd(seg.fd)
+            seg.fd = -1
+            self._pipelined("forget", segment=seg.id)
 
     # -- operations --------------------------------------------------------
 
@@ -355,20 +380,15 @@ class Store:
             for start in range(0, len(names), _GET_WINDOW):
                 ids = [self._send("get", name=n) for n in names[start:start + _GET_WINDOW]]
                 self._read_unread()
-                for rid in ids:
-                    # Every answer is read, even after a failure: the
-                    # connection must stay in step with the agent.
-                    try:
-                        resp = self._read_response(rid, cache=True)
-                    except (ProtocolError, Unavailable):
+                self._in_window = True
+                try:
+                    self._open_answers(ids, out)
+                except BaseException as e:
+                    failed = e
+                    if isinstance(e, (ProtocolError, Unavailable)):
                         raise
-                    except MemcudaError as e:
-                        failed = failed or e
-                        continue
-                    try:
-                        out.append(self._open(resp, cache=True))
-                    except BaseException as e:  # _open queued the release of this one
-                        failed = failed or e
+                finally:
+                    self._in_window = False
                 if failed is not None:
                     break
         if failed is not None:
@@ -380,6 +400,26 @@ class Store:
                 if t.info.event and t.is_cuda:
                     t.wait()
         return out
+
+    def _open_answers(self, ids: list[int], out: "list[SharedTensor]") -> None:
+        # Reads the answers of a window of gets in order and opens them. Every
+        # answer is read, even after a failure: the connection must stay in
+        # step with the agent. Raises the first failure once all are read.
+        failed: Optional[BaseException] = None
+        for rid in ids:
+            try:
+                resp = self._read_response(rid, cache=True)
+            except (ProtocolError, Unavailable):
+                raise
+            except MemcudaError as e:
+                failed = failed or e
+                continue
+            try:
+                out.append(self._open(resp, cache=True))
+            except BaseException as e:  # _open queued the release of this one
+                failed = failed or e
+        if failed is not None:
+            raise failed
 
     def delete(self, name: str) -> None:
         """Drops the registry's reference: no new gets; the memory goes when the last reference does."""
@@ -393,6 +433,12 @@ class Store:
 
     def stats(self) -> dict[str, Any]:
         return dict(self._call("stats")["stats"])
+
+    def trim(self) -> int:
+        """Gives the agent's unused segments back to the driver; returns the
+        bytes released. Memory a process still maps stays allocated until it
+        unmaps it."""
+        return int(self._call("trim").get("trimmed") or 0)
 
     def gc(self) -> dict[str, Any]:
         return dict(self._call("gc")["gc"])
@@ -463,6 +509,8 @@ class Store:
             self._drop_user(t._seg)
             if not self._closed and not self._forked:
                 self._release_async(t.info.name, event)
+                if not self._in_window:
+                    self._forget_unmapped()
 
     def _drop_user(self, seg: _Segment) -> None:
         # An unused segment stays mapped (up to max_idle_mappings segments
@@ -475,7 +523,12 @@ class Store:
             self._idle[seg.id] = seg
             while self._idle and (len(self._idle) > self.max_idle_mappings
                                   or sum(s.size for s in self._idle.values()) > self.max_idle_bytes):
-                _unmap(self._idle.pop(next(iter(self._idle))))
+                old = self._idle.pop(next(iter(self._idle)))
+                _unmap(old)
+                if self._can_forget and old.fd >= 0:
+                    # Closed at the next safe point: answers already on
+                    # their way may need it to map the segment again.
+                    self._unmapped.append(old)
 
 
 def _device_arg(device: Any) -> str:

@@ -95,9 +95,10 @@ def encode_request(
     device: str = "",
     client: str = "",
     event: str = "",
+    segment: str = "",
 ) -> bytes:
     """A request frame, byte for byte what the Go encoder writes."""
-    if not (dtype or shape or device or client or event):
+    if not (dtype or shape or device or client or event or segment):
         # The hot path (get, release, stat...): the bytes after the id are
         # the same every time for an op and name.
         tail = _TAILS.get((op, name))
@@ -106,27 +107,28 @@ def encode_request(
         if tail is not None:
             b = b'{"id":%d' % id + tail
             return _HEAD.pack(MAGIC, VERSION, KIND_REQUEST, 0, 0, len(b)) + b
-    if not client and _PLAIN.match(op + name + dtype + device + event):
+    if not client and _PLAIN.match(op + name + dtype + device + event + segment):
         # create and publish: the same rules as above (one match checks every
         # field: the pattern is a character class). The bytes after the name
         # repeat for a dtype, shape and device: formatted once.
-        key = (op, dtype, tuple(shape) if shape else (), device, event)
+        key = (op, dtype, tuple(shape) if shape else (), device, event, segment)
         parts = _SUFFIXES.get(key)
         if parts is None:
             parts = _suffix(key)
         head, rest = parts
         b = b'{"id":%d' % id + head + (b',"name":"%s"' % name.encode() if name else b"") + rest
         return _HEAD.pack(MAGIC, VERSION, KIND_REQUEST, 0, 0, len(b)) + b
-    return _encode_general(id, op, name, dtype, shape, device, client, event)
+    return _encode_general(id, op, name, dtype, shape, device, client, event, segment)
 
 
-_SUFFIXES: dict[tuple[str, str, tuple[int, ...], str, str], tuple[bytes, bytes]] = {}
+_SuffixKey = tuple[str, str, tuple[int, ...], str, str, str]
+_SUFFIXES: dict[_SuffixKey, tuple[bytes, bytes]] = {}
 
 
-def _suffix(key: tuple[str, str, tuple[int, ...], str, str]) -> tuple[bytes, bytes]:
+def _suffix(key: _SuffixKey) -> tuple[bytes, bytes]:
     # v1.Request's field order and omitempty: op, (name), dtype, shape,
-    # device, event.
-    op, dtype, shape, device, event = key
+    # device, event, segment.
+    op, dtype, shape, device, event, segment = key
     rest = b""
     if dtype:
         rest += b',"dtype":"%s"' % dtype.encode()
@@ -136,6 +138,8 @@ def _suffix(key: tuple[str, str, tuple[int, ...], str, str]) -> tuple[bytes, byt
         rest += b',"device":"%s"' % device.encode()
     if event:
         rest += b',"event":"%s"' % event.encode()
+    if segment:
+        rest += b',"segment":"%s"' % segment.encode()
     parts = (b',"op":"%s"' % op.encode(), rest + b"}")
     if len(_SUFFIXES) >= 1024:
         _SUFFIXES.clear()
@@ -144,7 +148,7 @@ def _suffix(key: tuple[str, str, tuple[int, ...], str, str]) -> tuple[bytes, byt
 
 
 def _encode_general(id: int, op: str, name: str, dtype: str, shape: Optional[Sequence[int]], device: str, client: str,
-                    event: str) -> bytes:
+                    event: str, segment: str = "") -> bytes:
     body: dict[str, Any] = {"id": int(id), "op": op}
     # Field order and omitempty rules of v1.Request.
     if name:
@@ -159,6 +163,8 @@ def _encode_general(id: int, op: str, name: str, dtype: str, shape: Optional[Seq
         body["client"] = client
     if event:
         body["event"] = event
+    if segment:
+        body["segment"] = segment
     return frame(KIND_REQUEST, _go_json(body))
 
 

@@ -354,3 +354,36 @@ def test_get_many_maps_every_segment(gpu_agent) -> None:
             t.release()
         for name in big + small:
             s.delete(name)
+
+
+def test_memory_returns_after_trim_while_clients_stay_connected(gpu_agent) -> None:
+    """A segment's memory goes back to the GPU when its tensor is deleted and
+    the agent trims, even though the processes that used it are still
+    connected: they unmapped it and closed its descriptor (forget)."""
+    import torch
+
+    def used() -> int:
+        free, total = torch.cuda.mem_get_info(0)
+        return total - free
+
+    torch.cuda.init()
+    name = f"trim.{gpu_agent.mode}"
+    size = 2 << 30  # over the 1 GiB of idle mappings a Store keeps
+    with memcuda.connect() as w, memcuda.connect() as r:
+        w.trim()
+        base = used()
+        with w.create(name, (size // 4,), "f32") as t:
+            t.torch().fill_(1.0)
+            torch.cuda.synchronize()
+        with r.get(name) as t:
+            assert float(t.torch()[-1]) == 1.0
+        assert used() >= base + size
+        w.delete(name)
+        r.flush()
+        if gpu_agent.mode == "legacy":
+            return  # legacy segments stay while the agent runs: any process may have opened the handle
+        deadline = time.time() + 5
+        while used() > base + (64 << 20):
+            assert time.time() < deadline, f"{(used() - base) >> 20} MiB still allocated after delete and trim"
+            w.trim()
+            time.sleep(0.05)

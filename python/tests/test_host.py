@@ -184,6 +184,39 @@ def test_idle_mappings_are_bounded(agent) -> None:
         assert all(seg.mapping is None for seg in s._segments.values()), "max_idle_mappings=0 unmaps at the last release"
 
 
+def test_unmapped_segments_descriptor_is_closed_and_sent_again(agent) -> None:
+    """An open descriptor keeps a segment's memory: past the idle bounds the
+    client closes it and sends forget; a later get brings it again."""
+    with memcuda.connect() as w:
+        w.create("fg.a", (16,), "i32").release()
+    with memcuda.connect() as s:
+        assert s._can_forget, "this agent announces forget"
+        s.max_idle_mappings = 0
+        t = s.get("fg.a")
+        t.numpy()[:] = 7
+        seg = s._segments[t.info.segment_id]
+        fd = seg.fd
+        assert fd >= 0 and seg.mapping is not None
+        t.release()
+        assert seg.mapping is None and seg.fd == -1, "unmapped at the last release, descriptor closed"
+        with pytest.raises(OSError):
+            os.fstat(fd)
+        s.flush()
+        assert not s.release_errors, s.release_errors
+        with s.get("fg.a") as t:  # the agent sent the descriptor again
+            assert seg.fd >= 0 and int(t.numpy()[3]) == 7
+        # get_many over a forgotten segment: the first answer brings it.
+        s.create("fg.b", (16,), "i32").release()
+        s.flush()
+        assert seg.fd == -1
+        ts = s.get_many(["fg.a", "fg.b"])
+        assert [int(x.numpy()[0]) for x in ts] == [7, 0]
+        for x in ts:
+            x.release()
+        s.flush()
+        assert not s.release_errors, s.release_errors
+
+
 def test_failed_pipelined_release_is_reported(agent, caplog) -> None:
     with memcuda.connect() as s:
         s.create("pipe.err", (8,), "f32").release()

@@ -14,7 +14,7 @@ def test_request_vectors_encode_byte_for_byte(vec: dict) -> None:
     m = vec["message"]
     got = _wire.encode_request(m["id"], m["op"], name=m.get("name", ""), dtype=m.get("dtype", ""),
                                shape=m.get("shape"), device=m.get("device", ""), client=m.get("client", ""),
-                               event=m.get("event", ""))
+                               event=m.get("event", ""), segment=m.get("segment", ""))
     assert got.hex() == vec["frame_hex"]
 
 
