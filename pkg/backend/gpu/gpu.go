@@ -216,8 +216,16 @@ func (s *Segment) ZeroAsync(_ context.Context, off, n uint64) (func() error, err
 	return s.fill.Wait, nil
 }
 
-// Release implements pool.Segment.
+// Release implements pool.Segment. It first waits for the fills queued on
+// the device: a block is cleared when it is freed, so a segment trimmed
+// right after its last free may still have a clear in flight, and
+// unmapping under it faults the agent's context (CUDA_ERROR_ILLEGAL_ADDRESS,
+// seen on an H200). The fill event's latest record follows every fill
+// queued so far.
 func (s *Segment) Release() error {
+	if err := s.fill.Wait(); err != nil {
+		return fmt.Errorf("release segment %s: wait for its clears: %w", s.id, err)
+	}
 	if s.legacy {
 		return s.d.MemFree(s.ptr)
 	}

@@ -106,6 +106,46 @@ func TestSegments(t *testing.T) {
 	}
 }
 
+// A segment released right after a clear was queued on it (a trim just
+// after the last free) must not fault: the next segment's clear and the
+// copies after it work.
+func TestReleaseRightAfterAQueuedClear(t *testing.T) {
+	for _, mode := range []string{tensor.ModeVMM, tensor.ModeLegacy} {
+		t.Run(mode, func(t *testing.T) {
+			b := newBackend(t, mode)
+			ctx := context.Background()
+			size := uint64(2 << 30) // a clear that takes a while
+			for i := 0; i < 3; i++ {
+				seg, err := b.NewSegment(ctx, 0, size)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := seg.(*Segment).ZeroAsync(ctx, 0, size); err != nil {
+					t.Fatal(err)
+				}
+				if err := seg.Release(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			seg, err := b.NewSegment(ctx, 0, b.Granularity(0))
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := seg.(*Segment)
+			if err := seg.Zero(ctx, 0, 4096); err != nil {
+				t.Fatalf("the device faulted after releases under queued clears: %v", err)
+			}
+			buf := make([]byte, 4096)
+			if err := s.Device().CopyFromDevice(buf, s.Ptr()); err != nil {
+				t.Fatal(err)
+			}
+			if err := seg.Release(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
 func TestOutOfMemoryIsClassified(t *testing.T) {
 	b := newBackend(t, tensor.ModeVMM)
 	_, err := b.NewSegment(context.Background(), 0, b.Devices()[0].Total*4)
