@@ -48,6 +48,9 @@ type Client struct {
 	closed  bool
 	tensors map[*Tensor]struct{}
 	idle    []*segment // mapped segments no tensor uses, oldest first
+	// unmapped are segments evicted from idle whose descriptor is still
+	// open: closed, and forgotten, before the next request.
+	unmapped []*segment
 }
 
 // maxIdleMappings bounds the unused segments a client keeps mapped: the
@@ -98,9 +101,43 @@ func (c *Client) Hello() v1.Hello { return c.hello }
 func (c *Client) call(ctx context.Context, req *v1.Request) (*v1.Response, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.callLocked(ctx, req)
+}
+
+// callLocked is call with c.mu held. Descriptors of segments unmapped since
+// the last call are closed and forgotten first, so that the agent's view of
+// what this client holds is right for the request.
+func (c *Client) callLocked(ctx context.Context, req *v1.Request) (*v1.Response, error) {
 	if c.closed {
 		return nil, fmt.Errorf("%w: client is closed", errdefs.ErrFailedPrecondition)
 	}
+	if err := c.forgetLocked(ctx); err != nil {
+		return nil, err
+	}
+	return c.exchange(ctx, req)
+}
+
+// forgetLocked closes the descriptors of segments evicted from the idle
+// mappings (an open descriptor keeps the segment's memory allocated) and
+// tells the agent, which sends them again when needed.
+func (c *Client) forgetLocked(ctx context.Context) error {
+	for len(c.unmapped) > 0 {
+		s := c.unmapped[len(c.unmapped)-1]
+		c.unmapped = c.unmapped[:len(c.unmapped)-1]
+		if s.users > 0 || s.gpu != nil || s.mem != nil || s.fd < 0 {
+			continue // mapped again meanwhile
+		}
+		unix.Close(s.fd)
+		s.fd = -1
+		if _, err := c.exchange(ctx, &v1.Request{Op: v1.OpForget, Segment: s.id}); err != nil {
+			return fmt.Errorf("forget segment %s: %w", s.id, err)
+		}
+	}
+	return nil
+}
+
+// exchange writes req and reads its answer, with c.mu held.
+func (c *Client) exchange(ctx context.Context, req *v1.Request) (*v1.Response, error) {
 	c.nextID++
 	req.ID = c.nextID
 	frame, err := v1.EncodeRequest(req)
@@ -255,22 +292,27 @@ func (s *segment) unmap() error {
 	return err
 }
 
+// open takes the reference and maps the tensor under one hold of c.mu:
+// between the answer and the mapping no other call may evict the segment
+// or forget its descriptor.
 func (c *Client) open(ctx context.Context, req *v1.Request) (*Tensor, error) {
-	resp, err := c.call(ctx, req)
+	c.mu.Lock()
+	resp, err := c.callLocked(ctx, req)
 	if err != nil {
+		c.mu.Unlock()
 		return nil, err
 	}
 	t := &Tensor{Info: *resp.Tensor, c: c}
-	if err := c.mapTensor(t); err != nil {
+	err = c.mapTensorLocked(t)
+	c.mu.Unlock()
+	if err != nil {
 		_ = t.Release(ctx)
 		return nil, err
 	}
 	return t, nil
 }
 
-func (c *Client) mapTensor(t *Tensor) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+func (c *Client) mapTensorLocked(t *Tensor) error {
 	s := c.segs[t.Info.SegmentID]
 	if s == nil && t.Info.IPCMode == tensor.ModeLegacy {
 		s = &segment{id: t.Info.SegmentID, fd: -1}
@@ -320,14 +362,11 @@ func (t *Tensor) Release(ctx context.Context) error {
 	t.released = true
 	t.data = nil
 	delete(c.tensors, t)
-	var forget []string
 	if s := t.seg; s != nil {
 		if s.users--; s.users == 0 {
 			c.idle = append(c.idle, s)
 			for len(c.idle) > maxIdleMappings {
-				if c.evict(c.idle[0]) {
-					forget = append(forget, c.idle[0].id)
-				}
+				c.evict(c.idle[0])
 				c.idle = c.idle[1:]
 			}
 		}
@@ -338,26 +377,18 @@ func (t *Tensor) Release(ctx context.Context) error {
 		return nil // the lease went with the connection
 	}
 	_, err := c.call(ctx, &v1.Request{Op: v1.OpRelease, Name: t.Info.Name})
-	for _, id := range forget {
-		if _, ferr := c.call(ctx, &v1.Request{Op: v1.OpForget, Segment: id}); ferr != nil {
-			err = errors.Join(err, ferr)
-		}
-	}
 	return err
 }
 
-// evict unmaps an unused segment and, when the agent can send it again,
-// closes its descriptor: an open descriptor keeps the segment's memory
-// allocated even after the agent gives the segment back. It reports
-// whether the agent must be told (forget).
-func (c *Client) evict(s *segment) bool {
+// evict unmaps an unused segment. When the agent can send the descriptor
+// again, the next call closes it and tells the agent (forget): an open
+// descriptor keeps the segment's memory allocated even after the agent
+// gives the segment back.
+func (c *Client) evict(s *segment) {
 	s.unmap()
-	if s.fd < 0 || !slices.Contains(c.hello.Features, v1.OpForget) {
-		return false
+	if s.fd >= 0 && slices.Contains(c.hello.Features, v1.OpForget) {
+		c.unmapped = append(c.unmapped, s)
 	}
-	unix.Close(s.fd)
-	s.fd = -1
-	return true
 }
 
 // CreateOption configures Create.

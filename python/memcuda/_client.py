@@ -348,15 +348,16 @@ class Store:
     def create(self, name: str, shape: Sequence[int], dtype: Any = "f32", device: Any = None) -> "SharedTensor":
         """Creates a tensor (zero-filled), or opens the existing one when dtype
         and shape match. Raises AlreadyExists on a mismatch."""
-        resp = self._call("create", name=name, dtype=_dtypes.canonical(dtype), shape=[int(d) for d in shape],
-                          device=_device_arg(device))
-        return self._open(resp, cache=False)
+        dt, dims, dev = _dtypes.canonical(dtype), [int(d) for d in shape], _device_arg(device)
+        with self._lock:  # answer and mapping under one hold: no other thread may evict the segment between
+            return self._open(self._call("create", name=name, dtype=dt, shape=dims, device=dev), cache=False)
 
     def get(self, name: str, wait: bool = True) -> "SharedTensor":
         """Opens an existing tensor by name. Raises NotFound. When a writer
         published an event (SharedTensor.publish), the current stream waits
         for it (wait=False leaves ordering to the caller)."""
-        t = self._open(self._call("get", name=name), cache=True)
+        with self._lock:  # answer and mapping under one hold (see create)
+            t = self._open(self._call("get", name=name), cache=True)
         if wait and t.info.event and t.is_cuda:
             t.wait()
         return t

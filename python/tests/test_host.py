@@ -217,6 +217,38 @@ def test_unmapped_segments_descriptor_is_closed_and_sent_again(agent) -> None:
         assert not s.release_errors, s.release_errors
 
 
+def test_threads_share_a_store_while_segments_come_and_go(agent) -> None:
+    """Two threads get and release tensors of one segment on one Store with
+    no idle mappings: every release unmaps the segment and forgets its
+    descriptor while the other thread may be opening a tensor in it."""
+    import threading
+
+    with memcuda.connect() as w:
+        for i in range(2):
+            with w.create(f"thr.{i}", (8,), "i64") as t:
+                t.numpy()[:] = i + 10
+    errors: list[BaseException] = []
+    with memcuda.connect() as s:
+        s.max_idle_mappings = 0
+
+        def loop(i: int) -> None:
+            try:
+                for _ in range(300):
+                    with s.get(f"thr.{i}") as t:
+                        assert int(t.numpy()[7]) == i + 10
+            except BaseException as e:  # reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=loop, args=(i,)) for i in range(2)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        s.flush()
+        assert not errors, errors
+        assert not s.release_errors, s.release_errors
+
+
 def test_failed_pipelined_release_is_reported(agent, caplog) -> None:
     with memcuda.connect() as s:
         s.create("pipe.err", (8,), "f32").release()

@@ -590,3 +590,52 @@ func TestEvictedSegmentsDescriptorIsClosedAndSentAgain(t *testing.T) {
 		t.Fatalf("evict.0 reads %d after mapping it again", first.Bytes()[0])
 	}
 }
+
+// Goroutines sharing a client while its segments are evicted and their
+// descriptors forgotten: no get may find a segment without its descriptor.
+func TestConcurrentGetsWhileSegmentsAreEvicted(t *testing.T) {
+	e := newEnv(t)
+	e.startAgent()
+	c := e.dial()
+	ctx := context.Background()
+	const n = 12 // more segments than the client keeps mapped unused
+	for i := 0; i < n; i++ {
+		x, err := c.Create(ctx, fmt.Sprintf("churn.%d", i), "u8", []int64{10 << 20})
+		if err != nil {
+			t.Fatal(err)
+		}
+		x.Bytes()[0] = byte(i + 1)
+		if err := x.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for k := 0; k < 60; k++ {
+				i := (g*5 + k) % n
+				x, err := c.Get(ctx, fmt.Sprintf("churn.%d", i))
+				if err != nil {
+					errs <- err
+					return
+				}
+				if x.Bytes()[0] != byte(i+1) {
+					errs <- fmt.Errorf("churn.%d reads %d", i, x.Bytes()[0])
+					return
+				}
+				if err := x.Release(ctx); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}(g)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+}
