@@ -150,8 +150,7 @@ func (d *Device) Memset(p DevicePtr, v byte, n uint64) error {
 }
 
 // MemsetAsync queues a fill of n bytes at p with v on the default stream
-// and records e after it: e completes when the bytes are written. Another
-// process orders its work after the fill by waiting on e's IPC handle.
+// and records e after it: e completes when the bytes are written.
 func (d *Device) MemsetAsync(p DevicePtr, v byte, n uint64, e *Event) error {
 	return d.Do(func() error {
 		if err := check("cuMemsetD8Async", C.mc_cuMemsetD8Async(C.CUdeviceptr(p), C.uchar(v), C.size_t(n), nil)); err != nil {
