@@ -2,6 +2,7 @@ package tensor
 
 import (
 	"errors"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -76,6 +77,24 @@ func TestValidateName(t *testing.T) {
 			t.Errorf("ValidateName(%q) = %v, want invalid argument", n, err)
 		}
 	}
+}
+
+// The rule as regular expressions: ValidateName's byte loop must agree.
+var (
+	nameRE     = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.:/@+=-]*$`)
+	nameDotsRE = regexp.MustCompile(`\.\.|//`)
+)
+
+func FuzzValidateName(f *testing.F) {
+	for _, n := range []string{"w", "a..b", "a//b", "a/./b", "_", "-", "a-", "ns/m:v2", "é", "a\x00", strings.Repeat("z", 200), strings.Repeat("z", 201)} {
+		f.Add(n)
+	}
+	f.Fuzz(func(t *testing.T, name string) {
+		want := name != "" && len(name) <= maxName && nameRE.MatchString(name) && !nameDotsRE.MatchString(name)
+		if err := ValidateName(name); (err == nil) != want {
+			t.Fatalf("ValidateName(%q) = %v, the rule says valid=%v", name, err, want)
+		}
+	})
 }
 
 func TestFormatShape(t *testing.T) {
