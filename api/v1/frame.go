@@ -31,16 +31,24 @@ type Header struct {
 
 // AppendFrame appends a frame of kind around body to dst.
 func AppendFrame(dst []byte, kind byte, numFDs int, body []byte) ([]byte, error) {
-	if len(body) > MaxBody {
-		return nil, fmt.Errorf("%w: body of %d bytes exceeds %d", ErrFrame, len(body), MaxBody)
+	dst, err := appendHeader(dst, kind, numFDs, len(body))
+	if err != nil {
+		return nil, err
+	}
+	return append(dst, body...), nil
+}
+
+// appendHeader appends the header of a frame whose body is bodyLen bytes.
+func appendHeader(dst []byte, kind byte, numFDs, bodyLen int) ([]byte, error) {
+	if bodyLen > MaxBody {
+		return nil, fmt.Errorf("%w: body of %d bytes exceeds %d", ErrFrame, bodyLen, MaxBody)
 	}
 	if numFDs < 0 || numFDs > MaxFDs {
 		return nil, fmt.Errorf("%w: %d descriptors, at most %d", ErrFrame, numFDs, MaxFDs)
 	}
 	dst = append(dst, Magic...)
 	dst = append(dst, Version, kind, byte(numFDs), 0)
-	dst = binary.BigEndian.AppendUint32(dst, uint32(len(body)))
-	return append(dst, body...), nil
+	return binary.BigEndian.AppendUint32(dst, uint32(bodyLen)), nil
 }
 
 // ParseHeader decodes and checks a 12-byte header.
@@ -98,6 +106,14 @@ func EncodeRequest(req *Request) ([]byte, error) {
 
 // EncodeResponse encodes a response frame announcing len(resp.FDs) descriptors.
 func EncodeResponse(resp *Response) ([]byte, error) {
+	// The body is written after room for the header, and the header in
+	// front of it once the body's length is known: one buffer.
+	if frame, ok := appendPlainResponse(make([]byte, HeaderSize, 1024), resp); ok {
+		if _, err := appendHeader(frame[:0], KindResponse, len(resp.FDs), len(frame)-HeaderSize); err != nil {
+			return nil, err
+		}
+		return frame, nil
+	}
 	body, err := json.Marshal(resp)
 	if err != nil {
 		return nil, err

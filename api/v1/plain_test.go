@@ -2,10 +2,13 @@ package v1
 
 import (
 	"bufio"
+	"encoding/json"
 	"os"
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/memcuda/memcuda/pkg/tensor"
 )
 
 // strictRequest is DecodeRequest without the reflection-free path.
@@ -65,6 +68,81 @@ func FuzzDecodePlain(f *testing.F) {
 		strict, err := strictRequest(body)
 		if err != nil || !reflect.DeepEqual(&got, strict) {
 			t.Fatalf("%q: plain %+v, strict %+v (%v)", body, got, strict, err)
+		}
+	})
+}
+
+func plainInfo() tensor.Info {
+	return tensor.Info{Name: "ns/w:v2", UID: "agent-abc-17", DType: "bf16", Shape: []int64{256, 1024}, Device: 1,
+		DeviceUUID: "GPU-952e2206-aea1-40d5-a426-146df9c183e1", Bytes: 524288, IPCMode: "legacy", IPCHandle: "AAECAw+/=",
+		Offset: 1 << 20, SegmentID: "agent-abc.s12", SegmentSize: 2 << 20, OwnerPID: 4242, Refcount: -1, State: "ready",
+		Agent: "agent-abc", Node: "node-1", Tenant: "team-a", Event: "QQ==", Ctime: 1764200000000, Mtime: -1}
+}
+
+// Every answer the plain encoder writes is what json.Marshal writes; the
+// others it leaves to json.Marshal.
+func TestPlainResponseIsJSONMarshal(t *testing.T) {
+	full := plainInfo()
+	bare := tensor.Info{Name: "w", DType: "f32", Shape: []int64{}}
+	noShape := tensor.Info{Name: "s"}
+	for _, tc := range []struct {
+		name  string
+		resp  Response
+		plain bool
+	}{
+		{"create answer with a descriptor", Response{ID: 7, OK: true, Tensor: &full, FDs: []string{"agent-abc.s12"}}, true},
+		{"scalar, empty omitempty fields", Response{ID: 1 << 63, OK: true, Tensor: &bare}, true},
+		{"nil shape", Response{ID: 2, OK: true, Tensor: &noShape}, true},
+		{"release answer", Response{ID: 3, OK: true}, true},
+		{"two descriptors", Response{ID: 4, OK: true, Tensor: &bare, FDs: []string{"a", "b"}}, true},
+		{"error", Response{ID: 5, Error: &Error{Code: "not_found", Message: "no tensor"}}, false},
+		{"list", Response{ID: 6, OK: true, Tensors: []tensor.Info{full}}, false},
+		{"trim", Response{ID: 8, OK: true, Trimmed: 3}, false},
+		{"a string to escape", Response{ID: 9, OK: true, Tensor: &tensor.Info{Name: "a<b", Node: "n\u00e9"}}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			want, err := json.Marshal(&tc.resp)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, ok := appendPlainResponse(nil, &tc.resp)
+			if ok != tc.plain {
+				t.Fatalf("plain = %v, want %v", ok, tc.plain)
+			}
+			if ok && string(got) != string(want) {
+				t.Fatalf("plain encoder wrote\n%s\njson.Marshal\n%s", got, want)
+			}
+			frame, err := EncodeResponse(&tc.resp)
+			if err != nil {
+				t.Fatal(err)
+			}
+			h, err := ParseHeader(frame)
+			if err != nil || h.Kind != KindResponse || h.NumFDs != len(tc.resp.FDs) || string(frame[HeaderSize:]) != string(want) {
+				t.Fatalf("frame %q (%+v, %v), want body %s", frame, h, err, want)
+			}
+		})
+	}
+}
+
+func FuzzPlainResponse(f *testing.F) {
+	full := plainInfo()
+	f.Add(uint64(7), true, full.Name, full.UID, string(full.DType), full.DeviceUUID, full.IPCHandle, full.Tenant, full.Event, int64(256), int64(-3), uint64(1<<40), "seg")
+	f.Add(uint64(0), false, "", "", "", "", "", "", "", int64(0), int64(0), uint64(0), "")
+	f.Fuzz(func(t *testing.T, id uint64, ok bool, name, uid, dtype, uuid, handle, tenant, event string, d0, d1 int64, n uint64, seg string) {
+		info := plainInfo()
+		info.Name, info.UID, info.DType, info.DeviceUUID, info.IPCHandle, info.Tenant, info.Event = name, uid, tensor.DType(dtype), uuid, handle, tenant, event
+		info.Shape = []int64{d0, d1}[:min(2, int(n%3))]
+		info.Bytes, info.Offset, info.Refcount = n, n/3, d1
+		resp := Response{ID: id, OK: ok, Tensor: &info}
+		if seg != "" {
+			resp.FDs = []string{seg}
+		}
+		want, err := json.Marshal(&resp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, plain := appendPlainResponse(nil, &resp); plain && string(got) != string(want) {
+			t.Fatalf("plain encoder wrote\n%s\njson.Marshal\n%s", got, want)
 		}
 	})
 }
