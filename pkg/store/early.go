@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strconv"
 	"time"
 
 	"github.com/memcuda/memcuda/pkg/backend"
@@ -70,7 +72,9 @@ func (s *Store) CreateEarly(ctx context.Context, p CreateParams) (tensor.Info, C
 	s.blocks[info.UID] = allocation{name: info.Name, block: blk, pool: p0, dev: dev.Index, record: info}
 	s.names[info.Name] = info.UID
 	s.mu.Unlock()
-	s.log.Debug("tensor created", "name", info.Name, "dtype", dt, "shape", info.Shape, "bytes", n, "segment", info.SegmentID, "offset", info.Offset, "registry", "pending")
+	if s.log.Enabled(ctx, slog.LevelDebug) { // its arguments alone cost allocations on every create
+		s.log.Debug("tensor created", "name", info.Name, "dtype", dt, "shape", info.Shape, "bytes", n, "segment", info.SegmentID, "offset", info.Offset, "registry", "pending")
+	}
 	commit := func(ctx context.Context) {
 		s.commit(ctx, p.Name, t, func(ctx context.Context) error {
 			res, err := s.reg.Create(ctx, info, p.Holder, "")
@@ -214,7 +218,7 @@ func (s *Store) newInfo(p CreateParams, dt tensor.DType, n uint64, dev backend.D
 	seg := blk.Segment().(backend.Segment)
 	now := s.now().UnixMilli()
 	return tensor.Info{
-		Name: p.Name, UID: fmt.Sprintf("%s-%d", s.instance, s.uidSeq.Add(1)), DType: dt, Shape: append([]int64{}, p.Shape...),
+		Name: p.Name, UID: s.instance + "-" + strconv.FormatUint(s.uidSeq.Add(1), 10), DType: dt, Shape: append([]int64{}, p.Shape...),
 		Device: dev.Index, DeviceUUID: dev.UUID, Bytes: n, IPCMode: s.be.Mode(), IPCHandle: seg.Handle(),
 		Offset: blk.Offset(), SegmentID: seg.ID(), SegmentSize: seg.Size(), OwnerPID: p.OwnerPID,
 		State: tensor.StateReady, Agent: s.instance, Node: s.node, Tenant: p.Tenant, Ctime: now, Mtime: now,
