@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/sys/unix"
 
 	"github.com/memcuda/memcuda/internal/redistest"
 )
@@ -152,5 +153,134 @@ func TestGoRedisOverBlockingConns(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("closing the client did not wake a blocked BLMOVE")
+	}
+}
+
+// detachedPair returns a detached Conn (the server side, as the agent
+// uses it) and the plain client of a Unix stream connection.
+func detachedPair(t *testing.T) (*Conn, *net.UnixConn) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "s")
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	peer, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	acc, err := l.AcceptUnix()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Detach(acc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(); peer.Close() })
+	return c, peer
+}
+
+func TestDetachedReadWriteAndDescriptors(t *testing.T) {
+	c, peer := detachedPair(t)
+	if fl, err := unix.FcntlInt(uintptr(c.FD()), unix.F_GETFL, 0); err != nil || fl&unix.O_NONBLOCK != 0 {
+		t.Fatalf("detached descriptor flags %#x, %v: want blocking", fl, err)
+	}
+	if c.LocalAddr() == nil || c.LocalAddr().Network() != "unix" {
+		t.Fatalf("LocalAddr = %v", c.LocalAddr())
+	}
+	big := make([]byte, 4<<20) // more than the socket buffers: Write waits for room
+	for i := range big {
+		big[i] = byte(i * 7)
+	}
+	got := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(io.LimitReader(peer, int64(len(big))))
+		got <- b
+	}()
+	if n, err := c.Write(big); err != nil || n != len(big) {
+		t.Fatalf("Write = %d, %v", n, err)
+	}
+	if b := <-got; string(b) != string(big) {
+		t.Fatal("peer read other bytes than were written")
+	}
+	// A descriptor rides on the first byte of a message, as the agent sends segments.
+	f, err := os.CreateTemp(t.TempDir(), "seg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := c.WriteMsg([]byte("seg"), unix.UnixRights(int(f.Fd()))); err != nil {
+		t.Fatal(err)
+	}
+	buf, oob := make([]byte, 3), make([]byte, unix.CmsgSpace(4))
+	n, oobn, _, _, err := peer.ReadMsgUnix(buf, oob)
+	if err != nil || string(buf[:n]) != "seg" {
+		t.Fatalf("ReadMsgUnix = %q, %v", buf[:n], err)
+	}
+	msgs, _ := unix.ParseSocketControlMessage(oob[:oobn])
+	if len(msgs) != 1 {
+		t.Fatalf("%d control messages, want 1", len(msgs))
+	}
+	fds, err := unix.ParseUnixRights(&msgs[0])
+	if err != nil || len(fds) != 1 {
+		t.Fatalf("descriptors %v, %v", fds, err)
+	}
+	unix.Close(fds[0])
+	go peer.Write([]byte("pong"))
+	if _, err := io.ReadFull(c, buf[:3]); err != nil || string(buf) != "pon" {
+		t.Fatalf("Read = %q, %v", buf, err)
+	}
+	peer.Close()
+	c.Read(buf[:1]) // the "g"
+	if _, err := c.Read(buf); !errors.Is(err, io.EOF) {
+		t.Fatalf("Read after the peer closed: %v, want EOF", err)
+	}
+}
+
+func TestDetachedShutdownAndCloseWakeABlockedRead(t *testing.T) {
+	for _, how := range []string{"shutdown", "close"} {
+		t.Run(how, func(t *testing.T) {
+			c, _ := detachedPair(t)
+			done := make(chan error, 1)
+			go func() {
+				_, err := c.Read(make([]byte, 1))
+				done <- err
+			}()
+			time.Sleep(20 * time.Millisecond)
+			if how == "shutdown" {
+				c.Shutdown()
+			} else if err := c.Close(); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case err := <-done:
+				if err == nil {
+					t.Fatal("a woken Read returned no error")
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatalf("%s did not wake a blocked Read", how)
+			}
+		})
+	}
+}
+
+func TestDetachedRefusesDeadlines(t *testing.T) {
+	c, _ := detachedPair(t)
+	if err := c.SetReadDeadline(time.Now().Add(time.Second)); !errors.Is(err, ErrDetachedDeadline) {
+		t.Fatalf("SetReadDeadline: %v", err)
+	}
+	if err := c.SetDeadline(time.Now().Add(time.Second)); !errors.Is(err, ErrDetachedDeadline) {
+		t.Fatalf("SetDeadline: %v", err)
+	}
+	if err := c.SetDeadline(time.Time{}); err != nil {
+		t.Fatalf("clearing deadlines: %v", err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("second Close: %v", err)
 	}
 }

@@ -90,11 +90,12 @@ func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
 			s.wg.Wait()
 			return err
 		}
-		cn := &conn{c: c, srv: s, holder: s.st.OpenLease(), leases: map[string]int64{}, infos: map[string]tensor.Info{}, sent: map[string]bool{}, events: map[string]*sharedEvent{}}
+		cn := &conn{srv: s, holder: s.st.OpenLease(), leases: map[string]int64{}, infos: map[string]tensor.Info{}, sent: map[string]bool{}, events: map[string]*sharedEvent{}}
 		if cred, err := procinfo.PeerCred(c); err == nil {
 			cn.pid, cn.uid = int(cred.Pid), int(cred.Uid)
 		}
-		if cn.raw, err = blockingnet.Wrap(c); err != nil {
+		if cn.raw, err = blockingnet.Detach(c); err != nil {
+			s.log.Warn("could not take over a connection", "err", err)
 			c.Close()
 			continue
 		}
@@ -116,10 +117,11 @@ func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
 }
 
 type conn struct {
-	id     Identity // set when the server has an Authorizer
-	idErr  error
-	c      *net.UnixConn
-	raw    *blockingnet.Conn // blocking I/O on the serving goroutine's locked thread; c closes it
+	id    Identity // set when the server has an Authorizer
+	idErr error
+	// raw is the connection, detached from Go's network poller: blocking
+	// I/O on the serving goroutine's locked thread.
+	raw    *blockingnet.Conn
 	srv    *Server
 	holder string
 	pid    int
@@ -142,7 +144,7 @@ type conn struct {
 func (cn *conn) serve() {
 	log := cn.srv.log.With("peer_pid", cn.pid, "holder", cn.holder)
 	defer func() {
-		cn.c.Close()
+		cn.raw.Close()
 		names := make([]string, 0, len(cn.leases))
 		for n := range cn.leases {
 			names = append(names, n)
