@@ -5,7 +5,7 @@ PYTHON    ?= python3
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X main.Version=$(VERSION) -X github.com/memcuda/memcuda/pkg/server.Software=memcuda-agent/$(VERSION)
 
-.PHONY: image gpu-suite all build demo test test-go test-python lint fuzz bench bench-pool bench-host envtest-assets clean
+.PHONY: image gpu-suite all build demo test test-go test-python lint fuzz bench bench-pool bench-socket bench-host envtest-assets clean
 
 all: build
 
@@ -37,12 +37,20 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./pkg/queue
 	$(GO) test -run '^$$' -fuzz FuzzReadFrame -fuzztime 30s ./api/v1
 	$(GO) test -run '^$$' -fuzz FuzzDecodePlain -fuzztime 30s ./api/v1
+	$(GO) test -run '^$$' -fuzz FuzzPlainResponse -fuzztime 30s ./api/v1
+	$(GO) test -run '^$$' -fuzz FuzzValidateName -fuzztime 30s ./pkg/tensor
 
-bench: bench-pool bench-host
+bench: bench-pool bench-host bench-socket
 
 bench-pool:
 	$(GO) test -run '^$$' -bench . -benchtime 200000x -count 5 ./pkg/pool | tee /tmp/memcuda-bench-pool.txt
 	$(GO) run ./bench/pooltable < /tmp/memcuda-bench-pool.txt
+
+# The whole agent (host backend here; vmm and legacy too on a GPU machine)
+# answering raw frames over its socket, against an echo server.
+bench-socket:
+	bash scripts/ensure-redis.sh
+	$(GO) test -run '^$$' -bench Socket -benchtime 4000x -count 3 ./pkg/agent
 
 bench-host: build
 	BIN_DIR=$(BIN_DIR) bash bench/host.sh

@@ -9,14 +9,16 @@ rm -rf "$D" && mkdir -p "$D/bin" "$D/test" "$D/redis"
 export CGO_ENABLED=1
 LD="-s -w"
 go build -ldflags "$LD" -o "$D/bin/" ./cmd/memcuda-agent ./cmd/memcuda ./bench/pooltrace
-# The agent carries the Kubernetes libraries: compress it for the trip (the
-# run script unpacks it).
-gzip -9 "$D/bin/memcuda-agent"
 go test -c -ldflags "$LD" -o "$D/test/cuda.test" ./cuda
 go test -c -ldflags "$LD" -o "$D/test/gpu.test" ./pkg/backend/gpu
-# Benchmarks that split a create's time: Redis scripts, store with the GPU.
+# Benchmarks that split a create's time: Redis scripts, store with the GPU,
+# the whole agent over its socket against an echo server.
 go test -c -ldflags "$LD" -o "$D/test/registry.test" ./pkg/registry
 go test -c -ldflags "$LD" -o "$D/test/store.test" ./pkg/store
+go test -c -ldflags "$LD" -o "$D/test/agent.test" ./pkg/agent
+# Compressed for the trip (the carry is limited to 64 MiB; the agent and
+# its benchmark carry the Kubernetes libraries); the run script unpacks them.
+gzip -9 "$D"/bin/* "$D"/test/*
 tmp=$(mktemp -d)
 (cd "$tmp" && apt-get download redis-server redis-tools liblzf1 libjemalloc2 >/dev/null 2>&1 || { apt-get update -qq && apt-get download redis-server redis-tools liblzf1 libjemalloc2; })
 for f in "$tmp"/*.deb; do dpkg -x "$f" "$D/redis"; done

@@ -15,7 +15,7 @@ export PYTHONUNBUFFERED=1
 export LD_LIBRARY_PATH=$D/redis/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export REDIS_SERVER=$D/redis/usr/bin/redis-server
 export BIN_DIR=$D/bin MEMCUDA_BIN_DIR=$D/bin
-[ -f "$D/bin/memcuda-agent.gz" ] && gunzip -f "$D/bin/memcuda-agent.gz"
+for f in "$D"/bin/*.gz "$D"/test/*.gz; do [ -f "$f" ] && gunzip -f "$f"; done
 status=0
 step() { echo; echo "=== $*"; }
 run() { "$@" || { echo "FAILED: $*"; status=1; }; }
@@ -39,10 +39,11 @@ if [ -z "${ONLY_BENCH:-}" ]; then
   runlog "$OUT/go-cuda.log" "grep -E '^(--- |PASS|FAIL|ok)|\.go:[0-9]+:'" "$D/test/cuda.test" -test.v -test.count=1
   step go gpu backend tests
   runlog "$OUT/go-gpu.log" "grep -E '^(--- |PASS|FAIL|ok)|\.go:[0-9]+:'" "$D/test/gpu.test" -test.v -test.count=1
-  step go benchmarks: fill, Redis scripts, store create
+  step go benchmarks: fill, Redis scripts, store create, the agent over its socket
   runlog "$OUT/go-bench.log" "grep -E '^Benchmark'" bash -c "$D/test/cuda.test -test.run '^\$' -test.bench . -test.benchtime 2000x &&
     $D/test/registry.test -test.run '^\$' -test.bench . -test.benchtime 2000x &&
-    $D/test/store.test -test.run '^\$' -test.bench . -test.benchtime 1000x"
+    $D/test/store.test -test.run '^\$' -test.bench . -test.benchtime 1000x &&
+    $D/test/agent.test -test.run '^\$' -test.bench Socket -test.benchtime 4000x -test.count 3"
   step python tests
   runlog "$OUT/pytest.log" "tail -25" bash -c 'cd python && python3 -m pytest -q -rs -p no:cacheprovider tests'
   step demo

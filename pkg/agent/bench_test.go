@@ -1,0 +1,243 @@
+package agent_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	v1 "github.com/memcuda/memcuda/api/v1"
+	"github.com/memcuda/memcuda/internal/blockingnet"
+	"github.com/memcuda/memcuda/internal/redistest"
+	"github.com/memcuda/memcuda/pkg/agent"
+	"github.com/memcuda/memcuda/pkg/backend/gpu"
+	"github.com/memcuda/memcuda/pkg/client"
+	"github.com/memcuda/memcuda/pkg/tensor"
+)
+
+// The whole agent (in this process, so that -cpuprofile sees it) answering
+// precomputed request frames on its socket, the way a client that has no
+// work of its own would see it: a create from a warm pool (bf16 256x1024,
+// the benchmark's size) and a warm get. The baseline of the run is the
+// same round trip through a bare echo server that serves its connection
+// the same way (a goroutine on a locked thread, blocking reads): what is
+// left over it is the agent's work. Each sub-benchmark reports its p50 and
+// p99 (the ns/op column also holds the untimed release and delete).
+func BenchmarkSocket(b *testing.B) {
+	srv := redistest.StartVolatile(b)
+	b.Run("echo", func(b *testing.B) {
+		c := dialRaw(b, startEcho(b))
+		frame := mustFrame(b, &v1.Request{ID: 1, Op: v1.OpCreate, Name: "b.c.1", DType: "bf16", Shape: []int64{256, 1024}})
+		timeRoundTrips(b, func(int) { c.roundTrip(b, frame) }, nil)
+	})
+	modes := []string{tensor.ModeHost}
+	if gpu.Available() {
+		modes = append(modes, tensor.ModeVMM, tensor.ModeLegacy)
+	}
+	for _, mode := range modes {
+		sock := startAgent(b, srv, mode)
+		b.Run(mode+"/create", func(b *testing.B) {
+			c := dialRaw(b, sock)
+			c.roundTrip(b, mustFrame(b, &v1.Request{ID: 1, Op: v1.OpHello}))
+			timeRoundTrips(b, func(i int) {
+				c.roundTrip(b, mustFrame(b, &v1.Request{ID: 2, Op: v1.OpCreate, Name: fmt.Sprintf("b.c.%d", i), DType: "bf16", Shape: []int64{256, 1024}}))
+			}, func(i int) {
+				// Untimed: the block goes back to the pool, so every create is warm.
+				name := fmt.Sprintf("b.c.%d", i)
+				c.roundTrip(b, mustFrame(b, &v1.Request{ID: 3, Op: v1.OpRelease, Name: name}))
+				c.roundTrip(b, mustFrame(b, &v1.Request{ID: 4, Op: v1.OpDelete, Name: name}))
+			})
+		})
+		b.Run(mode+"/get-warm", func(b *testing.B) {
+			c := dialRaw(b, sock)
+			c.roundTrip(b, mustFrame(b, &v1.Request{ID: 1, Op: v1.OpCreate, Name: "b.get", DType: "f32", Shape: []int64{1024}}))
+			get := mustFrame(b, &v1.Request{ID: 2, Op: v1.OpGet, Name: "b.get"})
+			rel := mustFrame(b, &v1.Request{ID: 3, Op: v1.OpRelease, Name: "b.get"})
+			timeRoundTrips(b, func(int) { c.roundTrip(b, get) }, func(int) { c.roundTrip(b, rel) })
+			c.roundTrip(b, mustFrame(b, &v1.Request{ID: 4, Op: v1.OpDelete, Name: "b.get"}))
+		})
+	}
+}
+
+// timeRoundTrips runs op b.N times (after a warm-up), each followed by the
+// untimed after, and reports the p50 of op.
+func timeRoundTrips(b *testing.B, op, after func(i int)) {
+	const warm = 200
+	took := make([]time.Duration, 0, b.N)
+	for i := 0; i < warm+b.N; i++ {
+		t0 := time.Now()
+		op(i)
+		if d := time.Since(t0); i >= warm {
+			took = append(took, d)
+		}
+		if after != nil {
+			after(i)
+		}
+	}
+	slices.Sort(took)
+	b.ReportMetric(float64(took[len(took)/2].Nanoseconds())/1e3, "p50-us")
+	b.ReportMetric(float64(took[len(took)*99/100].Nanoseconds())/1e3, "p99-us")
+}
+
+func mustFrame(b *testing.B, req *v1.Request) []byte {
+	frame, err := v1.EncodeRequest(req)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return frame
+}
+
+// rawConn is a client without work of its own: it writes a frame and
+// blocks in recvmsg until the whole answer is there, closing any
+// descriptors that come with it.
+type rawConn struct {
+	fd  int
+	buf []byte
+	oob []byte
+}
+
+func dialRaw(b *testing.B, sock string) *rawConn {
+	c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { c.Close() })
+	f, err := c.File() // a blocking descriptor of its own: reads wait in the kernel, not in Go's poller
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { f.Close() })
+	fd := int(f.Fd())
+	if err := unix.SetNonblock(fd, false); err != nil {
+		b.Fatal(err)
+	}
+	return &rawConn{fd: fd, buf: make([]byte, 64<<10), oob: make([]byte, unix.CmsgSpace(4*v1.MaxFDs))}
+}
+
+func (c *rawConn) roundTrip(b *testing.B, frame []byte) {
+	if _, err := unix.Write(c.fd, frame); err != nil {
+		b.Fatal(err)
+	}
+	got := 0
+	for {
+		n, oobn, _, _, err := unix.Recvmsg(c.fd, c.buf[got:], c.oob, 0)
+		if err != nil || n == 0 {
+			b.Fatalf("read answer: %v (%d bytes)", err, n)
+		}
+		if oobn > 0 {
+			msgs, _ := unix.ParseSocketControlMessage(c.oob[:oobn])
+			for _, m := range msgs {
+				fds, _ := unix.ParseUnixRights(&m)
+				for _, fd := range fds {
+					unix.Close(fd)
+				}
+			}
+		}
+		got += n
+		if got >= v1.HeaderSize {
+			h, err := v1.ParseHeader(c.buf[:got])
+			if err != nil {
+				b.Fatal(err)
+			}
+			if got >= v1.HeaderSize+h.BodyLen {
+				if got > v1.HeaderSize+h.BodyLen {
+					b.Fatalf("%d bytes more than one answer", got-v1.HeaderSize-h.BodyLen)
+				}
+				// Decoding the answer would be client work: only look for a failure.
+				if body := c.buf[v1.HeaderSize:got]; bytes.Contains(body, []byte(`"error":`)) {
+					b.Fatalf("agent answered %s", body)
+				}
+				return
+			}
+		}
+	}
+}
+
+// startEcho serves one connection at a time the way the agent does (a
+// goroutine on a locked OS thread, a detached blocking descriptor),
+// answering each frame with a response frame of the same body.
+func startEcho(b *testing.B) string {
+	sock := filepath.Join(b.TempDir(), "echo.sock")
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.AcceptUnix()
+			if err != nil {
+				return
+			}
+			go func() {
+				runtime.LockOSThread()
+				raw, err := blockingnet.Detach(c)
+				if err != nil {
+					return
+				}
+				defer raw.Close()
+				r := bufio.NewReaderSize(raw, 64<<10)
+				for {
+					_, body, err := v1.ReadFrame(r)
+					if err != nil {
+						return
+					}
+					frame, _ := v1.AppendFrame(nil, v1.KindResponse, 0, body)
+					if _, err := raw.Write(frame); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return sock
+}
+
+// startAgent runs an agent of the given backend in this process until the
+// benchmark ends, and waits until it answers on its socket.
+func startAgent(b *testing.B, srv *redistest.Server, mode string) string {
+	sock := filepath.Join(b.TempDir(), mode+".sock")
+	cfg := agent.Config{
+		RedisURL: "unix://" + srv.Socket(), RedisPrefix: "bench-" + mode + ":", Node: "bench", Socket: sock,
+		Backend: mode, GCInterval: time.Second, ReplyTTL: time.Minute, ZeroFill: true, Queue: true,
+		RedisBlockingIO: true, RegistryWriteBehind: true, OpTimeout: 10 * time.Second, HeartbeatTTL: 30 * time.Second,
+	}
+	a, err := agent.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	b.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			b.Error(err)
+		}
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := client.Dial(context.Background(), sock)
+		if err == nil {
+			_, err = c.List(context.Background())
+			c.Close()
+			if err == nil {
+				return sock
+			}
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("agent (%s) did not answer: %v", mode, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
