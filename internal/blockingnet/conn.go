@@ -13,6 +13,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -53,9 +54,10 @@ func Wait(fd int, events int16, deadline time.Time) error {
 // SyscallConn) and implements deadlines itself.
 type Conn struct {
 	net.Conn
-	fd     int
-	closed atomic.Bool
-	rd, wd atomic.Int64 // deadlines, UnixNano; 0 for none
+	fd      int
+	closed  atomic.Bool
+	closeMu sync.Mutex   // orders Shutdown before Close: never a shutdown of a closed descriptor's number
+	rd, wd  atomic.Int64 // deadlines, UnixNano; 0 for none
 	// detached: fd is this Conn's own blocking descriptor (Detach); the
 	// net.Conn is closed and only answers for the addresses.
 	detached bool
@@ -223,17 +225,26 @@ func unixNano(t time.Time) int64 {
 }
 
 // Shutdown wakes every thread blocked on the connection (their calls fail)
-// without releasing the descriptor, which they may still be using.
+// without releasing the descriptor, which they may still be using. After
+// Close it does nothing: the descriptor's number may belong to another
+// file by then.
 func (c *Conn) Shutdown() {
-	unix.Shutdown(c.fd, unix.SHUT_RDWR)
+	c.closeMu.Lock()
+	defer c.closeMu.Unlock()
+	if !c.closed.Load() {
+		unix.Shutdown(c.fd, unix.SHUT_RDWR)
+	}
 }
 
 // Close wakes blocked callers, then closes the connection.
 func (c *Conn) Close() error {
-	if c.closed.Swap(true) {
+	c.closeMu.Lock()
+	defer c.closeMu.Unlock()
+	if c.closed.Load() {
 		return net.ErrClosed
 	}
-	c.Shutdown()
+	c.closed.Store(true) // first: a woken reader reports net.ErrClosed, not EOF
+	unix.Shutdown(c.fd, unix.SHUT_RDWR)
 	if c.detached {
 		return unix.Close(c.fd)
 	}
