@@ -531,6 +531,19 @@ def bench_create(n: int) -> None:
     NOTES.append(f"create split, p50 us: request to answer {us(pct(to_answer, 50))}, "
                  f"answer to return {us(pct(after_answer, 50))}")
 
+    # Several at once: create_many, 8 per call, time per tensor.
+    batch = 8
+    many: list[float] = []
+    for j in range(0, n // 2, batch):
+        names = [f"b.m.{j + i}" for i in range(batch)]
+        t0 = time.perf_counter()
+        ts = s.create_many([(nm, (256, 1024), "bf16") for nm in names])
+        many.extend([(time.perf_counter() - t0) / batch] * batch)
+        for t in ts:
+            t.release()
+        for nm in names:
+            s.delete(nm)
+
     note = agent_mean(before, "create")
     if note:
         RESULTS["create_agent"] = note
@@ -588,6 +601,7 @@ def bench_create(n: int) -> None:
             lib.cuMemFree_v2(ctypes.c_uint64(p))
     row("create bf16 256x1024 (warm pool, zero-filled)", times, "torch.empty (caching allocator)", te, "<= 60 us p50")
     row("create bf16 256x1024 (warm pool, zero-filled) ", times, "cuMemAlloc + cuIpcGetMemHandle", mi, "<= 60 us p50")
+    row(f"create_many, {batch} per call (time per tensor)", many, "create (Python client)", times, "")
     row("create, precomputed frame read raw (socket + agent, no client work)", raw_create, "create (Python client)", times, "")
     row("create, the client's work alone (recorded answer, no socket)", client_work_create(n), "create (Python client)", times, "")
     s.close()

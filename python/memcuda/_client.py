@@ -5,6 +5,7 @@ import array
 import ctypes
 import logging
 import mmap
+import operator
 import struct
 import os
 import socket
@@ -102,7 +103,7 @@ _INFO_FIELDS = frozenset(_INFO_DEFAULTS)
 _INFO_BY_DICT: dict[int, tuple[dict[str, Any], TensorInfo]] = {}
 # Received descriptors are close-on-exec from the start (no fcntl per fd).
 _CMSG_CLOEXEC: int = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
-_GET_WINDOW = 32  # get_many's requests in flight: their answers must fit the socket buffers
+_WINDOW = 32  # get_many's and create_many's requests in flight: their answers must fit the socket buffers
 _MAX_UNREAD = 64  # pipelined releases in flight: their replies must fit the socket buffers
 _RESPONSE_HEAD = _wire.MAGIC + bytes([_wire.VERSION, _wire.KIND_RESPONSE])
 _log = logging.getLogger("memcuda")
@@ -348,7 +349,7 @@ class Store:
     def create(self, name: str, shape: Sequence[int], dtype: Any = "f32", device: Any = None) -> "SharedTensor":
         """Creates a tensor (zero-filled), or opens the existing one when dtype
         and shape match. Raises AlreadyExists on a mismatch."""
-        dt, dims, dev = _dtypes.canonical(dtype), [int(d) for d in shape], _device_arg(device)
+        dt, dims, dev = _dtypes.canonical(dtype), _dims(shape), _device_arg(device)
         with self._lock:  # answer and mapping under one hold: no other thread may evict the segment between
             return self._open(self._call("create", name=name, dtype=dt, shape=dims, device=dev), cache=False)
 
@@ -374,16 +375,46 @@ class Store:
         for n in names:
             if not isinstance(n, str):
                 raise InvalidArgument(f"tensor names are strings, not {type(n).__name__}")
+        out = self._many("get", [{"name": n} for n in names])
+        if wait:
+            for t in out:
+                if t.info.event and t.is_cuda:
+                    t.wait()
+        return out
+
+    def create_many(self, specs: "Sequence[tuple[str, Sequence[int], Any]]", device: Any = None) -> "list[SharedTensor]":
+        """Creates (or opens, as create does) several tensors on one device
+        in one go, each spec a (name, shape, dtype): sent together like
+        get_many, for loading many weights. Malformed specs and shapes
+        that are not integers are refused before anything is sent; names,
+        dtypes and sizes are the agent's to check. When one fails, the
+        references this call took are released and its error is raised;
+        tensors it created stay, as they would after a loop of create calls."""
+        if isinstance(specs, (str, bytes)):
+            raise InvalidArgument("create_many takes a sequence of (name, shape, dtype)")
+        dev = _device_arg(device)
+        reqs: list[dict[str, Any]] = []
+        for spec in specs:
+            if not isinstance(spec, (tuple, list)) or len(spec) != 3 or not isinstance(spec[0], str):
+                raise InvalidArgument(f"each spec is (name, shape, dtype), not {spec!r}")
+            name, shape, dtype = spec
+            reqs.append({"name": name, "dtype": _dtypes.canonical(dtype), "shape": _dims(shape), "device": dev})
+        return self._many("create", reqs)
+
+    def _many(self, op: str, reqs: "list[dict[str, Any]]") -> "list[SharedTensor]":
+        # Sends a window of requests, then reads and opens their answers in
+        # order; on a failure, what was opened is released and it is raised.
         out: list[SharedTensor] = []
         failed: Optional[BaseException] = None
+        cache = op == "get"  # a create's answer never repeats
         with self._lock:
             self._begin()
-            for start in range(0, len(names), _GET_WINDOW):
-                ids = [self._send("get", name=n) for n in names[start:start + _GET_WINDOW]]
+            for start in range(0, len(reqs), _WINDOW):
+                ids = [self._send(op, **kw) for kw in reqs[start:start + _WINDOW]]
                 self._read_unread()
                 self._in_window = True
                 try:
-                    self._open_answers(ids, out)
+                    self._open_answers(ids, out, cache)
                 except BaseException as e:
                     failed = e
                     if isinstance(e, (ProtocolError, Unavailable)):
@@ -396,27 +427,23 @@ class Store:
             for t in out:
                 t.release()
             raise failed
-        if wait:
-            for t in out:
-                if t.info.event and t.is_cuda:
-                    t.wait()
         return out
 
-    def _open_answers(self, ids: list[int], out: "list[SharedTensor]") -> None:
-        # Reads the answers of a window of gets in order and opens them. Every
-        # answer is read, even after a failure: the connection must stay in
-        # step with the agent. Raises the first failure once all are read.
+    def _open_answers(self, ids: list[int], out: "list[SharedTensor]", cache: bool) -> None:
+        # Reads the answers of a window of requests in order and opens them.
+        # Every answer is read, even after a failure: the connection must
+        # stay in step with the agent. Raises the first failure once all are read.
         failed: Optional[BaseException] = None
         for rid in ids:
             try:
-                resp = self._read_response(rid, cache=True)
+                resp = self._read_response(rid, cache=cache)
             except (ProtocolError, Unavailable):
                 raise
             except MemcudaError as e:
                 failed = failed or e
                 continue
             try:
-                out.append(self._open(resp, cache=True))
+                out.append(self._open(resp, cache=cache))
             except BaseException as e:  # _open queued the release of this one
                 failed = failed or e
         if failed is not None:
@@ -530,6 +557,23 @@ class Store:
                     # Closed at the next safe point: answers already on
                     # their way may need it to map the segment again.
                     self._unmapped.append(old)
+
+
+def _dims(shape: Any) -> list[int]:
+    """A shape as a list of ints: a sequence of integers (torch.Size, NumPy
+    ints included); anything else, floats and bools among them, is refused
+    rather than rounded. Negative or huge dimensions are the agent's to refuse."""
+    if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
+        raise InvalidArgument(f"shape must be a sequence of integers, not {shape!r}")
+    dims = []
+    for d in shape:
+        if isinstance(d, bool):
+            raise InvalidArgument(f"shape {shape!r} holds a bool")
+        try:
+            dims.append(operator.index(d))
+        except TypeError:
+            raise InvalidArgument(f"shape {shape!r} holds {d!r}, not an integer") from None
+    return dims
 
 
 def _device_arg(device: Any) -> str:

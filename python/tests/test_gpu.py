@@ -356,6 +356,33 @@ def test_get_many_maps_every_segment(gpu_agent) -> None:
             s.delete(name)
 
 
+def test_create_many_on_the_gpu(gpu_agent) -> None:
+    """create_many puts zero-filled tensors on the GPU that another process
+    opens with get_many and sees written."""
+    import torch
+
+    specs = [(f"cm.{gpu_agent.mode}.{i}", (64, 32 * (i + 1)), "bf16") for i in range(6)]
+    specs.append((f"cm.{gpu_agent.mode}.big", (8 << 20,), "f32"))  # a segment of its own
+    with memcuda.connect() as s:
+        ts = s.create_many(specs, device=0)
+        for i, t in enumerate(ts):
+            x = t.torch()
+            assert x.is_cuda and tuple(x.shape) == tuple(specs[i][1]) and int(torch.count_nonzero(x)) == 0
+            x.fill_(i + 1)
+        torch.cuda.synchronize()
+        c = Child(gpu_agent, f"""
+            s = memcuda.connect()
+            ts = s.get_many({[n for n, _, _ in specs]!r})
+            say([float(t.torch().float().mean()) for t in ts])
+        """)
+        assert c.read() == str([float(i + 1) for i in range(len(specs))])
+        c.wait()
+        for t in ts:
+            t.release()
+        for name, _, _ in specs:
+            s.delete(name)
+
+
 def test_memory_returns_after_trim_while_clients_stay_connected(gpu_agent) -> None:
     """A segment's memory goes back to the GPU when its tensor is deleted and
     the agent trims, even though the processes that used it are still

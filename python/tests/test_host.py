@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -342,3 +343,59 @@ def test_unknown_device_is_refused(agent) -> None:
         for dev in (7, "GPU-00000000-0000-0000-0000-000000000000"):
             with pytest.raises(memcuda.InvalidArgument):
                 s.create("d", (1,), "f32", device=dev)
+
+
+def test_create_many(agent) -> None:
+    specs = [(f"cm.{i}", (4, i + 1), "i32") for i in range(40)]  # more than one window in flight
+    with memcuda.connect() as s, memcuda.connect() as other:
+        ts = s.create_many(specs)
+        assert [(t.name, t.shape, t.dtype) for t in ts] == [(n, tuple(sh), dt) for n, sh, dt in specs]
+        assert all(int(t.numpy().sum()) == 0 for t in ts)  # zero-filled
+        ts[7].numpy()[:] = 7
+        for t in ts:
+            t.release()
+        s.flush()
+        assert other.stat("cm.7").refcount == 1  # the registry's alone
+        # Existing names with the same dtype and shape are opened, as create does.
+        again = s.create_many([("cm.7", (4, 8), "i32"), ("cm.new", [2], "f32")])
+        assert int(again[0].numpy()[0, 0]) == 7 and again[1].shape == (2,)
+        for t in again:
+            t.release()
+        # One failure: every reference this call took is released, what it
+        # created stays, and the connection stays in step.
+        with pytest.raises(memcuda.AlreadyExists):
+            s.create_many([("cm.made", (3,), "u8"), ("cm.7", (5,), "i32"), ("cm.after", (3,), "u8")])
+        s.flush()
+        assert other.stat("cm.made").refcount == 1 and other.stat("cm.after").refcount == 1
+        assert other.stat("cm.7").refcount == 1
+        with s.get("cm.7") as t:
+            assert int(t.numpy()[0, 0]) == 7
+        # The agent's checks (dtype, name) fail the same way.
+        for bad in [("cm.dt", (2,), "f33"), ("cm bad", (2,), "f32")]:
+            with pytest.raises(memcuda.InvalidArgument):
+                s.create_many([("cm.ok", (2,), "f32"), bad])
+            s.flush()
+            assert other.stat("cm.ok").refcount == 1
+        assert s.create_many([]) == []
+
+
+@pytest.mark.parametrize("specs, match", [
+    ("cm.x", "sequence"),
+    ([("cm.x", (2,))], "name, shape, dtype"),
+    ([(3, (2,), "f32")], "name, shape, dtype"),
+    ([("cm.x", 2, "f32")], "sequence of integers"),
+    ([("cm.x", (2.5,), "f32")], "not an integer"),
+    ([("cm.x", (True,), "f32")], "bool"),
+])
+def test_create_many_refuses_bad_specs_before_sending_any(agent, specs: Any, match: str) -> None:
+    with memcuda.connect() as s:
+        arg = [("cm.first", (1,), "u8")] + specs if isinstance(specs, list) else specs
+        with pytest.raises(memcuda.InvalidArgument, match=match):
+            s.create_many(arg)
+        assert all(t.name != "cm.first" for t in s.list()), "a spec was sent before the bad one was seen"
+
+
+@pytest.mark.parametrize("shape", [(2.0,), "ab", 3, (1, None)])
+def test_create_refuses_shapes_that_are_not_integers(agent, shape: Any) -> None:
+    with memcuda.connect() as s, pytest.raises(memcuda.InvalidArgument):
+        s.create("cs.x", shape, "f32")
