@@ -39,9 +39,11 @@ func pair(t *testing.T) (*Conn, net.Conn) {
 	return c.(*Conn), peer
 }
 
-func TestReadWrite(t *testing.T) {
-	c, peer := pair(t)
-	big := make([]byte, 4<<20) // more than the socket buffers: Write must wait for room
+// writeBig writes more than the socket buffers hold (Write must wait for
+// room) and checks that the peer reads the same bytes.
+func writeBig(t *testing.T, c *Conn, peer io.Reader) {
+	t.Helper()
+	big := make([]byte, 4<<20)
 	for i := range big {
 		big[i] = byte(i * 7)
 	}
@@ -56,6 +58,11 @@ func TestReadWrite(t *testing.T) {
 	if b := <-got; string(b) != string(big) {
 		t.Fatal("peer read other bytes than were written")
 	}
+}
+
+func TestReadWrite(t *testing.T) {
+	c, peer := pair(t)
+	writeBig(t, c, peer)
 	go peer.Write([]byte("pong"))
 	buf := make([]byte, 4)
 	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "pong" {
@@ -190,21 +197,7 @@ func TestDetachedReadWriteAndDescriptors(t *testing.T) {
 	if c.LocalAddr() == nil || c.LocalAddr().Network() != "unix" {
 		t.Fatalf("LocalAddr = %v", c.LocalAddr())
 	}
-	big := make([]byte, 4<<20) // more than the socket buffers: Write waits for room
-	for i := range big {
-		big[i] = byte(i * 7)
-	}
-	got := make(chan []byte, 1)
-	go func() {
-		b, _ := io.ReadAll(io.LimitReader(peer, int64(len(big))))
-		got <- b
-	}()
-	if n, err := c.Write(big); err != nil || n != len(big) {
-		t.Fatalf("Write = %d, %v", n, err)
-	}
-	if b := <-got; string(b) != string(big) {
-		t.Fatal("peer read other bytes than were written")
-	}
+	writeBig(t, c, peer)
 	// A descriptor rides on the first byte of a message, as the agent sends segments.
 	f, err := os.CreateTemp(t.TempDir(), "seg")
 	if err != nil {
