@@ -111,8 +111,12 @@ func Detach(c *net.UnixConn) (*Conn, error) {
 }
 
 // SyscallConn exposes the wrapped connection's descriptor (go-redis checks
-// pooled connections through it).
+// pooled connections through it). A detached Conn has none in the net
+// package: FD is its descriptor.
 func (c *Conn) SyscallConn() (syscall.RawConn, error) {
+	if c.detached {
+		return nil, errors.New("blockingnet: a detached connection's descriptor is FD, not the net package's")
+	}
 	return c.Conn.(syscall.Conn).SyscallConn()
 }
 

@@ -197,6 +197,9 @@ func TestDetachedReadWriteAndDescriptors(t *testing.T) {
 	if c.LocalAddr() == nil || c.LocalAddr().Network() != "unix" {
 		t.Fatalf("LocalAddr = %v", c.LocalAddr())
 	}
+	if _, err := c.SyscallConn(); err == nil {
+		t.Fatal("SyscallConn of a detached Conn handed out the closed original")
+	}
 	writeBig(t, c, peer)
 	// A descriptor rides on the first byte of a message, as the agent sends segments.
 	f, err := os.CreateTemp(t.TempDir(), "seg")
