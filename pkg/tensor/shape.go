@@ -72,18 +72,16 @@ func ValidateName(name string) error {
 		return errdefs.Invalid("tensor name is empty")
 	case len(name) > maxName:
 		return errdefs.Invalid("tensor name is %d bytes long, at most %d are allowed", len(name), maxName)
-	case !nameStart[name[0]]:
-		return errdefs.Invalid("tensor name %q has characters outside [A-Za-z0-9_.:/@+=-] or starts with punctuation", name)
 	}
 	// A byte loop, not a regular expression: every create and first get
 	// checks a name, and the expression took microseconds of the agent's
 	// part of a create.
-	for i := 1; i < len(name); i++ {
+	for i := 0; i < len(name); i++ {
 		c := name[i]
 		switch {
-		case !nameByte[c]:
+		case !nameByte[c] || (i == 0 && !nameStart[c]):
 			return errdefs.Invalid("tensor name %q has characters outside [A-Za-z0-9_.:/@+=-] or starts with punctuation", name)
-		case (c == '.' || c == '/') && name[i-1] == c:
+		case i > 0 && (c == '.' || c == '/') && name[i-1] == c:
 			return errdefs.Invalid("tensor name %q contains '..' or '//'", name)
 		}
 	}
