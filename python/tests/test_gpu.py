@@ -22,20 +22,29 @@ def digest(t):
     return hashlib.sha256(t.contiguous().view(torch.int16 if t.element_size() == 2 else torch.uint8).cpu().numpy().tobytes()).hexdigest()
 def say(*a):
     print(*a, flush=True)
-def busy(seconds):
+def busy(seconds, *then):
     # Queues about `seconds` of GPU work on the current stream (f32 matrix
-    # products, timed once first), without waiting for it.
+    # products, timed once first), without waiting for it. `then`: tensors
+    # the caller writes next with fill_: the fill kernel runs once first,
+    # because the first launch of a kernel loads it (CUDA's lazy module
+    # loading), and that load waits for all queued work to finish.
     a = torch.randn(4096, 4096, device="cuda")
     c = torch.empty_like(a)
+    for x in then:
+        x.fill_(-1.0)
     torch.mm(a, a, out=c); torch.cuda.synchronize()
     t0 = time.perf_counter(); torch.mm(a, a, out=c); torch.cuda.synchronize()
-    n = max(1, int(seconds / max(time.perf_counter() - t0, 1e-6)))
+    one = time.perf_counter() - t0
+    n = max(1, int(seconds / max(one, 1e-6)))
+    t0 = time.perf_counter()
     for _ in range(n):
         torch.mm(a, a, out=c)
+    # What was queued, for the skip message when it all ran at launch.
+    return f"{n} products of {one * 1e3:.2f} ms queued in {(time.perf_counter() - t0) * 1e3:.1f} ms"
 """
 
 
-SYNC_LAUNCH = ("GPU work queued for a second had already finished when the launch returned "
+SYNC_LAUNCH = ("the writer's kernel did not stay queued behind a second of GPU work "
                f"(CUDA_LAUNCH_BLOCKING={os.environ.get('CUDA_LAUNCH_BLOCKING', 'unset')}); "
                "stream ordering cannot be observed on this machine")
 
@@ -109,14 +118,22 @@ def test_share_bf16_between_processes(gpu_agent) -> None:
     a.wait()
 
 
+# A pod has a PID namespace of its own and a /proc mounted for it. Without
+# that /proc (plain `unshare --pid`), /proc/self names the process by its
+# outer PID while getpid() says 1, and the driver's cuInit fails with
+# CUDA_ERROR_OPERATING_SYSTEM on the lent machines: that is not a pod.
+NEW_PID_NAMESPACE = ["unshare", "--pid", "--fork", "--mount-proc"]
+
+
 def _cuda_in_new_pid_namespace() -> str:
-    """'' when CUDA initialises in a process under `unshare --pid --fork`, else why not."""
+    """'' when CUDA initialises in a process under NEW_PID_NAMESPACE, else why not."""
     if not shutil.which("unshare") or os.geteuid() != 0:
         return "needs root and unshare"
-    probe = "import ctypes; print(ctypes.CDLL('libcuda.so.1').cuInit(0))"
-    r = subprocess.run(["unshare", "--pid", "--fork", sys.executable, "-c", probe], capture_output=True, text=True)
-    if r.returncode != 0 or r.stdout.strip() != "0":
-        return f"this machine's driver does not initialise in a new PID namespace (cuInit -> {r.stdout.strip() or r.stderr.strip()})"
+    probe = "import ctypes, os; print(os.getpid(), ctypes.CDLL('libcuda.so.1').cuInit(0))"
+    r = subprocess.run([*NEW_PID_NAMESPACE, sys.executable, "-c", probe], capture_output=True, text=True)
+    if r.returncode != 0 or r.stdout.split() != ["1", "0"]:
+        return (f"CUDA does not initialise under {' '.join(NEW_PID_NAMESPACE)} here "
+                f"(pid, cuInit -> {r.stdout.strip() or r.stderr.strip()})")
     return ""
 
 
@@ -133,10 +150,14 @@ def test_open_from_new_pid_namespace(gpu_agent) -> None:
         c = Child(gpu_agent, f"""
             with memcuda.connect() as s, s.get("{name}") as t:
                 say(os.getpid(), float(t.torch().sum()))
-        """, prefix_cmd=["unshare", "--pid", "--fork"])
+        """, prefix_cmd=NEW_PID_NAMESPACE)
         pid, val = c.read().split()
         c.wait()
         assert pid == "1" and val == "192.0", (pid, val)
+        deadline = time.time() + 2
+        while s.stat(name).refcount != 2:  # the registry's and ours: the child's went with it
+            assert time.time() < deadline, "the child's reference outlived it"
+            time.sleep(0.01)
 
 
 def test_kill9_reader_releases_within_2s(gpu_agent) -> None:
@@ -241,10 +262,10 @@ def test_publish_orders_readers_without_sync(gpu_agent) -> None:
         s = memcuda.connect()
         t = s.create("{name}", (1 << 20,), "f32")
         x = t.torch()
-        busy(1.0)                          # ~1 s of GPU work before the write lands
-        x.fill_(5.0)
-        if torch.cuda.current_stream().query():
-            say("sync-launch")             # this machine ran the work at launch: nothing to order
+        queued = busy(1.0, x)              # ~1 s of GPU work before the write lands
+        t0 = time.perf_counter(); x.fill_(5.0); took = time.perf_counter() - t0
+        if torch.cuda.current_stream().query() or took > 0.5:
+            say("sync-launch:", queued, f"then the write's launch took {{took * 1e3:.1f}} ms")  # nothing to order
             raise SystemExit(0)
         t.publish()                        # no synchronize: readers wait on the event
         say("published")
@@ -252,9 +273,9 @@ def test_publish_orders_readers_without_sync(gpu_agent) -> None:
         torch.cuda.synchronize()
     """)
     first = a.read()
-    if first == "sync-launch":
+    if first.startswith("sync-launch"):
         a.wait()
-        pytest.skip(SYNC_LAUNCH)
+        pytest.skip(f"{SYNC_LAUNCH} ({first})")
     assert first == "published"
     b = Child(gpu_agent, f"""
         with memcuda.connect() as s, s.get("{name}") as t:
@@ -274,24 +295,25 @@ def test_release_defers_reuse_until_gpu_work_is_done(gpu_agent) -> None:
             s = memcuda.connect()
             t = s.get("{name}")
             x = t.torch()
-            busy(1.5)                          # the write below lands ~1.5 s later
-            x.fill_(9.0)
-            if torch.cuda.current_stream().query():
-                say("sync-launch")
+            queued = busy(1.5, x)              # the write below lands ~1.5 s later
+            t0 = time.perf_counter(); x.fill_(9.0); took = time.perf_counter() - t0
+            if torch.cuda.current_stream().query() or took > 0.5:
+                say("sync-launch:", queued, f"then the write's launch took {{took * 1e3:.1f}} ms")
                 raise SystemExit(0)
             t.release()                        # no synchronize: an event goes with the release
+            s.flush()                          # applied by the agent (still no synchronize)
             say("released")
             torch.cuda.synchronize()
             say("done")
         """)
         first = a.read()
-        if first == "sync-launch":
+        if first.startswith("sync-launch"):
             a.wait()
-            pytest.skip(SYNC_LAUNCH)
-        assert first == "released"
+            pytest.skip(f"{SYNC_LAUNCH} ({first})")
+        assert first == "released", first
         s.delete(name)  # refcount 0 now, but the block must wait for A's kernel
-        log = [l for l in gpu_agent.log.read_text().splitlines() if "event" in l or "fence" in l or "deferred" in l]
-        assert s.stats()["pending"] == 1, "\n".join(log[-10:])
+        stats = s.stats()
+        assert stats["pending"] == 1, (stats, gpu_agent.log.read_text().splitlines()[-12:])
         with s.create(f"{name}.next", (1 << 20,), "f32") as t2:
             assert a.read() == "done"
             import torch
