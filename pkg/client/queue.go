@@ -15,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sys/unix"
 
+	"github.com/memcuda/memcuda/internal/procinfo"
 	"github.com/memcuda/memcuda/pkg/errdefs"
 	"github.com/memcuda/memcuda/pkg/queue"
 	"github.com/memcuda/memcuda/pkg/registry"
@@ -47,6 +48,13 @@ func (q *QueueClient) Do(ctx context.Context, cmd queue.Command) (*queue.Reply, 
 	}
 	if cmd.ReplyTo == "" {
 		cmd.ReplyTo = q.keys.ReplyPrefix() + cmd.ID
+	}
+	if cmd.PID != 0 && cmd.PID == os.Getpid() && cmd.PIDStart == 0 {
+		// Lets the agent tell this process from another with the same pid
+		// in its PID namespace.
+		if st, err := procinfo.StartTime(cmd.PID); err == nil {
+			cmd.PIDStart = st
+		}
 	}
 	b, err := json.Marshal(cmd)
 	if err != nil {

@@ -40,17 +40,23 @@ type Command struct {
 	ID      string  `json:"id,omitempty"`
 	ReplyTo string  `json:"reply_to,omitempty"`
 	PID     int     `json:"pid,omitempty"`
+	// PIDStart is the process's start time in clock ticks since boot (field
+	// 22 of /proc/<pid>/stat), 0 when not given. With it the agent refuses
+	// a pid that names another process in its PID namespace: a sender in a
+	// namespace of its own would otherwise pin a reference on a stranger.
+	PIDStart uint64 `json:"pid_start,omitempty"`
 }
 
 type wireCommand struct {
-	Op      *string          `json:"op"`
-	Name    *string          `json:"name"`
-	DType   *string          `json:"dtype"`
-	Shape   *[]int64         `json:"shape"`
-	Device  *json.RawMessage `json:"device"`
-	ID      *string          `json:"id"`
-	ReplyTo *string          `json:"reply_to"`
-	PID     *int             `json:"pid"`
+	Op       *string          `json:"op"`
+	Name     *string          `json:"name"`
+	DType    *string          `json:"dtype"`
+	Shape    *[]int64         `json:"shape"`
+	Device   *json.RawMessage `json:"device"`
+	ID       *string          `json:"id"`
+	ReplyTo  *string          `json:"reply_to"`
+	PID      *int             `json:"pid"`
+	PIDStart *uint64          `json:"pid_start"`
 }
 
 // ParseError is a malformed command. ReplyTo and ID are set when they could
@@ -129,6 +135,12 @@ func Parse(raw []byte, replyPrefix string) (Command, error) {
 			return fail(errdefs.Invalid("pid %d must be positive", *w.PID))
 		}
 		c.PID = *w.PID
+	}
+	if w.PIDStart != nil {
+		if w.PID == nil {
+			return fail(errdefs.Invalid("pid_start needs pid"))
+		}
+		c.PIDStart = *w.PIDStart
 	}
 	if w.Name != nil {
 		c.Name = *w.Name

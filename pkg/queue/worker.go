@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"time"
 
@@ -196,15 +197,14 @@ func (w *Worker) apply(ctx context.Context, c Command) (Reply, error) {
 		r.Tensor = &info
 	case OpGet:
 		var holder string
-		if holder, err = store.PIDHolder(c.PID); err != nil {
-			err = errdefs.Invalid("%v", err)
+		if holder, err = store.PIDHolder(c.PID, c.PIDStart); err != nil {
 			break
 		}
 		info, err = w.st.Get(ctx, c.Name, holder, c.ID)
 		r.Tensor = &info
 	case OpRelease:
 		var holder string
-		if holder, err = w.pidHolderOf(ctx, c.Name, c.PID); err == nil {
+		if holder, err = w.pidHolderOf(ctx, c.Name, c.PID, c.PIDStart); err == nil {
 			_, err = w.st.Release(ctx, c.Name, holder, 1, c.ID)
 		}
 	case OpDelete:
@@ -222,15 +222,16 @@ func (w *Worker) apply(ctx context.Context, c Command) (Reply, error) {
 }
 
 // pidHolderOf finds the holder of pid's references on name: the process may
-// have exited already, so its start time is read from the refs hash.
-func (w *Worker) pidHolderOf(ctx context.Context, name string, pid int) (string, error) {
+// have exited already, so its start time is read from the refs hash (or
+// taken from the command, when it gives one).
+func (w *Worker) pidHolderOf(ctx context.Context, name string, pid int, start uint64) (string, error) {
 	holders, err := w.st.Registry().Holders(ctx, name)
 	if err != nil {
 		return "", err
 	}
 	prefix := fmt.Sprintf("pid:%d:", pid)
 	for h := range holders {
-		if strings.HasPrefix(h, prefix) {
+		if strings.HasPrefix(h, prefix) && (start == 0 || h[len(prefix):] == strconv.FormatUint(start, 10)) {
 			return h, nil
 		}
 	}

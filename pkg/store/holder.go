@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/memcuda/memcuda/internal/procinfo"
+	"github.com/memcuda/memcuda/pkg/errdefs"
 )
 
 // Holders of references, as they appear in a tensor's refs hash:
@@ -19,13 +20,23 @@ const (
 )
 
 // PIDHolder names the references of a running process. It fails when the
-// process does not exist, as the agent sees it.
-func PIDHolder(pid int) (string, error) {
+// process does not exist, as the agent sees it, or when start (the start
+// time the caller gave, 0 for none) is not that process's: then the pid
+// names another process here, as a pid from another PID namespace does.
+func PIDHolder(pid int, start uint64) (string, error) {
 	st, err := procinfo.StartTime(pid)
 	if err != nil {
-		return "", fmt.Errorf("process %d is not running in the agent's PID namespace: %w", pid, err)
+		return "", fmt.Errorf("%w: process %d is not running in the agent's PID namespace: %v", errdefs.ErrInvalidArgument, pid, err)
 	}
-	return fmt.Sprintf("%s%d:%d", pidPrefix, pid, st), nil
+	if start != 0 && st != start {
+		return "", fmt.Errorf("%w: pid %d is another process in the agent's PID namespace (started at tick %d, not %d); "+
+			"a process in a PID namespace of its own must use the agent's socket", errdefs.ErrFailedPrecondition, pid, st, start)
+	}
+	return pidHolderName(pid, st), nil
+}
+
+func pidHolderName(pid int, start uint64) string {
+	return pidPrefix + strconv.Itoa(pid) + ":" + strconv.FormatUint(start, 10)
 }
 
 // pidHolderAlive reports whether a pid holder's process still runs; ok is

@@ -212,7 +212,7 @@ func TestLeasesAndGC(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	holder, err := store.PIDHolder(cmd.Process.Pid)
+	holder, err := store.PIDHolder(cmd.Process.Pid, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -246,7 +246,7 @@ func TestLeasesAndGC(t *testing.T) {
 	if info.Refcount != 1 {
 		t.Fatalf("refcount %d after GC, want 1", info.Refcount)
 	}
-	if _, err := store.PIDHolder(cmd.Process.Pid); err == nil {
+	if _, err := store.PIDHolder(cmd.Process.Pid, 0); err == nil {
 		t.Fatal("PIDHolder of a dead process succeeded")
 	}
 }

@@ -138,7 +138,7 @@ class RedisTensor(_Views):
             return
         self._released = True
         if self._referenced:
-            _queue_call(self._conn, self._prefix, {"op": "release", "name": self.info.name, "pid": os.getpid()}, self._timeout)
+            _queue_call(self._conn, self._prefix, {"op": "release", "name": self.info.name, **_own_pid()}, self._timeout)
         self._conn.close()
         m, self._mapping = self._mapping, None
         if m is not None:
@@ -152,6 +152,21 @@ class RedisTensor(_Views):
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+
+def _own_pid() -> dict[str, int]:
+    """This process's pid and start time (clock ticks since boot, field 22
+    of /proc/self/stat): with it the agent refuses the pid when it names
+    another process in its PID namespace, as a pid from a container's
+    namespace does, instead of pinning a reference on that process."""
+    pid = os.getpid()
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            stat = f.read()
+        start = int(stat[stat.rindex(b")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return {"pid": pid}
+    return {"pid": pid, "pid_start": start}
 
 
 def _queue_call(conn: RedisConnection, prefix: str, cmd: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -176,7 +191,7 @@ def open_from_redis(url: str, name: str, prefix: str = "tensor:", reference: boo
     conn = RedisConnection(url, timeout=timeout)
     try:
         if reference:
-            reply = _queue_call(conn, prefix, {"op": "get", "name": name, "pid": os.getpid()}, timeout)
+            reply = _queue_call(conn, prefix, {"op": "get", "name": name, **_own_pid()}, timeout)
             info = TensorInfo.from_wire(reply["tensor"])
         else:
             flat = conn.call("HGETALL", f"{prefix}meta:{name}")

@@ -16,9 +16,10 @@ import pytest
 import memcuda
 
 
-def child(code: str, agent) -> subprocess.CompletedProcess[str]:
+def child(code: str, agent, prefix_cmd: list[str] | None = None) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, MEMCUDA_SOCKET=agent.socket, PYTHONPATH=os.path.dirname(os.path.dirname(memcuda.__file__)))
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run([*(prefix_cmd or []), sys.executable, "-c", textwrap.dedent(code)], env=env,
+                          capture_output=True, text=True, timeout=60)
 
 
 def test_two_processes_share_by_name(agent) -> None:
@@ -304,6 +305,53 @@ def test_redis_only_path(agent) -> None:
     t2.release()
     with pytest.raises(memcuda.NotFound):
         memcuda.open_from_redis(agent.redis_url, "nope", prefix=agent.prefix)
+
+
+NEW_PID_NAMESPACE = ["unshare", "--pid", "--fork", "--mount-proc"]  # a pod's view: its own pids and /proc
+
+
+def _new_pid_namespace_or_skip() -> None:
+    if os.geteuid() != 0 or subprocess.run([*NEW_PID_NAMESPACE, "true"], capture_output=True).returncode != 0:
+        pytest.skip(f"needs root and {' '.join(NEW_PID_NAMESPACE)}")
+
+
+def test_socket_client_in_another_pid_namespace(agent) -> None:
+    _new_pid_namespace_or_skip()
+    with memcuda.connect() as s:
+        with s.create("ns", (4,), "i32") as t:
+            t.numpy()[:] = [1, 2, 3, 4]
+        r = child("""
+            import os, memcuda
+            with memcuda.connect() as s, s.get("ns") as t:
+                print(os.getpid(), s.hello["peer_pid"], t.numpy().sum())
+        """, agent, prefix_cmd=NEW_PID_NAMESPACE)
+        assert r.returncode == 0, r.stderr
+        pid, peer, total = r.stdout.split()
+        # The agent knows the child by its pid in the agent's namespace.
+        assert pid == "1" and peer != "1" and total == "10", r.stdout
+        deadline = time.time() + 2
+        while s.stat("ns").refcount != 1:  # the child's release, applied after it exits
+            assert time.time() < deadline, "the child's reference outlived it"
+            time.sleep(0.01)
+
+
+def test_redis_queue_refuses_a_pid_from_another_namespace(agent) -> None:
+    # Its pid (1 there) names another process here: the agent must refuse
+    # it, not pin a reference on that process.
+    _new_pid_namespace_or_skip()
+    with memcuda.connect() as s:
+        s.create("nsq", (4,), "i32").release()
+        s.stat("nsq")  # the record reaches Redis after create returns: wait for it
+        r = child(f"""
+            import memcuda
+            try:
+                memcuda.open_from_redis("{agent.redis_url}", "nsq", prefix="{agent.prefix}")
+            except memcuda.FailedPrecondition as e:
+                print("refused:", e)
+        """, agent, prefix_cmd=NEW_PID_NAMESPACE)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith("refused:") and "another process" in r.stdout, r.stdout
+        assert s.stat("nsq").refcount == 1, "a refused get took a reference"
 
 
 def test_agent_down_is_unavailable(tmp_path) -> None:

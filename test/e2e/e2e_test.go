@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/memcuda/memcuda/internal/procinfo"
 	"github.com/memcuda/memcuda/pkg/backend/host"
 	"github.com/memcuda/memcuda/pkg/client"
 	"github.com/memcuda/memcuda/pkg/errdefs"
@@ -637,5 +638,50 @@ func TestConcurrentGetsWhileSegmentsAreEvicted(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Fatal(err)
+	}
+}
+
+// A queue command's pid_start pins the reference to that very process: a
+// pid that names another process in the agent's PID namespace (as one sent
+// from a namespace of its own does) is refused and takes nothing.
+func TestQueuePidStartRefusesAnotherProcess(t *testing.T) {
+	e := newEnv(t)
+	e.startAgent()
+	ctx := context.Background()
+	q := client.NewQueueClient(e.rdb, e.prefix)
+	if _, err := q.Do(ctx, queue.Command{Op: queue.OpCreate, Name: "mine", DType: "f32", Shape: []int64{2}}); err != nil {
+		t.Fatal(err)
+	}
+	start, err := procinfo.StartTime(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = q.Do(ctx, queue.Command{Op: queue.OpGet, Name: "mine", PID: os.Getpid(), PIDStart: start + 1})
+	if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "another process") {
+		t.Fatalf("get with another start time: %v, want failed_precondition naming another process", err)
+	}
+	if rc := e.refcount("mine"); rc != 1 {
+		t.Fatalf("refcount %d after a refused get, want 1", rc)
+	}
+	// Filled in by the client for its own pid.
+	if _, err := q.Do(ctx, queue.Command{Op: queue.OpGet, Name: "mine", PID: os.Getpid()}); err != nil {
+		t.Fatal(err)
+	}
+	holders, err := e.reg.Holders(ctx, "mine")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprintf("pid:%d:%d", os.Getpid(), start); holders[want] != 1 {
+		t.Fatalf("holders %v, want %s once", holders, want)
+	}
+	_, err = q.Do(ctx, queue.Command{Op: queue.OpRelease, Name: "mine", PID: os.Getpid(), PIDStart: start + 1})
+	if !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Fatalf("release with another start time: %v, want failed_precondition", err)
+	}
+	if _, err := q.Do(ctx, queue.Command{Op: queue.OpRelease, Name: "mine", PID: os.Getpid(), PIDStart: start}); err != nil {
+		t.Fatal(err)
+	}
+	if rc := e.refcount("mine"); rc != 1 {
+		t.Fatalf("refcount %d after get and release, want 1", rc)
 	}
 }
