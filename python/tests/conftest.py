@@ -128,6 +128,20 @@ def gpu_agent(bin_dir: Path, redis_url: str, request: pytest.FixtureRequest) -> 
     _finish(a, request)
 
 
+@pytest.fixture(scope="session")
+def new_pid_namespace() -> list[str]:
+    """The command prefix that runs a process as a pod does: in a PID
+    namespace of its own, with a /proc mounted for it. (Plain `unshare
+    --pid` keeps the outer /proc, where /proc/self names the process by its
+    outer pid while getpid() says 1; the driver's cuInit fails there with
+    CUDA_ERROR_OPERATING_SYSTEM on the lent GPU machines.) Skips the test
+    where it cannot run: it needs root."""
+    cmd = ["unshare", "--pid", "--fork", "--mount-proc"]
+    if os.geteuid() != 0 or not shutil.which("unshare") or subprocess.run([*cmd, "true"], capture_output=True).returncode != 0:
+        pytest.skip(f"needs root and {' '.join(cmd)}")
+    return cmd
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "agent_args(*args): extra memcuda-agent flags")
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU with PyTorch")

@@ -3,7 +3,6 @@ without a CUDA GPU; run on one by `make gpu-suite` (scripts/gpu-suite-run.sh).""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -118,27 +117,17 @@ def test_share_bf16_between_processes(gpu_agent) -> None:
     a.wait()
 
 
-# A pod has a PID namespace of its own and a /proc mounted for it. Without
-# that /proc (plain `unshare --pid`), /proc/self names the process by its
-# outer PID while getpid() says 1, and the driver's cuInit fails with
-# CUDA_ERROR_OPERATING_SYSTEM on the lent machines: that is not a pod.
-NEW_PID_NAMESPACE = ["unshare", "--pid", "--fork", "--mount-proc"]
-
-
-def _cuda_in_new_pid_namespace() -> str:
-    """'' when CUDA initialises in a process under NEW_PID_NAMESPACE, else why not."""
-    if not shutil.which("unshare") or os.geteuid() != 0:
-        return "needs root and unshare"
+def _cuda_starts_under(prefix: list[str]) -> str:
+    """'' when CUDA initialises in a process run under prefix, else why not."""
     probe = "import ctypes, os; print(os.getpid(), ctypes.CDLL('libcuda.so.1').cuInit(0))"
-    r = subprocess.run([*NEW_PID_NAMESPACE, sys.executable, "-c", probe], capture_output=True, text=True)
+    r = subprocess.run([*prefix, sys.executable, "-c", probe], capture_output=True, text=True)
     if r.returncode != 0 or r.stdout.split() != ["1", "0"]:
-        return (f"CUDA does not initialise under {' '.join(NEW_PID_NAMESPACE)} here "
-                f"(pid, cuInit -> {r.stdout.strip() or r.stderr.strip()})")
+        return f"CUDA does not initialise under {' '.join(prefix)} here (pid, cuInit -> {r.stdout.strip() or r.stderr.strip()})"
     return ""
 
 
-def test_open_from_new_pid_namespace(gpu_agent) -> None:
-    why = _cuda_in_new_pid_namespace()
+def test_open_from_new_pid_namespace(gpu_agent, new_pid_namespace) -> None:
+    why = _cuda_starts_under(new_pid_namespace)
     if why:
         pytest.skip(why)
     name = f"ns.{gpu_agent.mode}"
@@ -150,7 +139,7 @@ def test_open_from_new_pid_namespace(gpu_agent) -> None:
         c = Child(gpu_agent, f"""
             with memcuda.connect() as s, s.get("{name}") as t:
                 say(os.getpid(), float(t.torch().sum()))
-        """, prefix_cmd=NEW_PID_NAMESPACE)
+        """, prefix_cmd=new_pid_namespace)
         pid, val = c.read().split()
         c.wait()
         assert pid == "1" and val == "192.0", (pid, val)

@@ -307,16 +307,7 @@ def test_redis_only_path(agent) -> None:
         memcuda.open_from_redis(agent.redis_url, "nope", prefix=agent.prefix)
 
 
-NEW_PID_NAMESPACE = ["unshare", "--pid", "--fork", "--mount-proc"]  # a pod's view: its own pids and /proc
-
-
-def _new_pid_namespace_or_skip() -> None:
-    if os.geteuid() != 0 or subprocess.run([*NEW_PID_NAMESPACE, "true"], capture_output=True).returncode != 0:
-        pytest.skip(f"needs root and {' '.join(NEW_PID_NAMESPACE)}")
-
-
-def test_socket_client_in_another_pid_namespace(agent) -> None:
-    _new_pid_namespace_or_skip()
+def test_socket_client_in_another_pid_namespace(agent, new_pid_namespace) -> None:
     with memcuda.connect() as s:
         with s.create("ns", (4,), "i32") as t:
             t.numpy()[:] = [1, 2, 3, 4]
@@ -324,7 +315,7 @@ def test_socket_client_in_another_pid_namespace(agent) -> None:
             import os, memcuda
             with memcuda.connect() as s, s.get("ns") as t:
                 print(os.getpid(), s.hello["peer_pid"], t.numpy().sum())
-        """, agent, prefix_cmd=NEW_PID_NAMESPACE)
+        """, agent, prefix_cmd=new_pid_namespace)
         assert r.returncode == 0, r.stderr
         pid, peer, total = r.stdout.split()
         # The agent knows the child by its pid in the agent's namespace.
@@ -335,10 +326,9 @@ def test_socket_client_in_another_pid_namespace(agent) -> None:
             time.sleep(0.01)
 
 
-def test_redis_queue_refuses_a_pid_from_another_namespace(agent) -> None:
+def test_redis_queue_refuses_a_pid_from_another_namespace(agent, new_pid_namespace) -> None:
     # Its pid (1 there) names another process here: the agent must refuse
     # it, not pin a reference on that process.
-    _new_pid_namespace_or_skip()
     with memcuda.connect() as s:
         s.create("nsq", (4,), "i32").release()
         s.stat("nsq")  # the record reaches Redis after create returns: wait for it
@@ -348,7 +338,7 @@ def test_redis_queue_refuses_a_pid_from_another_namespace(agent) -> None:
                 memcuda.open_from_redis("{agent.redis_url}", "nsq", prefix="{agent.prefix}")
             except memcuda.FailedPrecondition as e:
                 print("refused:", e)
-        """, agent, prefix_cmd=NEW_PID_NAMESPACE)
+        """, agent, prefix_cmd=new_pid_namespace)
         assert r.returncode == 0, r.stderr
         assert r.stdout.startswith("refused:") and "another process" in r.stdout, r.stdout
         assert s.stat("nsq").refcount == 1, "a refused get took a reference"
