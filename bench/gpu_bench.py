@@ -307,9 +307,9 @@ def _raw_map(lib: Any, fd: int, size: int, desc: Any, at: int = 0) -> int:
     return ptr.value
 
 
-def _access_desc(ordinal: int) -> Any:
-    return _cuda._MemAccessDesc(_cuda._MemLocation(_cuda.CU_MEM_LOCATION_TYPE_DEVICE, ordinal),
-                                _cuda.CU_MEM_ACCESS_FLAGS_PROT_READWRITE)
+def _passed_fds(anc: list[Any]) -> list[int]:
+    """The descriptors in recvmsg's ancillary data."""
+    return [int.from_bytes(p[i:i + 4], sys.byteorder) for _l, _t, p in anc for i in range(0, len(p) - 3, 4)]
 
 
 def raw_first_imports(names: list[str]) -> tuple[list[float], list[float]]:
@@ -328,12 +328,12 @@ def raw_first_imports(names: list[str]) -> tuple[list[float], list[float]]:
         c._sock.sendall(_wire.encode_request(1 << 40, "get", name=n))
         data, anc, _, _ = c._sock.recvmsg(65536, so.CMSG_SPACE(4 * _wire.MAX_FDS))
         tensor = json.loads(data[12:])["tensor"]
-        fds = [int.from_bytes(p[i:i + 4], sys.byteorder) for _l, _t, p in anc for i in range(0, len(p) - 3, 4)]
+        fds = _passed_fds(anc)
         assert len(fds) == 1, f"{n}: {len(fds)} descriptors (each tensor should have its own segment)"
         got.append((fds[0], int(tensor["segment_size"]), tensor["device_uuid"]))
     lib = _cuda._load()
     ordinal = _cuda.ordinal_of(got[0][2])
-    desc = _access_desc(ordinal)
+    desc = _cuda._access(ordinal)
     out: list[float] = []
     ours: list[float] = []
     mapped = []
@@ -404,7 +404,7 @@ def cold_breakdown(k: int) -> None:
     lib = _cuda._load()
     ordinal = _cuda.ordinal_of(segs[0][2])
     size = segs[0][1]
-    desc = _access_desc(ordinal)
+    desc = _cuda._access(ordinal)
     whole: list[float] = []
     prereserved: list[float] = []
     with _cuda._Current(ordinal):
@@ -570,9 +570,8 @@ def bench_create(n: int) -> None:
         s._sock.sendall(fc)
         _, anc, _, _ = s._sock.recvmsg(65536, so.CMSG_SPACE(32))
         dt = time.perf_counter() - t0
-        for _level, _typ, payload in anc:  # a descriptor for a segment this connection has not seen
-            for i in range(0, len(payload) - 3, 4):
-                os.close(int.from_bytes(payload[i:i + 4], sys.byteorder))
+        for fd in _passed_fds(anc):  # a descriptor for a segment this connection has not seen
+            os.close(fd)
         s._sock.sendall(tail)
         _drain_frames(s._sock, 2)
         if j >= 20:

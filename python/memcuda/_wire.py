@@ -70,7 +70,6 @@ def parse_header(b: bytes) -> Header:
 
 
 _PLAIN = re.compile(r"[A-Za-z0-9_.:/@+=-]*\Z")
-_HEAD = struct.Struct(">4sBBBBI")
 _TAILS: dict[tuple[str, str], bytes] = {}
 
 
@@ -106,7 +105,7 @@ def encode_request(
             tail = _tail(op, name)
         if tail is not None:
             b = b'{"id":%d' % id + tail
-            return _HEAD.pack(MAGIC, VERSION, KIND_REQUEST, 0, 0, len(b)) + b
+            return HEADER.pack(MAGIC, VERSION, KIND_REQUEST, 0, 0, len(b)) + b
     if not client and _PLAIN.match(op + name + dtype + device + event + segment):
         # create and publish: the same rules as above (one match checks every
         # field: the pattern is a character class). The bytes after the name
@@ -117,7 +116,7 @@ def encode_request(
             parts = _suffix(key)
         head, rest = parts
         b = b'{"id":%d' % id + head + (b',"name":"%s"' % name.encode() if name else b"") + rest
-        return _HEAD.pack(MAGIC, VERSION, KIND_REQUEST, 0, 0, len(b)) + b
+        return HEADER.pack(MAGIC, VERSION, KIND_REQUEST, 0, 0, len(b)) + b
     return _encode_general(id, op, name, dtype, shape, device, client, event, segment)
 
 
