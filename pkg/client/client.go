@@ -124,7 +124,7 @@ func (c *Client) forgetLocked(ctx context.Context) error {
 	for len(c.unmapped) > 0 {
 		s := c.unmapped[len(c.unmapped)-1]
 		c.unmapped = c.unmapped[:len(c.unmapped)-1]
-		if s.users > 0 || s.gpu != nil || s.mem != nil || s.fd < 0 {
+		if s.users > 0 || s.mapped() || s.fd < 0 {
 			continue // mapped again meanwhile
 		}
 		unix.Close(s.fd)
@@ -174,7 +174,7 @@ func (c *Client) exchange(ctx context.Context, req *v1.Request) (*v1.Response, e
 	for i, id := range resp.FDs {
 		fd := c.fds[i]
 		if old := c.segs[id]; old != nil {
-			if old.fd < 0 && old.mem == nil && old.gpu == nil {
+			if old.fd < 0 && !old.mapped() {
 				old.fd = fd // sent again after a forget
 			} else {
 				unix.Close(fd) // already have it
@@ -278,6 +278,9 @@ func (c *Client) unidle(s *segment) {
 		}
 	}
 }
+
+// mapped reports whether the segment is mapped in this process.
+func (s *segment) mapped() bool { return s.mem != nil || s.gpu != nil }
 
 func (s *segment) unmap() error {
 	var err error
