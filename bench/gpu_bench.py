@@ -138,7 +138,7 @@ def bench_get(n: int) -> None:
     # Cold: a fresh connection; each get brings a new segment (32 MiB tensors
     # get their own segments): descriptor over the socket + import + map.
     k = 48
-    for i in range(5 * k):
+    for i in range(6 * k):
         s.create(f"b.cold{i}", (8 << 20,), "f32").release()
     # Let the agent finish what the creates left running (their registry
     # scripts: a get of a name with one pending waits for it; the clears of
@@ -190,7 +190,8 @@ def bench_get(n: int) -> None:
     c.close()
     if vmm:
         cold_breakdown(k)
-    for i in range(5 * k):
+    floor, floor_import = cold_floor([f"b.cold{i}" for i in range(5 * k, 6 * k)])
+    for i in range(6 * k):
         s.delete(f"b.cold{i}")
 
     # torch.multiprocessing: share a CUDA tensor through a Queue, consumer acks.
@@ -219,6 +220,8 @@ def bench_get(n: int) -> None:
     if vmm:
         row("get, cold (new segment: fd + import + map) ", cold, base_name, base_first, "<= 1.2x raw")
     row(f"get_many, cold, {batch} names per call (time per tensor)", many, base_name, base_first, "")
+    row("floor of a cold get: bare Python round trip" + (" passing the descriptor" if vmm else "") + " + the same import",
+        floor, "the import alone (same loop)", floor_import, "over 1.2x: no cold get can meet 1.2x here")
     row("Unix-socket round trip passing a descriptor (part of a cold get)", socket_rtt(n, with_fd=True),
         "Python Unix-socket echo round trip", echo, "")
     s.delete("b.get")
@@ -312,61 +315,60 @@ def _passed_fds(anc: list[Any]) -> list[int]:
     return [int.from_bytes(p[i:i + 4], sys.byteorder) for _l, _t, p in anc for i in range(0, len(p) - 3, 4)]
 
 
-def raw_first_imports(names: list[str]) -> tuple[list[float], list[float]]:
-    """The raw driver sequence (_raw_map) over segments this process never
-    mapped: their descriptors fetched with bare get frames on a connection
-    the client does not read, then each mapped, timed, and unmapped. Every
-    other one goes through the client's own import_segment instead, for
-    comparison; returns (raw, client's)."""
+def _fetch_answers(c: Any, names: list[str]) -> "list[tuple[Any, list[int]]]":
+    """Gets each name with a bare frame on c's socket, which the client
+    itself does not read: (record, descriptors passed with it) for each,
+    nothing mapped."""
     import socket as so
 
     from memcuda import _wire
+    from memcuda._client import TensorInfo
 
-    c = memcuda.connect()
-    got = []
+    out = []
     for n in names:
         c._sock.sendall(_wire.encode_request(1 << 40, "get", name=n))
         data, anc, _, _ = c._sock.recvmsg(65536, so.CMSG_SPACE(4 * _wire.MAX_FDS))
-        tensor = json.loads(data[12:])["tensor"]
+        info = TensorInfo.from_wire(json.loads(data[12:])["tensor"])
         fds = _passed_fds(anc)
-        assert len(fds) == 1, f"{n}: {len(fds)} descriptors (each tensor should have its own segment)"
-        got.append((fds[0], int(tensor["segment_size"]), tensor["device_uuid"]))
+        assert len(fds) == (info.ipc_mode != "legacy"), f"{n}: {len(fds)} descriptors (each tensor should have its own segment)"
+        out.append((info, fds))
+    return out
+
+
+def raw_first_imports(names: list[str]) -> tuple[list[float], list[float]]:
+    """The raw driver sequence (_raw_map) over segments this process never
+    mapped, descriptors from _fetch_answers, each mapped, timed, and
+    unmapped. Every other one goes through the client's own import_segment
+    instead, for comparison; returns (raw, client's)."""
+    c = memcuda.connect()
+    got = [(fds[0], info) for info, fds in _fetch_answers(c, names)]
     lib = _cuda._load()
-    ordinal = _cuda.ordinal_of(got[0][2])
+    ordinal = _cuda.ordinal_of(got[0][1].device_uuid)
     desc = _cuda._access(ordinal)
     out: list[float] = []
     ours: list[float] = []
     mapped = []
     with _cuda._Current(ordinal):
-        for i, (fd, size, uuid) in enumerate(got):
+        for i, (fd, info) in enumerate(got):
             t0 = time.perf_counter()
             if i % 2:
-                m = _cuda.import_segment(fd, _RawInfo(size, uuid))
+                m = _cuda.import_segment(fd, info)
                 ours.append(time.perf_counter() - t0)
                 mapped.append(m)
                 continue
-            p = _raw_map(lib, fd, size, desc)
+            p = _raw_map(lib, fd, info.segment_size, desc)
             out.append(time.perf_counter() - t0)
-            mapped.append((p, size))
+            mapped.append((p, info.segment_size))
         for m in mapped:
             if isinstance(m, tuple):
                 lib.cuMemUnmap(ctypes.c_uint64(m[0]), ctypes.c_size_t(m[1]))
                 lib.cuMemAddressFree(ctypes.c_uint64(m[0]), ctypes.c_size_t(m[1]))
             else:
                 m.close()
-    for fd, _, _ in got:
+    for fd, _ in got:
         os.close(fd)
     c.close()
     return out, ours
-
-
-class _RawInfo:
-    """The fields of a record import_segment reads."""
-
-    ipc_mode = "vmm"
-
-    def __init__(self, segment_size: int, device_uuid: str) -> None:
-        self.segment_size, self.device_uuid = segment_size, device_uuid
 
 
 def cold_breakdown(k: int) -> None:
@@ -437,7 +439,10 @@ def _mp_consumer(q_in: Any, q_out: Any) -> None:
         del t
 
 
-def _echo_server(path: str, ready: Any, with_fd: bool, fd_from_client: bool) -> None:
+def _echo_server(path: str, ready: Any, with_fd: bool, fds_from_client: int) -> None:
+    """Answers each message with itself. With with_fd the answer carries a
+    descriptor: a memfd, or, when the client first sent fds_from_client
+    descriptors, the one its message's first 8 digits number."""
     import socket as so
 
     srv = so.socket(so.AF_UNIX, so.SOCK_STREAM)
@@ -445,53 +450,113 @@ def _echo_server(path: str, ready: Any, with_fd: bool, fd_from_client: bool) -> 
     srv.listen(1)
     ready.set()
     c, _ = srv.accept()
-    fd = os.memfd_create("echo") if with_fd else -1
-    if fd_from_client:  # the client's first message carries the descriptor to echo
-        _, fds, _, _ = so.recv_fds(c, 16, 1)
-        fd = fds[0]
+    fds = [os.memfd_create("echo")] if with_fd else []
+    if fds_from_client:
+        fds = []
+        while len(fds) < fds_from_client:
+            _, got, _, _ = so.recv_fds(c, 16, _FDS_PER_MESSAGE)
+            fds.extend(got)
+        c.sendall(b"k")
     while True:
         b = c.recv(4096)
         if not b:
             return
         if with_fd:
-            so.send_fds(c, [b], [fd])
+            so.send_fds(c, [b], [fds[int(b[:8]) % len(fds)]])
         else:
             c.sendall(b)
 
 
+_FDS_PER_MESSAGE = 16
+
+
+class _Echo:
+    """A Python process across a Unix socket that answers every message at
+    once (see _echo_server): the floor under any request to the agent."""
+
+    def __init__(self, with_fd: bool, fds: "list[int] | None" = None) -> None:
+        import socket as so
+        import tempfile
+
+        self.with_fd = with_fd
+        path = os.path.join(tempfile.mkdtemp(), "echo.sock")
+        ctx = mp.get_context("spawn")
+        ready = ctx.Event()
+        self.proc = ctx.Process(target=_echo_server, args=(path, ready, with_fd, len(fds or ())))
+        self.proc.start()
+        ready.wait()
+        self.sock = so.socket(so.AF_UNIX, so.SOCK_STREAM)
+        self.sock.connect(path)
+        if fds:
+            for i in range(0, len(fds), _FDS_PER_MESSAGE):
+                so.send_fds(self.sock, [b"f"], fds[i:i + _FDS_PER_MESSAGE])
+            self.sock.recv(1)
+
+    def round_trip(self, i: int = 0) -> int:
+        """Sends a 100-byte message naming descriptor i; returns the
+        descriptor that came back (the caller closes it), or -1."""
+        import socket as so
+
+        self.sock.sendall(b"%08d" % i + b"x" * 92)
+        if not self.with_fd:
+            self.sock.recv(4096)
+            return -1
+        _, fds, _, _ = so.recv_fds(self.sock, 4096, 1, getattr(so, "MSG_CMSG_CLOEXEC", 0))
+        return fds[0]
+
+    def close(self) -> None:
+        self.sock.close()
+        self.proc.join()
+
+
 def socket_rtt(n: int, with_fd: bool = False, fd: int = -1) -> list[float]:
     """Round trip of a 100-byte message over a Unix socket to another Python
-    process: the floor under any request to the agent on this machine. With
-    with_fd every answer carries a descriptor (as a cold get's does), which
-    the client closes: a memfd, or a duplicate of fd when given."""
-    import socket as so
-    import tempfile
-
-    path = os.path.join(tempfile.mkdtemp(), "echo.sock")
-    ctx = mp.get_context("spawn")
-    ready = ctx.Event()
-    p = ctx.Process(target=_echo_server, args=(path, ready, with_fd, fd >= 0))
-    p.start()
-    ready.wait()
-    c = so.socket(so.AF_UNIX, so.SOCK_STREAM)
-    c.connect(path)
-    if fd >= 0:
-        so.send_fds(c, [b"f"], [fd])
-    msg = b"x" * 100
+    process. With with_fd every answer carries a descriptor (as a cold
+    get's does), which the client closes: a memfd, or a duplicate of fd
+    when given."""
+    echo = _Echo(with_fd, [fd] if fd >= 0 else None)
 
     def once() -> None:
-        c.sendall(msg)
-        if with_fd:
-            _, fds, _, _ = so.recv_fds(c, 4096, 1, getattr(so, "MSG_CMSG_CLOEXEC", 0))
-            for f in fds:
-                os.close(f)
-        else:
-            c.recv(4096)
+        got = echo.round_trip()
+        if got >= 0:
+            os.close(got)
 
     out = timed(once, n)
-    c.close()
-    p.join()
+    echo.close()
     return out
+
+
+def cold_floor(names: list[str]) -> tuple[list[float], list[float]]:
+    """The least any cold get can cost here: a bare round trip to a Python
+    process (carrying the segment's descriptor on vmm) followed by the
+    client's own import of it, with no agent and no client work. Returns
+    (round trip + import, the import alone), both on segments this process
+    never mapped."""
+    c = memcuda.connect()
+    answers = _fetch_answers(c, names)
+    vmm = answers[0][0].ipc_mode == "vmm"
+    fds = [fds[0] for _, fds in answers] if vmm else []
+    echo = _Echo(vmm, fds)
+    whole: list[float] = []
+    imports: list[float] = []
+    maps = []
+    for i, (info, _) in enumerate(answers):
+        t0 = time.perf_counter()
+        fd = echo.round_trip(i)
+        t1 = time.perf_counter()
+        maps.append(_cuda.import_segment(fd, info))
+        t2 = time.perf_counter()
+        whole.append(t2 - t0)
+        imports.append(t2 - t1)
+        if fd >= 0:
+            os.close(fd)
+    echo.close()
+    for m in maps:
+        m.close()
+    for fd in fds:
+        os.close(fd)
+    c.close()
+    return whole, imports
 
 
 # --- create ------------------------------------------------------------------
