@@ -264,12 +264,25 @@ def cold_pass(names: list[str], pause: float, spin_us: float = 0) -> tuple[list[
             raw.append(t1 - t0)
             spans.append((t0, t1))
 
+    from memcuda import _wire
+
+    decoded: list[float] = []  # when each answer's JSON was decoded
+    orig_decode = _wire.decode_body
+
+    def timed_decode(body: bytes, cache: bool = True) -> Any:
+        try:
+            return orig_decode(body, cache)
+        finally:
+            decoded.append(time.perf_counter())
+
     c = memcuda.connect(spin_us=spin_us)
     replied = mark_reads(c)
     _cuda.import_segment = instrumented  # type: ignore[assignment]
+    _wire.decode_body = timed_decode  # type: ignore[assignment]
     cold: list[float] = []
     to_reply: list[float] = []
     reply_to_import: list[float] = []
+    reply_to_decoded: list[float] = []
     after_import: list[float] = []
     held = []
     import resource
@@ -285,11 +298,14 @@ def cold_pass(names: list[str], pause: float, spin_us: float = 0) -> tuple[list[
             cold.append(t1 - t0)
             to_reply.append(replied[-1] - t0)
             reply_to_import.append(spans[-1][0] - replied[-1])
+            reply_to_decoded.append(decoded[-1] - replied[-1])
             after_import.append(t1 - spans[-1][1])
     finally:
         _cuda.import_segment = orig  # type: ignore[assignment]
+        _wire.decode_body = orig_decode  # type: ignore[assignment]
         del c._recvmsg
-    split = (f"request to reply {us(pct(to_reply, 50))}, reply to import {us(pct(reply_to_import, 50))}, "
+    split = (f"request to reply {us(pct(to_reply, 50))}, reply to import {us(pct(reply_to_import, 50))} "
+             f"(of which reading the frame and decoding its JSON {us(pct(reply_to_decoded, 50))}), "
              f"import {us(pct(raw, 50))}, import to return {us(pct(after_import, 50))}; "
              f"{(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / len(names):.1f} minor page faults per get")
     return cold, raw, split, c, held
