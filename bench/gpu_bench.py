@@ -277,8 +277,8 @@ def cold_pass(names: list[str], pause: float, spin_us: float = 0) -> tuple[list[
 
     c = memcuda.connect(spin_us=spin_us)
     replied = mark_reads(c)
-    _cuda.import_segment = instrumented  # type: ignore[assignment]
-    _wire.decode_body = timed_decode  # type: ignore[assignment]
+    _cuda.import_segment = instrumented
+    _wire.decode_body = timed_decode
     cold: list[float] = []
     to_reply: list[float] = []
     reply_to_import: list[float] = []
@@ -301,8 +301,8 @@ def cold_pass(names: list[str], pause: float, spin_us: float = 0) -> tuple[list[
             reply_to_decoded.append(decoded[-1] - replied[-1])
             after_import.append(t1 - spans[-1][1])
     finally:
-        _cuda.import_segment = orig  # type: ignore[assignment]
-        _wire.decode_body = orig_decode  # type: ignore[assignment]
+        _cuda.import_segment = orig
+        _wire.decode_body = orig_decode
         del c._recvmsg
     split = (f"request to reply {us(pct(to_reply, 50))}, reply to import {us(pct(reply_to_import, 50))} "
              f"(of which reading the frame and decoding its JSON {us(pct(reply_to_decoded, 50))}), "
@@ -363,7 +363,7 @@ def raw_first_imports(names: list[str]) -> tuple[list[float], list[float]]:
     desc = _cuda._access(ordinal)
     out: list[float] = []
     ours: list[float] = []
-    mapped = []
+    mapped: list[Any] = []
     with _cuda._Current(ordinal):
         for i, (fd, info) in enumerate(got):
             t0 = time.perf_counter()
@@ -406,12 +406,12 @@ def cold_breakdown(k: int) -> None:
                 calls.setdefault(name, []).append(time.perf_counter() - t0)
         return call
 
-    _cuda._fn = timing_fn  # type: ignore[assignment]
+    _cuda._fn = timing_fn
     c = memcuda.connect()
     try:
         ts = [c.get(f"b.cold{i}") for i in range(k)]
     finally:
-        _cuda._fn = orig_fn  # type: ignore[assignment]
+        _cuda._fn = orig_fn
     NOTES.append("cold get import, driver calls p50 us: " + ", ".join(
         f"{name} {us(pct(v, 50))}" for name, v in calls.items() if len(v) >= k // 2))
     segs = [(os.dup(c._segments[t.info.segment_id].fd), t.info.segment_size, t.info.device_uuid) for t in ts]
