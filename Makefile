@@ -32,6 +32,8 @@ test-python: build
 	PYTHON=$(PYTHON) bash scripts/ensure-python-deps.sh
 	cd python && MEMCUDA_BIN_DIR=$(BIN_DIR) $(PYTHON) -m pytest -q
 	cd python && $(PYTHON) -m mypy memcuda
+	# The GPU benchmarks only run on a GPU machine: type-checked here against the client.
+	cd python && MYPYPATH=. $(PYTHON) -m mypy ../bench/*.py
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./pkg/queue
