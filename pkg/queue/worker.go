@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -229,9 +227,8 @@ func (w *Worker) pidHolderOf(ctx context.Context, name string, pid int, start ui
 	if err != nil {
 		return "", err
 	}
-	prefix := fmt.Sprintf("pid:%d:", pid)
 	for h := range holders {
-		if strings.HasPrefix(h, prefix) && (start == 0 || h[len(prefix):] == strconv.FormatUint(start, 10)) {
+		if store.IsPIDHolderOf(h, pid, start) {
 			return h, nil
 		}
 	}

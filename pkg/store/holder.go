@@ -39,20 +39,37 @@ func pidHolderName(pid int, start uint64) string {
 	return pidPrefix + strconv.Itoa(pid) + ":" + strconv.FormatUint(start, 10)
 }
 
+// IsPIDHolderOf reports whether h names the references of process pid,
+// and of the process started at start when start is not 0.
+func IsPIDHolderOf(h string, pid int, start uint64) bool {
+	p, s, isPID, wellFormed := parsePIDHolder(h)
+	return isPID && wellFormed && p == pid && (start == 0 || s == start)
+}
+
 // pidHolderAlive reports whether a pid holder's process still runs; ok is
 // false when h is not a pid holder.
 func pidHolderAlive(h string) (alive, ok bool) {
-	rest, found := strings.CutPrefix(h, pidPrefix)
-	if !found {
+	pid, start, isPID, wellFormed := parsePIDHolder(h)
+	if !isPID {
 		return false, false
+	}
+	if !wellFormed {
+		return false, true // nobody can release it
+	}
+	return procinfo.Alive(pid, start), true
+}
+
+// parsePIDHolder splits a pid holder name; isPID is false for other
+// holders, wellFormed false for a pid holder that does not parse.
+func parsePIDHolder(h string) (pid int, start uint64, isPID, wellFormed bool) {
+	rest, isPID := strings.CutPrefix(h, pidPrefix)
+	if !isPID {
+		return 0, 0, false, false
 	}
 	p, s, found := strings.Cut(rest, ":")
 	pid, err1 := strconv.Atoi(p)
 	start, err2 := strconv.ParseUint(s, 10, 64)
-	if !found || err1 != nil || err2 != nil {
-		return false, true // malformed: nobody can release it
-	}
-	return procinfo.Alive(pid, start), true
+	return pid, start, true, found && err1 == nil && err2 == nil
 }
 
 // connHolderInstance returns the agent instance of a connection holder.
