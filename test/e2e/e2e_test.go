@@ -11,9 +11,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/memcuda/memcuda/internal/procinfo"
 	"github.com/memcuda/memcuda/pkg/backend/host"
@@ -348,34 +349,27 @@ func TestManyClientsConcurrently(t *testing.T) {
 	e := newEnv(t)
 	e.startAgent()
 	ctx := context.Background()
-	var wg sync.WaitGroup
-	errs := make(chan error, 16)
-	for i := 0; i < 16; i++ {
-		wg.Add(1)
-		go func(i int) {
-			defer wg.Done()
+	var g errgroup.Group
+	for range 16 {
+		g.Go(func() error {
 			c, err := client.Dial(ctx, e.socket)
 			if err != nil {
-				errs <- err
-				return
+				return err
 			}
 			defer c.Close()
 			for j := 0; j < 50; j++ {
 				tn, err := c.Create(ctx, fmt.Sprintf("c%d", j%5), "f32", []int64{64})
 				if err != nil {
-					errs <- err
-					return
+					return err
 				}
 				if err := tn.Release(ctx); err != nil {
-					errs <- err
-					return
+					return err
 				}
 			}
-		}(i)
+			return nil
+		})
 	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
+	if err := g.Wait(); err != nil {
 		t.Fatal(err)
 	}
 	for j := 0; j < 5; j++ {
@@ -610,33 +604,26 @@ func TestConcurrentGetsWhileSegmentsAreEvicted(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	var wg sync.WaitGroup
-	errs := make(chan error, 4)
-	for g := 0; g < 4; g++ {
-		wg.Add(1)
-		go func(g int) {
-			defer wg.Done()
+	var readers errgroup.Group
+	for g := range 4 {
+		readers.Go(func() error {
 			for k := 0; k < 60; k++ {
 				i := (g*5 + k) % n
 				x, err := c.Get(ctx, fmt.Sprintf("churn.%d", i))
 				if err != nil {
-					errs <- err
-					return
+					return err
 				}
 				if x.Bytes()[0] != byte(i+1) {
-					errs <- fmt.Errorf("churn.%d reads %d", i, x.Bytes()[0])
-					return
+					return fmt.Errorf("churn.%d reads %d", i, x.Bytes()[0])
 				}
 				if err := x.Release(ctx); err != nil {
-					errs <- err
-					return
+					return err
 				}
 			}
-		}(g)
+			return nil
+		})
 	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
+	if err := readers.Wait(); err != nil {
 		t.Fatal(err)
 	}
 }
