@@ -93,24 +93,36 @@ func TestReadDeadline(t *testing.T) {
 	}
 }
 
-func TestCloseWakesBlockedRead(t *testing.T) {
-	c, _ := pair(t)
+// blockRead starts a Read on c that blocks (nothing comes), and returns a
+// function that waits up to 5 s for that Read to end once waker woke it,
+// and gives its error.
+func blockRead(t *testing.T, c *Conn) func(waker string) error {
 	done := make(chan error, 1)
 	go func() {
 		_, err := c.Read(make([]byte, 1))
 		done <- err
 	}()
-	time.Sleep(20 * time.Millisecond)
+	time.Sleep(20 * time.Millisecond) // time to block
+	return func(waker string) error {
+		t.Helper()
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s did not wake a blocked Read", waker)
+			return nil
+		}
+	}
+}
+
+func TestCloseWakesBlockedRead(t *testing.T) {
+	c, _ := pair(t)
+	woken := blockRead(t, c)
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case err := <-done:
-		if !errors.Is(err, net.ErrClosed) {
-			t.Fatalf("blocked Read ended with %v, want net.ErrClosed", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Close did not wake a blocked Read")
+	if err := woken("Close"); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("blocked Read ended with %v, want net.ErrClosed", err)
 	}
 	if err := c.Close(); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("second Close: %v", err)
@@ -239,24 +251,14 @@ func TestDetachedShutdownAndCloseWakeABlockedRead(t *testing.T) {
 	for _, how := range []string{"shutdown", "close"} {
 		t.Run(how, func(t *testing.T) {
 			c, _ := detachedPair(t)
-			done := make(chan error, 1)
-			go func() {
-				_, err := c.Read(make([]byte, 1))
-				done <- err
-			}()
-			time.Sleep(20 * time.Millisecond)
+			woken := blockRead(t, c)
 			if how == "shutdown" {
 				c.Shutdown()
 			} else if err := c.Close(); err != nil {
 				t.Fatal(err)
 			}
-			select {
-			case err := <-done:
-				if err == nil {
-					t.Fatal("a woken Read returned no error")
-				}
-			case <-time.After(5 * time.Second):
-				t.Fatalf("%s did not wake a blocked Read", how)
+			if err := woken(how); err == nil {
+				t.Fatal("a woken Read returned no error")
 			}
 		})
 	}
