@@ -90,7 +90,7 @@ func ReadFrame(r io.Reader) (Header, []byte, error) {
 	}
 	body := make([]byte, h.BodyLen)
 	if _, err := io.ReadFull(r, body); err != nil {
-		return h, nil, fmt.Errorf("%w: short body: %v", ErrFrame, err)
+		return h, nil, fmt.Errorf("%w: short body: %w", ErrFrame, err)
 	}
 	return h, body, nil
 }
@@ -129,7 +129,7 @@ func DecodeRequest(body []byte) (*Request, error) {
 	}
 	var req Request
 	if err := strictUnmarshal(body, &req); err != nil {
-		return nil, fmt.Errorf("%w: request body: %v", ErrFrame, err)
+		return nil, fmt.Errorf("%w: request body: %w", ErrFrame, err)
 	}
 	return &req, nil
 }
@@ -138,7 +138,7 @@ func DecodeRequest(body []byte) (*Request, error) {
 func DecodeResponse(body []byte) (*Response, error) {
 	var resp Response
 	if err := json.Unmarshal(body, &resp); err != nil {
-		return nil, fmt.Errorf("%w: response body: %v", ErrFrame, err)
+		return nil, fmt.Errorf("%w: response body: %w", ErrFrame, err)
 	}
 	return &resp, nil
 }

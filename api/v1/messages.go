@@ -5,10 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-
-	"github.com/memcuda/memcuda/pkg/backend"
-	"github.com/memcuda/memcuda/pkg/pool"
-	"github.com/memcuda/memcuda/pkg/tensor"
 )
 
 // Operations.
@@ -48,16 +44,16 @@ type Request struct {
 
 // Response is the agent's answer to the request with the same id.
 type Response struct {
-	ID      uint64        `json:"id"`
-	OK      bool          `json:"ok"`
-	Error   *Error        `json:"error,omitempty"`
-	Tensor  *tensor.Info  `json:"tensor,omitempty"`
-	Tensors []tensor.Info `json:"tensors,omitempty"`
-	Stats   *Stats        `json:"stats,omitempty"`
-	Hello   *Hello        `json:"hello,omitempty"`
-	GC      *GCResult     `json:"gc,omitempty"`
-	Trimmed uint64        `json:"trimmed,omitempty"`
-	FDs     []string      `json:"fds,omitempty"` // segment ids of the attached descriptors
+	ID      uint64    `json:"id"`
+	OK      bool      `json:"ok"`
+	Error   *Error    `json:"error,omitempty"`
+	Tensor  *Tensor   `json:"tensor,omitempty"`
+	Tensors []Tensor  `json:"tensors,omitempty"`
+	Stats   *Stats    `json:"stats,omitempty"`
+	Hello   *Hello    `json:"hello,omitempty"`
+	GC      *GCResult `json:"gc,omitempty"`
+	Trimmed uint64    `json:"trimmed,omitempty"`
+	FDs     []string  `json:"fds,omitempty"` // segment ids of the attached descriptors
 }
 
 // Error carries an errdefs wire code and a message.
@@ -68,38 +64,17 @@ type Error struct {
 
 // Hello describes the agent.
 type Hello struct {
-	Version  int              `json:"version"`
-	Agent    string           `json:"agent"`
-	Node     string           `json:"node"`
-	Mode     string           `json:"mode"`
-	Devices  []backend.Device `json:"devices"`
-	PeerPID  int              `json:"peer_pid"`
-	Redis    bool             `json:"redis"` // the registry answered
-	Software string           `json:"software"`
+	Version  int      `json:"version"`
+	Agent    string   `json:"agent"`
+	Node     string   `json:"node"`
+	Mode     IPCMode  `json:"mode"`
+	Devices  []Device `json:"devices"`
+	PeerPID  int      `json:"peer_pid"`
+	Redis    bool     `json:"redis"` // the registry answered
+	Software string   `json:"software"`
 	// Features lists what this agent speaks beyond version 1's first ops
 	// ("forget"), so a newer client can tell an older agent.
 	Features []string `json:"features,omitempty"`
-}
-
-// Stats are the agent's statistics.
-type Stats struct {
-	Tensors int         `json:"tensors"`
-	Pending int         `json:"pending"` // freed blocks waiting for clients' GPU work
-	Pools   []PoolStats `json:"pools"`
-}
-
-// PoolStats are one pool's statistics (pool.Stats' fields follow Limit).
-type PoolStats struct {
-	Device int    `json:"device"`
-	Tenant string `json:"tenant,omitempty"`
-	Limit  uint64 `json:"limit"`
-	pool.Stats
-}
-
-// GCResult reports a GC pass.
-type GCResult struct {
-	Holders int      `json:"holders"`
-	Freed   []string `json:"freed"`
 }
 
 func strictUnmarshal(b []byte, v any) error {

@@ -1,10 +1,6 @@
 package v1
 
-import (
-	"strconv"
-
-	"github.com/memcuda/memcuda/pkg/tensor"
-)
+import "strconv"
 
 // appendPlainResponse appends resp as encoding/json would marshal it, for
 // the answers the agent gives most (a create's or a get's tensor, an empty
@@ -40,9 +36,9 @@ func appendPlainResponse(dst []byte, resp *Response) (_ []byte, ok bool) {
 	return append(dst, '}'), true
 }
 
-// appendPlainInfo writes tensor.Info's fields in their declared order,
+// appendPlainInfo writes Tensor's fields in their declared order,
 // leaving out the empty omitempty ones, as encoding/json does.
-func appendPlainInfo(dst []byte, t *tensor.Info) (_ []byte, ok bool) {
+func appendPlainInfo(dst []byte, t *Tensor) (_ []byte, ok bool) {
 	str := func(key, v string, omitEmpty bool) {
 		if !ok || (omitEmpty && v == "") {
 			return
@@ -76,14 +72,14 @@ func appendPlainInfo(dst []byte, t *tensor.Info) (_ []byte, ok bool) {
 	num(`,"device":`, int64(t.Device))
 	str(`,"device_uuid":`, t.DeviceUUID, true)
 	unum(`,"bytes":`, t.Bytes)
-	str(`,"ipc_mode":`, t.IPCMode, false)
+	str(`,"ipc_mode":`, string(t.IPCMode), false)
 	str(`,"ipc_handle":`, t.IPCHandle, false)
 	unum(`,"offset":`, t.Offset)
 	str(`,"segment_id":`, t.SegmentID, false)
 	unum(`,"segment_size":`, t.SegmentSize)
 	num(`,"owner_pid":`, int64(t.OwnerPID))
 	num(`,"refcount":`, t.Refcount)
-	str(`,"state":`, t.State, false)
+	str(`,"state":`, string(t.State), false)
 	str(`,"agent":`, t.Agent, false)
 	str(`,"node":`, t.Node, false)
 	str(`,"tenant":`, t.Tenant, true)

@@ -7,8 +7,6 @@ import (
 	"reflect"
 	"strings"
 	"testing"
-
-	"github.com/memcuda/memcuda/pkg/tensor"
 )
 
 // strictRequest is DecodeRequest without the reflection-free path.
@@ -72,8 +70,8 @@ func FuzzDecodePlain(f *testing.F) {
 	})
 }
 
-func plainInfo() tensor.Info {
-	return tensor.Info{Name: "ns/w:v2", UID: "agent-abc-17", DType: "bf16", Shape: []int64{256, 1024}, Device: 1,
+func plainInfo() Tensor {
+	return Tensor{Name: "ns/w:v2", UID: "agent-abc-17", DType: "bf16", Shape: []int64{256, 1024}, Device: 1,
 		DeviceUUID: "GPU-952e2206-aea1-40d5-a426-146df9c183e1", Bytes: 524288, IPCMode: "legacy", IPCHandle: "AAECAw+/=",
 		Offset: 1 << 20, SegmentID: "agent-abc.s12", SegmentSize: 2 << 20, OwnerPID: 4242, Refcount: -1, State: "ready",
 		Agent: "agent-abc", Node: "node-1", Tenant: "team-a", Event: "QQ==", Ctime: 1764200000000, Mtime: -1}
@@ -83,8 +81,8 @@ func plainInfo() tensor.Info {
 // others it leaves to json.Marshal.
 func TestPlainResponseIsJSONMarshal(t *testing.T) {
 	full := plainInfo()
-	bare := tensor.Info{Name: "w", DType: "f32", Shape: []int64{}}
-	noShape := tensor.Info{Name: "s"}
+	bare := Tensor{Name: "w", DType: "f32", Shape: []int64{}}
+	noShape := Tensor{Name: "s"}
 	for _, tc := range []struct {
 		name  string
 		resp  Response
@@ -96,9 +94,9 @@ func TestPlainResponseIsJSONMarshal(t *testing.T) {
 		{"release answer", Response{ID: 3, OK: true}, true},
 		{"two descriptors", Response{ID: 4, OK: true, Tensor: &bare, FDs: []string{"a", "b"}}, true},
 		{"error", Response{ID: 5, Error: &Error{Code: "not_found", Message: "no tensor"}}, false},
-		{"list", Response{ID: 6, OK: true, Tensors: []tensor.Info{full}}, false},
+		{"list", Response{ID: 6, OK: true, Tensors: []Tensor{full}}, false},
 		{"trim", Response{ID: 8, OK: true, Trimmed: 3}, false},
-		{"a string to escape", Response{ID: 9, OK: true, Tensor: &tensor.Info{Name: "a<b", Node: "n\u00e9"}}, false},
+		{"a string to escape", Response{ID: 9, OK: true, Tensor: &Tensor{Name: "a<b", Node: "n\u00e9"}}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			want, err := json.Marshal(&tc.resp)
@@ -130,7 +128,7 @@ func FuzzPlainResponse(f *testing.F) {
 	f.Add(uint64(0), false, "", "", "", "", "", "", "", int64(0), int64(0), uint64(0), "")
 	f.Fuzz(func(t *testing.T, id uint64, ok bool, name, uid, dtype, uuid, handle, tenant, event string, d0, d1 int64, n uint64, seg string) {
 		info := plainInfo()
-		info.Name, info.UID, info.DType, info.DeviceUUID, info.IPCHandle, info.Tenant, info.Event = name, uid, tensor.DType(dtype), uuid, handle, tenant, event
+		info.Name, info.UID, info.DType, info.DeviceUUID, info.IPCHandle, info.Tenant, info.Event = name, uid, DType(dtype), uuid, handle, tenant, event
 		info.Shape = []int64{d0, d1}[:min(2, int(n%3))]
 		info.Bytes, info.Offset, info.Refcount = n, n/3, d1
 		resp := Response{ID: id, OK: ok, Tensor: &info}

@@ -9,10 +9,6 @@ import (
 	"os"
 	"reflect"
 	"testing"
-
-	"github.com/memcuda/memcuda/pkg/backend"
-	"github.com/memcuda/memcuda/pkg/pool"
-	"github.com/memcuda/memcuda/pkg/tensor"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/vectors.json from vectorMessages")
@@ -30,14 +26,14 @@ func vectorMessages() []struct {
 	name string
 	msg  any
 } {
-	info := tensor.Info{
-		Name: "llama.layers.0.wq", UID: "a1b2c3d4e5f6-1", DType: tensor.BF16, Shape: []int64{4096, 4096}, Device: 0,
-		DeviceUUID: "GPU-5a4b2e1c-0000-1111-2222-333344445555", Bytes: 33554432, IPCMode: tensor.ModeVMM, Offset: 0,
-		SegmentID: "vmm.a1b2c3d4e5f6.3", SegmentSize: 33554432, OwnerPID: 4242, Refcount: 2, State: tensor.StateReady,
+	info := Tensor{
+		Name: "llama.layers.0.wq", UID: "a1b2c3d4e5f6-1", DType: BF16, Shape: []int64{4096, 4096}, Device: 0,
+		DeviceUUID: "GPU-5a4b2e1c-0000-1111-2222-333344445555", Bytes: 33554432, IPCMode: ModeVMM, Offset: 0,
+		SegmentID: "vmm.a1b2c3d4e5f6.3", SegmentSize: 33554432, OwnerPID: 4242, Refcount: 2, State: StateReady,
 		Agent: "a1b2c3d4e5f6", Node: "node-1", Ctime: 1795722236856, Mtime: 1795722236857,
 	}
 	host := info
-	host.Name, host.DType, host.Shape, host.Bytes, host.IPCMode = "demo", tensor.F32, []int64{2, 3}, 24, tensor.ModeHost
+	host.Name, host.DType, host.Shape, host.Bytes, host.IPCMode = "demo", F32, []int64{2, 3}, 24, ModeHost
 	host.IPCHandle, host.DeviceUUID, host.SegmentID, host.SegmentSize, host.Offset = "/memcuda.e10bbc3a.a1b2c3d4e5f6.1", "", "memcuda.e10bbc3a.a1b2c3d4e5f6.1", 2097152, 1024
 	return []struct {
 		name string
@@ -59,16 +55,16 @@ func vectorMessages() []struct {
 		{"release with event request", &Request{ID: 14, Op: OpRelease, Name: "kv/0", Event: "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4vMDEyMzQ1Njc4OTo7PD0+Pw=="}},
 		{"forget request", &Request{ID: 15, Op: OpForget, Segment: "vmm.a1b2c3d4e5f6.0.3"}},
 		{"hello response", &Response{ID: 1, OK: true, Hello: &Hello{Version: 1, Agent: "a1b2c3d4e5f6", Node: "node-1", Mode: "host",
-			Devices: []backend.Device{{Index: 0, Name: "host", Total: 25769803776}}, PeerPID: 4242, Redis: true, Software: "memcuda-agent dev",
+			Devices: []Device{{Index: 0, Name: "host", Total: 25769803776}}, PeerPID: 4242, Redis: true, Software: "memcuda-agent dev",
 			Features: []string{"forget"}}}},
 		{"get response with descriptor", &Response{ID: 5, OK: true, Tensor: &info, FDs: []string{"vmm.a1b2c3d4e5f6.3"}}},
 		{"get host response without descriptor", &Response{ID: 5, OK: true, Tensor: &host}},
 		{"error response", &Response{ID: 2, Error: &Error{Code: "already_exists", Message: `already exists: tensor "demo" exists as f32[2,3], not f16[2,3]`}}},
-		{"list response", &Response{ID: 8, OK: true, Tensors: []tensor.Info{host}}},
+		{"list response", &Response{ID: 8, OK: true, Tensors: []Tensor{host}}},
 		{"empty list response", &Response{ID: 8, OK: true}},
-		{"stats response", &Response{ID: 10, OK: true, Stats: &Stats{Tensors: 1, Pools: []PoolStats{{Device: 0, Limit: 1 << 30, Stats: pool.Stats{Allocated: 1024,
+		{"stats response", &Response{ID: 10, OK: true, Stats: &Stats{Tensors: 1, Pools: []PoolStats{{Device: 0, Limit: 1 << 30, Allocated: 1024,
 			Requested: 24, Reserved: 2097152, PeakAllocated: 1024, PeakReserved: 2097152, Segments: 1, ActiveBlocks: 1, FreeBlocks: 1,
-			LargestFree: 2096128, Allocs: 1}}}}}},
+			LargestFree: 2096128, Allocs: 1}}}}},
 		{"gc response", &Response{ID: 11, OK: true, GC: &GCResult{Holders: 2, Freed: []string{"a", "b"}}}},
 		{"trim response", &Response{ID: 12, OK: true, Trimmed: 2097152}},
 	}

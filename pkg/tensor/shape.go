@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 
+	v1 "github.com/memcuda/memcuda/api/v1"
 	"github.com/memcuda/memcuda/pkg/errdefs"
 )
 
@@ -14,7 +15,7 @@ const MaxDims = 8
 // NumBytes validates shape and returns the byte size of a tensor of dtype d.
 // It rejects negative dimensions, ranks over MaxDims and sizes that overflow or
 // exceed limit (0 means no limit) before anything is allocated.
-func NumBytes(d DType, shape []int64, limit uint64) (uint64, error) {
+func NumBytes(d v1.DType, shape []int64, limit uint64) (uint64, error) {
 	if !d.Valid() {
 		return 0, errdefs.Invalid("unknown dtype %q", string(d))
 	}

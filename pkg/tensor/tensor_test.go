@@ -6,18 +6,19 @@ import (
 	"strings"
 	"testing"
 
+	v1 "github.com/memcuda/memcuda/api/v1"
 	"github.com/memcuda/memcuda/pkg/errdefs"
 )
 
 func TestParseDType(t *testing.T) {
 	for _, tc := range []struct {
 		in   string
-		want DType
+		want v1.DType
 	}{
-		{"f32", F32}, {"float32", F32}, {"torch.float32", F32}, {"np.float32", F32}, {"FLOAT", F32},
-		{"bf16", BF16}, {"torch.bfloat16", BF16}, {"half", F16}, {"float16", F16}, {"double", F64},
-		{"int8", I8}, {"short", I16}, {"int", I32}, {"torch.int64", I64}, {"long", I64}, {"uint8", U8},
-		{"bool", Bool}, {"torch.bool", Bool}, {"float8_e4m3fn", F8E4M3}, {"torch.float8_e5m2", F8E5M2}, {" f16 ", F16},
+		{"f32", v1.F32}, {"float32", v1.F32}, {"torch.float32", v1.F32}, {"np.float32", v1.F32}, {"FLOAT", v1.F32},
+		{"bf16", v1.BF16}, {"torch.bfloat16", v1.BF16}, {"half", v1.F16}, {"float16", v1.F16}, {"double", v1.F64},
+		{"int8", v1.I8}, {"short", v1.I16}, {"int", v1.I32}, {"torch.int64", v1.I64}, {"long", v1.I64}, {"uint8", v1.U8},
+		{"bool", v1.Bool}, {"torch.bool", v1.Bool}, {"float8_e4m3fn", v1.F8E4M3}, {"torch.float8_e5m2", v1.F8E5M2}, {" f16 ", v1.F16},
 	} {
 		got, err := ParseDType(tc.in)
 		if err != nil || got != tc.want {
@@ -33,22 +34,22 @@ func TestParseDType(t *testing.T) {
 
 func TestNumBytes(t *testing.T) {
 	for _, tc := range []struct {
-		d     DType
+		d     v1.DType
 		shape []int64
 		limit uint64
 		want  uint64
 		err   string
 	}{
-		{F32, []int64{2, 3}, 0, 24, ""},
-		{BF16, []int64{4096, 4096}, 0, 32 << 20, ""},
-		{F64, []int64{}, 0, 8, ""},    // scalar
-		{I8, []int64{0, 5}, 0, 0, ""}, // empty tensor
-		{F8E4M3, []int64{1, 1, 1, 1, 1, 1, 1, 7}, 0, 7, ""},
-		{F32, []int64{1, 1, 1, 1, 1, 1, 1, 1, 1}, 0, 0, "at most 8"},
-		{F32, []int64{2, -1}, 0, 0, "negative"},
-		{F32, []int64{1 << 40, 1 << 40}, 0, 0, "overflows"},
-		{F32, []int64{1 << 31, 1 << 31}, 0, 0, "overflows"},
-		{F32, []int64{1024}, 4095, 0, "over the device limit"},
+		{v1.F32, []int64{2, 3}, 0, 24, ""},
+		{v1.BF16, []int64{4096, 4096}, 0, 32 << 20, ""},
+		{v1.F64, []int64{}, 0, 8, ""},    // scalar
+		{v1.I8, []int64{0, 5}, 0, 0, ""}, // empty tensor
+		{v1.F8E4M3, []int64{1, 1, 1, 1, 1, 1, 1, 7}, 0, 7, ""},
+		{v1.F32, []int64{1, 1, 1, 1, 1, 1, 1, 1, 1}, 0, 0, "at most 8"},
+		{v1.F32, []int64{2, -1}, 0, 0, "negative"},
+		{v1.F32, []int64{1 << 40, 1 << 40}, 0, 0, "overflows"},
+		{v1.F32, []int64{1 << 31, 1 << 31}, 0, 0, "overflows"},
+		{v1.F32, []int64{1024}, 4095, 0, "over the device limit"},
 		{"f31", []int64{1}, 0, 0, "unknown dtype"},
 	} {
 		got, err := NumBytes(tc.d, tc.shape, tc.limit)

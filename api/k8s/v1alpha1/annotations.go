@@ -8,8 +8,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
-
-	"github.com/memcuda/memcuda/pkg/tensor"
 )
 
 // Annotations.
@@ -21,7 +19,8 @@ const (
 	// AnnotationShareWith on a namespace lists the namespaces ("*": all)
 	// whose pods may open this namespace's tensors.
 	AnnotationShareWith = "memcuda.io/share-with"
-	// ResourceName is the extended resource of the device plugin.
+	// ResourceName is the extended resource the device plugin advertises
+	// by default.
 	ResourceName = "memcuda.io/tensors"
 )
 
@@ -50,7 +49,10 @@ type TensorRequest struct {
 	Create bool `json:"create,omitempty"`
 }
 
-// ParseTensors decodes the annotation strictly.
+// ParseTensors decodes the annotation strictly: a JSON list of entries with
+// no unknown fields, names of the form <name> or <namespace>/<name>, each
+// listed once, and dtype and shape with create. The agent checks names,
+// dtypes and shapes against its own rules when it reads the pod.
 func ParseTensors(s string) ([]TensorRequest, error) {
 	dec := json.NewDecoder(bytes.NewReader([]byte(s)))
 	dec.DisallowUnknownFields()
@@ -67,8 +69,8 @@ func ParseTensors(s string) ([]TensorRequest, error) {
 			}
 			short = n
 		}
-		if err := tensor.ValidateName(short); err != nil {
-			return nil, fmt.Errorf("entry %d: %v", i, err)
+		if short == "" {
+			return nil, fmt.Errorf("entry %d: name is empty", i)
 		}
 		if seen[r.Name] {
 			return nil, fmt.Errorf("entry %d: %q listed twice", i, r.Name)
@@ -76,15 +78,6 @@ func ParseTensors(s string) ([]TensorRequest, error) {
 		seen[r.Name] = true
 		if r.Create && (r.DType == "" || r.Shape == nil) {
 			return nil, fmt.Errorf("entry %d (%s): create needs dtype and shape", i, r.Name)
-		}
-		if r.DType != "" {
-			dt, err := tensor.ParseDType(r.DType)
-			if err != nil {
-				return nil, fmt.Errorf("entry %d (%s): %v", i, r.Name, err)
-			}
-			if _, err := tensor.NumBytes(dt, r.Shape, 0); err != nil {
-				return nil, fmt.Errorf("entry %d (%s): %v", i, r.Name, err)
-			}
 		}
 	}
 	return out, nil
