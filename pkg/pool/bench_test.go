@@ -15,7 +15,7 @@ func BenchmarkAllocFree(b *testing.B) {
 		b.Run(size.name, func(b *testing.B) {
 			p := New(&fakeSource{})
 			ctx := context.Background()
-			var keep []*Block
+			var keep []*Block[Segment]
 			for i := 0; i < 64; i++ {
 				k, _ := p.Alloc(ctx, uint64(i+1)*4096)
 				keep = append(keep, k)
@@ -36,7 +36,7 @@ func BenchmarkAllocFree(b *testing.B) {
 	}
 }
 
-// mapBaseline is the seed's "plan B": free lists bucketed by rounded size in a
+// mapBaseline is the original design's "plan B": free lists bucketed by rounded size in a
 // Go map, no splitting or coalescing. It is the baseline the pool is compared
 // with in the same run.
 type mapBaseline struct {

@@ -1,9 +1,12 @@
 // Package pool is mem-cuda's caching allocator, modelled on PyTorch's
 // CUDACachingAllocator: segments come from a backend, blocks are carved out of
 // them best-fit, split when the rest is worth keeping and coalesced with free
-// neighbours on free. Requests up to SmallSize come from 2 MiB segments (the
-// small pool), larger ones from their own segments (the large pool), so that
-// small, short-lived blocks do not fragment the large segments.
+// neighbours on free. Three size classes keep small, short-lived blocks from
+// fragmenting large segments: requests up to SmallSize come from 2 MiB
+// segments (the small class), requests under MinLargeAlloc from
+// LargeSegment-sized ones (the medium class), and larger ones get a segment
+// of their own (the large class). A Pool is generic in its backend's
+// segment type, so callers get their own segments back from blocks.
 //
 // A Pool is safe for concurrent use. It never touches the memory itself: the
 // backend owns it, and the caller zero-fills or fences blocks as it needs.
@@ -18,6 +21,13 @@ import (
 
 	"github.com/memcuda/memcuda/pkg/errdefs"
 )
+
+// cacheSlack bounds the free memory a pool keeps cached: before it grows,
+// it releases wholly free segments until its reserved bytes stay within
+// (1+cacheSlack) times its allocated bytes after the growth. This keeps
+// reserved/live near 1 at the price of more segment creations when the
+// workload swings (PyTorch caches without bound).
+const cacheSlack = 0.05
 
 // Sizes that shape the pool (PyTorch's constants, except where noted).
 const (
@@ -43,44 +53,42 @@ type Pinned interface {
 	Pinned() bool
 }
 
-// Source provides segments: the backend's side of a pool.
-type Source interface {
-	NewSegment(ctx context.Context, size uint64) (Segment, error)
+// Source provides segments of type S: the backend's side of a pool.
+type Source[S Segment] interface {
+	NewSegment(ctx context.Context, size uint64) (S, error)
 }
 
 // SourceFunc adapts a function to Source.
-type SourceFunc func(ctx context.Context, size uint64) (Segment, error)
+type SourceFunc[S Segment] func(ctx context.Context, size uint64) (S, error)
 
 // NewSegment calls f.
-func (f SourceFunc) NewSegment(ctx context.Context, size uint64) (Segment, error) {
+func (f SourceFunc[S]) NewSegment(ctx context.Context, size uint64) (S, error) {
 	return f(ctx, size)
 }
 
 // Block is an allocated range of a segment.
-type Block struct {
-	seg       *segment
+type Block[S Segment] struct {
+	seg       *segment[S]
 	offset    uint64
 	size      uint64
 	requested uint64
 	allocated bool
-	prev      *block
-	next      *block
+	prev      *Block[S]
+	next      *Block[S]
 }
 
-type block = Block
-
 // Segment returns the backend segment the block lives in.
-func (b *Block) Segment() Segment { return b.seg.mem }
+func (b *Block[S]) Segment() S { return b.seg.mem }
 
 // Offset is the block's offset inside its segment.
-func (b *Block) Offset() uint64 { return b.offset }
+func (b *Block[S]) Offset() uint64 { return b.offset }
 
 // Size is the block's size (the request rounded up, possibly more when the
 // remainder was too small to split off).
-func (b *Block) Size() uint64 { return b.size }
+func (b *Block[S]) Size() uint64 { return b.size }
 
 // Requested is the size that was asked for.
-func (b *Block) Requested() uint64 { return b.requested }
+func (b *Block[S]) Requested() uint64 { return b.requested }
 
 // sizeClass picks the pool of a request.
 type sizeClass uint8
@@ -102,15 +110,15 @@ func classOf(size uint64) sizeClass {
 	return classLarge
 }
 
-type segment struct {
-	mem   Segment
+type segment[S Segment] struct {
+	mem   S
 	seq   uint64
 	size  uint64
 	class sizeClass
-	head  *block
+	head  *Block[S]
 }
 
-func lessBlock(a, b *block) bool {
+func lessBlock[S Segment](a, b *Block[S]) bool {
 	if a.size != b.size {
 		return a.size < b.size
 	}
@@ -121,59 +129,56 @@ func lessBlock(a, b *block) bool {
 }
 
 // Pool is a caching allocator over one Source.
-type Pool struct {
+type Pool[S Segment] struct {
 	mu          sync.Mutex
-	src         Source
+	src         Source[S]
 	budget      *Budget
 	granule     uint64
-	sets        [numClasses]*btree.BTreeG[*block]
-	segments    map[*segment]struct{}
+	sets        [numClasses]*btree.BTreeG[*Block[S]]
+	segments    map[*segment[S]]struct{}
 	seq         uint64
 	stats       Stats
-	probe       block
-	probeSeg    segment
-	slack       float64
+	probe       Block[S]
+	probeSeg    segment[S]
 	oversizeDiv uint64
 }
 
-// Option configures a Pool.
-type Option func(*Pool)
+// Option configures a pool. Options apply to pools of every segment type.
+type Option func(*options)
+
+type options struct {
+	budget  *Budget
+	granule uint64
+}
 
 // WithBudget makes the pool reserve its segments from b, which may be shared by
 // the pools of one device (one per tenant).
-func WithBudget(b *Budget) Option { return func(p *Pool) { p.budget = b } }
+func WithBudget(b *Budget) Option { return func(o *options) { o.budget = b } }
 
 // WithGranularity rounds every segment up to a multiple of g (the backend's
 // allocation granularity, 2 MiB for CUDA VMM).
-func WithGranularity(g uint64) Option { return func(p *Pool) { p.granule = g } }
-
-// WithCacheSlack bounds the free memory the pool keeps cached: before it
-// grows, it releases wholly free segments until reserved bytes stay within
-// (1+slack) times the allocated bytes (after the growth). 0 caches without
-// bound, as PyTorch does. The default, 0.05, keeps reserved/live near 1 at
-// the price of more segment creations when the workload swings.
-func WithCacheSlack(slack float64) Option { return func(p *Pool) { p.slack = slack } }
+func WithGranularity(g uint64) Option { return func(o *options) { o.granule = g } }
 
 // New returns an empty pool drawing segments from src.
-func New(src Source, opts ...Option) *Pool {
-	p := &Pool{
+func New[S Segment](src Source[S], opts ...Option) *Pool[S] {
+	o := options{granule: 1}
+	for _, f := range opts {
+		f(&o)
+	}
+	if o.budget == nil {
+		o.budget = NewBudget(0)
+	}
+	p := &Pool[S]{
 		src:         src,
-		granule:     1,
-		slack:       0.05,
+		budget:      o.budget,
+		granule:     o.granule,
 		oversizeDiv: 8,
-
-		segments: make(map[*segment]struct{}),
+		segments:    make(map[*segment[S]]struct{}),
 	}
 	for i := range p.sets {
-		p.sets[i] = btree.NewG(16, lessBlock)
+		p.sets[i] = btree.NewG(16, lessBlock[S])
 	}
 	p.probe.seg = &p.probeSeg
-	for _, o := range opts {
-		o(p)
-	}
-	if p.budget == nil {
-		p.budget = NewBudget(0)
-	}
 	return p
 }
 
@@ -187,7 +192,7 @@ func RoundSize(n uint64) uint64 {
 	return roundUp(n, Alignment)
 }
 
-func (p *Pool) segmentSize(size uint64) uint64 {
+func (p *Pool[S]) segmentSize(size uint64) uint64 {
 	var s uint64
 	switch {
 	case size <= SmallSize:
@@ -202,7 +207,7 @@ func (p *Pool) segmentSize(size uint64) uint64 {
 
 // Alloc returns a block of at least n bytes. It reuses the best-fitting free
 // block and asks the source for a new segment only when none fits.
-func (p *Pool) Alloc(ctx context.Context, n uint64) (*Block, error) {
+func (p *Pool[S]) Alloc(ctx context.Context, n uint64) (*Block[S], error) {
 	if n > 1<<62 {
 		return nil, errdefs.Invalid("allocation of %d bytes is too large", n)
 	}
@@ -227,7 +232,7 @@ func (p *Pool) Alloc(ctx context.Context, n uint64) (*Block, error) {
 		set.Delete(b)
 	}
 	if rest := b.size - size; class != classLarge && rest >= Alignment {
-		r := &block{seg: b.seg, offset: b.offset + size, size: rest, prev: b, next: b.next}
+		r := &Block[S]{seg: b.seg, offset: b.offset + size, size: rest, prev: b, next: b.next}
 		if b.next != nil {
 			b.next.prev = r
 		}
@@ -248,14 +253,14 @@ func (p *Pool) Alloc(ctx context.Context, n uint64) (*Block, error) {
 }
 
 // maxWaste is how much larger than a large request a reused free block may be.
-func (p *Pool) maxWaste(size uint64) uint64 { return max(size/p.oversizeDiv, LargeRoundingTo) }
+func (p *Pool[S]) maxWaste(size uint64) uint64 { return max(size/p.oversizeDiv, LargeRoundingTo) }
 
 // bestFit finds the smallest free block of at least size bytes. Called with
 // p.mu held; the probe is reused so that a lookup allocates nothing.
-func (p *Pool) bestFit(set *btree.BTreeG[*block], size uint64) *block {
-	var found *block
+func (p *Pool[S]) bestFit(set *btree.BTreeG[*Block[S]], size uint64) *Block[S] {
+	var found *Block[S]
 	p.probe.size = size
-	set.AscendGreaterOrEqual(&p.probe, func(b *block) bool {
+	set.AscendGreaterOrEqual(&p.probe, func(b *Block[S]) bool {
 		found = b
 		return false
 	})
@@ -265,14 +270,12 @@ func (p *Pool) bestFit(set *btree.BTreeG[*block], size uint64) *block {
 // grow gets a new segment of size bytes. When the budget has no room, it
 // trims cached free segments, and then settles for a segment of just minSize
 // bytes (the request itself) before it gives up. Called with p.mu held.
-func (p *Pool) grow(ctx context.Context, size, minSize uint64, class sizeClass) (*segment, error) {
-	if p.slack > 0 {
-		// Room for the new segment within the slack over live bytes.
-		if limit := uint64(float64(p.stats.Allocated+size) * (1 + p.slack)); limit > size {
-			p.trimTo(limit - size)
-		} else {
-			p.trimTo(0)
-		}
+func (p *Pool[S]) grow(ctx context.Context, size, minSize uint64, class sizeClass) (*segment[S], error) {
+	// Room for the new segment within the slack over live bytes.
+	if limit := uint64(float64(p.stats.Allocated+size) * (1 + cacheSlack)); limit > size {
+		p.trimTo(limit - size)
+	} else {
+		p.trimTo(0)
 	}
 	if !p.budget.reserve(size) {
 		p.trimLocked()
@@ -290,8 +293,8 @@ func (p *Pool) grow(ctx context.Context, size, minSize uint64, class sizeClass) 
 		return nil, fmt.Errorf("new segment of %d bytes: %w", size, err)
 	}
 	p.seq++
-	seg := &segment{mem: mem, seq: p.seq, size: size, class: class}
-	seg.head = &block{seg: seg, size: size}
+	seg := &segment[S]{mem: mem, seq: p.seq, size: size, class: class}
+	seg.head = &Block[S]{seg: seg, size: size}
 	p.segments[seg] = struct{}{}
 	p.stats.Reserved += size
 	p.stats.Segments++
@@ -304,7 +307,7 @@ func (p *Pool) grow(ctx context.Context, size, minSize uint64, class sizeClass) 
 
 // Free returns a block to the pool, merging it with free neighbours. The
 // caller guarantees nothing uses the block any more.
-func (p *Pool) Free(b *Block) {
+func (p *Pool[S]) Free(b *Block[S]) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if !b.allocated {
@@ -337,11 +340,11 @@ func (p *Pool) Free(b *Block) {
 	set.ReplaceOrInsert(b)
 }
 
-func (p *Pool) setOf(s *segment) *btree.BTreeG[*block] { return p.sets[s.class] }
+func (p *Pool[S]) setOf(s *segment[S]) *btree.BTreeG[*Block[S]] { return p.sets[s.class] }
 
 // Trim releases every segment that holds no allocated block and returns the
 // number of bytes given back.
-func (p *Pool) Trim() (uint64, error) {
+func (p *Pool[S]) Trim() (uint64, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.trimLocked()
@@ -349,9 +352,9 @@ func (p *Pool) Trim() (uint64, error) {
 
 // trimTo releases wholly free segments, largest first, while more than
 // limit bytes are reserved. Called with p.mu held.
-func (p *Pool) trimTo(limit uint64) {
+func (p *Pool[S]) trimTo(limit uint64) {
 	for p.stats.Reserved > limit {
-		var victim *segment
+		var victim *segment[S]
 		for seg := range p.segments {
 			if !seg.releasable() {
 				continue
@@ -369,15 +372,15 @@ func (p *Pool) trimTo(limit uint64) {
 
 // releasable reports whether a segment holds no allocated block and may be
 // given back (pinned segments never are).
-func (seg *segment) releasable() bool {
+func (seg *segment[S]) releasable() bool {
 	if seg.head.allocated || seg.head.next != nil {
 		return false
 	}
-	pin, ok := seg.mem.(Pinned)
+	pin, ok := any(seg.mem).(Pinned)
 	return !ok || !pin.Pinned()
 }
 
-func (p *Pool) releaseSegment(seg *segment) error {
+func (p *Pool[S]) releaseSegment(seg *segment[S]) error {
 	p.setOf(seg).Delete(seg.head)
 	delete(p.segments, seg)
 	err := seg.mem.Release()
@@ -388,7 +391,7 @@ func (p *Pool) releaseSegment(seg *segment) error {
 	return err
 }
 
-func (p *Pool) trimLocked() (uint64, error) {
+func (p *Pool[S]) trimLocked() (uint64, error) {
 	var released uint64
 	var firstErr error
 	for seg := range p.segments {
@@ -405,7 +408,7 @@ func (p *Pool) trimLocked() (uint64, error) {
 
 // Close releases every segment, allocated or not. The pool must not be used
 // afterwards.
-func (p *Pool) Close() error {
+func (p *Pool[S]) Close() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var firstErr error

@@ -37,16 +37,16 @@ func (f *fakeSource) NewSegment(_ context.Context, size uint64) (Segment, error)
 // check verifies the pool's invariants: blocks tile their segments without
 // overlap, no two free neighbours are left unmerged, the free sets hold
 // exactly the free blocks, and the statistics add up.
-func check(t *testing.T, p *Pool) {
+func check(t *testing.T, p *Pool[Segment]) {
 	t.Helper()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var reserved, allocated uint64
-	free := map[*block]bool{}
+	free := map[*Block[Segment]]bool{}
 	for seg := range p.segments {
 		reserved += seg.size
 		var off uint64
-		var prev *block
+		var prev *Block[Segment]
 		for b := seg.head; b != nil; b = b.next {
 			if b.offset != off {
 				t.Fatalf("segment %d: block at %d, expected %d (gap or overlap)", seg.seq, b.offset, off)
@@ -77,7 +77,7 @@ func check(t *testing.T, p *Pool) {
 	}
 	n := 0
 	for class, set := range p.sets {
-		set.Ascend(func(b *block) bool {
+		set.Ascend(func(b *Block[Segment]) bool {
 			n++
 			if !free[b] {
 				t.Errorf("free set holds a block that is not free in its segment (offset %d)", b.offset)
@@ -141,7 +141,7 @@ func TestFreeCoalescesAndReuses(t *testing.T) {
 	src := &fakeSource{}
 	p := New(src)
 	ctx := context.Background()
-	var bs []*Block
+	var bs []*Block[Segment]
 	for i := 0; i < 4; i++ {
 		b, err := p.Alloc(ctx, 4096)
 		if err != nil {
@@ -252,7 +252,7 @@ func (pinnedSegment) Pinned() bool { return true }
 
 func TestTrimSkipsPinnedSegments(t *testing.T) {
 	released := 0
-	p := New(SourceFunc(func(_ context.Context, size uint64) (Segment, error) {
+	p := New(SourceFunc[Segment](func(_ context.Context, size uint64) (Segment, error) {
 		return &pinnedSegment{fakeSegment{size: size, released: &released}}, nil
 	}))
 	b, _ := p.Alloc(context.Background(), 100)
@@ -298,7 +298,7 @@ func TestRandomOps(t *testing.T) {
 			rng := rand.New(rand.NewPCG(seed, 7))
 			p := New(&fakeSource{}, WithBudget(NewBudget(0)))
 			ctx := context.Background()
-			var live []*Block
+			var live []*Block[Segment]
 			for i := 0; i < 3000; i++ {
 				if len(live) > 0 && rng.IntN(100) < 45 {
 					j := rng.IntN(len(live))
@@ -348,10 +348,10 @@ func TestRandomOps(t *testing.T) {
 	}
 }
 
-func assertNoOverlap(t *testing.T, live []*Block) {
+func assertNoOverlap(t *testing.T, live []*Block[Segment]) {
 	t.Helper()
 	type span struct{ lo, hi uint64 }
-	bySeg := map[*segment][]span{}
+	bySeg := map[*segment[Segment]][]span{}
 	for _, b := range live {
 		if !b.allocated {
 			t.Fatalf("live block at %d is marked free", b.offset)

@@ -20,7 +20,7 @@ type Stats struct {
 }
 
 // Stats returns the pool's current statistics.
-func (p *Pool) Stats() Stats {
+func (p *Pool[S]) Stats() Stats {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	s := p.stats
