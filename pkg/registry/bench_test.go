@@ -8,10 +8,10 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	v1 "github.com/memcuda/memcuda/api/v1"
 	"github.com/memcuda/memcuda/internal/blockingnet"
 	"github.com/memcuda/memcuda/internal/redistest"
 	"github.com/memcuda/memcuda/pkg/registry"
-	"github.com/memcuda/memcuda/pkg/tensor"
 )
 
 // The registry's scripts as the agent runs them (Unix socket, no
@@ -68,7 +68,7 @@ func BenchmarkScripts(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		known := func(string) (tensor.Info, bool) { return created.Info, true } // as the agent does
+		known := func(string) (v1.Tensor, bool) { return created.Info, true } // as the agent does
 		b.Run(mode+"/acquire+release", func(b *testing.B) {
 			for i := 0; i < b.N; i++ {
 				if _, err := r.Acquire(ctx, "w", "conn:1", "inst1", "", known); err != nil {

@@ -4,7 +4,7 @@
 // loaded once and run by SHA. docs/redis-protocol.md documents the schema.
 package registry
 
-// DefaultPrefix is the key prefix of the seed's schema.
+// DefaultPrefix is the key prefix of the original design's schema.
 const DefaultPrefix = "tensor:"
 
 // Keys names every Redis key under one prefix. Several agents may share a
@@ -23,7 +23,7 @@ func (k Keys) Refs(name string) string { return k.Prefix + "refs:" + name }
 // Index is the sorted set of names, scored by creation time in ms.
 func (k Keys) Index() string { return k.Prefix + "index" }
 
-// Cmd is the command list (the seed's tensor:cmd).
+// Cmd is the command list (tensor:cmd with the default prefix).
 func (k Keys) Cmd() string { return k.Prefix + "cmd" }
 
 // Processing is the list a node's agent moves commands into while it works on them.

@@ -11,8 +11,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	v1 "github.com/memcuda/memcuda/api/v1"
 	"github.com/memcuda/memcuda/pkg/errdefs"
-	"github.com/memcuda/memcuda/pkg/tensor"
 )
 
 var (
@@ -34,30 +34,28 @@ var (
 	publishScript = redis.NewScript(publishLua)
 )
 
-// HolderRegistry is the registry's own reference, taken by create and dropped by delete.
-const HolderRegistry = "registry"
+// RequestTTL is how long an applied request id is remembered: a command
+// replayed within it (a retry, or the worker resuming after a crash) is
+// not applied twice.
+const RequestTTL = 24 * time.Hour
 
 // Registry reads and writes tensor records in Redis.
 type Registry struct {
-	rdb    redis.UniversalClient
-	keys   Keys
-	reqTTL time.Duration
-	now    func() time.Time
-	live   *Liveness
+	rdb  redis.UniversalClient
+	keys Keys
+	now  func() time.Time
+	live *Liveness
 }
 
 // Option configures a Registry.
 type Option func(*Registry)
-
-// WithRequestTTL sets how long applied request ids are remembered (default 24h).
-func WithRequestTTL(d time.Duration) Option { return func(r *Registry) { r.reqTTL = d } }
 
 // WithLiveness lets Up say whether Redis is there without a round trip.
 func WithLiveness(l *Liveness) Option { return func(r *Registry) { r.live = l } }
 
 // New returns a registry over rdb with the given keys.
 func New(rdb redis.UniversalClient, keys Keys, opts ...Option) *Registry {
-	r := &Registry{rdb: rdb, keys: keys, reqTTL: 24 * time.Hour, now: time.Now}
+	r := &Registry{rdb: rdb, keys: keys, now: time.Now}
 	for _, o := range opts {
 		o(r)
 	}
@@ -96,13 +94,13 @@ func Wrap(err error) error {
 	case err == nil:
 		return nil
 	case errors.Is(err, redis.Nil):
-		return fmt.Errorf("%w: %v", errdefs.ErrNotFound, err)
+		return fmt.Errorf("%w: %w", errdefs.ErrNotFound, err)
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return err
 	case errors.As(err, &rerr) && !isTransient(rerr.Error()):
-		return fmt.Errorf("%w: redis: %v", errdefs.ErrInternal, err)
+		return fmt.Errorf("%w: redis: %w", errdefs.ErrInternal, err)
 	default:
-		return fmt.Errorf("%w: redis: %v", errdefs.ErrUnavailable, err)
+		return fmt.Errorf("%w: redis: %w", errdefs.ErrUnavailable, err)
 	}
 }
 
@@ -126,14 +124,14 @@ func reqArgs(reqID string) (string, string) {
 
 // CreateResult says what Create did.
 type CreateResult struct {
-	Created bool        // false: the name existed (Info is the existing record)
-	Dup     bool        // the request id was applied before
-	Info    tensor.Info // the record as stored
+	Created bool      // false: the name existed (Info is the existing record)
+	Dup     bool      // the request id was applied before
+	Info    v1.Tensor // the record as stored
 }
 
 // Create stores a new record with refcount 1 (the registry's reference), or 2
 // when holder is not empty. An existing name is returned, not overwritten.
-func (r *Registry) Create(ctx context.Context, info tensor.Info, holder, reqID string) (CreateResult, error) {
+func (r *Registry) Create(ctx context.Context, info v1.Tensor, holder, reqID string) (CreateResult, error) {
 	info.Refcount = 1
 	if holder != "" {
 		info.Refcount = 2
@@ -143,7 +141,7 @@ func (r *Registry) Create(ctx context.Context, info tensor.Info, holder, reqID s
 		return CreateResult{}, err
 	}
 	useReq, _ := reqArgs(reqID)
-	args := []any{useReq, int64(r.reqTTL / time.Second), holder, info.Ctime, info.Name}
+	args := []any{useReq, int64(RequestTTL / time.Second), holder, info.Ctime, info.Name}
 	args = append(args, fields...)
 	res, err := createScript.Run(ctx, r.rdb, []string{r.keys.Meta(info.Name), r.keys.Refs(info.Name), r.keys.Index(), r.keys.Req(reqID)}, args...).Slice()
 	if err != nil {
@@ -154,7 +152,7 @@ func (r *Registry) Create(ctx context.Context, info tensor.Info, holder, reqID s
 		// The record is what was written: Redis does not send it back.
 		return CreateResult{Created: true, Info: info}, nil
 	}
-	var rec tensor.Info
+	var rec v1.Tensor
 	if len(res) > 1 {
 		if rec, err = fromReply(res[1]); err != nil {
 			return CreateResult{}, err
@@ -174,7 +172,7 @@ func (r *Registry) Create(ctx context.Context, info tensor.Info, holder, reqID s
 // it): Redis then answers only with what changes after create (refcount,
 // mtime, event) instead of the whole record. A uid that known does not
 // have is read in full.
-func (r *Registry) Acquire(ctx context.Context, name, holder, agent, reqID string, known func(uid string) (tensor.Info, bool)) (tensor.Info, error) {
+func (r *Registry) Acquire(ctx context.Context, name, holder, agent, reqID string, known func(uid string) (v1.Tensor, bool)) (v1.Tensor, error) {
 	useReq, _ := reqArgs(reqID)
 	brief := "0"
 	if known != nil {
@@ -182,9 +180,9 @@ func (r *Registry) Acquire(ctx context.Context, name, holder, agent, reqID strin
 	}
 	now := r.nowMS()
 	res, err := acquireScript.Run(ctx, r.rdb, []string{r.keys.Meta(name), r.keys.Refs(name), r.keys.Req(reqID)},
-		useReq, int64(r.reqTTL/time.Second), holder, now, agent, brief).Slice()
+		useReq, int64(RequestTTL/time.Second), holder, now, agent, brief).Slice()
 	if err != nil {
-		return tensor.Info{}, Wrap(err)
+		return v1.Tensor{}, Wrap(err)
 	}
 	switch res[0] {
 	case "brief":
@@ -195,18 +193,18 @@ func (r *Registry) Acquire(ctx context.Context, name, holder, agent, reqID strin
 		if !ok {
 			return r.Stat(ctx, name)
 		}
-		info.Refcount, info.Mtime, info.Event, info.State = n, now, event, tensor.StateReady
+		info.Refcount, info.Mtime, info.Event, info.State = n, now, event, v1.StateReady
 		return info, nil
 	case "ok", "dup":
 		return fromReply(res[1])
 	case "not_found":
-		return tensor.Info{}, fmt.Errorf("%w: tensor %q", errdefs.ErrNotFound, name)
+		return v1.Tensor{}, fmt.Errorf("%w: tensor %q", errdefs.ErrNotFound, name)
 	case "deleted":
-		return tensor.Info{}, fmt.Errorf("%w: tensor %q is deleted and waits for its last references to go", errdefs.ErrNotFound, name)
+		return v1.Tensor{}, fmt.Errorf("%w: tensor %q is deleted and waits for its last references to go", errdefs.ErrNotFound, name)
 	case "stale":
-		return tensor.Info{}, fmt.Errorf("%w: tensor %q belongs to another agent instance and is being reconciled", errdefs.ErrUnavailable, name)
+		return v1.Tensor{}, fmt.Errorf("%w: tensor %q belongs to another agent instance and is being reconciled", errdefs.ErrUnavailable, name)
 	}
-	return tensor.Info{}, fmt.Errorf("%w: acquire script returned %v", errdefs.ErrInternal, res[0])
+	return v1.Tensor{}, fmt.Errorf("%w: acquire script returned %v", errdefs.ErrInternal, res[0])
 }
 
 // ReleaseResult says what Release did.
@@ -233,7 +231,7 @@ func (r *Registry) Release(ctx context.Context, name, holder string, count int64
 		del = "1"
 	}
 	res, err := releaseScript.Run(ctx, r.rdb, []string{r.keys.Meta(name), r.keys.Refs(name), r.keys.Index(), r.keys.Req(reqID)},
-		useReq, int64(r.reqTTL/time.Second), holder, c, r.nowMS(), del, name).Slice()
+		useReq, int64(RequestTTL/time.Second), holder, c, r.nowMS(), del, name).Slice()
 	if err != nil {
 		return ReleaseResult{}, Wrap(err)
 	}
@@ -275,13 +273,13 @@ func (r *Registry) Publish(ctx context.Context, name, event string) error {
 }
 
 // Stat reads one record.
-func (r *Registry) Stat(ctx context.Context, name string) (tensor.Info, error) {
+func (r *Registry) Stat(ctx context.Context, name string) (v1.Tensor, error) {
 	m, err := r.rdb.HGetAll(ctx, r.keys.Meta(name)).Result()
 	if err != nil {
-		return tensor.Info{}, Wrap(err)
+		return v1.Tensor{}, Wrap(err)
 	}
 	if len(m) == 0 {
-		return tensor.Info{}, fmt.Errorf("%w: tensor %q", errdefs.ErrNotFound, name)
+		return v1.Tensor{}, fmt.Errorf("%w: tensor %q", errdefs.ErrNotFound, name)
 	}
 	return fromMap(m)
 }
@@ -294,7 +292,7 @@ func (r *Registry) Names(ctx context.Context) ([]string, error) {
 
 // List reads every record of the index, in creation order. Index entries
 // without a record (a half-finished removal) are skipped.
-func (r *Registry) List(ctx context.Context) ([]tensor.Info, error) {
+func (r *Registry) List(ctx context.Context) ([]v1.Tensor, error) {
 	names, err := r.Names(ctx)
 	if err != nil {
 		return nil, err
@@ -309,7 +307,7 @@ func (r *Registry) List(ctx context.Context) ([]tensor.Info, error) {
 			return nil, Wrap(err)
 		}
 	}
-	out := make([]tensor.Info, 0, len(names))
+	out := make([]v1.Tensor, 0, len(names))
 	for _, c := range cmds {
 		m := c.Val()
 		if len(m) == 0 {
@@ -338,7 +336,7 @@ func (r *Registry) Holders(ctx context.Context, name string) (map[string]int64, 
 	return out, nil
 }
 
-func toFields(info tensor.Info) ([]any, error) {
+func toFields(info v1.Tensor) ([]any, error) {
 	shape, err := json.Marshal(info.Shape)
 	if err != nil {
 		return nil, err
@@ -349,18 +347,18 @@ func toFields(info tensor.Info) ([]any, error) {
 	return []any{
 		"name", info.Name, "uid", info.UID, "dtype", string(info.DType), "shape", string(shape),
 		"device", info.Device, "device_uuid", info.DeviceUUID, "bytes", info.Bytes,
-		"ipc_mode", info.IPCMode, "ipc_handle", info.IPCHandle, "offset", info.Offset,
+		"ipc_mode", string(info.IPCMode), "ipc_handle", info.IPCHandle, "offset", info.Offset,
 		"segment_id", info.SegmentID, "segment_size", info.SegmentSize,
-		"owner_pid", info.OwnerPID, "state", info.State, "agent", info.Agent, "node", info.Node,
+		"owner_pid", info.OwnerPID, "state", string(info.State), "agent", info.Agent, "node", info.Node,
 		"tenant", info.Tenant, "event", info.Event, "ctime", info.Ctime, "mtime", info.Mtime,
 		"refcount", info.Refcount,
 	}, nil
 }
 
-func fromReply(v any) (tensor.Info, error) {
+func fromReply(v any) (v1.Tensor, error) {
 	flat, ok := v.([]any)
 	if !ok || len(flat)%2 != 0 {
-		return tensor.Info{}, fmt.Errorf("%w: unexpected record reply %T", errdefs.ErrInternal, v)
+		return v1.Tensor{}, fmt.Errorf("%w: unexpected record reply %T", errdefs.ErrInternal, v)
 	}
 	m := make(map[string]string, len(flat)/2)
 	for i := 0; i < len(flat); i += 2 {
@@ -371,8 +369,8 @@ func fromReply(v any) (tensor.Info, error) {
 	return fromMap(m)
 }
 
-func fromMap(m map[string]string) (tensor.Info, error) {
-	var info tensor.Info
+func fromMap(m map[string]string) (v1.Tensor, error) {
+	var info v1.Tensor
 	var errs []error
 	num := func(k string) int64 {
 		if m[k] == "" {
@@ -386,7 +384,7 @@ func fromMap(m map[string]string) (tensor.Info, error) {
 	}
 	info.Name = m["name"]
 	info.UID = m["uid"]
-	info.DType = tensor.DType(m["dtype"])
+	info.DType = v1.DType(m["dtype"])
 	if s := m["shape"]; s != "" {
 		if err := json.Unmarshal([]byte(s), &info.Shape); err != nil {
 			errs = append(errs, fmt.Errorf("field shape=%q: %w", s, err))
@@ -395,14 +393,14 @@ func fromMap(m map[string]string) (tensor.Info, error) {
 	info.Device = int(num("device"))
 	info.DeviceUUID = m["device_uuid"]
 	info.Bytes = uint64(num("bytes"))
-	info.IPCMode = m["ipc_mode"]
+	info.IPCMode = v1.IPCMode(m["ipc_mode"])
 	info.IPCHandle = m["ipc_handle"]
 	info.Offset = uint64(num("offset"))
 	info.SegmentID = m["segment_id"]
 	info.SegmentSize = uint64(num("segment_size"))
 	info.OwnerPID = int(num("owner_pid"))
 	info.Refcount = num("refcount")
-	info.State = m["state"]
+	info.State = v1.State(m["state"])
 	info.Agent = m["agent"]
 	info.Node = m["node"]
 	info.Tenant = m["tenant"]
@@ -410,7 +408,7 @@ func fromMap(m map[string]string) (tensor.Info, error) {
 	info.Ctime = num("ctime")
 	info.Mtime = num("mtime")
 	if len(errs) > 0 {
-		return info, fmt.Errorf("%w: corrupt record of %q: %v", errdefs.ErrInternal, info.Name, errors.Join(errs...))
+		return info, fmt.Errorf("%w: corrupt record of %q: %w", errdefs.ErrInternal, info.Name, errors.Join(errs...))
 	}
 	return info, nil
 }

@@ -7,10 +7,10 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/memcuda/memcuda/api/v1"
 	"github.com/memcuda/memcuda/internal/redistest"
 	"github.com/memcuda/memcuda/pkg/errdefs"
 	"github.com/memcuda/memcuda/pkg/registry"
-	"github.com/memcuda/memcuda/pkg/tensor"
 )
 
 func newRegistry(t *testing.T) *registry.Registry {
@@ -22,12 +22,12 @@ func newRegistry(t *testing.T) *registry.Registry {
 	return r
 }
 
-func record(name string) tensor.Info {
+func record(name string) v1.Tensor {
 	now := time.Now().UnixMilli()
-	return tensor.Info{
-		Name: name, UID: name + "-uid", DType: tensor.F32, Shape: []int64{2, 3}, Bytes: 24,
-		IPCMode: tensor.ModeHost, IPCHandle: "/memcuda.x.1", Offset: 512, SegmentID: "seg1", SegmentSize: 2 << 20,
-		OwnerPID: 42, State: tensor.StateReady, Agent: "inst1", Node: "n1", Ctime: now, Mtime: now,
+	return v1.Tensor{
+		Name: name, UID: name + "-uid", DType: v1.F32, Shape: []int64{2, 3}, Bytes: 24,
+		IPCMode: v1.ModeHost, IPCHandle: "/memcuda.x.1", Offset: 512, SegmentID: "seg1", SegmentSize: 2 << 20,
+		OwnerPID: 42, State: v1.StateReady, Agent: "inst1", Node: "n1", Ctime: now, Mtime: now,
 	}
 }
 
@@ -193,7 +193,7 @@ func TestBriefAcquireEqualsStoredRecord(t *testing.T) {
 		t.Fatal(err)
 	}
 	asked := ""
-	known := func(uid string) (tensor.Info, bool) { asked = uid; return res.Info, uid == res.Info.UID }
+	known := func(uid string) (v1.Tensor, bool) { asked = uid; return res.Info, uid == res.Info.UID }
 	got, err := r.Acquire(ctx, "w", "conn:2", "inst1", "", known)
 	if err != nil {
 		t.Fatal(err)
@@ -206,7 +206,7 @@ func TestBriefAcquireEqualsStoredRecord(t *testing.T) {
 		t.Fatalf("brief acquire gave %+v, Redis holds %+v", got, stored)
 	}
 	// A uid the caller does not know: the full record.
-	got, err = r.Acquire(ctx, "w", "conn:3", "inst1", "", func(string) (tensor.Info, bool) { return tensor.Info{}, false })
+	got, err = r.Acquire(ctx, "w", "conn:3", "inst1", "", func(string) (v1.Tensor, bool) { return v1.Tensor{}, false })
 	stored, _ = r.Stat(ctx, "w")
 	if err != nil || !reflect.DeepEqual(got, stored) || got.Refcount != 4 {
 		t.Fatalf("acquire with an unknown uid gave %+v %v, Redis holds %+v", got, err, stored)
