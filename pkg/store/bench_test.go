@@ -9,6 +9,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	v1 "github.com/memcuda/memcuda/api/v1"
 	"github.com/memcuda/memcuda/internal/blockingnet"
 	"github.com/memcuda/memcuda/internal/redistest"
 	"github.com/memcuda/memcuda/pkg/backend"
@@ -16,7 +17,6 @@ import (
 	"github.com/memcuda/memcuda/pkg/backend/host"
 	"github.com/memcuda/memcuda/pkg/registry"
 	"github.com/memcuda/memcuda/pkg/store"
-	"github.com/memcuda/memcuda/pkg/tensor"
 )
 
 // A create as the socket server runs it (bf16 256x1024 from a warm pool,
@@ -28,11 +28,11 @@ func BenchmarkCreate(b *testing.B) {
 		Dialer: blockingnet.Dialer(time.Second, nil)})
 	defer rdb.Close()
 	ctx := context.Background()
-	backends := map[string]func() (backend.Backend, error){
+	backends := map[v1.IPCMode]func() (backend.Backend, error){
 		"host": func() (backend.Backend, error) { return host.New("b:", "inst1", host.WithDir(b.TempDir())), nil },
 	}
 	if gpu.Available() {
-		for _, mode := range []string{tensor.ModeVMM, tensor.ModeLegacy} {
+		for _, mode := range []v1.IPCMode{v1.ModeVMM, v1.ModeLegacy} {
 			backends[mode] = func() (backend.Backend, error) { return gpu.New(mode, "inst1") }
 		}
 	}
@@ -44,7 +44,7 @@ func BenchmarkCreate(b *testing.B) {
 		}
 	})
 	seq := 0
-	for _, name := range []string{"host", tensor.ModeVMM, tensor.ModeLegacy} {
+	for _, name := range []v1.IPCMode{v1.ModeHost, v1.ModeVMM, v1.ModeLegacy} {
 		open, ok := backends[name]
 		if !ok {
 			continue
@@ -54,18 +54,18 @@ func BenchmarkCreate(b *testing.B) {
 			b.Fatal(err)
 		}
 		// The agent's registry with write-behind watches Redis on a
-		// connection of its own: the early path peeks at it once per request.
+		// connection of its own: the write-behind path peeks at it once per request.
 		live := registry.NewLiveness(func(ctx context.Context) (net.Conn, error) {
 			return blockingnet.Dialer(time.Second, nil)(ctx, "unix", srv.Socket())
 		})
 		defer live.Close()
-		keys := registry.Keys{Prefix: "b:", Node: name}
+		keys := registry.Keys{Prefix: "b:", Node: string(name)}
 		regs := map[bool]*registry.Registry{false: registry.New(rdb, keys), true: registry.New(rdb, keys, registry.WithLiveness(live))}
 		if err := regs[false].Load(ctx); err != nil {
 			b.Fatal(err)
 		}
 		for _, v := range []struct {
-			zero, early, live bool
+			zero, writeBehind, live bool
 		}{{false, false, false}, {true, false, false}, {true, true, false}, {true, true, true}} {
 			reg := regs[v.live]
 			if v.live {
@@ -73,13 +73,13 @@ func BenchmarkCreate(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
-			st := store.New(reg, be, "inst1", name, store.WithZeroFill(v.zero), store.WithWriteBehind(v.early))
+			st := store.New(reg, be, "inst1", string(name), store.WithZeroFill(v.zero), store.WithWriteBehind(v.writeBehind))
 			if _, err := st.Reconcile(ctx); err != nil {
 				b.Fatal(err)
 			}
-			// early: what the client waits for with write-behind (the
-			// script runs after, untimed).
-			label := fmt.Sprintf("%s/zero-fill=%v/early=%v", name, v.zero, v.early)
+			// write-behind: what the client waits for (the script runs
+			// after, untimed).
+			label := fmt.Sprintf("%s/zero-fill=%v/write-behind=%v", name, v.zero, v.writeBehind)
 			if v.live {
 				label += "/liveness-peek"
 			}
@@ -87,7 +87,7 @@ func BenchmarkCreate(b *testing.B) {
 				for i := 0; i < b.N; i++ {
 					seq++
 					n := fmt.Sprintf("c%d", seq)
-					_, commit, err := st.CreateEarly(ctx, store.CreateParams{Name: n, DType: "bf16", Shape: []int64{256, 1024}, Holder: "conn:1"})
+					_, commit, err := st.Create(ctx, store.CreateParams{Name: n, DType: "bf16", Shape: []int64{256, 1024}, Holder: "conn:1", WriteBehind: true})
 					if err != nil {
 						b.Fatal(err)
 					}

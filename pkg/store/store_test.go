@@ -9,16 +9,17 @@ import (
 	"sync"
 	"testing"
 
+	v1 "github.com/memcuda/memcuda/api/v1"
 	"github.com/memcuda/memcuda/internal/redistest"
 	"github.com/memcuda/memcuda/pkg/backend/host"
 	"github.com/memcuda/memcuda/pkg/errdefs"
 	"github.com/memcuda/memcuda/pkg/registry"
 	"github.com/memcuda/memcuda/pkg/store"
-	"github.com/memcuda/memcuda/pkg/tensor"
 )
 
 type fixture struct {
 	st  *store.Store
+	be  *host.Backend
 	reg *registry.Registry
 	dir string
 	srv *redistest.Server
@@ -38,32 +39,32 @@ func newFixture(t *testing.T, opts ...store.Option) *fixture {
 	if _, err := st.Reconcile(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{st: st, reg: reg, dir: dir, srv: srv}
+	return &fixture{st: st, be: be, reg: reg, dir: dir, srv: srv}
 }
 
-func (f *fixture) segment(t *testing.T, info tensor.Info) *host.Segment {
-	blk, ok := f.st.Block(info.UID)
+func (f *fixture) segment(t *testing.T, info v1.Tensor) *host.Segment {
+	seg, ok := f.st.Segment(info.UID)
 	if !ok {
-		t.Fatalf("no block for %s", info.Name)
+		t.Fatalf("no segment for %s", info.Name)
 	}
-	return blk.Segment().(*host.Segment)
+	return seg.(*host.Segment)
 }
 
 func TestCreateGetReleaseDelete(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	info, err := f.st.Create(ctx, store.CreateParams{Name: "w", DType: "float32", Shape: []int64{2, 3}, OwnerPID: 7})
+	info, _, err := f.st.Create(ctx, store.CreateParams{Name: "w", DType: "float32", Shape: []int64{2, 3}, OwnerPID: 7})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info.Refcount != 1 || info.Bytes != 24 || info.DType != tensor.F32 || info.IPCMode != tensor.ModeHost || info.OwnerPID != 7 {
+	if info.Refcount != 1 || info.Bytes != 24 || info.DType != v1.F32 || info.IPCMode != v1.ModeHost || info.OwnerPID != 7 {
 		t.Fatalf("created %+v", info)
 	}
 	if _, err := os.Stat(filepath.Join(f.dir, info.SegmentID)); err != nil {
 		t.Fatalf("segment object missing: %v", err)
 	}
 	// Same dtype (another alias) and shape: the existing tensor, no new reference.
-	again, err := f.st.Create(ctx, store.CreateParams{Name: "w", DType: "torch.float32", Shape: []int64{2, 3}})
+	again, _, err := f.st.Create(ctx, store.CreateParams{Name: "w", DType: "torch.float32", Shape: []int64{2, 3}})
 	if err != nil || again.UID != info.UID || again.Refcount != 1 {
 		t.Fatalf("create existing: %+v %v", again, err)
 	}
@@ -71,32 +72,32 @@ func TestCreateGetReleaseDelete(t *testing.T) {
 		{Name: "w", DType: "f16", Shape: []int64{2, 3}},
 		{Name: "w", DType: "f32", Shape: []int64{3, 2}},
 	} {
-		if _, err := f.st.Create(ctx, bad); !errors.Is(err, errdefs.ErrAlreadyExists) {
+		if _, _, err := f.st.Create(ctx, bad); !errors.Is(err, errdefs.ErrAlreadyExists) {
 			t.Fatalf("create %+v over existing: %v", bad, err)
 		}
 	}
-	got, err := f.st.Get(ctx, "w", "pid:1:1", "")
+	got, _, err := f.st.Get(ctx, store.GetParams{Name: "w", Holder: "pid:1:1"})
 	if err != nil || got.Refcount != 2 || got.Offset != info.Offset {
 		t.Fatalf("get: %+v %v", got, err)
 	}
 	if _, err := f.st.Delete(ctx, "w", ""); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.st.Get(ctx, "w", "pid:2:2", ""); !errors.Is(err, errdefs.ErrNotFound) {
+	if _, _, err := f.st.Get(ctx, store.GetParams{Name: "w", Holder: "pid:2:2"}); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Fatalf("get after delete: %v", err)
 	}
-	if _, err := f.st.Create(ctx, store.CreateParams{Name: "w", DType: "f32", Shape: []int64{2, 3}}); !errors.Is(err, errdefs.ErrAlreadyExists) {
+	if _, _, err := f.st.Create(ctx, store.CreateParams{Name: "w", DType: "f32", Shape: []int64{2, 3}}); !errors.Is(err, errdefs.ErrAlreadyExists) {
 		t.Fatalf("re-create while a deleted tensor is still referenced: %v", err)
 	}
-	if n, _ := f.st.Stats(); n != 1 {
+	if n := f.st.Stats().Tensors; n != 1 {
 		t.Fatalf("tensors %d, want 1 until the last reference goes", n)
 	}
-	res, err := f.st.Release(ctx, "w", "pid:1:1", 1, "")
+	res, err := f.st.Release(ctx, store.ReleaseParams{Name: "w", Holder: "pid:1:1", Count: 1})
 	if err != nil || !res.Freed {
 		t.Fatalf("last release: %+v %v", res, err)
 	}
-	if n, pools := f.st.Stats(); n != 0 || pools[0].Allocated != 0 {
-		t.Fatalf("after free: %d tensors, %+v", n, pools)
+	if st := f.st.Stats(); st.Tensors != 0 || st.Pools[0].Allocated != 0 {
+		t.Fatalf("after free: %+v", st)
 	}
 }
 
@@ -115,19 +116,19 @@ func TestValidation(t *testing.T) {
 		{store.CreateParams{Name: "x", DType: "f32", Shape: []int64{1}, Device: "1"}, errdefs.CodeInvalidArgument},
 		{store.CreateParams{Name: "x", DType: "f32", Shape: []int64{1}, Device: "GPU-nope"}, errdefs.CodeInvalidArgument},
 	} {
-		if _, err := f.st.Create(ctx, tc.p); errdefs.Code(err) != tc.code {
+		if _, _, err := f.st.Create(ctx, tc.p); errdefs.Code(err) != tc.code {
 			t.Errorf("Create(%+v) = %v, want %s", tc.p, err, tc.code)
 		}
 	}
 	// 600 KiB fits the 1 MiB limit once; the second needs a new segment over the limit.
-	if _, err := f.st.Create(ctx, store.CreateParams{Name: "a", DType: "u8", Shape: []int64{600 << 10}}); err != nil {
+	if _, _, err := f.st.Create(ctx, store.CreateParams{Name: "a", DType: "u8", Shape: []int64{600 << 10}}); err != nil {
 		t.Fatal(err)
 	}
-	_, pools := f.st.Stats()
+	pools := f.st.Stats().Pools
 	if pools[0].Reserved > 1<<20 {
 		t.Fatalf("reserved %d over the limit", pools[0].Reserved)
 	}
-	if n, _ := f.st.Stats(); n != 1 {
+	if n := f.st.Stats().Tensors; n != 1 {
 		t.Fatalf("failed creates left %d tensors", n)
 	}
 	names, _ := f.reg.Names(ctx)
@@ -139,7 +140,7 @@ func TestValidation(t *testing.T) {
 func TestZeroFillOnReuse(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	a, err := f.st.Create(ctx, store.CreateParams{Name: "a", DType: "u8", Shape: []int64{4096}})
+	a, _, err := f.st.Create(ctx, store.CreateParams{Name: "a", DType: "u8", Shape: []int64{4096}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,7 +152,7 @@ func TestZeroFillOnReuse(t *testing.T) {
 	if _, err := f.st.Delete(ctx, "a", ""); err != nil {
 		t.Fatal(err)
 	}
-	b, err := f.st.Create(ctx, store.CreateParams{Name: "b", DType: "u8", Shape: []int64{4096}})
+	b, _, err := f.st.Create(ctx, store.CreateParams{Name: "b", DType: "u8", Shape: []int64{4096}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +176,7 @@ func TestConcurrentCreateSameName(t *testing.T) {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			info, err := f.st.Create(ctx, store.CreateParams{Name: "shared", DType: "f16", Shape: []int64{1024}, Holder: f.st.OpenLease()})
+			info, _, err := f.st.Create(ctx, store.CreateParams{Name: "shared", DType: "f16", Shape: []int64{1024}, Holder: f.st.OpenLease()})
 			uids[i], errs[i] = info.UID, err
 		}(i)
 	}
@@ -189,22 +190,22 @@ func TestConcurrentCreateSameName(t *testing.T) {
 	if info.Refcount != 17 {
 		t.Fatalf("refcount %d, want 1 registry + 16 leases", info.Refcount)
 	}
-	if n, pools := f.st.Stats(); n != 1 || pools[0].ActiveBlocks != 1 {
-		t.Fatalf("losing racers leaked blocks: %d tensors, %d blocks", n, pools[0].ActiveBlocks)
+	if st := f.st.Stats(); st.Tensors != 1 || st.Pools[0].ActiveBlocks != 1 {
+		t.Fatalf("losing racers leaked blocks: %d tensors, %d blocks", st.Tensors, st.Pools[0].ActiveBlocks)
 	}
 }
 
 func TestLeasesAndGC(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	if _, err := f.st.Create(ctx, store.CreateParams{Name: "t", DType: "f32", Shape: []int64{8}}); err != nil {
+	if _, _, err := f.st.Create(ctx, store.CreateParams{Name: "t", DType: "f32", Shape: []int64{8}}); err != nil {
 		t.Fatal(err)
 	}
 	lease := f.st.OpenLease()
-	if _, err := f.st.Get(ctx, "t", lease, ""); err != nil {
+	if _, _, err := f.st.Get(ctx, store.GetParams{Name: "t", Holder: lease}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.st.Get(ctx, "t", lease, ""); err != nil {
+	if _, _, err := f.st.Get(ctx, store.GetParams{Name: "t", Holder: lease}); err != nil {
 		t.Fatal(err)
 	}
 	// A process that took a reference and died.
@@ -216,7 +217,7 @@ func TestLeasesAndGC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.st.Get(ctx, "t", holder, ""); err != nil {
+	if _, _, err := f.st.Get(ctx, store.GetParams{Name: "t", Holder: holder}); err != nil {
 		t.Fatal(err)
 	}
 	if res, _ := f.st.GC(ctx); res.Holders != 0 {
@@ -254,11 +255,11 @@ func TestLeasesAndGC(t *testing.T) {
 func TestReconcileRemovesOtherInstances(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	if _, err := f.st.Create(ctx, store.CreateParams{Name: "mine", DType: "f32", Shape: []int64{1}}); err != nil {
+	if _, _, err := f.st.Create(ctx, store.CreateParams{Name: "mine", DType: "f32", Shape: []int64{1}}); err != nil {
 		t.Fatal(err)
 	}
 	// A record left by a dead predecessor, and an index entry with no record.
-	old := tensor.Info{Name: "old", UID: "dead-1", DType: tensor.F32, Shape: []int64{1}, Bytes: 4, State: tensor.StateReady, Agent: "dead", Node: "n1"}
+	old := v1.Tensor{Name: "old", UID: "dead-1", DType: v1.F32, Shape: []int64{1}, Bytes: 4, State: v1.StateReady, Agent: "dead", Node: "n1"}
 	if _, err := f.reg.Create(ctx, old, "", ""); err != nil {
 		t.Fatal(err)
 	}
@@ -271,7 +272,7 @@ func TestReconcileRemovesOtherInstances(t *testing.T) {
 	if len(names) != 1 || names[0] != "mine" {
 		t.Fatalf("left %v", names)
 	}
-	if _, err := f.st.Get(ctx, "old", "pid:1:1", ""); !errors.Is(err, errdefs.ErrNotFound) {
+	if _, _, err := f.st.Get(ctx, store.GetParams{Name: "old", Holder: "pid:1:1"}); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Fatalf("get of reconciled record: %v", err)
 	}
 }
@@ -279,7 +280,7 @@ func TestReconcileRemovesOtherInstances(t *testing.T) {
 func TestTrimAndStats(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	if _, err := f.st.Create(ctx, store.CreateParams{Name: "big", DType: "u8", Shape: []int64{32 << 20}}); err != nil {
+	if _, _, err := f.st.Create(ctx, store.CreateParams{Name: "big", DType: "u8", Shape: []int64{32 << 20}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := f.st.Delete(ctx, "big", ""); err != nil {
@@ -310,22 +311,22 @@ func (f *fakeFence) Release()   { f.released++ }
 func TestFencedReleaseDefersReuse(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	a, err := f.st.Create(ctx, store.CreateParams{Name: "a", DType: "u8", Shape: []int64{4096}})
+	a, _, err := f.st.Create(ctx, store.CreateParams{Name: "a", DType: "u8", Shape: []int64{4096}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	lease := f.st.OpenLease()
-	if _, err := f.st.Get(ctx, "a", lease, ""); err != nil {
+	if _, _, err := f.st.Get(ctx, store.GetParams{Name: "a", Holder: lease}); err != nil {
 		t.Fatal(err)
 	}
 	fence := &fakeFence{}
-	if _, err := f.st.Get(ctx, "a", lease, ""); err != nil {
+	if _, _, err := f.st.Get(ctx, store.GetParams{Name: "a", Holder: lease}); err != nil {
 		t.Fatal(err)
 	}
 	// The same fence twice (an event re-recorded): attached once, the extra
 	// reference released at once.
 	for i := 0; i < 2; i++ {
-		if _, err := f.st.ReleaseAfter(ctx, "a", lease, 1, "", fence); err != nil {
+		if _, err := f.st.Release(ctx, store.ReleaseParams{Name: "a", Holder: lease, Count: 1, Fence: fence}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -338,7 +339,7 @@ func TestFencedReleaseDefersReuse(t *testing.T) {
 	if f.st.Pending() != 1 {
 		t.Fatalf("pending %d: a block whose GPU work is not done was freed", f.st.Pending())
 	}
-	b, err := f.st.Create(ctx, store.CreateParams{Name: "b", DType: "u8", Shape: []int64{4096}})
+	b, _, err := f.st.Create(ctx, store.CreateParams{Name: "b", DType: "u8", Shape: []int64{4096}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -349,7 +350,7 @@ func TestFencedReleaseDefersReuse(t *testing.T) {
 	if n := f.st.ReapPending(); n != 0 || fence.released != 2 {
 		t.Fatalf("after the fence: %d pending, fence released %d times", n, fence.released)
 	}
-	c, err := f.st.Create(ctx, store.CreateParams{Name: "c", DType: "u8", Shape: []int64{4096}})
+	c, _, err := f.st.Create(ctx, store.CreateParams{Name: "c", DType: "u8", Shape: []int64{4096}})
 	if err != nil {
 		t.Fatal(err)
 	}

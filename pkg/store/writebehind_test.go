@@ -6,17 +6,17 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/memcuda/memcuda/api/v1"
 	"github.com/memcuda/memcuda/pkg/errdefs"
 	"github.com/memcuda/memcuda/pkg/registry"
 	"github.com/memcuda/memcuda/pkg/store"
-	"github.com/memcuda/memcuda/pkg/tensor"
 )
 
 const lease = "conn:inst1:1"
 
-func earlyCreate(t *testing.T, f *fixture, name string) (tensor.Info, store.Commit) {
+func earlyCreate(t *testing.T, f *fixture, name string) (v1.Tensor, store.Commit) {
 	t.Helper()
-	info, commit, err := f.st.CreateEarly(context.Background(), store.CreateParams{Name: name, DType: "f32", Shape: []int64{4}, Holder: lease})
+	info, commit, err := f.st.Create(context.Background(), store.CreateParams{Name: name, DType: "f32", Shape: []int64{4}, Holder: lease, WriteBehind: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,16 +46,19 @@ func TestCreateEarlyAnswersBeforeTheRecordAndOrdersLaterScripts(t *testing.T) {
 	f := newFixture(t, store.WithWriteBehind(true))
 	ctx := context.Background()
 	info, commit := earlyCreate(t, f, "w")
-	if info.Refcount != 2 || info.State != tensor.StateReady || info.Agent != "inst1" {
+	if info.Refcount != 2 || info.State != v1.StateReady || info.Agent != "inst1" {
 		t.Fatalf("answer %+v", info)
 	}
 	if _, err := f.reg.Stat(ctx, "w"); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Fatalf("record in Redis before the commit: %v", err)
 	}
 	// Another holder's get and a stat through the store wait for the record.
-	var got tensor.Info
-	get := result(func() (err error) { got, err = f.st.Get(ctx, "w", "pid:1:1", ""); return err })
-	var st tensor.Info
+	var got v1.Tensor
+	get := result(func() (err error) {
+		got, _, err = f.st.Get(ctx, store.GetParams{Name: "w", Holder: "pid:1:1"})
+		return err
+	})
+	var st v1.Tensor
 	stat := result(func() (err error) { st, err = f.st.Stat(ctx, "w"); return err })
 	pending(t, get, "get")
 	pending(t, stat, "stat")
@@ -79,7 +82,7 @@ func TestCreateEarlyAnswersBeforeTheRecordAndOrdersLaterScripts(t *testing.T) {
 func TestCreateEarlyIsSynchronousWhenItCannotBeEarly(t *testing.T) {
 	ctx := context.Background()
 	off := newFixture(t)
-	if _, commit, err := off.st.CreateEarly(ctx, store.CreateParams{Name: "a", DType: "f32", Shape: []int64{1}, Holder: lease}); err != nil || commit != nil {
+	if _, commit, err := off.st.Create(ctx, store.CreateParams{Name: "a", DType: "f32", Shape: []int64{1}, Holder: lease, WriteBehind: true}); err != nil || commit != nil {
 		t.Fatalf("write-behind off: commit %v, err %v", commit != nil, err)
 	}
 	if rc, _ := off.reg.Stat(ctx, "a"); rc.Refcount != 2 {
@@ -89,12 +92,12 @@ func TestCreateEarlyIsSynchronousWhenItCannotBeEarly(t *testing.T) {
 	_, commit := earlyCreate(t, f, "b")
 	// A second creator of the name waits for the first one's record, then
 	// gets the same tensor.
-	var again tensor.Info
+	var again v1.Tensor
 	second := result(func() (err error) {
 		var c store.Commit
-		again, c, err = f.st.CreateEarly(ctx, store.CreateParams{Name: "b", DType: "f32", Shape: []int64{4}, Holder: "conn:inst1:2"})
+		again, c, err = f.st.Create(ctx, store.CreateParams{Name: "b", DType: "f32", Shape: []int64{4}, Holder: "conn:inst1:2", WriteBehind: true})
 		if c != nil {
-			return errors.New("an existing name was answered early")
+			return errors.New("an existing name was answered before its registry write")
 		}
 		return err
 	})
@@ -104,26 +107,26 @@ func TestCreateEarlyIsSynchronousWhenItCannotBeEarly(t *testing.T) {
 		t.Fatalf("second create: %+v %v", again, err)
 	}
 	// Bad input is refused before anything is taken.
-	if _, _, err := f.st.CreateEarly(ctx, store.CreateParams{Name: "bad name!", DType: "f32", Shape: []int64{1}, Holder: lease}); !errors.Is(err, errdefs.ErrInvalidArgument) {
+	if _, _, err := f.st.Create(ctx, store.CreateParams{Name: "bad name!", DType: "f32", Shape: []int64{1}, Holder: lease, WriteBehind: true}); !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Fatalf("bad name: %v", err)
 	}
-	if _, _, err := f.st.CreateEarly(ctx, store.CreateParams{Name: "c", DType: "f32", Shape: []int64{-1}, Holder: lease}); !errors.Is(err, errdefs.ErrInvalidArgument) {
+	if _, _, err := f.st.Create(ctx, store.CreateParams{Name: "c", DType: "f32", Shape: []int64{-1}, Holder: lease, WriteBehind: true}); !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Fatalf("negative shape: %v", err)
 	}
 }
 
-// A get answered early and a delete that follows it reach Redis in that
+// A get answered before its registry write and a delete that follows it reach Redis in that
 // order: the delete cannot free memory the get handed out.
 func TestGetEarlyIsOrderedBeforeALaterDelete(t *testing.T) {
 	f := newFixture(t, store.WithWriteBehind(true))
 	ctx := context.Background()
-	info, err := f.st.Create(ctx, store.CreateParams{Name: "w", DType: "f32", Shape: []int64{4}})
+	info, _, err := f.st.Create(ctx, store.CreateParams{Name: "w", DType: "f32", Shape: []int64{4}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, commit, err := f.st.GetEarly(ctx, "w", lease)
+	got, commit, err := f.st.Get(ctx, store.GetParams{Name: "w", Holder: lease, WriteBehind: true})
 	if err != nil || commit == nil || got.UID != info.UID || got.Refcount != 2 {
-		t.Fatalf("early get: %+v commit %v err %v", got, commit != nil, err)
+		t.Fatalf("write-behind get: %+v commit %v err %v", got, commit != nil, err)
 	}
 	var res registry.ReleaseResult
 	del := result(func() (err error) { res, err = f.st.Delete(ctx, "w", ""); return err })
@@ -132,14 +135,14 @@ func TestGetEarlyIsOrderedBeforeALaterDelete(t *testing.T) {
 	if err := <-del; err != nil || res.Freed || res.Refcount != 1 {
 		t.Fatalf("delete: %+v %v", res, err)
 	}
-	if _, ok := f.st.Block(info.UID); !ok {
-		t.Fatal("block freed under the early get")
+	if _, ok := f.st.Segment(info.UID); !ok {
+		t.Fatal("block freed under the write-behind get")
 	}
 	// Behind the delete, gets are refused by the agent at once.
-	if _, _, err := f.st.GetEarly(ctx, "w", "conn:inst1:2"); !errors.Is(err, errdefs.ErrNotFound) {
+	if _, _, err := f.st.Get(ctx, store.GetParams{Name: "w", Holder: "conn:inst1:2", WriteBehind: true}); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Fatalf("get of a deleted tensor: %v", err)
 	}
-	if r, err := f.st.Release(ctx, "w", lease, registry.AllRefs, ""); err != nil || !r.Freed {
+	if r, err := f.st.Release(ctx, store.ReleaseParams{Name: "w", Holder: lease, Count: registry.AllRefs}); err != nil || !r.Freed {
 		t.Fatalf("last release: %+v %v", r, err)
 	}
 }
@@ -148,7 +151,7 @@ func TestGetEarlyIsOrderedBeforeALaterDelete(t *testing.T) {
 func TestGetEarlyWaitsBehindAReleaseOrDelete(t *testing.T) {
 	f := newFixture(t, store.WithWriteBehind(true))
 	ctx := context.Background()
-	if _, err := f.st.Create(ctx, store.CreateParams{Name: "w", DType: "f32", Shape: []int64{4}, Holder: "pid:1:1"}); err != nil {
+	if _, _, err := f.st.Create(ctx, store.CreateParams{Name: "w", DType: "f32", Shape: []int64{4}, Holder: "pid:1:1"}); err != nil {
 		t.Fatal(err)
 	}
 	release, started := make(chan struct{}), make(chan struct{})
@@ -156,7 +159,7 @@ func TestGetEarlyWaitsBehindAReleaseOrDelete(t *testing.T) {
 	<-started
 	early := make(chan bool, 1)
 	get := result(func() error {
-		_, c, err := f.st.GetEarly(ctx, "w", lease)
+		_, c, err := f.st.Get(ctx, store.GetParams{Name: "w", Holder: lease, WriteBehind: true})
 		early <- c != nil
 		if c != nil {
 			c(ctx)
@@ -167,7 +170,7 @@ func TestGetEarlyWaitsBehindAReleaseOrDelete(t *testing.T) {
 	close(release)
 	err := <-get
 	if wasEarly := <-early; err != nil || wasEarly {
-		t.Fatalf("get behind a release: err %v, answered early %v", err, wasEarly)
+		t.Fatalf("get behind a release: err %v, answered before its write %v", err, wasEarly)
 	}
 }
 
@@ -215,17 +218,17 @@ func TestRefusedCreateIsWithdrawn(t *testing.T) {
 	rdb.HSet(ctx, keys.Meta("w"), "name", "w", "uid", "other-1", "state", "ready", "agent", "other", "refcount", 1)
 	rdb.ZAdd(ctx, keys.Index(), redisZ("w"))
 	commit(ctx)
-	if _, ok := f.st.Block(info.UID); !ok {
+	if _, ok := f.st.Segment(info.UID); !ok {
 		t.Fatal("memory freed while its creator holds it")
 	}
-	if _, _, err := f.st.GetEarly(ctx, "w", "conn:inst1:2"); !errors.Is(err, errdefs.ErrUnavailable) {
+	if _, _, err := f.st.Get(ctx, store.GetParams{Name: "w", Holder: "conn:inst1:2", WriteBehind: true}); !errors.Is(err, errdefs.ErrUnavailable) {
 		t.Fatalf("get of the name: %v, want the other agent's record (stale)", err)
 	}
-	r, err := f.st.Release(ctx, "w", lease, registry.AllRefs, "")
+	r, err := f.st.Release(ctx, store.ReleaseParams{Name: "w", Holder: lease, Count: registry.AllRefs})
 	if err != nil || !r.Freed || r.UID != info.UID {
 		t.Fatalf("creator's release: %+v %v", r, err)
 	}
-	if _, ok := f.st.Block(info.UID); ok {
+	if _, ok := f.st.Segment(info.UID); ok {
 		t.Fatal("withdrawn tensor's memory not freed")
 	}
 	if rec, err := f.reg.Stat(ctx, "w"); err != nil || rec.UID != "other-1" || rec.Refcount != 1 {
@@ -237,18 +240,18 @@ func TestRefusedCreateIsWithdrawn(t *testing.T) {
 // name: creates wait for Redis's answer instead of trusting the agent's index.
 func TestCreateIsSynchronousUntilReconciled(t *testing.T) {
 	f := newFixture(t, store.WithWriteBehind(true))
-	st := store.New(f.reg, f.st.Backend(), "inst2", "n1", store.WithWriteBehind(true))
+	st := store.New(f.reg, f.be, "inst2", "n1", store.WithWriteBehind(true))
 	defer st.Close()
 	ctx := context.Background()
-	p := store.CreateParams{Name: "w", DType: "f32", Shape: []int64{4}, Holder: "conn:inst2:1"}
-	if _, c, err := st.CreateEarly(ctx, p); err != nil || c != nil {
+	p := store.CreateParams{Name: "w", DType: "f32", Shape: []int64{4}, Holder: "conn:inst2:1", WriteBehind: true}
+	if _, c, err := st.Create(ctx, p); err != nil || c != nil {
 		t.Fatalf("before reconciling: commit %v, err %v", c != nil, err)
 	}
 	if _, err := st.Reconcile(ctx); err != nil {
 		t.Fatal(err)
 	}
 	p.Name = "x"
-	if _, c, err := st.CreateEarly(ctx, p); err != nil || c == nil {
+	if _, c, err := st.Create(ctx, p); err != nil || c == nil {
 		t.Fatalf("after reconciling: commit %v, err %v", c != nil, err)
 	} else {
 		c(ctx)

@@ -14,9 +14,9 @@ import (
 	"github.com/memcuda/memcuda/pkg/store"
 )
 
-// queuedFill is the host backend with the GPU backends' queued zero-fill:
-// the fill happens when wait is called, and wait can fail.
-type queuedFill struct {
+// queuedZero is the host backend with the GPU backends' queued zero-fill:
+// the zero-fill happens when wait is called, and wait can fail.
+type queuedZero struct {
 	*host.Backend
 	waits atomic.Int32
 	fail  atomic.Pointer[error]
@@ -24,10 +24,10 @@ type queuedFill struct {
 
 type queuedSegment struct {
 	backend.Segment
-	b *queuedFill
+	b *queuedZero
 }
 
-func (q *queuedFill) NewSegment(ctx context.Context, device int, size uint64) (backend.Segment, error) {
+func (q *queuedZero) NewSegment(ctx context.Context, device int, size uint64) (backend.Segment, error) {
 	seg, err := q.Backend.NewSegment(ctx, device, size)
 	if err != nil {
 		return nil, err
@@ -45,9 +45,9 @@ func (s queuedSegment) ZeroAsync(ctx context.Context, off, n uint64) (func() err
 	}, nil
 }
 
-// Free memory is cleared when it is freed (and segments when they are
-// made), on the device's queue: a create waits only for clears still queued,
-// and a failed clear fails the create that needs it and leaves no record.
+// Free memory is zero-filled when it is freed (and segments when they are
+// made), on the device's queue: a create waits only for zero-fills still queued,
+// and a failed zero-fill fails the create that needs it and leaves no record.
 func TestQueuedZeroFill(t *testing.T) {
 	srv := redistest.Start(t)
 	reg := registry.New(srv.Client(), registry.Keys{Prefix: "t:", Node: "n1"})
@@ -55,54 +55,54 @@ func TestQueuedZeroFill(t *testing.T) {
 	if err := reg.Load(ctx); err != nil {
 		t.Fatal(err)
 	}
-	be := &queuedFill{Backend: host.New("t:", "inst1", host.WithDir(t.TempDir()))}
+	be := &queuedZero{Backend: host.New("t:", "inst1", host.WithDir(t.TempDir()))}
 	st := store.New(reg, be, "inst1", "n1")
 	t.Cleanup(func() { st.Close() })
 
 	small := store.CreateParams{Name: "a", DType: "u8", Shape: []int64{4096}, Holder: "conn:1"}
-	a, err := st.Create(ctx, small)
+	a, _, err := st.Create(ctx, small)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if n := be.waits.Load(); n != 1 {
-		t.Fatalf("the first create waited for %d clears, want 1 (its new segment's)", n)
+		t.Fatalf("the first create waited for %d zero-fills, want 1 (its new segment's)", n)
 	}
 	small.Name = "a2"
-	if _, err := st.Create(ctx, small); err != nil {
+	if _, _, err := st.Create(ctx, small); err != nil {
 		t.Fatal(err)
 	}
 	if n := be.waits.Load(); n != 1 {
-		t.Fatalf("a create from cleared free memory waited for %d clears, want none more", n)
+		t.Fatalf("a create from zero-filled free memory waited for %d zero-fills, want none more", n)
 	}
-	// A large tensor gets a segment of its own, whose clear fails.
+	// A large tensor gets a segment of its own, whose zero-fill fails.
 	boom := errors.New("device lost")
 	be.fail.Store(&boom)
 	large := store.CreateParams{Name: "b", DType: "u8", Shape: []int64{64 << 20}, Holder: "conn:1"}
-	if _, err := st.Create(ctx, large); err == nil || !errors.Is(err, boom) {
-		t.Fatalf("create with a failed clear: %v, want the clear's error", err)
+	if _, _, err := st.Create(ctx, large); err == nil || !errors.Is(err, boom) {
+		t.Fatalf("create with a failed zero-fill: %v, want the zero-fill's error", err)
 	}
 	if _, err := reg.Stat(ctx, "b"); !errors.Is(err, errdefs.ErrNotFound) {
-		t.Fatalf("a create whose clear failed left a record: %v", err)
+		t.Fatalf("a create whose zero-fill failed left a record: %v", err)
 	}
 	if holders, _ := reg.Holders(ctx, "b"); len(holders) != 0 {
-		t.Fatalf("a create whose clear failed left holders %v", holders)
+		t.Fatalf("a create whose zero-fill failed left holders %v", holders)
 	}
 	be.fail.Store(nil)
 	large.Holder = ""
-	b, err := st.Create(ctx, large)
+	b, _, err := st.Create(ctx, large)
 	if err != nil {
-		t.Fatalf("the name is not free after a failed clear: %v", err)
+		t.Fatalf("the name is not free after a failed zero-fill: %v", err)
 	}
 	if b.Refcount != 1 {
 		t.Fatalf("recreated %+v", b)
 	}
-	if got, err := st.Get(ctx, "a", "conn:2", ""); err != nil || got.Refcount != 3 || got.UID != a.UID {
+	if got, _, err := st.Get(ctx, store.GetParams{Name: "a", Holder: "conn:2"}); err != nil || got.Refcount != 3 || got.UID != a.UID {
 		t.Fatalf("get after create: %+v %v", got, err)
 	}
-	// Freeing queues a clear; the next create from that memory waits for it.
+	// Freeing queues a zero-fill; the next create from that memory waits for it.
 	before := be.waits.Load()
 	for _, h := range []string{"conn:1", "conn:2"} {
-		if _, err := st.Release(ctx, "a", h, registry.AllRefs, ""); err != nil {
+		if _, err := st.Release(ctx, store.ReleaseParams{Name: "a", Holder: h, Count: registry.AllRefs}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -110,7 +110,7 @@ func TestQueuedZeroFill(t *testing.T) {
 		t.Fatal(err)
 	}
 	small.Name = "c"
-	c, err := st.Create(ctx, small)
+	c, _, err := st.Create(ctx, small)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,6 +118,6 @@ func TestQueuedZeroFill(t *testing.T) {
 		t.Fatalf("c did not reuse a's block")
 	}
 	if n := be.waits.Load() - before; n != 1 {
-		t.Fatalf("a create of a freed block waited for %d clears, want 1", n)
+		t.Fatalf("a create of a freed block waited for %d zero-fills, want 1", n)
 	}
 }

@@ -1,0 +1,111 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/memcuda/memcuda/internal/procinfo"
+	"github.com/memcuda/memcuda/pkg/errdefs"
+	"github.com/memcuda/memcuda/pkg/registry"
+)
+
+// PIDHolder names the references of a running process. It fails when the
+// process does not exist, as the agent sees it, or when start (the start
+// time the caller gave, 0 for none) is not that process's: then the pid
+// names another process here, as a pid from another PID namespace does.
+func PIDHolder(pid int, start uint64) (string, error) {
+	st, err := procinfo.StartTime(pid)
+	if err != nil {
+		return "", fmt.Errorf("%w: process %d is not running in the agent's PID namespace: %w", errdefs.ErrInvalidArgument, pid, err)
+	}
+	if start != 0 && st != start {
+		return "", fmt.Errorf("%w: pid %d is another process in the agent's PID namespace (started at tick %d, not %d); "+
+			"a process in a PID namespace of its own must use the agent's socket", errdefs.ErrFailedPrecondition, pid, st, start)
+	}
+	return registry.PIDHolder(pid, st), nil
+}
+
+// GCResult reports what a GC pass dropped.
+type GCResult struct {
+	Holders int      // dead holders whose references were dropped
+	Freed   []string // tensors freed as a result
+}
+
+// GC drops the references of processes that are gone (pid holders whose pid
+// no longer runs with the recorded start time) and of this instance's closed
+// connections whose release failed earlier.
+func (s *Store) GC(ctx context.Context) (GCResult, error) {
+	var out GCResult
+	names, err := s.reg.Names(ctx)
+	if err != nil {
+		return out, err
+	}
+	for _, name := range names {
+		holders, err := s.reg.Holders(ctx, name)
+		if err != nil {
+			return out, err
+		}
+		for h := range holders {
+			if !s.deadHolder(h) {
+				continue
+			}
+			res, dropped, err := s.DropHolder(ctx, name, h)
+			if err != nil {
+				return out, err
+			}
+			if !dropped {
+				continue // released meanwhile
+			}
+			out.Holders++
+			s.log.Info("dropped references of a dead holder", "name", name, "holder", h, "freed", res.Freed)
+			if res.Freed {
+				out.Freed = append(out.Freed, name)
+			}
+		}
+	}
+	return out, nil
+}
+
+func (s *Store) deadHolder(h string) bool {
+	if pid, start, isPID, wellFormed := registry.ParsePIDHolder(h); isPID {
+		return !wellFormed || !procinfo.Alive(pid, start) // nobody can release a malformed one
+	}
+	if inst, ok := registry.ConnHolderInstance(h); ok {
+		return inst == s.instance && !s.leases.live(h)
+	}
+	return false
+}
+
+// Reconcile removes records whose memory no longer exists: those of other
+// instances of this node's agent (a crashed or restarted predecessor) and
+// index entries with no record. It returns the names removed.
+func (s *Store) Reconcile(ctx context.Context) ([]string, error) {
+	names, err := s.reg.Names(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var removed []string
+	for _, name := range names {
+		info, err := s.reg.Stat(ctx, name)
+		owner := info.Agent
+		if errors.Is(err, errdefs.ErrNotFound) {
+			owner = ""
+		} else if err != nil {
+			return removed, err
+		}
+		if owner == s.instance {
+			continue
+		}
+		ok, err := s.reg.Remove(ctx, name, owner)
+		if err != nil {
+			return removed, err
+		}
+		if ok {
+			removed = append(removed, name)
+			s.log.Warn("removed tensor whose memory is gone", "name", name, "agent", owner, "refcount", info.Refcount)
+		}
+	}
+	s.reconciled.Store(true)
+	return removed, nil
+}

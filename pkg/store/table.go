@@ -1,0 +1,273 @@
+package store
+
+import (
+	"sync"
+	"time"
+
+	v1 "github.com/memcuda/memcuda/api/v1"
+	"github.com/memcuda/memcuda/pkg/backend"
+	"github.com/memcuda/memcuda/pkg/pool"
+)
+
+// allocation is a tensor's block and the pool it returns to.
+type allocation struct {
+	name    string
+	block   *pool.Block[backend.Segment]
+	pool    *pool.Pool[backend.Segment]
+	dev     int          // device index of the pool
+	deleted bool         // delete ran: no new references, even from connections that hold one
+	fences  []Fence      // GPU work to finish before the block is reused
+	record  v1.Tensor    // as created: what acquires need not read back from Redis
+	zeroing func() error // the wait for the block's zero-fill while a create runs; nil after
+}
+
+// orphanKey is a withdrawn tensor's holder and name.
+type orphanKey struct{ holder, name string }
+
+// table is the agent's own account of its memory: which block every live
+// tensor uid has, which uid each name serves, withdrawn tensors a holder
+// still uses, and freed blocks parked until their fences are done.
+type table struct {
+	mu      sync.Mutex
+	byUID   map[string]*allocation
+	byName  map[string]string // name -> uid of this instance's live tensor
+	orphans map[orphanKey]string
+	parked  []*allocation
+}
+
+func newTable() *table {
+	return &table{byUID: map[string]*allocation{}, byName: map[string]string{}, orphans: map[orphanKey]string{}}
+}
+
+// add registers a's block under uid; named also makes it the name's tensor.
+func (t *table) add(uid string, a *allocation, named bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.byUID[uid] = a
+	if named {
+		t.byName[a.name] = uid
+	}
+}
+
+// created records that the registry took uid's record: the name serves it.
+func (t *table) created(uid string, record v1.Tensor) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if a, ok := t.byUID[uid]; ok {
+		a.record, a.zeroing = record, nil
+		t.byName[a.name] = uid
+	}
+}
+
+// remove forgets uid and returns its allocation.
+func (t *table) remove(uid string) (*allocation, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	a, ok := t.byUID[uid]
+	if !ok {
+		return nil, false
+	}
+	delete(t.byUID, uid)
+	if t.byName[a.name] == uid {
+		delete(t.byName, a.name)
+	}
+	return a, true
+}
+
+func (t *table) hasName(name string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	_, ok := t.byName[name]
+	return ok
+}
+
+func (t *table) uidOf(name string) (string, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	uid, ok := t.byName[name]
+	return uid, ok
+}
+
+// live reports whether uid has memory here and is not deleted.
+func (t *table) live(uid string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	a, ok := t.byUID[uid]
+	return ok && !a.deleted
+}
+
+// segment is uid's backend segment.
+func (t *table) segment(uid string) (backend.Segment, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	a, ok := t.byUID[uid]
+	if !ok {
+		return nil, false
+	}
+	return a.block.Segment(), true
+}
+
+// zeroing returns the zero-fill wait of a uid still being created (nil
+// when there is none) and whether uid has memory here.
+func (t *table) zeroing(uid string) (func() error, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	a, ok := t.byUID[uid]
+	if !ok {
+		return nil, false
+	}
+	return a.zeroing, true
+}
+
+// record is uid's record as created, when this instance made it.
+func (t *table) record(uid string) (v1.Tensor, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	a, ok := t.byUID[uid]
+	if !ok || a.record.UID != uid {
+		return v1.Tensor{}, false
+	}
+	return copyRecord(a.record), true
+}
+
+// referenceBehind counts one more reference on name's tensor in its record,
+// for a get answered before its registry write, and returns the record.
+// ok is false when the tensor cannot be answered from here: not this
+// agent's, deleted, or still being created.
+func (t *table) referenceBehind(name string, now time.Time) (v1.Tensor, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	uid, ok := t.byName[name]
+	a := t.byUID[uid]
+	if !ok || a == nil || a.deleted || a.zeroing != nil || a.record.UID != uid {
+		return v1.Tensor{}, false
+	}
+	a.record.Refcount++ // the registry's count once the script ran, unless others moved it meanwhile
+	a.record.Mtime = now.UnixMilli()
+	return copyRecord(a.record), true
+}
+
+// refcount keeps uid's record's count as Redis last reported it.
+func (t *table) refcount(uid string, n int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if a, ok := t.byUID[uid]; ok && a.record.UID == uid {
+		a.record.Refcount = n
+	}
+}
+
+// deleted marks uid deleted: it takes no new references.
+func (t *table) deleted(uid string, refcount int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if a, ok := t.byUID[uid]; ok {
+		a.deleted = true
+		a.record.Refcount = refcount
+	}
+}
+
+// published sets the event of name's record.
+func (t *table) published(name, event string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if a, ok := t.byUID[t.byName[name]]; ok {
+		a.record.Event = event
+	}
+}
+
+// withdraw takes uid's name back; holder keeps using the memory until it
+// releases it.
+func (t *table) withdraw(uid, name, holder string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.byName[name] == uid {
+		delete(t.byName, name)
+	}
+	if a, ok := t.byUID[uid]; ok {
+		a.deleted = true
+		t.orphans[orphanKey{holder, name}] = uid
+	}
+}
+
+// takeOrphan returns, and forgets, the withdrawn tensor holder has under name.
+func (t *table) takeOrphan(holder, name string) (string, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	k := orphanKey{holder, name}
+	uid, ok := t.orphans[k]
+	delete(t.orphans, k)
+	return uid, ok
+}
+
+// attachFence adds f to uid's fences; false when uid has no memory here.
+func (t *table) attachFence(uid string, f Fence) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	a, ok := t.byUID[uid]
+	if !ok {
+		return false
+	}
+	for _, g := range a.fences {
+		if g == f {
+			// The same event re-recorded: its latest record covers the
+			// earlier one, so one attachment is enough.
+			f.Release()
+			return true
+		}
+	}
+	a.fences = append(a.fences, f)
+	return true
+}
+
+// park keeps a freed allocation until its fences are done.
+func (t *table) park(a *allocation) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.parked = append(t.parked, a)
+}
+
+// unpark returns the parked allocations whose fences are done and the
+// number still waiting.
+func (t *table) unpark() (ready []*allocation, waiting int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.parked) == 0 {
+		return nil, 0
+	}
+	keep := t.parked[:0]
+	for _, a := range t.parked {
+		if fencesDone(a.fences) {
+			ready = append(ready, a)
+		} else {
+			keep = append(keep, a)
+		}
+	}
+	clear(t.parked[len(keep):])
+	t.parked = keep
+	return ready, len(keep)
+}
+
+// counts are the live tensors and the parked blocks.
+func (t *table) counts() (tensors, parked int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.byUID), len(t.parked)
+}
+
+// drain forgets everything and returns every allocation, live and parked.
+func (t *table) drain() []*allocation {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := t.parked
+	for _, a := range t.byUID {
+		out = append(out, a)
+	}
+	t.byUID, t.byName, t.orphans, t.parked = map[string]*allocation{}, map[string]string{}, map[orphanKey]string{}, nil
+	return out
+}
+
+// copyRecord is a record the caller owns.
+func copyRecord(r v1.Tensor) v1.Tensor {
+	r.Shape = append([]int64(nil), r.Shape...)
+	return r
+}
