@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	v1 "github.com/memcuda/memcuda/api/v1"
 	"github.com/memcuda/memcuda/pkg/backend"
 	"github.com/memcuda/memcuda/pkg/backend/gpu"
 	"github.com/memcuda/memcuda/pkg/backend/host"
@@ -43,15 +44,15 @@ func main() {
 		dir, _ := os.MkdirTemp("", "pooltrace")
 		defer os.RemoveAll(dir)
 		be = host.New("pooltrace", "bench", host.WithDir(dir))
-	} else if be, err = gpu.New(*mode, "bench"); err != nil {
+	} else if be, err = gpu.New(v1.IPCMode(*mode), "bench"); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	p := pool.New(pool.SourceFunc(func(ctx context.Context, size uint64) (pool.Segment, error) {
+	p := pool.New(pool.SourceFunc[backend.Segment](func(ctx context.Context, size uint64) (backend.Segment, error) {
 		return be.NewSegment(ctx, 0, size)
 	}), pool.WithGranularity(be.Granularity(0)))
 	ctx := context.Background()
-	held := map[int]*pool.Block{}
+	held := map[int]*pool.Block[backend.Segment]{}
 	var live, peakLive uint64
 	start := time.Now()
 	for _, o := range ops {

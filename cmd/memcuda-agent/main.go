@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	k8sapi "github.com/memcuda/memcuda/api/k8s/v1alpha1"
 	"github.com/memcuda/memcuda/internal/flagenv"
 	"github.com/memcuda/memcuda/pkg/agent"
 	"github.com/memcuda/memcuda/pkg/client"
@@ -62,7 +63,7 @@ func run(args []string) error {
 	fs.BoolVar(&cfg.Kubernetes, "kubernetes", false, "run the pod controller, the device plugin and per-namespace access control (in a DaemonSet)")
 	fs.BoolVar(&cfg.AllowHostClients, "allow-host-clients", true, "with --kubernetes: let processes outside any pod use the socket")
 	fs.StringVar(&cfg.PluginDir, "device-plugin-dir", "/var/lib/kubelet/device-plugins", "kubelet's device-plugin directory")
-	fs.StringVar(&cfg.ResourceName, "resource-name", "memcuda.io/tensors", "extended resource the device plugin advertises")
+	fs.StringVar(&cfg.ResourceName, "resource-name", k8sapi.ResourceName, "extended resource the device plugin advertises")
 	fs.IntVar(&cfg.Slots, "slots", 128, "how many pods of the node may request the resource at once")
 	fs.StringVar(&cfg.ContainerSocket, "container-socket-dir", "/run/memcuda", "where pods see the socket's directory")
 	fs.StringVar(&logFormat, "log-format", "json", "log format: json or text")

@@ -6,13 +6,13 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	v1 "github.com/memcuda/memcuda/api/v1"
 	"github.com/memcuda/memcuda/pkg/registry"
-	"github.com/memcuda/memcuda/pkg/tensor"
 )
 
 // listAllNodes reads every agent's registry from a shared Redis: the agents
 // add their --redis-prefix to <cluster-prefix>prefixes.
-func listAllNodes(ctx context.Context, url, clusterPrefix string) ([]tensor.Info, error) {
+func listAllNodes(ctx context.Context, url, clusterPrefix string) ([]v1.Tensor, error) {
 	opt, err := redis.ParseURL(url)
 	if err != nil {
 		return nil, usageError{"--redis-url: " + err.Error()}
@@ -24,7 +24,7 @@ func listAllNodes(ctx context.Context, url, clusterPrefix string) ([]tensor.Info
 		return nil, registry.Wrap(err)
 	}
 	sort.Strings(prefixes)
-	var out []tensor.Info
+	var out []v1.Tensor
 	for _, p := range prefixes {
 		list, err := registry.New(rdb, registry.Keys{Prefix: p}).List(ctx)
 		if err != nil {

@@ -9,6 +9,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	v1 "github.com/memcuda/memcuda/api/v1"
 	"github.com/memcuda/memcuda/pkg/client"
 	"github.com/memcuda/memcuda/pkg/tensor"
 )
@@ -45,7 +46,7 @@ func cmdList(ctx context.Context, g globals, args []string) error {
 	if len(pos) > 0 {
 		return usageError{"ls takes no arguments"}
 	}
-	var list []tensor.Info
+	var list []v1.Tensor
 	if *allNodes {
 		if *redisURL == "" {
 			return usageError{"ls --all-nodes needs --redis-url (or $MEMCUDA_REDIS_URL)"}
@@ -65,7 +66,7 @@ func cmdList(ctx context.Context, g globals, args []string) error {
 	}
 	if g.output == "json" {
 		if list == nil {
-			list = []tensor.Info{}
+			list = []v1.Tensor{}
 		}
 		return g.printJSON(list)
 	}
@@ -103,9 +104,9 @@ func cmdInspect(ctx context.Context, g globals, args []string) error {
 	rows := [][2]string{
 		{"Name", info.Name}, {"UID", info.UID}, {"DType", string(info.DType)}, {"Shape", tensor.FormatShape(info.Shape)},
 		{"Bytes", fmt.Sprintf("%d (%s)", info.Bytes, HumanBytes(info.Bytes))}, {"Device", fmt.Sprint(info.Device)},
-		{"Device UUID", info.DeviceUUID}, {"IPC mode", info.IPCMode}, {"IPC handle", info.IPCHandle},
+		{"Device UUID", info.DeviceUUID}, {"IPC mode", string(info.IPCMode)}, {"IPC handle", info.IPCHandle},
 		{"Segment", fmt.Sprintf("%s (%s)", info.SegmentID, HumanBytes(info.SegmentSize))}, {"Offset", fmt.Sprint(info.Offset)},
-		{"Refcount", fmt.Sprint(info.Refcount)}, {"State", info.State}, {"Owner PID", fmt.Sprint(info.OwnerPID)},
+		{"Refcount", fmt.Sprint(info.Refcount)}, {"State", string(info.State)}, {"Owner PID", fmt.Sprint(info.OwnerPID)},
 		{"Agent", info.Agent}, {"Node", info.Node}, {"Tenant", info.Tenant},
 		{"Created", time.UnixMilli(info.Ctime).UTC().Format(time.RFC3339Nano)},
 		{"Modified", time.UnixMilli(info.Mtime).UTC().Format(time.RFC3339Nano)},

@@ -2,9 +2,8 @@
 // calling OS thread in poll(2), instead of parking the goroutine in Go's
 // network poller. A request/response peer waits on every round trip, and
 // waking a thread blocked in the kernel skips the poller's wakeup and
-// goroutine hand-off (docs/benchmarks.md: the registry's create script took
-// 46-47 us this way against 60-68 us through the poller on a sandboxed
-// H200 machine). The cost is an OS thread per blocked caller.
+// goroutine hand-off, which docs/benchmarks.md shows costing a good part of
+// each Redis round trip. The cost is an OS thread per blocked caller.
 package blockingnet
 
 import (
@@ -86,8 +85,8 @@ func Wrap(c net.Conn) (*Conn, error) {
 // deadlines: its descriptor is duplicated, c closed (which takes it out of
 // Go's network poller, so its traffic wakes nothing there), and the
 // duplicate put in blocking mode. A read that has to wait is then one
-// system call, not three (read, poll, read): on the sandboxed machines
-// measured each costs microseconds (docs/benchmarks.md). Setting a
+// system call, not three (read, poll, read), and each system call counts on
+// a round trip of microseconds (docs/benchmarks.md). Setting a
 // deadline on the result is an error; Shutdown and Close work as for Wrap.
 func Detach(c *net.UnixConn) (*Conn, error) {
 	rc, err := c.SyscallConn()

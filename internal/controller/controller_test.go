@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
@@ -115,7 +116,7 @@ func TestPodAnnotationLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, "team-a/w with the pod's reference", func() bool { return refs("team-a/w") == 2 })
-	holders, _ := st.Registry().Holders(ctx, "team-a/w")
+	holders, _ := st.Holders(ctx, "team-a/w")
 	if holders[PodHolder("team-a", "p1", p1.UID)] != 1 {
 		t.Fatalf("holders %v", holders)
 	}
@@ -138,7 +139,7 @@ func TestPodAnnotationLifecycle(t *testing.T) {
 	p3 := pod("team-a", "p3", "node-1", `[{"name":"later"}]`)
 	c.Create(ctx, p3)
 	eventually(t, "TensorUnavailable event", func() bool { return hasEvent(t, c, "team-a", "p3", k8sapi.ReasonTensorUnavailable) })
-	if _, err := st.Create(ctx, store.CreateParams{Name: "team-a/later", DType: "u8", Shape: []int64{8}, Tenant: "team-a"}); err != nil {
+	if _, _, err := st.Create(ctx, store.CreateParams{Name: "team-a/later", DType: "u8", Shape: []int64{8}, Tenant: "team-a"}); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "p3 ready once the tensor exists", func() bool { return status(t, c, "team-a", "p3")["later"] == "ready" })
@@ -171,7 +172,7 @@ func TestPodAnnotationLifecycle(t *testing.T) {
 	eventually(t, "p1's reference dropped", func() bool { return refs("team-a/w") == 2 })
 
 	// A reference of a pod that ended while the agent was down is swept.
-	if _, err := st.Get(ctx, "team-a/w", PodHolder("team-a", "ghost", "0000"), ""); err != nil {
+	if _, _, err := st.Get(ctx, store.GetParams{Name: "team-a/w", Holder: PodHolder("team-a", "ghost", "0000")}); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "the ghost pod's reference swept", func() bool { return refs("team-a/w") == 2 })
@@ -179,4 +180,21 @@ func TestPodAnnotationLifecycle(t *testing.T) {
 	// A malformed annotation is reported, not retried forever.
 	c.Create(ctx, pod("team-a", "bad", "node-1", `{"name":"x"}`))
 	eventually(t, "InvalidTensorAnnotation event", func() bool { return hasEvent(t, c, "team-a", "bad", k8sapi.ReasonInvalidAnnotation) })
+}
+
+func TestParseAnnotation(t *testing.T) {
+	if reqs, err := parseAnnotation(`[{"name":"w","dtype":"bf16","shape":[2,3],"create":true},{"name":"team-a/e"}]`); err != nil || len(reqs) != 2 {
+		t.Fatalf("%+v %v", reqs, err)
+	}
+	for _, tc := range []struct{ in, want string }{
+		{`{"name":"x"}`, "JSON list"},
+		{`[{"name":"a b"}]`, "characters"},
+		{`[{"name":"ns/a b"}]`, "characters"},
+		{`[{"name":"x","dtype":"f31","shape":[1]}]`, "unknown dtype"},
+		{`[{"name":"x","dtype":"f32","shape":[-1]}]`, "negative"},
+	} {
+		if _, err := parseAnnotation(tc.in); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("parseAnnotation(%s) = %v, want an error with %q", tc.in, err, tc.want)
+		}
+	}
 }

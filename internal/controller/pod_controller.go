@@ -21,20 +21,33 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	k8sapi "github.com/memcuda/memcuda/api/k8s/v1alpha1"
+	v1 "github.com/memcuda/memcuda/api/v1"
 	"github.com/memcuda/memcuda/pkg/errdefs"
+	"github.com/memcuda/memcuda/pkg/registry"
 	"github.com/memcuda/memcuda/pkg/store"
 	"github.com/memcuda/memcuda/pkg/tensor"
 )
 
-// PodHolder is the reference holder of a pod: pod:<namespace>/<name>/<uid>.
+// Store is what the controller asks of the agent's store.
+type Store interface {
+	Create(ctx context.Context, p store.CreateParams) (v1.Tensor, store.Commit, error)
+	Get(ctx context.Context, p store.GetParams) (v1.Tensor, store.Commit, error)
+	Release(ctx context.Context, p store.ReleaseParams) (registry.ReleaseResult, error)
+	DropHolder(ctx context.Context, name, holder string) (registry.ReleaseResult, bool, error)
+	Stat(ctx context.Context, name string) (v1.Tensor, error)
+	Names(ctx context.Context) ([]string, error)
+	Holders(ctx context.Context, name string) (map[string]int64, error)
+}
+
+// PodHolder is the reference holder of a pod.
 func PodHolder(ns, name string, uid types.UID) string {
-	return fmt.Sprintf("pod:%s/%s/%s", ns, name, uid)
+	return registry.PodHolder(ns, name, string(uid))
 }
 
 // PodReconciler reconciles the pods of one node.
 type PodReconciler struct {
 	client.Client
-	Store    *store.Store
+	Store    Store
 	Node     string
 	Recorder events.EventRecorder
 	// RetryAfter is how soon a pod waiting for a tensor is looked at again.
@@ -51,7 +64,7 @@ func (r *PodReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 	var pod corev1.Pod
 	if err := r.Get(ctx, req.NamespacedName, &pod); err != nil {
 		if apierrors.IsNotFound(err) {
-			return ctrl.Result{}, r.releaseMatching(ctx, fmt.Sprintf("pod:%s/%s/", req.Namespace, req.Name), nil)
+			return ctrl.Result{}, r.releaseMatching(ctx, registry.PodNamePrefix(req.Namespace, req.Name), nil)
 		}
 		return ctrl.Result{}, err
 	}
@@ -66,7 +79,7 @@ func (r *PodReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 	if !ok {
 		return ctrl.Result{}, nil
 	}
-	reqs, err := k8sapi.ParseTensors(raw)
+	reqs, err := parseAnnotation(raw)
 	if err != nil {
 		r.event(&pod, corev1.EventTypeWarning, k8sapi.ReasonInvalidAnnotation, "%v", err)
 		return ctrl.Result{}, r.setStatus(ctx, &pod, map[string]string{"*": "error: " + err.Error()})
@@ -99,7 +112,7 @@ func (r *PodReconciler) ensure(ctx context.Context, pod *corev1.Pod, holder stri
 			return "waiting: permission denied", true // the owner may share it later
 		}
 	}
-	if holders, err := r.Store.Registry().Holders(ctx, name); err == nil && holders[holder] > 0 {
+	if holders, err := r.Store.Holders(ctx, name); err == nil && holders[holder] > 0 {
 		if info, err := r.Store.Stat(ctx, name); err == nil && matches(info.DType, info.Shape, tr) {
 			return "ready", false
 		}
@@ -109,12 +122,12 @@ func (r *PodReconciler) ensure(ctx context.Context, pod *corev1.Pod, holder stri
 	if tr.Create {
 		_, statErr := r.Store.Stat(ctx, name)
 		created = errors.Is(statErr, errdefs.ErrNotFound)
-		_, err = r.Store.Create(ctx, store.CreateParams{Name: name, DType: tr.DType, Shape: tr.Shape, Device: tr.Device, Tenant: k8sapi.Owner(name), Holder: holder})
+		_, _, err = r.Store.Create(ctx, store.CreateParams{Name: name, DType: tr.DType, Shape: tr.Shape, Device: tr.Device, Tenant: k8sapi.Owner(name), Holder: holder})
 	} else {
-		got, gerr := r.Store.Get(ctx, name, holder, "")
+		got, _, gerr := r.Store.Get(ctx, store.GetParams{Name: name, Holder: holder})
 		err = gerr
 		if err == nil && tr.DType != "" && !matches(got.DType, got.Shape, tr) {
-			r.Store.Release(ctx, name, holder, 1, "")
+			r.Store.Release(ctx, store.ReleaseParams{Name: name, Holder: holder, Count: 1})
 			err = fmt.Errorf("%w: tensor %s is %s%s, the pod asks for %s%s", errdefs.ErrAlreadyExists, name, got.DType,
 				tensor.FormatShape(got.Shape), tr.DType, tensor.FormatShape(tr.Shape))
 		}
@@ -138,9 +151,34 @@ func (r *PodReconciler) ensure(ctx context.Context, pod *corev1.Pod, holder stri
 	}
 }
 
+// parseAnnotation reads a pod's memcuda.io/tensors annotation: the API's
+// strict syntax, then the agent's rules for names, dtypes and shapes.
+func parseAnnotation(raw string) ([]k8sapi.TensorRequest, error) {
+	reqs, err := k8sapi.ParseTensors(raw)
+	if err != nil {
+		return nil, err
+	}
+	for i, r := range reqs {
+		if err := tensor.ValidateName(r.Name[strings.IndexByte(r.Name, '/')+1:]); err != nil {
+			return nil, fmt.Errorf("%s entry %d: %w", k8sapi.AnnotationTensors, i, err)
+		}
+		if r.DType == "" {
+			continue
+		}
+		dt, err := tensor.ParseDType(r.DType)
+		if err == nil {
+			_, err = tensor.NumBytes(dt, r.Shape, 0)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s entry %d (%s): %w", k8sapi.AnnotationTensors, i, r.Name, err)
+		}
+	}
+	return reqs, nil
+}
+
 // matches reports whether a tensor has the dtype and shape a request names
 // (a request without them accepts any).
-func matches(dt tensor.DType, shape []int64, tr k8sapi.TensorRequest) bool {
+func matches(dt v1.DType, shape []int64, tr k8sapi.TensorRequest) bool {
 	if tr.DType != "" {
 		want, err := tensor.ParseDType(tr.DType)
 		if err != nil || want != dt {
@@ -163,12 +201,12 @@ func (r *PodReconciler) releaseMatching(ctx context.Context, prefix string, pod 
 // releaseHolders drops all references of every holder that drop selects,
 // on every tensor, and calls done for each.
 func (r *PodReconciler) releaseHolders(ctx context.Context, drop func(holder string) bool, done func(name, holder string)) error {
-	names, err := r.Store.Registry().Names(ctx)
+	names, err := r.Store.Names(ctx)
 	if err != nil {
 		return err
 	}
 	for _, name := range names {
-		holders, err := r.Store.Registry().Holders(ctx, name)
+		holders, err := r.Store.Holders(ctx, name)
 		if err != nil {
 			return err
 		}

@@ -3,7 +3,6 @@ package controller
 import (
 	"context"
 	"errors"
-	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -16,7 +15,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
-	"github.com/memcuda/memcuda/pkg/store"
+	k8sapi "github.com/memcuda/memcuda/api/k8s/v1alpha1"
+	"github.com/memcuda/memcuda/pkg/registry"
 )
 
 // Options configure the controller's manager.
@@ -31,7 +31,7 @@ type Options struct {
 // NewManager returns a manager whose cache holds only this node's pods (a
 // field selector on spec.nodeName) and namespaces, with the pod controller
 // and the sweeper added.
-func NewManager(cfg *rest.Config, st *store.Store, o Options) (manager.Manager, *PodReconciler, error) {
+func NewManager(cfg *rest.Config, st Store, o Options) (manager.Manager, *PodReconciler, error) {
 	if o.Node == "" {
 		return nil, nil, errors.New("controller: node name is empty")
 	}
@@ -80,12 +80,8 @@ func NewManager(cfg *rest.Config, st *store.Store, o Options) (manager.Manager, 
 // exist with another UID): pods that ended while the agent was not watching.
 func (r *PodReconciler) Sweep(ctx context.Context) error {
 	gone := func(h string) bool {
-		rest, ok := strings.CutPrefix(h, "pod:")
-		if !ok {
-			return false
-		}
-		parts := strings.SplitN(rest, "/", 3)
-		return len(parts) == 3 && !r.podAlive(ctx, parts[0], parts[1], types.UID(parts[2]))
+		ns, name, uid, ok := registry.ParsePodHolder(h)
+		return ok && !r.podAlive(ctx, ns, name, types.UID(uid))
 	}
 	return r.releaseHolders(ctx, gone, func(name, h string) {
 		ctrl.Log.WithName("sweep").Info("dropped the references of a pod that is gone", "tensor", name, "holder", h)
@@ -121,5 +117,5 @@ func (r *PodReconciler) NamespaceShares(ctx context.Context, ns string) string {
 	if err := r.Get(ctx, types.NamespacedName{Name: ns}, &n); err != nil {
 		return ""
 	}
-	return n.Annotations["memcuda.io/share-with"]
+	return n.Annotations[k8sapi.AnnotationShareWith]
 }

@@ -1,5 +1,5 @@
 // Package envtestenv starts a real kube-apiserver and etcd for tests
-// (controller-runtime's envtest), built once by hack/envtest-assets.sh.
+// (controller-runtime's envtest), built once by scripts/envtest-assets.sh.
 package envtestenv
 
 import (
@@ -16,7 +16,7 @@ import (
 func Start(t testing.TB) *rest.Config {
 	t.Helper()
 	if os.Getenv("TEST_ASSET_KUBE_APISERVER") == "" || os.Getenv("TEST_ASSET_ETCD") == "" {
-		t.Fatal("envtest needs TEST_ASSET_KUBE_APISERVER and TEST_ASSET_ETCD: run `eval $(bash hack/envtest-assets.sh)` (make test does)")
+		t.Fatal("envtest needs TEST_ASSET_KUBE_APISERVER and TEST_ASSET_ETCD: run `eval $(bash scripts/envtest-assets.sh)` (make test does)")
 	}
 	env := &envtest.Environment{}
 	cfg, err := env.Start()

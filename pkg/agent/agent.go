@@ -23,6 +23,7 @@ import (
 	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/client/config"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
+	v1 "github.com/memcuda/memcuda/api/v1"
 	"github.com/memcuda/memcuda/cuda"
 	"github.com/memcuda/memcuda/internal/blockingnet"
 	"github.com/memcuda/memcuda/internal/controller"
@@ -35,7 +36,6 @@ import (
 	"github.com/memcuda/memcuda/pkg/registry"
 	"github.com/memcuda/memcuda/pkg/server"
 	"github.com/memcuda/memcuda/pkg/store"
-	"github.com/memcuda/memcuda/pkg/tensor"
 )
 
 // Config is everything the agent is told at start.
@@ -47,7 +47,7 @@ type Config struct {
 	ClusterPrefix string
 	Node          string
 	Socket        string
-	Backend       string // auto | host
+	Backend       string // auto, vmm, legacy or host
 	DeviceLimit   uint64
 	MetricsAddr   string // "" disables the HTTP endpoint
 	GCInterval    time.Duration
@@ -132,17 +132,17 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 // openBackend picks the memory backend: auto is vmm when a GPU is visible,
 // host otherwise.
 func (a *Agent) openBackend(name string) (backend.Backend, error) {
-	switch name {
+	switch v1.IPCMode(name) {
 	case "auto", "":
 		if gpu.Available() {
-			return gpu.New(tensor.ModeVMM, a.instance)
+			return gpu.New(v1.ModeVMM, a.instance)
 		}
 		_, err := cuda.DeviceCount()
 		a.log.Info("no GPU visible; using the host backend", "reason", err)
-		return a.openBackend("host")
-	case tensor.ModeVMM, tensor.ModeLegacy:
-		return gpu.New(name, a.instance)
-	case tensor.ModeHost:
+		return a.openBackend(string(v1.ModeHost))
+	case v1.ModeVMM, v1.ModeLegacy:
+		return gpu.New(v1.IPCMode(name), a.instance)
+	case v1.ModeHost:
 		hb := host.New(a.cfg.RedisPrefix, a.instance, host.WithLogger(a.log))
 		removed, err := hb.RemoveStale()
 		if err != nil {
@@ -155,9 +155,6 @@ func (a *Agent) openBackend(name string) (backend.Backend, error) {
 	}
 	return nil, fmt.Errorf("--backend %q: want auto, vmm, legacy or host", name)
 }
-
-// Store is the agent's store.
-func (a *Agent) Store() *store.Store { return a.st }
 
 // Run serves until ctx ends, then shuts down in order: stop taking work,
 // drop leases, remove this instance's records, release memory.
@@ -177,7 +174,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	var wg sync.WaitGroup
 	run := func(f func()) { wg.Add(1); go func() { defer wg.Done(); f() }() }
-	srvOpts := []server.Option{server.WithLogger(a.log), server.WithMetrics(m), server.WithOpTimeout(a.cfg.OpTimeout)}
+	srvOpts := []server.Option{server.WithLogger(a.log), server.WithObserver(m), server.WithOpTimeout(a.cfg.OpTimeout)}
 	if a.cfg.Kubernetes {
 		opts, err := a.startKubernetes(ctx, run)
 		if err != nil {
@@ -205,7 +202,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			return
 		}
 		if a.cfg.Queue {
-			w := queue.NewWorker(a.st, queue.WithLogger(a.log), queue.WithMetrics(m), queue.WithReplyTTL(a.cfg.ReplyTTL))
+			w := queue.NewWorker(a.st, a.rdb, a.reg.Keys(), queue.WithLogger(a.log), queue.WithObserver(m), queue.WithReplyTTL(a.cfg.ReplyTTL))
 			run(func() { w.Run(ctx) })
 		}
 		run(func() { a.background(ctx) })
@@ -311,7 +308,7 @@ func (a *Agent) heartbeat(ctx context.Context) {
 	k := a.reg.Keys()
 	_, err := a.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		p.HSet(ctx, k.Agent(), "instance", a.instance, "pid", os.Getpid(), "node", a.cfg.Node,
-			"mode", a.be.Mode(), "socket", a.cfg.Socket, "beat", time.Now().UnixMilli(), "software", server.Software)
+			"mode", string(a.be.Mode()), "socket", a.cfg.Socket, "beat", time.Now().UnixMilli(), "software", server.Software)
 		p.Expire(ctx, k.Agent(), a.cfg.HeartbeatTTL)
 		p.SAdd(ctx, k.Agents(), a.cfg.Node)
 		if a.cfg.ClusterPrefix != "" {

@@ -22,7 +22,6 @@ import (
 	"github.com/memcuda/memcuda/pkg/agent"
 	"github.com/memcuda/memcuda/pkg/backend/gpu"
 	"github.com/memcuda/memcuda/pkg/client"
-	"github.com/memcuda/memcuda/pkg/tensor"
 )
 
 // The whole agent (in this process, so that -cpuprofile sees it) answering
@@ -40,13 +39,13 @@ func BenchmarkSocket(b *testing.B) {
 		frame := mustFrame(b, &v1.Request{ID: 1, Op: v1.OpCreate, Name: "b.c.1", DType: "bf16", Shape: []int64{256, 1024}})
 		timeRoundTrips(b, c, func(int) []byte { return frame }, nil)
 	})
-	modes := []string{tensor.ModeHost}
+	modes := []v1.IPCMode{v1.ModeHost}
 	if gpu.Available() {
-		modes = append(modes, tensor.ModeVMM, tensor.ModeLegacy)
+		modes = append(modes, v1.ModeVMM, v1.ModeLegacy)
 	}
 	for _, mode := range modes {
 		sock := startAgent(b, srv, mode)
-		b.Run(mode+"/create", func(b *testing.B) {
+		b.Run(string(mode)+"/create", func(b *testing.B) {
 			c := dialRaw(b, sock)
 			c.roundTrip(b, mustFrame(b, &v1.Request{ID: 1, Op: v1.OpHello}))
 			timeRoundTrips(b, c, func(i int) []byte {
@@ -58,7 +57,7 @@ func BenchmarkSocket(b *testing.B) {
 				c.roundTrip(b, mustFrame(b, &v1.Request{ID: 4, Op: v1.OpDelete, Name: name}))
 			})
 		})
-		b.Run(mode+"/get-warm", func(b *testing.B) {
+		b.Run(string(mode)+"/get-warm", func(b *testing.B) {
 			c := dialRaw(b, sock)
 			c.roundTrip(b, mustFrame(b, &v1.Request{ID: 1, Op: v1.OpCreate, Name: "b.get", DType: "f32", Shape: []int64{1024}}))
 			get := mustFrame(b, &v1.Request{ID: 2, Op: v1.OpGet, Name: "b.get"})
@@ -202,11 +201,11 @@ func startEcho(b *testing.B) string {
 
 // startAgent runs an agent of the given backend in this process until the
 // benchmark ends, and waits until it answers on its socket.
-func startAgent(b *testing.B, srv *redistest.Server, mode string) string {
-	sock := filepath.Join(b.TempDir(), mode+".sock")
+func startAgent(b *testing.B, srv *redistest.Server, mode v1.IPCMode) string {
+	sock := filepath.Join(b.TempDir(), string(mode)+".sock")
 	cfg := agent.Config{
-		RedisURL: "unix://" + srv.Socket(), RedisPrefix: "bench-" + mode + ":", Node: "bench", Socket: sock,
-		Backend: mode, GCInterval: time.Second, ReplyTTL: time.Minute, ZeroFill: true, Queue: true,
+		RedisURL: "unix://" + srv.Socket(), RedisPrefix: "bench-" + string(mode) + ":", Node: "bench", Socket: sock,
+		Backend: string(mode), GCInterval: time.Second, ReplyTTL: time.Minute, ZeroFill: true, Queue: true,
 		RedisBlockingIO: true, RegistryWriteBehind: true, OpTimeout: 10 * time.Second, HeartbeatTTL: 30 * time.Second,
 	}
 	a, err := agent.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))

@@ -6,6 +6,7 @@ package backend
 import (
 	"context"
 
+	v1 "github.com/memcuda/memcuda/api/v1"
 	"github.com/memcuda/memcuda/pkg/pool"
 )
 
@@ -44,7 +45,7 @@ type AsyncZeroer interface {
 // Backend makes segments on its devices.
 type Backend interface {
 	// Mode is the registry's ipc_mode for this backend's tensors.
-	Mode() string
+	Mode() v1.IPCMode
 	Devices() []Device
 	// Granularity is the size every segment is a multiple of.
 	Granularity(device int) uint64

@@ -10,18 +10,23 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	v1 "github.com/memcuda/memcuda/api/v1"
 	"github.com/memcuda/memcuda/pkg/errdefs"
-	"github.com/memcuda/memcuda/pkg/store"
 )
 
-// Metrics records operations. A nil *Metrics records nothing.
+// StatsSource gives the pools' statistics (the agent's store).
+type StatsSource interface {
+	Stats() v1.Stats
+}
+
+// Metrics records operations.
 type Metrics struct {
 	ops     *prometheus.CounterVec
 	latency *prometheus.HistogramVec
 }
 
 // New registers the agent's metrics on reg. queueDepth may be nil.
-func New(reg prometheus.Registerer, st *store.Store, queueDepth func(context.Context) (int64, error)) *Metrics {
+func New(reg prometheus.Registerer, st StatsSource, queueDepth func(context.Context) (int64, error)) *Metrics {
 	m := &Metrics{
 		ops: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "memcuda_ops_total", Help: "Operations handled, by path (socket|queue), op and result code.",
@@ -37,9 +42,6 @@ func New(reg prometheus.Registerer, st *store.Store, queueDepth func(context.Con
 
 // Observe records one operation that started at start.
 func (m *Metrics) Observe(path, op string, err error, start time.Time) {
-	if m == nil {
-		return
-	}
 	m.ops.WithLabelValues(path, op, errdefs.Code(err)).Inc()
 	m.latency.WithLabelValues(path, op).Observe(time.Since(start).Seconds())
 }
@@ -55,7 +57,7 @@ var (
 )
 
 type poolCollector struct {
-	st         *store.Store
+	st         StatsSource
 	queueDepth func(context.Context) (int64, error)
 }
 
@@ -66,9 +68,9 @@ func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
-	n, pools := c.st.Stats()
-	ch <- prometheus.MustNewConstMetric(tensorsDesc, prometheus.GaugeValue, float64(n))
-	for _, p := range pools {
+	st := c.st.Stats()
+	ch <- prometheus.MustNewConstMetric(tensorsDesc, prometheus.GaugeValue, float64(st.Tensors))
+	for _, p := range st.Pools {
 		l := []string{strconv.Itoa(p.Device), p.Tenant}
 		ch <- prometheus.MustNewConstMetric(allocDesc, prometheus.GaugeValue, float64(p.Allocated), l...)
 		ch <- prometheus.MustNewConstMetric(reservedDesc, prometheus.GaugeValue, float64(p.Reserved), l...)

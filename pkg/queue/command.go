@@ -1,4 +1,4 @@
-// Package queue is the seed's control plane: JSON commands on a Redis List,
+// Package queue is the Redis control plane: JSON commands on a Redis List,
 // taken with a reliable-queue pattern (BLMOVE into a per-node processing list,
 // removed only once handled), answered on a reply list that expires, with
 // malformed commands sent to a dead-letter list.
@@ -19,33 +19,6 @@ import (
 
 // MaxCommandSize bounds one command's JSON.
 const MaxCommandSize = 64 << 10
-
-// Queue operations: the socket's names for the same operations.
-const (
-	OpCreate  = v1.OpCreate
-	OpGet     = v1.OpGet
-	OpRelease = v1.OpRelease
-	OpDelete  = v1.OpDelete
-	OpList    = v1.OpList
-	OpStat    = v1.OpStat
-)
-
-// Command is one parsed command.
-type Command struct {
-	Op      string  `json:"op"`
-	Name    string  `json:"name,omitempty"`
-	DType   string  `json:"dtype,omitempty"`
-	Shape   []int64 `json:"shape"`            // null for ops other than create
-	Device  string  `json:"device,omitempty"` // ordinal or UUID
-	ID      string  `json:"id,omitempty"`
-	ReplyTo string  `json:"reply_to,omitempty"`
-	PID     int     `json:"pid,omitempty"`
-	// PIDStart is the process's start time in clock ticks since boot (field
-	// 22 of /proc/<pid>/stat), 0 when not given. With it the agent refuses
-	// a pid that names another process in its PID namespace: a sender in a
-	// namespace of its own would otherwise pin a reference on a stranger.
-	PIDStart uint64 `json:"pid_start,omitempty"`
-}
 
 type wireCommand struct {
 	Op       *string          `json:"op"`
@@ -85,9 +58,9 @@ var idOK = func(s string) bool {
 // Parse decodes and validates a command. replyPrefix is the prefix every
 // reply_to key must start with (so a command cannot make the agent write to
 // arbitrary keys).
-func Parse(raw []byte, replyPrefix string) (Command, error) {
+func Parse(raw []byte, replyPrefix string) (v1.Command, error) {
 	if len(raw) > MaxCommandSize {
-		return Command{}, &ParseError{Err: errdefs.Invalid("command of %d bytes exceeds %d", len(raw), MaxCommandSize)}
+		return v1.Command{}, &ParseError{Err: errdefs.Invalid("command of %d bytes exceeds %d", len(raw), MaxCommandSize)}
 	}
 	var w wireCommand
 	dec := json.NewDecoder(bytes.NewReader(raw))
@@ -109,11 +82,11 @@ func Parse(raw []byte, replyPrefix string) (Command, error) {
 			pe.ReplyTo = s
 		}
 	}
-	fail := func(e error) (Command, error) { pe.Err = e; return Command{}, pe }
+	fail := func(e error) (v1.Command, error) { pe.Err = e; return v1.Command{}, pe }
 	if err != nil {
 		return fail(errdefs.Invalid("bad command JSON: %v", err))
 	}
-	var c Command
+	var c v1.Command
 	if w.Op == nil {
 		return fail(errdefs.Invalid("command has no op"))
 	}
@@ -156,7 +129,7 @@ func Parse(raw []byte, replyPrefix string) (Command, error) {
 		c.Device = d
 	}
 	switch c.Op {
-	case OpCreate:
+	case v1.OpCreate:
 		if w.DType == nil || w.Shape == nil {
 			return fail(errdefs.Invalid("create needs dtype and shape"))
 		}
@@ -171,20 +144,20 @@ func Parse(raw []byte, replyPrefix string) (Command, error) {
 		if _, err := tensor.NumBytes(dt, c.Shape, 0); err != nil {
 			return fail(err)
 		}
-	case OpGet, OpRelease:
+	case v1.OpGet, v1.OpRelease:
 		if c.PID == 0 {
 			return fail(errdefs.Invalid("%s needs the pid that owns the reference", c.Op))
 		}
-	case OpDelete, OpStat, OpList:
+	case v1.OpDelete, v1.OpStat, v1.OpList:
 	default:
 		return fail(errdefs.Invalid("unknown op %q (want create, get, release, delete, list or stat)", c.Op))
 	}
-	if c.Op != OpList {
+	if c.Op != v1.OpList {
 		if err := tensor.ValidateName(c.Name); err != nil {
 			return fail(err)
 		}
 	}
-	if c.Op != OpCreate && (w.Shape != nil || w.DType != nil) {
+	if c.Op != v1.OpCreate && (w.Shape != nil || w.DType != nil) {
 		return fail(errdefs.Invalid("%s takes no dtype or shape", c.Op))
 	}
 	return c, nil

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	v1 "github.com/memcuda/memcuda/api/v1"
 	"github.com/memcuda/memcuda/pkg/errdefs"
 )
 
@@ -39,7 +40,7 @@ func TestParse(t *testing.T) {
 				t.Fatalf("code %s (%v), want %s", got, err, tc.Code)
 			}
 			if err == nil {
-				if c.Op == "" || (c.Op != OpList && c.Name == "") {
+				if c.Op == "" || (c.Op != v1.OpList && c.Name == "") {
 					t.Fatalf("parsed %+v", c)
 				}
 				return

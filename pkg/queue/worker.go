@@ -12,46 +12,42 @@ import (
 
 	v1 "github.com/memcuda/memcuda/api/v1"
 	"github.com/memcuda/memcuda/pkg/errdefs"
-	"github.com/memcuda/memcuda/pkg/metrics"
 	"github.com/memcuda/memcuda/pkg/registry"
 	"github.com/memcuda/memcuda/pkg/store"
-	"github.com/memcuda/memcuda/pkg/tensor"
 )
 
 // MaxDeadLetters bounds the dead-letter list.
 const MaxDeadLetters = 10000
 
-// Reply is what the agent pushes to a command's reply_to list.
-type Reply struct {
-	ID      string        `json:"id,omitempty"`
-	OK      bool          `json:"ok"`
-	Error   *ReplyError   `json:"error,omitempty"`
-	Tensor  *tensor.Info  `json:"tensor,omitempty"`
-	Tensors []tensor.Info `json:"tensors,omitempty"`
+// Store is what the worker applies commands to (the agent's store).
+type Store interface {
+	Create(ctx context.Context, p store.CreateParams) (v1.Tensor, store.Commit, error)
+	Get(ctx context.Context, p store.GetParams) (v1.Tensor, store.Commit, error)
+	Release(ctx context.Context, p store.ReleaseParams) (registry.ReleaseResult, error)
+	Delete(ctx context.Context, name, reqID string) (registry.ReleaseResult, error)
+	Stat(ctx context.Context, name string) (v1.Tensor, error)
+	List(ctx context.Context) ([]v1.Tensor, error)
+	Holders(ctx context.Context, name string) (map[string]int64, error)
 }
 
-// ReplyError is a reply's error: the same {code, message} as the socket's.
-type ReplyError = v1.Error
-
-// DeadLetter is an entry of the dead-letter list.
-type DeadLetter struct {
-	Command string `json:"command"`
-	Error   string `json:"error"`
-	Time    int64  `json:"time"`
-	Node    string `json:"node"`
+// Observer records each handled command (the agent's metrics).
+type Observer interface {
+	Observe(path, op string, err error, start time.Time)
 }
+
+type noObserver struct{}
+
+func (noObserver) Observe(string, string, error, time.Time) {}
 
 // Worker takes commands from the list and applies them to the store.
 type Worker struct {
-	st       *store.Store
+	st       Store
 	rdb      redis.UniversalClient
 	keys     registry.Keys
 	log      *slog.Logger
-	metrics  *metrics.Metrics
+	obs      Observer
 	replyTTL time.Duration
 	block    time.Duration
-	maxWait  time.Duration
-	ready    func(bool)
 }
 
 // Option configures a Worker.
@@ -60,24 +56,19 @@ type Option func(*Worker)
 // WithLogger sets the logger.
 func WithLogger(l *slog.Logger) Option { return func(w *Worker) { w.log = l } }
 
-// WithMetrics records every command.
-func WithMetrics(m *metrics.Metrics) Option { return func(w *Worker) { w.metrics = m } }
+// WithObserver records every command.
+func WithObserver(o Observer) Option { return func(w *Worker) { w.obs = o } }
 
 // WithReplyTTL sets how long reply lists live (default 60s).
 func WithReplyTTL(d time.Duration) Option { return func(w *Worker) { w.replyTTL = d } }
 
-// WithMaxBackoff caps the wait between attempts while Redis is down (default 5s).
-func WithMaxBackoff(d time.Duration) Option { return func(w *Worker) { w.maxWait = d } }
+// maxBackoff caps the wait between attempts while Redis is down.
+const maxBackoff = 5 * time.Second
 
-// WithReadyFunc is told whether the worker currently reaches Redis.
-func WithReadyFunc(f func(bool)) Option { return func(w *Worker) { w.ready = f } }
-
-// NewWorker returns a worker for the store's registry keys.
-func NewWorker(st *store.Store, opts ...Option) *Worker {
-	w := &Worker{
-		st: st, rdb: st.Registry().Client(), keys: st.Registry().Keys(), log: slog.Default(),
-		replyTTL: time.Minute, block: time.Second, maxWait: 5 * time.Second, ready: func(bool) {},
-	}
+// NewWorker returns a worker that takes the commands of keys' prefix and
+// node from rdb and applies them to st.
+func NewWorker(st Store, rdb redis.UniversalClient, keys registry.Keys, opts ...Option) *Worker {
+	w := &Worker{st: st, rdb: rdb, keys: keys, log: slog.Default(), obs: noObserver{}, replyTTL: time.Minute, block: time.Second}
 	for _, o := range opts {
 		o(w)
 	}
@@ -93,21 +84,19 @@ func (w *Worker) Run(ctx context.Context) {
 	for ctx.Err() == nil {
 		err := w.drainProcessing(ctx)
 		if err == nil {
-			w.ready(true)
 			wait = 50 * time.Millisecond
 			err = w.loop(ctx)
 		}
 		if ctx.Err() != nil {
 			return
 		}
-		w.ready(false)
 		w.log.Warn("command queue paused; retrying", "err", err, "in", wait)
 		select {
 		case <-ctx.Done():
 			return
 		case <-time.After(wait):
 		}
-		wait = min(wait*2, w.maxWait)
+		wait = min(wait*2, maxBackoff)
 	}
 }
 
@@ -152,13 +141,13 @@ func (w *Worker) loop(ctx context.Context) error {
 func (w *Worker) process(ctx context.Context, raw string) error {
 	start := time.Now()
 	cmd, perr := Parse([]byte(raw), w.keys.ReplyPrefix())
-	var reply Reply
+	var reply v1.Reply
 	var err error
 	if perr != nil {
 		var pe *ParseError
 		errors.As(perr, &pe)
-		reply = Reply{ID: pe.ID, Error: &ReplyError{Code: errdefs.Code(perr), Message: perr.Error()}}
-		cmd = Command{Op: "malformed", ID: pe.ID, ReplyTo: pe.ReplyTo}
+		reply = v1.Reply{ID: pe.ID, Error: &v1.Error{Code: errdefs.Code(perr), Message: perr.Error()}}
+		cmd = v1.Command{Op: "malformed", ID: pe.ID, ReplyTo: pe.ReplyTo}
 		if err := w.deadLetter(ctx, raw, perr); err != nil {
 			return err
 		}
@@ -173,7 +162,7 @@ func (w *Worker) process(ctx context.Context, raw string) error {
 			w.log.Info("command failed", "op", cmd.Op, "name", cmd.Name, "id", cmd.ID, "err", err)
 		}
 	}
-	w.metrics.Observe("queue", cmd.Op, err, start)
+	w.obs.Observe("queue", cmd.Op, err, start)
 	if cmd.ReplyTo != "" {
 		if err := w.reply(ctx, cmd.ReplyTo, reply); err != nil {
 			return err
@@ -185,36 +174,36 @@ func (w *Worker) process(ctx context.Context, raw string) error {
 	return nil
 }
 
-func (w *Worker) apply(ctx context.Context, c Command) (Reply, error) {
-	r := Reply{ID: c.ID, OK: true}
+func (w *Worker) apply(ctx context.Context, c v1.Command) (v1.Reply, error) {
+	r := v1.Reply{ID: c.ID, OK: true}
 	var err error
-	var info tensor.Info
+	var info v1.Tensor
 	switch c.Op {
-	case OpCreate:
-		info, err = w.st.Create(ctx, store.CreateParams{Name: c.Name, DType: c.DType, Shape: c.Shape, Device: c.Device, OwnerPID: c.PID, ReqID: c.ID})
+	case v1.OpCreate:
+		info, _, err = w.st.Create(ctx, store.CreateParams{Name: c.Name, DType: c.DType, Shape: c.Shape, Device: c.Device, OwnerPID: c.PID, ReqID: c.ID})
 		r.Tensor = &info
-	case OpGet:
+	case v1.OpGet:
 		var holder string
 		if holder, err = store.PIDHolder(c.PID, c.PIDStart); err != nil {
 			break
 		}
-		info, err = w.st.Get(ctx, c.Name, holder, c.ID)
+		info, _, err = w.st.Get(ctx, store.GetParams{Name: c.Name, Holder: holder, ReqID: c.ID})
 		r.Tensor = &info
-	case OpRelease:
+	case v1.OpRelease:
 		var holder string
 		if holder, err = w.pidHolderOf(ctx, c.Name, c.PID, c.PIDStart); err == nil {
-			_, err = w.st.Release(ctx, c.Name, holder, 1, c.ID)
+			_, err = w.st.Release(ctx, store.ReleaseParams{Name: c.Name, Holder: holder, Count: 1, ReqID: c.ID})
 		}
-	case OpDelete:
+	case v1.OpDelete:
 		_, err = w.st.Delete(ctx, c.Name, c.ID)
-	case OpStat:
+	case v1.OpStat:
 		info, err = w.st.Stat(ctx, c.Name)
 		r.Tensor = &info
-	case OpList:
+	case v1.OpList:
 		r.Tensors, err = w.st.List(ctx)
 	}
 	if err != nil {
-		return Reply{ID: c.ID, Error: &ReplyError{Code: errdefs.Code(err), Message: err.Error()}}, err
+		return v1.Reply{ID: c.ID, Error: &v1.Error{Code: errdefs.Code(err), Message: err.Error()}}, err
 	}
 	return r, nil
 }
@@ -223,12 +212,12 @@ func (w *Worker) apply(ctx context.Context, c Command) (Reply, error) {
 // have exited already, so its start time is read from the refs hash (or
 // taken from the command, when it gives one).
 func (w *Worker) pidHolderOf(ctx context.Context, name string, pid int, start uint64) (string, error) {
-	holders, err := w.st.Registry().Holders(ctx, name)
+	holders, err := w.st.Holders(ctx, name)
 	if err != nil {
 		return "", err
 	}
 	for h := range holders {
-		if store.IsPIDHolderOf(h, pid, start) {
+		if registry.IsPIDHolderOf(h, pid, start) {
 			return h, nil
 		}
 	}
@@ -238,7 +227,7 @@ func (w *Worker) pidHolderOf(ctx context.Context, name string, pid int, start ui
 	return "", fmt.Errorf("%w: pid %d holds no reference on %q", errdefs.ErrFailedPrecondition, pid, name)
 }
 
-func (w *Worker) reply(ctx context.Context, key string, r Reply) error {
+func (w *Worker) reply(ctx context.Context, key string, r v1.Reply) error {
 	b, err := json.Marshal(r)
 	if err != nil {
 		return err
@@ -255,7 +244,7 @@ func (w *Worker) deadLetter(ctx context.Context, raw string, cause error) error 
 	if len(raw) > MaxCommandSize {
 		raw = raw[:MaxCommandSize]
 	}
-	b, _ := json.Marshal(DeadLetter{Command: raw, Error: cause.Error(), Time: time.Now().UnixMilli(), Node: w.keys.Node})
+	b, _ := json.Marshal(v1.DeadLetter{Command: raw, Error: cause.Error(), Time: time.Now().UnixMilli(), Node: w.keys.Node})
 	_, err := w.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		p.LPush(ctx, w.keys.Dead(), b)
 		p.LTrim(ctx, w.keys.Dead(), 0, MaxDeadLetters-1)

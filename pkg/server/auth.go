@@ -76,7 +76,7 @@ func (cn *conn) scope(ctx context.Context, req *v1.Request) error {
 }
 
 // visible reports whether a listed tensor may be shown to the caller.
-func (cn *conn) visible(ctx context.Context, info tensor.Info) bool {
+func (cn *conn) visible(ctx context.Context, info v1.Tensor) bool {
 	if cn.srv.auth == nil || cn.id.Namespace == "" {
 		return true
 	}

@@ -139,7 +139,7 @@ func TestNamespaceScoping(t *testing.T) {
 	if n < 4 {
 		t.Fatalf("%d refusals reported, want each one", n)
 	}
-	if n, _ := st.Stats(); n != 2 {
+	if n := st.Stats().Tensors; n != 2 {
 		t.Fatalf("%d tensors, want team-a/w and team-b/x", n)
 	}
 }

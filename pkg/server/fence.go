@@ -6,10 +6,10 @@ import (
 	"log/slog"
 	"sync/atomic"
 
+	v1 "github.com/memcuda/memcuda/api/v1"
 	"github.com/memcuda/memcuda/cuda"
 	"github.com/memcuda/memcuda/pkg/errdefs"
 	"github.com/memcuda/memcuda/pkg/store"
-	"github.com/memcuda/memcuda/pkg/tensor"
 )
 
 // sharedEvent is a client's IPC event opened in the agent. The connection
@@ -56,7 +56,7 @@ func decodeEvent(b64 string) (cuda.IPCEventHandle, error) {
 // of name, and returns a fence holding a reference on it.
 func (cn *conn) fence(name, b64 string) (store.Fence, error) {
 	info := cn.infos[name]
-	if info.IPCMode != tensor.ModeVMM && info.IPCMode != tensor.ModeLegacy {
+	if info.IPCMode != v1.ModeVMM && info.IPCMode != v1.ModeLegacy {
 		return nil, errdefs.Invalid("events order GPU work; tensor %q is %s", name, info.IPCMode)
 	}
 	e := cn.events[b64]
@@ -71,7 +71,7 @@ func (cn *conn) fence(name, b64 string) (store.Fence, error) {
 		}
 		ev, err := d.OpenIPCEvent(h)
 		if err != nil {
-			return nil, fmt.Errorf("%w: open the client's IPC event: %v", errdefs.ErrInvalidArgument, err)
+			return nil, fmt.Errorf("%w: open the client's IPC event: %w", errdefs.ErrInvalidArgument, err)
 		}
 		e = &sharedEvent{ev: ev}
 		e.refs.Store(1)

@@ -17,9 +17,7 @@ import (
 	v1 "github.com/memcuda/memcuda/api/v1"
 	"github.com/memcuda/memcuda/internal/blockingnet"
 	"github.com/memcuda/memcuda/internal/procinfo"
-	"github.com/memcuda/memcuda/pkg/backend"
 	"github.com/memcuda/memcuda/pkg/errdefs"
-	"github.com/memcuda/memcuda/pkg/metrics"
 	"github.com/memcuda/memcuda/pkg/registry"
 	"github.com/memcuda/memcuda/pkg/store"
 	"github.com/memcuda/memcuda/pkg/tensor"
@@ -28,11 +26,20 @@ import (
 // Software is reported in hello.
 var Software = "memcuda-agent dev"
 
+// Observer records each handled operation (the agent's metrics).
+type Observer interface {
+	Observe(path, op string, err error, start time.Time)
+}
+
+type noObserver struct{}
+
+func (noObserver) Observe(string, string, error, time.Time) {}
+
 // Server serves one listener.
 type Server struct {
-	st      *store.Store
+	st      Store
 	log     *slog.Logger
-	metrics *metrics.Metrics
+	obs     Observer
 	timeout time.Duration
 
 	auth      Authorizer
@@ -49,15 +56,15 @@ type Option func(*Server)
 // WithLogger sets the logger.
 func WithLogger(l *slog.Logger) Option { return func(s *Server) { s.log = l } }
 
-// WithMetrics records every operation.
-func WithMetrics(m *metrics.Metrics) Option { return func(s *Server) { s.metrics = m } }
+// WithObserver records every operation.
+func WithObserver(o Observer) Option { return func(s *Server) { s.obs = o } }
 
 // WithOpTimeout bounds the time of one operation (default 10s).
 func WithOpTimeout(d time.Duration) Option { return func(s *Server) { s.timeout = d } }
 
 // New returns a server over st.
-func New(st *store.Store, opts ...Option) *Server {
-	s := &Server{st: st, log: slog.Default(), timeout: 10 * time.Second, conns: map[*conn]struct{}{}}
+func New(st Store, opts ...Option) *Server {
+	s := &Server{st: st, log: slog.Default(), obs: noObserver{}, timeout: 10 * time.Second, conns: map[*conn]struct{}{}}
 	for _, o := range opts {
 		o(s)
 	}
@@ -90,7 +97,7 @@ func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
 			s.wg.Wait()
 			return err
 		}
-		cn := &conn{srv: s, holder: s.st.OpenLease(), leases: map[string]int64{}, infos: map[string]tensor.Info{}, sent: map[string]bool{}, events: map[string]*sharedEvent{}}
+		cn := &conn{srv: s, holder: s.st.OpenLease(), leases: map[string]int64{}, infos: map[string]v1.Tensor{}, sent: map[string]bool{}, events: map[string]*sharedEvent{}}
 		if cred, err := procinfo.PeerCred(c); err == nil {
 			cn.pid, cn.uid = int(cred.Pid), int(cred.Uid)
 		}
@@ -130,7 +137,7 @@ type conn struct {
 	// records one reference for the connection while the count is positive:
 	// further gets and releases on the same connection stay in the agent.
 	leases map[string]int64
-	infos  map[string]tensor.Info  // record of each leased tensor, as first returned
+	infos  map[string]v1.Tensor    // record of each leased tensor, as first returned
 	sent   map[string]bool         // segment ids whose descriptor this peer has
 	events map[string]*sharedEvent // IPC events this peer sent, opened here
 	// commit is the registry write of the request just handled, when it was
@@ -181,7 +188,7 @@ func (cn *conn) serve() {
 		} else {
 			start := time.Now()
 			resp, fds, err = cn.handle(req)
-			cn.srv.metrics.Observe("socket", req.Op, err, start)
+			cn.srv.obs.Observe("socket", req.Op, err, start)
 			if err != nil {
 				log.Debug("request failed", "op", req.Op, "name", req.Name, "err", err)
 				resp = errorResponse(req.ID, err)
@@ -206,7 +213,7 @@ func (cn *conn) runCommit(c store.Commit) {
 	defer cancel()
 	start := time.Now()
 	c(ctx)
-	cn.srv.metrics.Observe("socket", "registry_write", nil, start)
+	cn.srv.obs.Observe("socket", "registry_write", nil, start)
 }
 
 func errorResponse(id uint64, err error) *v1.Response {
@@ -226,131 +233,103 @@ func (cn *conn) reply(resp *v1.Response, fds []int) error {
 	return err
 }
 
+// handler serves one operation: it fills resp (already carrying the
+// request's id and ok) and returns the descriptors to attach.
+type handler func(cn *conn, ctx context.Context, req *v1.Request, resp *v1.Response) ([]int, error)
+
+// handlers has one method per operation.
+var handlers = map[string]handler{
+	v1.OpHello:   (*conn).hello,
+	v1.OpCreate:  (*conn).create,
+	v1.OpGet:     (*conn).get,
+	v1.OpRelease: (*conn).release,
+	v1.OpPublish: (*conn).publish,
+	v1.OpDelete:  (*conn).delete,
+	v1.OpStat:    (*conn).stat,
+	v1.OpList:    (*conn).list,
+	v1.OpStats:   (*conn).stats,
+	v1.OpGC:      (*conn).gc,
+	v1.OpTrim:    (*conn).trim,
+	v1.OpForget:  (*conn).forget,
+}
+
 func (cn *conn) handle(req *v1.Request) (*v1.Response, []int, error) {
+	h, ok := handlers[req.Op]
+	if !ok {
+		// A newer client may speak ops this agent does not have.
+		return nil, nil, fmt.Errorf("%w: this agent has no op %q (%s)", errdefs.ErrUnimplemented, req.Op, Software)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), cn.srv.timeout)
 	defer cancel()
-	st := cn.srv.st
-	resp := &v1.Response{ID: req.ID, OK: true}
 	if err := cn.scope(ctx, req); err != nil {
 		return nil, nil, err
 	}
-	switch req.Op {
-	case v1.OpHello:
-		resp.Hello = &v1.Hello{
-			Version: v1.Version, Agent: st.Instance(), Node: st.Node(), Mode: st.Backend().Mode(),
-			Devices: st.Backend().Devices(), PeerPID: cn.pid, Redis: st.Registry().Ping(ctx) == nil, Software: Software,
-			Features: []string{v1.OpForget},
-		}
-		return resp, nil, nil
-	case v1.OpCreate, v1.OpGet:
-		var info tensor.Info
-		var err error
-		if held, ok := cn.warm(req); ok {
-			info = held
-		} else if req.Op == v1.OpCreate {
-			shape := req.Shape
-			if shape == nil {
-				shape = []int64{}
-			}
-			info, cn.commit, err = st.CreateEarly(ctx, store.CreateParams{Name: req.Name, DType: req.DType, Shape: shape, Device: req.Device,
-				OwnerPID: cn.pid, Holder: cn.holder, Tenant: cn.id.Namespace})
-		} else {
-			info, cn.commit, err = st.GetEarly(ctx, req.Name, cn.holder)
-		}
-		if err != nil {
-			return nil, nil, err
-		}
-		cn.leases[req.Name]++
-		cn.infos[req.Name] = info
-		resp.Tensor = &info
-		return resp, cn.attach(resp, info), nil
-	case v1.OpRelease:
-		if cn.leases[req.Name] == 0 {
-			if err := tensor.ValidateName(req.Name); err != nil {
-				return nil, nil, err
-			}
-			return nil, nil, fmt.Errorf("%w: this connection holds no reference on %q", errdefs.ErrFailedPrecondition, req.Name)
-		}
-		var fence store.Fence
-		if req.Event != "" {
-			f, err := cn.fence(req.Name, req.Event)
-			if err != nil {
-				return nil, nil, err
-			}
-			fence = f
-			cn.srv.log.Debug("release with an event", "name", req.Name, "done", f.Done())
-		}
-		if cn.leases[req.Name] == 1 {
-			if _, err := st.ReleaseAfter(ctx, req.Name, cn.holder, registry.AllRefs, "", fence); err != nil {
-				return nil, nil, err
-			}
-			delete(cn.leases, req.Name)
-			delete(cn.infos, req.Name)
-			return resp, nil, nil
-		}
-		if fence != nil && !st.AttachFence(cn.infos[req.Name].UID, fence) {
-			fence.Release()
-		}
-		cn.leases[req.Name]--
-		return resp, nil, nil
-	case v1.OpPublish:
-		if cn.leases[req.Name] == 0 {
-			return nil, nil, fmt.Errorf("%w: publish needs a reference on %q held by this connection", errdefs.ErrFailedPrecondition, req.Name)
-		}
-		if _, err := decodeEvent(req.Event); err != nil {
-			return nil, nil, err
-		}
-		if err := st.Publish(ctx, req.Name, req.Event); err != nil {
-			return nil, nil, err
-		}
-		info := cn.infos[req.Name]
-		info.Event = req.Event
-		cn.infos[req.Name] = info
-		return resp, nil, nil
-	case v1.OpDelete:
-		_, err := st.Delete(ctx, req.Name, "")
-		return resp, nil, err
-	case v1.OpStat:
-		info, err := st.Stat(ctx, req.Name)
-		resp.Tensor = &info
-		return resp, nil, err
-	case v1.OpList:
-		list, err := st.List(ctx)
-		for _, t := range list {
-			if cn.visible(ctx, t) {
-				resp.Tensors = append(resp.Tensors, t)
-			}
-		}
-		return resp, nil, err
-	case v1.OpStats:
-		resp.Stats = StatsOf(st)
-		return resp, nil, nil
-	case v1.OpGC:
-		r, err := st.GC(ctx)
-		resp.GC = &v1.GCResult{Holders: r.Holders, Freed: r.Freed}
-		return resp, nil, err
-	case v1.OpTrim:
-		n, err := st.Trim()
-		resp.Trimmed = n
-		return resp, nil, err
-	case v1.OpForget:
-		// The peer closed its copy of the descriptor (its memory can go
-		// once the agent releases the segment): send it again when needed.
-		if req.Segment == "" {
-			return nil, nil, errdefs.Invalid("forget needs a segment id")
-		}
-		delete(cn.sent, req.Segment)
-		return resp, nil, nil
+	resp := &v1.Response{ID: req.ID, OK: true}
+	fds, err := h(cn, ctx, req, resp)
+	if err != nil {
+		return nil, nil, err
 	}
-	return nil, nil, errdefs.Invalid("unknown op %q", req.Op)
+	return resp, fds, nil
+}
+
+func (cn *conn) hello(ctx context.Context, _ *v1.Request, resp *v1.Response) ([]int, error) {
+	st := cn.srv.st
+	devs := st.Devices()
+	wire := make([]v1.Device, len(devs))
+	for i, d := range devs {
+		wire[i] = v1.Device{Index: d.Index, UUID: d.UUID, PCIBusID: d.PCIBusID, Name: d.Name, Total: d.Total}
+	}
+	resp.Hello = &v1.Hello{
+		Version: v1.Version, Agent: st.Instance(), Node: st.Node(), Mode: st.Mode(), Devices: wire,
+		PeerPID: cn.pid, Redis: st.Ping(ctx) == nil, Software: Software, Features: []string{v1.OpForget},
+	}
+	return nil, nil
+}
+
+func (cn *conn) create(ctx context.Context, req *v1.Request, resp *v1.Response) ([]int, error) {
+	if info, ok := cn.warm(req); ok {
+		return cn.lease(req.Name, info, resp), nil
+	}
+	shape := req.Shape
+	if shape == nil {
+		shape = []int64{}
+	}
+	info, commit, err := cn.srv.st.Create(ctx, store.CreateParams{Name: req.Name, DType: req.DType, Shape: shape, Device: req.Device,
+		OwnerPID: cn.pid, Holder: cn.holder, Tenant: cn.id.Namespace, WriteBehind: true})
+	if err != nil {
+		return nil, err
+	}
+	cn.commit = commit
+	return cn.lease(req.Name, info, resp), nil
+}
+
+func (cn *conn) get(ctx context.Context, req *v1.Request, resp *v1.Response) ([]int, error) {
+	if info, ok := cn.warm(req); ok {
+		return cn.lease(req.Name, info, resp), nil
+	}
+	info, commit, err := cn.srv.st.Get(ctx, store.GetParams{Name: req.Name, Holder: cn.holder, WriteBehind: true})
+	if err != nil {
+		return nil, err
+	}
+	cn.commit = commit
+	return cn.lease(req.Name, info, resp), nil
+}
+
+// lease counts one more reference of this connection on name and answers
+// with the record and, when the peer lacks it, the segment's descriptor.
+func (cn *conn) lease(name string, info v1.Tensor, resp *v1.Response) []int {
+	cn.leases[name]++
+	cn.infos[name] = info
+	resp.Tensor = &info
+	return cn.attach(resp, info)
 }
 
 // warm answers a get, or a create of the same dtype and shape, of a tensor
 // this connection already holds, without a Redis round trip.
-func (cn *conn) warm(req *v1.Request) (tensor.Info, bool) {
+func (cn *conn) warm(req *v1.Request) (v1.Tensor, bool) {
 	info, ok := cn.infos[req.Name]
 	if !ok || cn.leases[req.Name] == 0 || !cn.srv.st.Live(info.UID) {
-		return tensor.Info{}, false
+		return v1.Tensor{}, false
 	}
 	if req.Op == v1.OpCreate {
 		dt, err := tensor.ParseDType(req.DType)
@@ -359,23 +338,19 @@ func (cn *conn) warm(req *v1.Request) (tensor.Info, bool) {
 			shape = []int64{}
 		}
 		if err != nil || dt != info.DType || tensor.FormatShape(shape) != tensor.FormatShape(info.Shape) {
-			return tensor.Info{}, false // let the store give the precise error
+			return v1.Tensor{}, false // let the store give the precise error
 		}
 	}
 	return info, true
 }
 
 // attach adds the tensor's segment descriptor when this peer has not had it.
-func (cn *conn) attach(resp *v1.Response, info tensor.Info) []int {
+func (cn *conn) attach(resp *v1.Response, info v1.Tensor) []int {
 	if cn.sent[info.SegmentID] {
 		return nil
 	}
-	blk, ok := cn.srv.st.Block(info.UID)
-	if !ok {
-		return nil
-	}
-	seg := blk.Segment().(backend.Segment)
-	if seg.FD() < 0 {
+	seg, ok := cn.srv.st.Segment(info.UID)
+	if !ok || seg.FD() < 0 {
 		return nil
 	}
 	cn.sent[info.SegmentID] = true
@@ -383,12 +358,98 @@ func (cn *conn) attach(resp *v1.Response, info tensor.Info) []int {
 	return []int{seg.FD()}
 }
 
-// StatsOf converts the store's statistics to the wire form.
-func StatsOf(st *store.Store) *v1.Stats {
-	n, pools := st.Stats()
-	out := &v1.Stats{Tensors: n, Pending: st.Pending(), Pools: []v1.PoolStats{}}
-	for _, p := range pools {
-		out.Pools = append(out.Pools, v1.PoolStats{Device: p.Device, Tenant: p.Tenant, Limit: p.Limit, Stats: p.Stats})
+func (cn *conn) release(ctx context.Context, req *v1.Request, _ *v1.Response) ([]int, error) {
+	if cn.leases[req.Name] == 0 {
+		if err := tensor.ValidateName(req.Name); err != nil {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: this connection holds no reference on %q", errdefs.ErrFailedPrecondition, req.Name)
 	}
-	return out
+	var fence store.Fence
+	if req.Event != "" {
+		f, err := cn.fence(req.Name, req.Event)
+		if err != nil {
+			return nil, err
+		}
+		fence = f
+		cn.srv.log.Debug("release with an event", "name", req.Name, "done", f.Done())
+	}
+	if cn.leases[req.Name] > 1 {
+		if fence != nil && !cn.srv.st.AttachFence(cn.infos[req.Name].UID, fence) {
+			fence.Release()
+		}
+		cn.leases[req.Name]--
+		return nil, nil
+	}
+	if _, err := cn.srv.st.Release(ctx, store.ReleaseParams{Name: req.Name, Holder: cn.holder, Count: registry.AllRefs, Fence: fence}); err != nil {
+		return nil, err
+	}
+	delete(cn.leases, req.Name)
+	delete(cn.infos, req.Name)
+	return nil, nil
+}
+
+func (cn *conn) publish(ctx context.Context, req *v1.Request, _ *v1.Response) ([]int, error) {
+	if cn.leases[req.Name] == 0 {
+		return nil, fmt.Errorf("%w: publish needs a reference on %q held by this connection", errdefs.ErrFailedPrecondition, req.Name)
+	}
+	if _, err := decodeEvent(req.Event); err != nil {
+		return nil, err
+	}
+	if err := cn.srv.st.Publish(ctx, req.Name, req.Event); err != nil {
+		return nil, err
+	}
+	info := cn.infos[req.Name]
+	info.Event = req.Event
+	cn.infos[req.Name] = info
+	return nil, nil
+}
+
+func (cn *conn) delete(ctx context.Context, req *v1.Request, _ *v1.Response) ([]int, error) {
+	_, err := cn.srv.st.Delete(ctx, req.Name, "")
+	return nil, err
+}
+
+func (cn *conn) stat(ctx context.Context, req *v1.Request, resp *v1.Response) ([]int, error) {
+	info, err := cn.srv.st.Stat(ctx, req.Name)
+	resp.Tensor = &info
+	return nil, err
+}
+
+func (cn *conn) list(ctx context.Context, _ *v1.Request, resp *v1.Response) ([]int, error) {
+	list, err := cn.srv.st.List(ctx)
+	for _, t := range list {
+		if cn.visible(ctx, t) {
+			resp.Tensors = append(resp.Tensors, t)
+		}
+	}
+	return nil, err
+}
+
+func (cn *conn) stats(_ context.Context, _ *v1.Request, resp *v1.Response) ([]int, error) {
+	st := cn.srv.st.Stats()
+	resp.Stats = &st
+	return nil, nil
+}
+
+func (cn *conn) gc(ctx context.Context, _ *v1.Request, resp *v1.Response) ([]int, error) {
+	r, err := cn.srv.st.GC(ctx)
+	resp.GC = &v1.GCResult{Holders: r.Holders, Freed: r.Freed}
+	return nil, err
+}
+
+func (cn *conn) trim(_ context.Context, _ *v1.Request, resp *v1.Response) ([]int, error) {
+	n, err := cn.srv.st.Trim()
+	resp.Trimmed = n
+	return nil, err
+}
+
+// forget: the peer closed its copy of a segment's descriptor (its memory
+// can go once the agent releases the segment); send it again when needed.
+func (cn *conn) forget(_ context.Context, req *v1.Request, _ *v1.Response) ([]int, error) {
+	if req.Segment == "" {
+		return nil, errdefs.Invalid("forget needs a segment id")
+	}
+	delete(cn.sent, req.Segment)
+	return nil, nil
 }

@@ -5,7 +5,7 @@
 //     Clients' mappings keep the physical memory alive, so releasing a
 //     segment here is always safe.
 //   - legacy: segments from cuMemAlloc, shared by CUipcMemHandle (base64 in
-//     the registry, plus the tensor's offset), as the seed designed. A
+//     the registry, plus the tensor's offset), as the original design has it. A
 //     process that read the handle may map the segment at any time, so
 //     legacy segments are pinned: trim never releases them.
 package gpu
@@ -19,20 +19,20 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	v1 "github.com/memcuda/memcuda/api/v1"
 	"github.com/memcuda/memcuda/cuda"
 	"github.com/memcuda/memcuda/pkg/backend"
 	"github.com/memcuda/memcuda/pkg/errdefs"
-	"github.com/memcuda/memcuda/pkg/tensor"
 )
 
 // Backend serves every visible GPU.
 type Backend struct {
-	mode     string
+	mode     v1.IPCMode
 	instance string
 	devs     []backend.Device
 	cu       map[int]*cuda.Device
 	gran     map[int]uint64
-	fill     map[int]*cuda.Event // recorded after each queued zero-fill of the device
+	zeroed   map[int]*cuda.Event // recorded after each queued zero-fill of the device
 	seq      atomic.Uint64
 }
 
@@ -43,8 +43,8 @@ func Available() bool {
 }
 
 // New opens every GPU for mode vmm or legacy.
-func New(mode, instance string) (*Backend, error) {
-	if mode != tensor.ModeVMM && mode != tensor.ModeLegacy {
+func New(mode v1.IPCMode, instance string) (*Backend, error) {
+	if mode != v1.ModeVMM && mode != v1.ModeLegacy {
 		return nil, errdefs.Invalid("gpu backend mode %q: want vmm or legacy", mode)
 	}
 	n, err := cuda.DeviceCount()
@@ -54,7 +54,7 @@ func New(mode, instance string) (*Backend, error) {
 	if n == 0 {
 		return nil, fmt.Errorf("%w: no CUDA device is visible", cuda.ErrNoDriver)
 	}
-	b := &Backend{mode: mode, instance: instance, cu: map[int]*cuda.Device{}, gran: map[int]uint64{}, fill: map[int]*cuda.Event{}}
+	b := &Backend{mode: mode, instance: instance, cu: map[int]*cuda.Device{}, gran: map[int]uint64{}, zeroed: map[int]*cuda.Event{}}
 	for i := 0; i < n; i++ {
 		d, err := cuda.GetDevice(i)
 		if err != nil {
@@ -70,7 +70,7 @@ func New(mode, instance string) (*Backend, error) {
 			return nil, err
 		}
 		g := uint64(2 << 20)
-		if mode == tensor.ModeVMM {
+		if mode == v1.ModeVMM {
 			if ok, _ := d.Attribute(cuda.AttrVirtualMemoryManagementSupported); ok == 0 {
 				return nil, fmt.Errorf("GPU %d (%s) does not support virtual memory management: use --backend legacy", i, dev.UUID)
 			}
@@ -88,13 +88,13 @@ func New(mode, instance string) (*Backend, error) {
 		b.devs = append(b.devs, dev)
 		b.cu[i] = d
 		b.gran[i] = g
-		b.fill[i] = ev
+		b.zeroed[i] = ev
 	}
 	return b, nil
 }
 
 // Mode implements backend.Backend.
-func (b *Backend) Mode() string { return b.mode }
+func (b *Backend) Mode() v1.IPCMode { return b.mode }
 
 // Devices implements backend.Backend.
 func (b *Backend) Devices() []backend.Device { return b.devs }
@@ -105,7 +105,7 @@ func (b *Backend) Granularity(device int) uint64 { return b.gran[device] }
 // Close implements backend.Backend.
 func (b *Backend) Close() error {
 	var errs []error
-	for _, ev := range b.fill {
+	for _, ev := range b.zeroed {
 		errs = append(errs, ev.Destroy())
 	}
 	return errors.Join(errs...)
@@ -113,7 +113,7 @@ func (b *Backend) Close() error {
 
 func classify(err error) error {
 	if errors.Is(err, cuda.ErrOutOfMemory) {
-		return fmt.Errorf("%w: %v", errdefs.ErrOutOfMemory, err)
+		return fmt.Errorf("%w: %w", errdefs.ErrOutOfMemory, err)
 	}
 	return err
 }
@@ -125,7 +125,7 @@ func (b *Backend) NewSegment(_ context.Context, device int, size uint64) (backen
 		return nil, errdefs.Invalid("no GPU %d", device)
 	}
 	id := fmt.Sprintf("%s.%s.%d.%d", b.mode, b.instance, device, b.seq.Add(1))
-	if b.mode == tensor.ModeLegacy {
+	if b.mode == v1.ModeLegacy {
 		p, err := d.MemAlloc(size)
 		if err != nil {
 			return nil, classify(err)
@@ -135,7 +135,7 @@ func (b *Backend) NewSegment(_ context.Context, device int, size uint64) (backen
 			d.MemFree(p)
 			return nil, err
 		}
-		return &Segment{id: id, d: d, ptr: p, size: size, fd: -1, handle: base64.StdEncoding.EncodeToString(h[:]), legacy: true, fill: b.fill[device]}, nil
+		return &Segment{id: id, d: d, ptr: p, size: size, fd: -1, handle: base64.StdEncoding.EncodeToString(h[:]), legacy: true, zeroed: b.zeroed[device]}, nil
 	}
 	h, err := d.MemCreate(size)
 	if err != nil {
@@ -154,7 +154,7 @@ func (b *Backend) NewSegment(_ context.Context, device int, size uint64) (backen
 		unix.Close(fd)
 		return nil, classify(err)
 	}
-	return &Segment{id: id, d: d, ptr: p, size: size, fd: fd, fill: b.fill[device]}, nil
+	return &Segment{id: id, d: d, ptr: p, size: size, fd: fd, zeroed: b.zeroed[device]}, nil
 }
 
 // Segment is one GPU allocation, mapped in the agent.
@@ -166,7 +166,7 @@ type Segment struct {
 	fd     int
 	handle string
 	legacy bool
-	fill   *cuda.Event
+	zeroed *cuda.Event // the device's zero event
 }
 
 // ID implements backend.Segment.
@@ -190,7 +190,7 @@ func (s *Segment) Device() *cuda.Device { return s.d }
 // Pinned implements pool.Pinned: legacy segments are never trimmed.
 func (s *Segment) Pinned() bool { return s.legacy }
 
-// Zero implements backend.Segment: the queued fill, waited for.
+// Zero implements backend.Segment: the queued zero-fill, waited for.
 func (s *Segment) Zero(ctx context.Context, off, n uint64) error {
 	wait, err := s.ZeroAsync(ctx, off, n)
 	if err != nil {
@@ -199,10 +199,10 @@ func (s *Segment) Zero(ctx context.Context, off, n uint64) error {
 	return wait()
 }
 
-// ZeroAsync implements backend.AsyncZeroer: the fill goes on the device's
-// default stream, followed by the device's fill event; wait synchronizes on
-// that event. Its latest record may be another fill's, queued after this
-// one on the same stream, so waiting on it is never too early.
+// ZeroAsync implements backend.AsyncZeroer: the zero-fill goes on the
+// device's default stream, followed by the device's zero event; wait
+// synchronizes on that event. Its latest record may be another zero-fill's,
+// queued after this one on the same stream, so waiting on it is never too early.
 func (s *Segment) ZeroAsync(_ context.Context, off, n uint64) (func() error, error) {
 	if off+n > s.size {
 		return nil, fmt.Errorf("zero [%d,%d) outside segment of %d bytes", off, off+n, s.size)
@@ -210,21 +210,21 @@ func (s *Segment) ZeroAsync(_ context.Context, off, n uint64) (func() error, err
 	if n == 0 {
 		return func() error { return nil }, nil
 	}
-	if err := s.d.MemsetAsync(s.ptr+cuda.DevicePtr(off), 0, n, s.fill); err != nil {
+	if err := s.d.MemsetAsync(s.ptr+cuda.DevicePtr(off), 0, n, s.zeroed); err != nil {
 		return nil, err
 	}
-	return s.fill.Wait, nil
+	return s.zeroed.Wait, nil
 }
 
-// Release implements pool.Segment. It first waits for the fills queued on
-// the device: a block is cleared when it is freed, so a segment trimmed
-// right after its last free may still have a clear in flight, and
-// unmapping under it faults the agent's context (CUDA_ERROR_ILLEGAL_ADDRESS,
-// seen on an H200). The fill event's latest record follows every fill
-// queued so far.
+// Release implements pool.Segment. It first waits for the zero-fills
+// queued on the device: a block is zero-filled when it is freed, so a
+// segment trimmed right after its last free may still have one in flight,
+// and unmapping under it faults the agent's context
+// (CUDA_ERROR_ILLEGAL_ADDRESS). The zero event's latest record follows
+// every zero-fill queued so far.
 func (s *Segment) Release() error {
-	if err := s.fill.Wait(); err != nil {
-		return fmt.Errorf("release segment %s: wait for its clears: %w", s.id, err)
+	if err := s.zeroed.Wait(); err != nil {
+		return fmt.Errorf("release segment %s: wait for its zero-fills: %w", s.id, err)
 	}
 	if s.legacy {
 		return s.d.MemFree(s.ptr)

@@ -7,11 +7,11 @@ import (
 	"errors"
 	"testing"
 
+	v1 "github.com/memcuda/memcuda/api/v1"
 	"github.com/memcuda/memcuda/cuda"
-	"github.com/memcuda/memcuda/pkg/tensor"
 )
 
-func newBackend(t *testing.T, mode string) *Backend {
+func newBackend(t *testing.T, mode v1.IPCMode) *Backend {
 	t.Helper()
 	if !Available() {
 		t.Skip("no CUDA GPU")
@@ -27,7 +27,7 @@ func TestNewWithoutGPU(t *testing.T) {
 	if Available() {
 		t.Skip("a GPU is present")
 	}
-	if _, err := New(tensor.ModeVMM, "x"); !errors.Is(err, cuda.ErrNoDriver) {
+	if _, err := New(v1.ModeVMM, "x"); !errors.Is(err, cuda.ErrNoDriver) {
 		t.Fatalf("New without a GPU: %v, want ErrNoDriver", err)
 	}
 	if _, err := New("host", "x"); err == nil {
@@ -36,8 +36,8 @@ func TestNewWithoutGPU(t *testing.T) {
 }
 
 func TestSegments(t *testing.T) {
-	for _, mode := range []string{tensor.ModeVMM, tensor.ModeLegacy} {
-		t.Run(mode, func(t *testing.T) {
+	for _, mode := range []v1.IPCMode{v1.ModeVMM, v1.ModeLegacy} {
+		t.Run(string(mode), func(t *testing.T) {
 			b := newBackend(t, mode)
 			devs := b.Devices()
 			if len(devs) == 0 || devs[0].UUID == "" || devs[0].Total == 0 {
@@ -63,7 +63,7 @@ func TestSegments(t *testing.T) {
 			if !bytes.Equal(buf, make([]byte, 4096)) {
 				t.Fatal("Zero left data")
 			}
-			// The queued fill: a larger range, waited for through the event.
+			// The queued zero-fill: a larger range, waited for through the event.
 			n := uint64(1 << 20)
 			if err := d.CopyToDevice(s.Ptr()+4096, bytes.Repeat([]byte{0xCD}, int(n))); err != nil {
 				t.Fatal(err)
@@ -75,8 +75,8 @@ func TestSegments(t *testing.T) {
 			if err := wait(); err != nil {
 				t.Fatal(err)
 			}
-			if done, err := s.fill.Done(); !done || err != nil {
-				t.Fatalf("fill event not complete after wait: %v %v", done, err)
+			if done, err := s.zeroed.Done(); !done || err != nil {
+				t.Fatalf("zero event not complete after wait: %v %v", done, err)
 			}
 			big := make([]byte, n)
 			if err := d.CopyFromDevice(big, s.Ptr()+4096); err != nil {
@@ -89,11 +89,11 @@ func TestSegments(t *testing.T) {
 				t.Fatal("ZeroAsync past the segment's end did not fail")
 			}
 			switch mode {
-			case tensor.ModeVMM:
+			case v1.ModeVMM:
 				if seg.FD() < 0 || seg.Handle() != "" || s.Pinned() {
 					t.Fatalf("vmm segment fd=%d handle=%q pinned=%v", seg.FD(), seg.Handle(), s.Pinned())
 				}
-			case tensor.ModeLegacy:
+			case v1.ModeLegacy:
 				raw, err := base64.StdEncoding.DecodeString(seg.Handle())
 				if seg.FD() != -1 || err != nil || len(raw) != 64 || !s.Pinned() {
 					t.Fatalf("legacy segment fd=%d handle=%q pinned=%v", seg.FD(), seg.Handle(), s.Pinned())
@@ -110,8 +110,8 @@ func TestSegments(t *testing.T) {
 // after the last free) must not fault: the next segment's clear and the
 // copies after it work.
 func TestReleaseRightAfterAQueuedClear(t *testing.T) {
-	for _, mode := range []string{tensor.ModeVMM, tensor.ModeLegacy} {
-		t.Run(mode, func(t *testing.T) {
+	for _, mode := range []v1.IPCMode{v1.ModeVMM, v1.ModeLegacy} {
+		t.Run(string(mode), func(t *testing.T) {
 			b := newBackend(t, mode)
 			ctx := context.Background()
 			size := uint64(2 << 30) // a clear that takes a while
@@ -147,7 +147,7 @@ func TestReleaseRightAfterAQueuedClear(t *testing.T) {
 }
 
 func TestOutOfMemoryIsClassified(t *testing.T) {
-	b := newBackend(t, tensor.ModeVMM)
+	b := newBackend(t, v1.ModeVMM)
 	_, err := b.NewSegment(context.Background(), 0, b.Devices()[0].Total*4)
 	if err == nil {
 		t.Fatal("a segment of four times the device's memory was created")

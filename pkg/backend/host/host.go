@@ -17,13 +17,17 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	v1 "github.com/memcuda/memcuda/api/v1"
 	"github.com/memcuda/memcuda/pkg/backend"
 	"github.com/memcuda/memcuda/pkg/errdefs"
-	"github.com/memcuda/memcuda/pkg/tensor"
 )
 
 // ShmDir is where Linux keeps POSIX shared-memory objects.
 const ShmDir = "/dev/shm"
+
+// objectMode is the objects' permission bits: the agent's group (the
+// socket's) may map them from their records.
+const objectMode = 0o660
 
 // Backend makes shared-memory segments named memcuda.<scope>.<instance>.<n>,
 // where scope is derived from the registry prefix, so that a restarted agent
@@ -33,7 +37,6 @@ type Backend struct {
 	scope    string
 	instance string
 	seq      atomic.Uint64
-	mode     os.FileMode
 	log      *slog.Logger
 }
 
@@ -47,9 +50,6 @@ func WithDir(dir string) Option { return func(b *Backend) { b.dir = dir } }
 // WithLogger sets the logger.
 func WithLogger(l *slog.Logger) Option { return func(b *Backend) { b.log = l } }
 
-// WithFileMode sets the permission bits of the objects (default 0660).
-func WithFileMode(m os.FileMode) Option { return func(b *Backend) { b.mode = m } }
-
 // Scope turns a registry prefix into the short tag used in object names.
 func Scope(prefix string) string {
 	h := fnv.New32a()
@@ -60,7 +60,7 @@ func Scope(prefix string) string {
 // New returns a host backend for the agent instance, scoped by the registry
 // prefix.
 func New(prefix, instance string, opts ...Option) *Backend {
-	b := &Backend{dir: ShmDir, scope: Scope(prefix), instance: instance, mode: 0o660, log: slog.Default()}
+	b := &Backend{dir: ShmDir, scope: Scope(prefix), instance: instance, log: slog.Default()}
 	for _, o := range opts {
 		o(b)
 	}
@@ -68,7 +68,7 @@ func New(prefix, instance string, opts ...Option) *Backend {
 }
 
 // Mode implements backend.Backend.
-func (b *Backend) Mode() string { return tensor.ModeHost }
+func (b *Backend) Mode() v1.IPCMode { return v1.ModeHost }
 
 // Devices implements backend.Backend: the host is one device, index 0.
 func (b *Backend) Devices() []backend.Device {
@@ -111,17 +111,17 @@ func (b *Backend) NewSegment(_ context.Context, device int, size uint64) (backen
 	}
 	name := fmt.Sprintf("memcuda.%s.%s.%d", b.scope, b.instance, b.seq.Add(1))
 	path := filepath.Join(b.dir, name)
-	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC|unix.O_NOFOLLOW, uint32(b.mode))
+	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC|unix.O_NOFOLLOW, objectMode)
 	if err != nil {
 		return nil, fmt.Errorf("create %s: %w", path, err)
 	}
 	// Creation mode is masked by umask; clients of the Redis-only path need the full mode.
-	_ = unix.Fchmod(fd, uint32(b.mode))
+	_ = unix.Fchmod(fd, objectMode)
 	fail := func(err error) (backend.Segment, error) {
 		unix.Close(fd)
 		os.Remove(path)
 		if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.ENOMEM) {
-			err = fmt.Errorf("%w: %v", errdefs.ErrOutOfMemory, err)
+			err = fmt.Errorf("%w: %w", errdefs.ErrOutOfMemory, err)
 		}
 		return nil, err
 	}

@@ -1,0 +1,71 @@
+package server
+
+import (
+	"context"
+
+	v1 "github.com/memcuda/memcuda/api/v1"
+	"github.com/memcuda/memcuda/pkg/backend"
+	"github.com/memcuda/memcuda/pkg/registry"
+	"github.com/memcuda/memcuda/pkg/store"
+)
+
+// The server's view of the agent's store: what the socket's operations
+// call, in small parts. *store.Store implements Store.
+
+// Agent describes the agent for hello.
+type Agent interface {
+	Instance() string
+	Node() string
+	Mode() v1.IPCMode
+	Devices() []backend.Device
+	Ping(ctx context.Context) error
+}
+
+// Leases open and close the lease of each connection.
+type Leases interface {
+	OpenLease() string
+	CloseLease(ctx context.Context, holder string, names []string) error
+}
+
+// References take and drop references.
+type References interface {
+	Create(ctx context.Context, p store.CreateParams) (v1.Tensor, store.Commit, error)
+	Get(ctx context.Context, p store.GetParams) (v1.Tensor, store.Commit, error)
+	Release(ctx context.Context, p store.ReleaseParams) (registry.ReleaseResult, error)
+}
+
+// Memory is what a connection holding a tensor asks of its memory.
+type Memory interface {
+	// Live reports whether a tensor uid still has memory and is not deleted.
+	Live(uid string) bool
+	// Segment is the segment of a tensor uid, for its descriptor.
+	Segment(uid string) (backend.Segment, bool)
+	AttachFence(uid string, f store.Fence) bool
+}
+
+// Records change and read tensor records.
+type Records interface {
+	Publish(ctx context.Context, name, event string) error
+	Delete(ctx context.Context, name, reqID string) (registry.ReleaseResult, error)
+	Stat(ctx context.Context, name string) (v1.Tensor, error)
+	List(ctx context.Context) ([]v1.Tensor, error)
+}
+
+// Maintenance is the agent's housekeeping on request.
+type Maintenance interface {
+	Stats() v1.Stats
+	GC(ctx context.Context) (store.GCResult, error)
+	Trim() (uint64, error)
+}
+
+// Store is everything the server needs.
+type Store interface {
+	Agent
+	Leases
+	References
+	Memory
+	Records
+	Maintenance
+}
+
+var _ Store = (*store.Store)(nil)
