@@ -17,7 +17,6 @@ import (
 
 	v1 "github.com/memcuda/memcuda/api/v1"
 	"github.com/memcuda/memcuda/pkg/errdefs"
-	"github.com/memcuda/memcuda/pkg/tensor"
 )
 
 // DefaultSocket is where the agent listens unless told otherwise.
@@ -79,7 +78,7 @@ func Dial(ctx context.Context, path string, opts ...Option) (*Client, error) {
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, "unix", path)
 	if err != nil {
-		return nil, fmt.Errorf("%w: connect to the agent at %s: %v", errdefs.ErrUnavailable, path, err)
+		return nil, fmt.Errorf("%w: connect to the agent at %s: %w", errdefs.ErrUnavailable, path, err)
 	}
 	c := &Client{conn: nc.(*net.UnixConn), segs: map[string]*segment{}, name: "memcuda-go", oob: make([]byte, unix.CmsgSpace(4*v1.MaxFDs)), tensors: map[*Tensor]struct{}{}}
 	for _, o := range opts {
@@ -150,7 +149,7 @@ func (c *Client) exchange(ctx context.Context, req *v1.Request) (*v1.Response, e
 		c.conn.SetDeadline(time.Time{})
 	}
 	if _, err := c.conn.Write(frame); err != nil {
-		return nil, fmt.Errorf("%w: send to agent: %v", errdefs.ErrUnavailable, err)
+		return nil, fmt.Errorf("%w: send to agent: %w", errdefs.ErrUnavailable, err)
 	}
 	var hb [v1.HeaderSize]byte
 	if err := c.readFull(hb[:]); err != nil {
@@ -212,7 +211,7 @@ func (c *Client) readFull(b []byte) error {
 		}
 		got += n
 		if err != nil {
-			return fmt.Errorf("%w: read from agent: %v", errdefs.ErrUnavailable, err)
+			return fmt.Errorf("%w: read from agent: %w", errdefs.ErrUnavailable, err)
 		}
 		if n == 0 && oobn == 0 {
 			return fmt.Errorf("%w: agent closed the connection", errdefs.ErrUnavailable)
@@ -249,7 +248,7 @@ func (c *Client) Close() error {
 
 // Tensor is an opened tensor: one reference held by the connection.
 type Tensor struct {
-	Info     tensor.Info
+	Info     v1.Tensor
 	c        *Client
 	seg      *segment
 	data     []byte
@@ -317,7 +316,7 @@ func (c *Client) open(ctx context.Context, req *v1.Request) (*Tensor, error) {
 
 func (c *Client) mapTensorLocked(t *Tensor) error {
 	s := c.segs[t.Info.SegmentID]
-	if s == nil && t.Info.IPCMode == tensor.ModeLegacy {
+	if s == nil && t.Info.IPCMode == v1.ModeLegacy {
 		s = &segment{id: t.Info.SegmentID, fd: -1}
 		c.segs[s.id] = s
 	}
@@ -328,7 +327,7 @@ func (c *Client) mapTensorLocked(t *Tensor) error {
 	s.users++
 	c.tensors[t] = struct{}{}
 	c.unidle(s)
-	if t.Info.IPCMode != tensor.ModeHost {
+	if t.Info.IPCMode != v1.ModeHost {
 		if s.gpu == nil {
 			g, err := mapGPU(s.fd, t.Info)
 			if err != nil {
@@ -423,16 +422,16 @@ func (c *Client) Delete(ctx context.Context, name string) error {
 }
 
 // Stat returns a tensor's record.
-func (c *Client) Stat(ctx context.Context, name string) (tensor.Info, error) {
+func (c *Client) Stat(ctx context.Context, name string) (v1.Tensor, error) {
 	resp, err := c.call(ctx, &v1.Request{Op: v1.OpStat, Name: name})
 	if err != nil {
-		return tensor.Info{}, err
+		return v1.Tensor{}, err
 	}
 	return *resp.Tensor, nil
 }
 
 // List returns every tensor's record.
-func (c *Client) List(ctx context.Context) ([]tensor.Info, error) {
+func (c *Client) List(ctx context.Context) ([]v1.Tensor, error) {
 	resp, err := c.call(ctx, &v1.Request{Op: v1.OpList})
 	if err != nil {
 		return nil, err

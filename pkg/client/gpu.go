@@ -6,9 +6,9 @@ import (
 	"strings"
 	"sync"
 
+	v1 "github.com/memcuda/memcuda/api/v1"
 	"github.com/memcuda/memcuda/cuda"
 	"github.com/memcuda/memcuda/pkg/errdefs"
-	"github.com/memcuda/memcuda/pkg/tensor"
 )
 
 // gpuView is a GPU segment mapped into this process.
@@ -30,7 +30,7 @@ func OrdinalOf(uuid string) (int, error) {
 	uuidOnce.Do(func() {
 		n, err := cuda.DeviceCount()
 		if err != nil {
-			uuidErr = fmt.Errorf("%w: this tensor lives on a GPU: %v", errdefs.ErrFailedPrecondition, err)
+			uuidErr = fmt.Errorf("%w: this tensor lives on a GPU: %w", errdefs.ErrFailedPrecondition, err)
 			return
 		}
 		uuidMap = map[string]int{}
@@ -58,7 +58,7 @@ func OrdinalOf(uuid string) (int, error) {
 	return i, nil
 }
 
-func mapGPU(fd int, info tensor.Info) (*gpuView, error) {
+func mapGPU(fd int, info v1.Tensor) (*gpuView, error) {
 	ord, err := OrdinalOf(info.DeviceUUID)
 	if err != nil {
 		return nil, err
@@ -68,7 +68,7 @@ func mapGPU(fd int, info tensor.Info) (*gpuView, error) {
 		return nil, err
 	}
 	switch info.IPCMode {
-	case tensor.ModeLegacy:
+	case v1.ModeLegacy:
 		raw, err := base64.StdEncoding.DecodeString(info.IPCHandle)
 		if err != nil || len(raw) != 64 {
 			return nil, fmt.Errorf("%w: bad legacy ipc_handle", errdefs.ErrInternal)
@@ -80,7 +80,7 @@ func mapGPU(fd int, info tensor.Info) (*gpuView, error) {
 			return nil, err
 		}
 		return &gpuView{dev: d, ptr: p, size: info.SegmentSize, legacy: true}, nil
-	case tensor.ModeVMM:
+	case v1.ModeVMM:
 		h, err := d.ImportFD(fd)
 		if err != nil {
 			return nil, err

@@ -1,4 +1,8 @@
-package client
+// Package queueclient speaks the agent's Redis control plane: commands
+// pushed on the command list and replies read from a per-request list. It
+// needs no socket, only Redis (and, for the host backend, the same
+// /dev/shm as the agent); MapHost opens a host tensor from its record.
+package queueclient
 
 import (
 	"context"
@@ -15,24 +19,21 @@ import (
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sys/unix"
 
+	v1 "github.com/memcuda/memcuda/api/v1"
 	"github.com/memcuda/memcuda/internal/procinfo"
 	"github.com/memcuda/memcuda/pkg/errdefs"
-	"github.com/memcuda/memcuda/pkg/queue"
 	"github.com/memcuda/memcuda/pkg/registry"
-	"github.com/memcuda/memcuda/pkg/tensor"
 )
 
-// QueueClient speaks the seed's control plane: commands pushed on the Redis
-// list and replies read from a per-request list. It needs no socket, only
-// Redis (and, for the host backend, the same /dev/shm as the agent).
-type QueueClient struct {
+// Client sends commands to the agents of one registry prefix.
+type Client struct {
 	rdb  redis.UniversalClient
 	keys registry.Keys
 }
 
-// NewQueueClient returns a queue client for the registry prefix.
-func NewQueueClient(rdb redis.UniversalClient, prefix string) *QueueClient {
-	return &QueueClient{rdb: rdb, keys: registry.Keys{Prefix: prefix}}
+// New returns a client for the registry prefix.
+func New(rdb redis.UniversalClient, prefix string) *Client {
+	return &Client{rdb: rdb, keys: registry.Keys{Prefix: prefix}}
 }
 
 func newID() string {
@@ -42,7 +43,7 @@ func newID() string {
 }
 
 // Do pushes cmd (filling id and reply_to when empty) and waits for its reply.
-func (q *QueueClient) Do(ctx context.Context, cmd queue.Command) (*queue.Reply, error) {
+func (q *Client) Do(ctx context.Context, cmd v1.Command) (*v1.Reply, error) {
 	if cmd.ID == "" {
 		cmd.ID = newID()
 	}
@@ -78,9 +79,9 @@ func (q *QueueClient) Do(ctx context.Context, cmd queue.Command) (*queue.Reply, 
 		if err != nil {
 			return nil, registry.Wrap(err)
 		}
-		var r queue.Reply
+		var r v1.Reply
 		if err := json.Unmarshal([]byte(res[1]), &r); err != nil {
-			return nil, fmt.Errorf("%w: bad reply: %v", errdefs.ErrInternal, err)
+			return nil, fmt.Errorf("%w: bad reply: %w", errdefs.ErrInternal, err)
 		}
 		if r.Error != nil {
 			return &r, errdefs.FromCode(r.Error.Code, r.Error.Message)
@@ -103,9 +104,9 @@ func (m *HostMapping) Close() error { return unix.Munmap(m.mem) }
 
 // MapHost maps a host-backend tensor from its registry record alone
 // (ipc_handle names the shm_open object, offset and bytes locate the tensor):
-// the seed's Redis-only path.
-func MapHost(info tensor.Info) (*HostMapping, error) {
-	if info.IPCMode != tensor.ModeHost {
+// the Redis-only path.
+func MapHost(info v1.Tensor) (*HostMapping, error) {
+	if info.IPCMode != v1.ModeHost {
 		return nil, errdefs.Invalid("tensor %q is %s, not host", info.Name, info.IPCMode)
 	}
 	name := strings.TrimPrefix(info.IPCHandle, "/")

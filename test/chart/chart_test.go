@@ -37,9 +37,9 @@ func helm(t *testing.T) string {
 	if h := os.Getenv("HELM"); h != "" {
 		return h
 	}
-	out, err := exec.Command("bash", "../../hack/helm.sh").Output()
+	out, err := exec.Command("bash", "../../scripts/helm.sh").Output()
 	if err != nil {
-		t.Fatalf("no helm (set HELM or let hack/helm.sh build it): %v", err)
+		t.Fatalf("no helm (set HELM or let scripts/helm.sh build it): %v", err)
 	}
 	return strings.TrimSpace(string(out))
 }

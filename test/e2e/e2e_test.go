@@ -16,12 +16,13 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	v1 "github.com/memcuda/memcuda/api/v1"
 	"github.com/memcuda/memcuda/internal/procinfo"
 	"github.com/memcuda/memcuda/pkg/backend/host"
 	"github.com/memcuda/memcuda/pkg/client"
 	"github.com/memcuda/memcuda/pkg/errdefs"
 	"github.com/memcuda/memcuda/pkg/queue"
-	"github.com/memcuda/memcuda/pkg/tensor"
+	"github.com/memcuda/memcuda/pkg/queueclient"
 )
 
 // A writer process creates and fills a tensor and exits; a second process
@@ -42,7 +43,7 @@ func TestTwoProcessesShareByName(t *testing.T) {
 		t.Fatalf("after the readers refcount is %d, want 1", rc)
 	}
 	info, _ := e.stat(name)
-	if info.IPCMode != tensor.ModeHost || !strings.HasPrefix(info.IPCHandle, "/memcuda.") || info.Bytes != size {
+	if info.IPCMode != v1.ModeHost || !strings.HasPrefix(info.IPCHandle, "/memcuda.") || info.Bytes != size {
 		t.Fatalf("record %+v", info)
 	}
 }
@@ -108,11 +109,11 @@ func TestAgentRestart(t *testing.T) {
 	}
 	// Commands pushed while no agent runs, and one the dead agent had taken
 	// but not finished (left in its processing list).
-	q := client.NewQueueClient(e.rdb, e.prefix)
-	pushed := queue.Command{Op: queue.OpCreate, Name: "while-down", DType: "f16", Shape: []int64{8}, ID: "c1", ReplyTo: e.prefix + "reply:c1"}
+	q := queueclient.New(e.rdb, e.prefix)
+	pushed := v1.Command{Op: v1.OpCreate, Name: "while-down", DType: "f16", Shape: []int64{8}, ID: "c1", ReplyTo: e.prefix + "reply:c1"}
 	b, _ := json.Marshal(pushed)
 	e.rdb.RPush(ctx, e.reg.Keys().Cmd(), b)
-	inflight := queue.Command{Op: queue.OpCreate, Name: "in-flight", DType: "i32", Shape: []int64{4}, ID: "c2", ReplyTo: e.prefix + "reply:c2"}
+	inflight := v1.Command{Op: v1.OpCreate, Name: "in-flight", DType: "i32", Shape: []int64{4}, ID: "c2", ReplyTo: e.prefix + "reply:c2"}
 	b, _ = json.Marshal(inflight)
 	e.rdb.RPush(ctx, e.reg.Keys().Processing(), b)
 
@@ -128,7 +129,7 @@ func TestAgentRestart(t *testing.T) {
 		if err != nil {
 			t.Fatalf("no reply to %s: %v", key, err)
 		}
-		var r queue.Reply
+		var r v1.Reply
 		mustJSON(t, res[1], &r)
 		if !r.OK || r.Tensor == nil || r.Tensor.Agent == old.Info.Agent {
 			t.Fatalf("reply %s", res[1])
@@ -144,7 +145,7 @@ func TestAgentRestart(t *testing.T) {
 	if _, err := c2.Get(ctx, "while-down"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := q.Do(ctx, queue.Command{Op: queue.OpStat, Name: "in-flight"}); err != nil {
+	if _, err := q.Do(ctx, v1.Command{Op: v1.OpStat, Name: "in-flight"}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -170,7 +171,7 @@ func TestRedisRestart(t *testing.T) {
 	e.startAgent()
 	ctx := context.Background()
 	push := func(i int) {
-		cmd := queue.Command{Op: queue.OpCreate, Name: fmt.Sprintf("t%03d", i), DType: "f32", Shape: []int64{int64(i + 1)},
+		cmd := v1.Command{Op: v1.OpCreate, Name: fmt.Sprintf("t%03d", i), DType: "f32", Shape: []int64{int64(i + 1)},
 			ID: fmt.Sprintf("r%03d", i), ReplyTo: fmt.Sprintf("%sreply:r%03d", e.prefix, i)}
 		b, _ := json.Marshal(cmd)
 		for {
@@ -201,7 +202,7 @@ func TestRedisRestart(t *testing.T) {
 		if err != nil {
 			t.Fatalf("reply %d lost: %v", i, err)
 		}
-		var r queue.Reply
+		var r v1.Reply
 		mustJSON(t, res[1], &r)
 		if !r.OK {
 			t.Fatalf("command %d failed: %s", i, res[1])
@@ -256,8 +257,8 @@ func TestMalformedCommandsGoToDeadLetters(t *testing.T) {
 	for _, b := range bad {
 		e.rdb.RPush(ctx, keys.Cmd(), b)
 	}
-	q := client.NewQueueClient(e.rdb, e.prefix)
-	if _, err := q.Do(ctx, queue.Command{Op: queue.OpCreate, Name: "good", DType: "f32", Shape: []int64{2}}); err != nil {
+	q := queueclient.New(e.rdb, e.prefix)
+	if _, err := q.Do(ctx, v1.Command{Op: v1.OpCreate, Name: "good", DType: "f32", Shape: []int64{2}}); err != nil {
 		t.Fatalf("a valid command after malformed ones: %v", err)
 	}
 	for _, k := range []string{"b1", "b2", "b3"} {
@@ -265,7 +266,7 @@ func TestMalformedCommandsGoToDeadLetters(t *testing.T) {
 		if err != nil {
 			t.Fatalf("no error reply on %s: %v", k, err)
 		}
-		var r queue.Reply
+		var r v1.Reply
 		mustJSON(t, res, &r)
 		if r.OK || r.Error == nil || r.Error.Code != errdefs.CodeInvalidArgument {
 			t.Fatalf("reply %s", res)
@@ -284,12 +285,12 @@ func TestRequestIDAppliedOnce(t *testing.T) {
 	e := newEnv(t)
 	e.startAgent()
 	ctx := context.Background()
-	q := client.NewQueueClient(e.rdb, e.prefix)
-	if _, err := q.Do(ctx, queue.Command{Op: queue.OpCreate, Name: "once", DType: "f32", Shape: []int64{2}}); err != nil {
+	q := queueclient.New(e.rdb, e.prefix)
+	if _, err := q.Do(ctx, v1.Command{Op: v1.OpCreate, Name: "once", DType: "f32", Shape: []int64{2}}); err != nil {
 		t.Fatal(err)
 	}
 	for i := 0; i < 3; i++ {
-		if _, err := q.Do(ctx, queue.Command{Op: queue.OpGet, Name: "once", PID: os.Getpid(), ID: "same-id", ReplyTo: fmt.Sprintf("%sreply:%d", e.prefix, i)}); err != nil {
+		if _, err := q.Do(ctx, v1.Command{Op: v1.OpGet, Name: "once", PID: os.Getpid(), ID: "same-id", ReplyTo: fmt.Sprintf("%sreply:%d", e.prefix, i)}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -305,7 +306,7 @@ func TestCLI(t *testing.T) {
 		t.Fatalf("create: %q %d", out, code)
 	}
 	out, code := e.runCLI("-o", "json", "ls")
-	var list []tensor.Info
+	var list []v1.Tensor
 	mustJSON(t, out, &list)
 	if code != 0 || len(list) != 1 || list[0].Refcount != 1 || list[0].Bytes != 12 {
 		t.Fatalf("ls: %q %d", out, code)
@@ -482,7 +483,7 @@ func TestListAllNodes(t *testing.T) {
 		t.Fatalf("create on node 2: %q", out)
 	}
 	out, code := e.runCLI("-o", "json", "ls", "--all-nodes", "--redis-url", e.redis.URL(), "--cluster-prefix", e.prefix+"cluster:")
-	var list []tensor.Info
+	var list []v1.Tensor
 	mustJSON(t, out, &list)
 	if code != 0 || len(list) != 2 {
 		t.Fatalf("ls --all-nodes: %d %q", code, out)
@@ -635,15 +636,15 @@ func TestQueuePidStartRefusesAnotherProcess(t *testing.T) {
 	e := newEnv(t)
 	e.startAgent()
 	ctx := context.Background()
-	q := client.NewQueueClient(e.rdb, e.prefix)
-	if _, err := q.Do(ctx, queue.Command{Op: queue.OpCreate, Name: "mine", DType: "f32", Shape: []int64{2}}); err != nil {
+	q := queueclient.New(e.rdb, e.prefix)
+	if _, err := q.Do(ctx, v1.Command{Op: v1.OpCreate, Name: "mine", DType: "f32", Shape: []int64{2}}); err != nil {
 		t.Fatal(err)
 	}
 	start, err := procinfo.StartTime(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = q.Do(ctx, queue.Command{Op: queue.OpGet, Name: "mine", PID: os.Getpid(), PIDStart: start + 1})
+	_, err = q.Do(ctx, v1.Command{Op: v1.OpGet, Name: "mine", PID: os.Getpid(), PIDStart: start + 1})
 	if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "another process") {
 		t.Fatalf("get with another start time: %v, want failed_precondition naming another process", err)
 	}
@@ -651,7 +652,7 @@ func TestQueuePidStartRefusesAnotherProcess(t *testing.T) {
 		t.Fatalf("refcount %d after a refused get, want 1", rc)
 	}
 	// Filled in by the client for its own pid.
-	if _, err := q.Do(ctx, queue.Command{Op: queue.OpGet, Name: "mine", PID: os.Getpid()}); err != nil {
+	if _, err := q.Do(ctx, v1.Command{Op: v1.OpGet, Name: "mine", PID: os.Getpid()}); err != nil {
 		t.Fatal(err)
 	}
 	holders, err := e.reg.Holders(ctx, "mine")
@@ -661,11 +662,11 @@ func TestQueuePidStartRefusesAnotherProcess(t *testing.T) {
 	if want := fmt.Sprintf("pid:%d:%d", os.Getpid(), start); holders[want] != 1 {
 		t.Fatalf("holders %v, want %s once", holders, want)
 	}
-	_, err = q.Do(ctx, queue.Command{Op: queue.OpRelease, Name: "mine", PID: os.Getpid(), PIDStart: start + 1})
+	_, err = q.Do(ctx, v1.Command{Op: v1.OpRelease, Name: "mine", PID: os.Getpid(), PIDStart: start + 1})
 	if !errors.Is(err, errdefs.ErrFailedPrecondition) {
 		t.Fatalf("release with another start time: %v, want failed_precondition", err)
 	}
-	if _, err := q.Do(ctx, queue.Command{Op: queue.OpRelease, Name: "mine", PID: os.Getpid(), PIDStart: start}); err != nil {
+	if _, err := q.Do(ctx, v1.Command{Op: v1.OpRelease, Name: "mine", PID: os.Getpid(), PIDStart: start}); err != nil {
 		t.Fatal(err)
 	}
 	if rc := e.refcount("mine"); rc != 1 {

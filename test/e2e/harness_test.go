@@ -18,10 +18,10 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	v1 "github.com/memcuda/memcuda/api/v1"
 	"github.com/memcuda/memcuda/internal/redistest"
 	"github.com/memcuda/memcuda/pkg/client"
 	"github.com/memcuda/memcuda/pkg/registry"
-	"github.com/memcuda/memcuda/pkg/tensor"
 )
 
 var binDir string
@@ -151,7 +151,7 @@ func (e *env) dial() *client.Client {
 	return c
 }
 
-func (e *env) stat(name string) (tensor.Info, error) {
+func (e *env) stat(name string) (v1.Tensor, error) {
 	return e.reg.Stat(context.Background(), name)
 }
 

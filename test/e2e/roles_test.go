@@ -9,8 +9,9 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	v1 "github.com/memcuda/memcuda/api/v1"
 	"github.com/memcuda/memcuda/pkg/client"
-	"github.com/memcuda/memcuda/pkg/queue"
+	"github.com/memcuda/memcuda/pkg/queueclient"
 )
 
 func pattern(i int, seed byte) byte { return byte(i*7) ^ seed }
@@ -75,12 +76,12 @@ func role1(role string) error {
 		opt, _ := redis.ParseURL(os.Getenv("E2E_REDIS_URL"))
 		rdb := redis.NewClient(opt)
 		defer rdb.Close()
-		q := client.NewQueueClient(rdb, os.Getenv("E2E_PREFIX"))
-		r, err := q.Do(ctx, queue.Command{Op: queue.OpGet, Name: name, PID: os.Getpid()})
+		q := queueclient.New(rdb, os.Getenv("E2E_PREFIX"))
+		r, err := q.Do(ctx, v1.Command{Op: v1.OpGet, Name: name, PID: os.Getpid()})
 		if err != nil {
 			return err
 		}
-		m, err := client.MapHost(*r.Tensor)
+		m, err := queueclient.MapHost(*r.Tensor)
 		if err != nil {
 			return err
 		}
@@ -93,7 +94,7 @@ func role1(role string) error {
 			return err
 		}
 		m.Close()
-		if _, err := q.Do(ctx, queue.Command{Op: queue.OpRelease, Name: name, PID: os.Getpid()}); err != nil {
+		if _, err := q.Do(ctx, v1.Command{Op: v1.OpRelease, Name: name, PID: os.Getpid()}); err != nil {
 			return err
 		}
 		fmt.Println("ok")
@@ -111,9 +112,9 @@ func role1(role string) error {
 		time.Sleep(time.Hour)
 	case "queue-holder":
 		opt, _ := redis.ParseURL(os.Getenv("E2E_REDIS_URL"))
-		q := client.NewQueueClient(redis.NewClient(opt), os.Getenv("E2E_PREFIX"))
+		q := queueclient.New(redis.NewClient(opt), os.Getenv("E2E_PREFIX"))
 		for i := 0; i < 2; i++ {
-			if _, err := q.Do(ctx, queue.Command{Op: queue.OpGet, Name: name, PID: os.Getpid()}); err != nil {
+			if _, err := q.Do(ctx, v1.Command{Op: v1.OpGet, Name: name, PID: os.Getpid()}); err != nil {
 				return err
 			}
 		}
