@@ -1,6 +1,6 @@
 """The allocator comparison of docs/benchmarks.md: one mixed alloc/free trace
 (sizes 512 B to 256 MiB, log-uniform, random frees) replayed through the
-seed's candidates: PyTorch's caching allocator, CuPy's pool, the CUDA
+original design's candidates: PyTorch's caching allocator, CuPy's pool, the CUDA
 stream-ordered pool (cudaMallocAsync), plain cudaMalloc, and RMM's pool when
 its wheel is importable. mem-cuda's own pool replays the same file with
 bench/pooltrace (Go). Reports time per op and peak reserved / peak live.

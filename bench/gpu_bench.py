@@ -118,10 +118,10 @@ def bench_get(n: int) -> None:
     frel = _wire.encode_request(1 << 40, "release", name="b.get")
 
     def raw_get() -> None:
-        s._sock.sendall(fget)
-        s._sock.recvmsg(65536, so.CMSG_SPACE(32))
-        s._sock.sendall(frel)
-        s._sock.recvmsg(65536, so.CMSG_SPACE(32))
+        s._conn.sock.sendall(fget)
+        s._conn.sock.recvmsg(65536, so.CMSG_SPACE(32))
+        s._conn.sock.sendall(frel)
+        s._conn.sock.recvmsg(65536, so.CMSG_SPACE(32))
 
     raw_frames = [x / 2 for x in timed(raw_get, n)]
     hold.release()
@@ -229,11 +229,11 @@ def bench_get(n: int) -> None:
     s.close()
 
 
-def mark_reads(store: Any) -> list[float]:
-    """Notes when each read of the store's socket returns (undo with
-    `del store._recvmsg`)."""
+def mark_reads(client: Any) -> list[float]:
+    """Notes when each read of the client's socket returns (undo with
+    `del client._conn.recvmsg`)."""
     replied: list[float] = []
-    recv = store._recvmsg
+    recv = client._conn.recvmsg
 
     def timed_recv(size: int) -> Any:
         try:
@@ -241,7 +241,7 @@ def mark_reads(store: Any) -> list[float]:
         finally:
             replied.append(time.perf_counter())
 
-    store._recvmsg = timed_recv
+    client._conn.recvmsg = timed_recv
     return replied
 
 
@@ -267,7 +267,7 @@ def cold_pass(names: list[str], pause: float, spin_us: float = 0) -> tuple[list[
     from memcuda import _wire
 
     decoded: list[float] = []  # when each answer's JSON was decoded
-    orig_decode = _wire.decode_body
+    orig_decode = _wire.decode_answer
 
     def timed_decode(body: bytes, cache: bool = True) -> Any:
         try:
@@ -278,7 +278,7 @@ def cold_pass(names: list[str], pause: float, spin_us: float = 0) -> tuple[list[
     c = memcuda.connect(spin_us=spin_us)
     replied = mark_reads(c)
     _cuda.import_segment = instrumented
-    _wire.decode_body = timed_decode
+    _wire.decode_answer = timed_decode
     cold: list[float] = []
     to_reply: list[float] = []
     reply_to_import: list[float] = []
@@ -302,8 +302,8 @@ def cold_pass(names: list[str], pause: float, spin_us: float = 0) -> tuple[list[
             after_import.append(t1 - spans[-1][1])
     finally:
         _cuda.import_segment = orig
-        _wire.decode_body = orig_decode
-        del c._recvmsg
+        _wire.decode_answer = orig_decode
+        del c._conn.recvmsg
     split = (f"request to reply {us(pct(to_reply, 50))}, reply to import {us(pct(reply_to_import, 50))} "
              f"(of which reading the frame and decoding its JSON {us(pct(reply_to_decoded, 50))}), "
              f"import {us(pct(raw, 50))}, import to return {us(pct(after_import, 50))}; "
@@ -338,12 +338,12 @@ def _fetch_answers(c: Any, names: list[str]) -> "list[tuple[Any, list[int]]]":
     import socket as so
 
     from memcuda import _wire
-    from memcuda._client import TensorInfo
+    from memcuda import TensorInfo
 
     out = []
     for n in names:
-        c._sock.sendall(_wire.encode_request(1 << 40, "get", name=n))
-        data, anc, _, _ = c._sock.recvmsg(65536, so.CMSG_SPACE(4 * _wire.MAX_FDS))
+        c._conn.sock.sendall(_wire.encode_request(1 << 40, "get", name=n))
+        data, anc, _, _ = c._conn.sock.recvmsg(65536, so.CMSG_SPACE(4 * _wire.MAX_FDS))
         info = TensorInfo.from_wire(json.loads(data[12:])["tensor"])
         fds = _passed_fds(anc)
         assert len(fds) == (info.ipc_mode != "legacy"), f"{n}: {len(fds)} descriptors (each tensor should have its own segment)"
@@ -608,7 +608,7 @@ def bench_create(n: int) -> None:
         after_answer.append(t1 - replied[-1])
         t.release()
         s.delete(name)
-    del s._recvmsg
+    del s._conn.recvmsg
     NOTES.append(f"create split, p50 us: request to answer {us(pct(to_answer, 50))}, "
                  f"answer to return {us(pct(after_answer, 50))}")
 
@@ -648,13 +648,13 @@ def bench_create(n: int) -> None:
         fc = _wire.encode_request(1 << 40, "create", name=name, dtype="bf16", shape=[256, 1024], device="")
         tail = _wire.encode_request(1 << 40, "release", name=name) + _wire.encode_request(1 << 40, "delete", name=name)
         t0 = time.perf_counter()
-        s._sock.sendall(fc)
-        _, anc, _, _ = s._sock.recvmsg(65536, so.CMSG_SPACE(32))
+        s._conn.sock.sendall(fc)
+        _, anc, _, _ = s._conn.sock.recvmsg(65536, so.CMSG_SPACE(32))
         dt = time.perf_counter() - t0
         for fd in _passed_fds(anc):  # a descriptor for a segment this connection has not seen
             os.close(fd)
-        s._sock.sendall(tail)
-        _drain_frames(s._sock, 2)
+        s._conn.sock.sendall(tail)
+        _drain_frames(s._conn.sock, 2)
         if j >= 20:
             raw_create.append(dt)
 
@@ -691,10 +691,10 @@ class _ReplayedSocket:
     """Stands in for the agent's socket: answers every request with one
     recorded response (its id rewritten), to time the client's own work."""
 
-    def __init__(self, store: Any, frame: bytes) -> None:
+    def __init__(self, client: Any, frame: bytes) -> None:
         from memcuda import _wire
 
-        self.store, self.wire = store, _wire
+        self.client, self.wire = client, _wire
         body = frame[12:]
         self.tail = body[body.index(b","):]
 
@@ -702,7 +702,7 @@ class _ReplayedSocket:
         pass
 
     def recvmsg(self, size: int, cmsg: int, flags: int = 0) -> tuple[bytes, list[Any], int, Any]:
-        body = b'{"id":%d' % self.store._next_id + self.tail
+        body = b'{"id":%d' % self.client._next_id + self.tail
         return self.wire.frame(self.wire.KIND_RESPONSE, body), [], 0, None
 
 
@@ -712,7 +712,7 @@ def client_work_create(n: int) -> list[float]:
     c.create("b.w.0", (256, 1024), "bf16").release()  # the segment's descriptor arrives here
     c.flush()
     got: list[bytes] = []
-    sock = c._sock
+    sock = c._conn.sock
 
     class Recording:
         def sendall(self, b: bytes) -> None:
@@ -723,9 +723,9 @@ def client_work_create(n: int) -> list[float]:
             got.append(r[0])
             return r
 
-    c._sock = Recording()  # type: ignore[assignment]
+    c._conn.sock = Recording()  # type: ignore[assignment]
     t = c.create("b.w.1", (256, 1024), "bf16")
-    c._sock = _ReplayedSocket(c, got[-1])  # type: ignore[assignment]
+    c._conn.sock = _ReplayedSocket(c, got[-1])  # type: ignore[assignment]
     held = []
 
     def once() -> None:
@@ -734,7 +734,7 @@ def client_work_create(n: int) -> list[float]:
         held.append(x)
 
     out = timed(once, n)
-    c._sock = sock
+    c._conn.sock = sock
     t.release()
     c.delete("b.w.0")
     c.delete("b.w.1")

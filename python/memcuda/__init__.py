@@ -1,14 +1,15 @@
 """memcuda: named, zero-copy shared tensors through the mem-cuda node agent.
 
     import memcuda
-    store = memcuda.connect()
-    t = store.create("weights", (4096, 4096), "bf16")   # or store.get("weights")
-    w = t.torch()                                      # zero-copy torch.Tensor
-    t.release()                                        # or use `with`
+    client = memcuda.connect()
+    t = client.create("weights", (4096, 4096), "bf16")   # or client.get("weights")
+    w = t.torch()                                       # zero-copy torch.Tensor
+    t.release()                                         # or use `with`
 """
-from ._client import DEFAULT_SOCKET, SharedTensor, Store, TensorInfo, __version__, connect, socket_path
+from ._client import DEFAULT_SOCKET, Client, connect, socket_path
 from ._errors import (
     AlreadyExists,
+    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     MemcudaError,
@@ -17,11 +18,17 @@ from ._errors import (
     PermissionDenied,
     ProtocolError,
     Unavailable,
+    Unimplemented,
 )
+from ._record import TensorInfo
 from ._redis import RedisTensor, open_from_redis
+from ._tensor import SharedTensor
+from ._version import __version__
+from ._views import TensorViews
 
 __all__ = [
-    "DEFAULT_SOCKET", "SharedTensor", "Store", "TensorInfo", "__version__", "connect", "socket_path",
-    "AlreadyExists", "FailedPrecondition", "InvalidArgument", "MemcudaError", "NotFound", "OutOfMemory",
-    "PermissionDenied", "ProtocolError", "Unavailable", "RedisTensor", "open_from_redis",
+    "DEFAULT_SOCKET", "Client", "SharedTensor", "TensorInfo", "TensorViews", "__version__", "connect", "socket_path",
+    "AlreadyExists", "DeadlineExceeded", "FailedPrecondition", "InvalidArgument", "MemcudaError", "NotFound",
+    "OutOfMemory", "PermissionDenied", "ProtocolError", "Unavailable", "Unimplemented", "RedisTensor",
+    "open_from_redis",
 ]

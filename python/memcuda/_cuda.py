@@ -11,6 +11,11 @@ from typing import Any, Optional
 
 from ._errors import FailedPrecondition, MemcudaError
 
+__all__ = [
+    "CudaError", "Mapping", "current_stream", "format_uuid", "import_segment", "open_legacy", "ordinal_of", "process_event",
+    "record", "record_always", "stream_wait",
+]
+
 CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR = 1
 CU_MEM_LOCATION_TYPE_DEVICE = 1
 CU_MEM_ACCESS_FLAGS_PROT_READWRITE = 3

@@ -7,6 +7,8 @@ from typing import Any, Sequence
 
 from . import _dtypes
 
+__all__ = ["capsule"]
+
 
 class _DLDevice(ctypes.Structure):
     _fields_ = [("device_type", ctypes.c_int), ("device_id", ctypes.c_int)]

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+__all__ = ["DLPACK", "ITEMSIZE", "TYPESTR", "canonical", "numpy_dtype", "torch_dtype"]
+
 ITEMSIZE: dict[str, int] = {
     "f16": 2, "bf16": 2, "f32": 4, "f64": 8, "i8": 1, "i16": 2, "i32": 4, "i64": 8,
     "u8": 1, "bool": 1, "f8e4m3": 1, "f8e5m2": 1,

@@ -1,6 +1,11 @@
 """Errors raised by the client; each carries the agent's wire code."""
 from __future__ import annotations
 
+__all__ = [
+    "AlreadyExists", "DeadlineExceeded", "FailedPrecondition", "InvalidArgument", "MemcudaError", "NotFound", "OutOfMemory",
+    "PermissionDenied", "ProtocolError", "Unavailable", "Unimplemented", "from_code",
+]
+
 
 class MemcudaError(Exception):
     """An error reported by the agent (or the transport), with its code."""
@@ -48,13 +53,24 @@ class PermissionDenied(MemcudaError, PermissionError):
     code = "permission_denied"
 
 
+class Unimplemented(MemcudaError, NotImplementedError):
+    """The agent does not have the operation (an older agent)."""
+
+    code = "unimplemented"
+
+
+class DeadlineExceeded(MemcudaError, TimeoutError):
+    code = "deadline_exceeded"
+
+
 class ProtocolError(MemcudaError):
     code = "internal"
 
 
 _BY_CODE: dict[str, type[MemcudaError]] = {
     c.code: c
-    for c in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, OutOfMemory, Unavailable, PermissionDenied)
+    for c in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, OutOfMemory, Unavailable, PermissionDenied,
+              Unimplemented, DeadlineExceeded)
 }
 
 

@@ -1,4 +1,4 @@
-"""The seed's Redis-only path: read a tensor's record (and take a reference
+"""The Redis-only path: read a tensor's record (and take a reference
 through the command queue) with nothing but Redis, then open its memory by
 the record's ipc_handle. A small RESP2 client keeps the package free of
 dependencies."""
@@ -13,8 +13,11 @@ import uuid
 from typing import Any, Optional
 from urllib.parse import unquote, urlparse
 
-from ._client import TensorInfo, _Views
+from ._record import TensorInfo
+from ._views import TensorViews
 from ._errors import FailedPrecondition, InvalidArgument, NotFound, ProtocolError, Unavailable, from_code
+
+__all__ = ["RedisConnection", "RedisTensor", "open_from_redis"]
 
 
 class RedisConnection:
@@ -97,7 +100,7 @@ def _info_from_hash(flat: list[str]) -> TensorInfo:
     return TensorInfo.from_wire(d)
 
 
-class RedisTensor(_Views):
+class RedisTensor(TensorViews):
     """A tensor opened from its Redis record alone. With a reference (the
     default) it holds one taken through the command queue for this pid, and
     drops it on release(); GC drops it if the process dies."""
@@ -184,7 +187,7 @@ def _queue_call(conn: RedisConnection, prefix: str, cmd: dict[str, Any], timeout
 
 
 def open_from_redis(url: str, name: str, prefix: str = "tensor:", reference: bool = True, timeout: float = 10.0) -> RedisTensor:
-    """Opens a tensor with Redis alone (the seed's flow). With reference=True
+    """Opens a tensor with Redis alone (the original design's flow). With reference=True
     a `get` command for this pid goes through the agent's queue, so the
     memory cannot be freed while it is open; with False the record is only
     read (the caller must make sure the tensor outlives its use)."""

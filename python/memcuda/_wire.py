@@ -1,4 +1,4 @@
-"""Version 1 of the agent socket's framing (api/v1 in the Go module).
+"""Version 1 of the agent socket's framing and messages (api/v1 in the Go module).
 
 A frame is a 12-byte header (magic "MCU1", version 1, kind, descriptor
 count, reserved 0, big-endian body length) and a compact JSON body. Request
@@ -11,7 +11,11 @@ import json
 import re
 import struct
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
+
+from ._record import TensorInfo
+
+__all__ = ["Answer", "FrameError", "Header", "decode_answer", "decode_body", "encode_request", "frame", "parse_header"]
 
 MAGIC = b"MCU1"
 VERSION = 1
@@ -170,35 +174,54 @@ def _encode_general(id: int, op: str, name: str, dtype: str, shape: Optional[Seq
 _OK_TAIL = b',"ok":true}'
 
 
-_BODIES: dict[bytes, dict[str, Any]] = {}  # parsed responses by the bytes after their id
+class Answer(NamedTuple):
+    """A decoded response: its id, its body, and the record of its "tensor"
+    (None when it has none)."""
+
+    id: Any
+    body: dict[str, Any]
+    record: Optional[TensorInfo]
 
 
-def decode_body(body: bytes, cache: bool = True) -> dict[str, Any]:
-    """A response body as a dict (callers must not change nested values:
-    repeated bodies share them). cache=False for bodies unlikely to repeat
-    (a create's): they are parsed but not kept."""
+# The answer cache. Warm gets of one tensor repeat the same answer but for
+# its id: _ANSWERS maps the bytes after the id to the decoded body and its
+# record, so a repeated answer is decoded once. Bodies from the cache are
+# shared between calls and must not be changed; records are frozen.
+_ANSWERS: dict[bytes, tuple[dict[str, Any], Optional[TensorInfo]]] = {}
+_MAX_ANSWERS = 1024
+_MAX_CACHED_BODY = 4096
+_OK_BODY: dict[str, Any] = {"ok": True}
+
+
+def decode_answer(body: bytes, cache: bool = True) -> Answer:
+    """A response body. cache=False for answers unlikely to repeat (a
+    create's): they are decoded but not kept."""
     # A bare success ({"id":N,"ok":true}: releases, publishes) needs no parser.
     if body.endswith(_OK_TAIL) and body.startswith(b'{"id":') and body[6:-11].isdigit():
-        return {"id": int(body[6:-11]), "ok": True}
-    # Warm gets of one tensor repeat the same record: parse it once.
+        return Answer(int(body[6:-11]), _OK_BODY, None)
     comma = body.find(b",", 6, 28) if cache else -1
     if comma > 6 and body.startswith(b'{"id":') and body[6:comma].isdigit() and b'"tensor":' in body:
         rest = body[comma:]
-        hit = _BODIES.get(rest)
+        hit = _ANSWERS.get(rest)
         if hit is None:
-            hit = _decode(body)
-            if len(rest) <= 4096:
-                if len(_BODIES) >= 1024:
-                    _BODIES.clear()
-                _BODIES[rest] = hit
-            return dict(hit)
-        out = dict(hit)
-        out["id"] = int(body[6:comma])
-        return out
-    return _decode(body)
+            d = decode_body(body)
+            hit = (d, _record_of(d))
+            if len(rest) <= _MAX_CACHED_BODY:
+                if len(_ANSWERS) >= _MAX_ANSWERS:
+                    _ANSWERS.clear()
+                _ANSWERS[rest] = hit
+        return Answer(int(body[6:comma]), hit[0], hit[1])
+    d = decode_body(body)
+    return Answer(d.get("id"), d, _record_of(d))
 
 
-def _decode(body: bytes) -> dict[str, Any]:
+def _record_of(d: dict[str, Any]) -> Optional[TensorInfo]:
+    t = d.get("tensor")
+    return TensorInfo.from_wire(t) if isinstance(t, dict) else None
+
+
+def decode_body(body: bytes) -> dict[str, Any]:
+    """A response body as JSON, nothing cached."""
     try:
         obj = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -406,7 +406,7 @@ def test_memory_returns_after_trim_while_clients_stay_connected(gpu_agent) -> No
 
     torch.cuda.init()
     name = f"trim.{gpu_agent.mode}"
-    size = 2 << 30  # over the 1 GiB of idle mappings a Store keeps
+    size = 2 << 30  # over the 1 GiB of idle mappings a Client keeps
     with memcuda.connect() as w, memcuda.connect() as r:
         w.trim()
         base = used()

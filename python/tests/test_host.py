@@ -220,7 +220,7 @@ def test_unmapped_segments_descriptor_is_closed_and_sent_again(agent) -> None:
 
 
 def test_threads_share_a_store_while_segments_come_and_go(agent) -> None:
-    """Two threads get and release tensors of one segment on one Store with
+    """Two threads get and release tensors of one segment on one Client with
     no idle mappings: every release unmaps the segment and forgets its
     descriptor while the other thread may be opening a tensor in it."""
     import threading

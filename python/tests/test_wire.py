@@ -64,7 +64,8 @@ def test_hot_path_encoding_matches_the_general_one(op: str, name: str) -> None:
 def test_bare_success_decodes_like_json(body: bytes) -> None:
     import json
 
-    assert _wire.decode_body(body) == json.loads(body)
+    ans = _wire.decode_answer(body)
+    assert {**ans.body, "id": ans.id} == json.loads(body) and ans.record is None
 
 
 @pytest.mark.parametrize("kw", [
@@ -84,28 +85,36 @@ def test_fast_encodings_match_the_general_one(kw: dict) -> None:
         kw.get("event", ""))
 
 
-def test_repeated_record_bodies_decode_like_json() -> None:
+def test_repeated_answers_decode_like_json_and_share_their_record() -> None:
+    from memcuda import TensorInfo
+
     rec = b'"ok":true,"tensor":{"name":"w","uid":"i-1","shape":[2,3]},"fds":["seg1"]}'
+    records = []
     for rid in (1, 2, 987654321, 2):
         body = b'{"id":%d,' % rid + rec
-        got = _wire.decode_body(body)
-        assert got == json.loads(body)
-        got["id"] = -1  # the caller's copy: the next decode is not affected
+        ans = _wire.decode_answer(body)
+        want = json.loads(body)
+        assert ans.id == rid and {**ans.body, "id": ans.id} == want
+        assert ans.record == TensorInfo.from_wire(want["tensor"])
+        records.append(ans.record)
+    assert all(r is records[0] for r in records), "a repeated answer's record is decoded once"
+    fresh = _wire.decode_answer(b'{"id":3,' + rec, cache=False)
+    assert fresh.record == records[0] and fresh.record is not records[0], "cache=False keeps nothing"
     other = b'{"id":5,"ok":true,"tensor":{"name":"x"}}'
-    assert _wire.decode_body(other) == json.loads(other)
+    assert _wire.decode_answer(other).body == json.loads(other)
     with pytest.raises(_wire.FrameError):
-        _wire.decode_body(b'{"id":5,"ok":true,"tensor":{"name":')
+        _wire.decode_answer(b'{"id":5,"ok":true,"tensor":{"name":')
 
 
 def test_tensor_info_from_the_wire_is_a_normal_frozen_record() -> None:
     import dataclasses
 
-    from memcuda._client import TensorInfo
+    from memcuda import TensorInfo
 
     d = {"name": "w", "uid": "i-1", "dtype": "bf16", "shape": [256, 1024], "device": 1, "bytes": 524288, "ipc_mode": "vmm",
          "offset": 512, "segment_id": "s", "segment_size": 2097152, "owner_pid": 7, "refcount": 2, "state": "ready",
          "agent": "i", "node": "n", "ctime": 5, "mtime": 6, "event": "ev"}
-    info = TensorInfo._parse(d)
+    info = TensorInfo.from_wire(d)
     same = TensorInfo(**{f.name: getattr(info, f.name) for f in dataclasses.fields(TensorInfo)})
     assert info == same and hash(info) == hash(same)
     assert info.shape == (256, 1024) and info.device_uuid == "" and info.tenant == ""
