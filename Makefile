@@ -22,11 +22,11 @@ lint:
 	$(GO) vet ./...
 
 # Fuzz seed corpora run as part of the normal tests. The controller and
-# chart tests need a kube-apiserver and etcd (envtest) and helm: the hack/
+# chart tests need a kube-apiserver and etcd (envtest) and helm: the scripts/
 # scripts build them once into ~/.cache/memcuda.
 test-go:
 	bash scripts/ensure-redis.sh
-	eval "$$(bash hack/envtest-assets.sh)" && HELM="$$(bash hack/helm.sh)" $(GO) test -race -count=1 -timeout 20m ./...
+	eval "$$(bash scripts/envtest-assets.sh)" && HELM="$$(bash scripts/helm.sh)" $(GO) test -race -count=1 -timeout 20m ./...
 
 test-python: build
 	PYTHON=$(PYTHON) bash scripts/ensure-python-deps.sh
@@ -63,12 +63,12 @@ gpu-suite:
 	bash scripts/gpu-suite-build.sh
 
 envtest-assets:
-	bash hack/envtest-assets.sh
+	bash scripts/envtest-assets.sh
 
 # The agent image from the Dockerfile, built and checked without a Docker
 # engine (buildah, as root); IMAGE=... names it.
 image:
-	bash hack/image-build.sh
+	bash scripts/image-build.sh
 
 clean:
 	rm -rf $(BIN_DIR)

@@ -11,7 +11,7 @@
 # machine's Go 1.26 toolchain (and the CAs this machine trusts). The
 # Dockerfile is used unchanged.
 #
-#   IMAGE=localhost/memcuda:dev bash hack/image-build.sh
+#   IMAGE=localhost/memcuda:dev bash scripts/image-build.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IMAGE=${IMAGE:-localhost/memcuda:dev}
