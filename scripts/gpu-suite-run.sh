@@ -2,8 +2,8 @@
 # Runs the whole GPU suite on a GPU machine in one go (see `make gpu-suite`):
 # Go cuda and backend tests, the Python tests (host and GPU, vmm and legacy),
 # the demo, and the benchmarks. Logs and JSON go to $OUT (or ./gpu-out).
-# ONLY_BENCH=1 skips the tests, SKIP_BENCH=1 the benchmarks, SKIP_ALLOC=1 the
-# allocator comparison; BENCH_MODES and BENCH_N pick backends and samples (a
+# ONLY_BENCH=1 skips the tests, SKIP_BENCH=1 the benchmarks, SKIP_GO_BENCH=1
+# the Go benchmarks, SKIP_ALLOC=1 the allocator comparison; BENCH_MODES and BENCH_N pick backends and samples (a
 # mode ending in -sync runs that backend with --registry-write-behind=false:
 # every Redis script before its answer, the baseline of write-behind).
 set -uo pipefail
@@ -39,11 +39,13 @@ if [ -z "${ONLY_BENCH:-}" ]; then
   runlog "$OUT/go-cuda.log" "grep -E '^(--- |PASS|FAIL|ok)|\.go:[0-9]+:'" "$D/test/cuda.test" -test.v -test.count=1
   step go gpu backend tests
   runlog "$OUT/go-gpu.log" "grep -E '^(--- |PASS|FAIL|ok)|\.go:[0-9]+:'" "$D/test/gpu.test" -test.v -test.count=1
-  step go benchmarks: fill, Redis scripts, store create, the agent over its socket
-  runlog "$OUT/go-bench.log" "grep -E '^Benchmark'" bash -c "$D/test/cuda.test -test.run '^\$' -test.bench . -test.benchtime 2000x &&
-    $D/test/registry.test -test.run '^\$' -test.bench . -test.benchtime 2000x &&
-    $D/test/store.test -test.run '^\$' -test.bench . -test.benchtime 1000x &&
-    $D/test/agent.test -test.run '^\$' -test.bench Socket -test.benchtime 4000x -test.count 3"
+  if [ -z "${SKIP_GO_BENCH:-}" ]; then
+    step go benchmarks: fill, Redis scripts, store create, the agent over its socket
+    runlog "$OUT/go-bench.log" "grep -E '^Benchmark'" bash -c "$D/test/cuda.test -test.run '^\$' -test.bench . -test.benchtime 2000x &&
+      $D/test/registry.test -test.run '^\$' -test.bench . -test.benchtime 2000x &&
+      $D/test/store.test -test.run '^\$' -test.bench . -test.benchtime 1000x &&
+      $D/test/agent.test -test.run '^\$' -test.bench Socket -test.benchtime 4000x -test.count 3"
+  fi
   step python tests
   runlog "$OUT/pytest.log" "tail -25" bash -c 'cd python && python3 -m pytest -q -rs -p no:cacheprovider tests'
   step demo
