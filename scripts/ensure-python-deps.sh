@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Makes sure the Python test dependencies are importable (pip install when not).
+# Makes sure the Python test dependencies are importable (pip install when
+# not): the test runner and type checker, and what the client works with
+# when present (NumPy, ml_dtypes for bf16/fp8 on the host, redis-py for the
+# Redis-only path, JAX for the DLPack tests). PyTorch is not installed here:
+# its wheels carry CUDA; the GPU suite runs the torch tests.
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
-if ! "$PYTHON" -c 'import numpy, pytest, mypy' >/dev/null 2>&1; then
-  echo "installing numpy, pytest and mypy with pip" >&2
-  "$PYTHON" -m pip install -q --disable-pip-version-check numpy pytest mypy
+if ! "$PYTHON" -c 'import numpy, pytest, mypy, ml_dtypes, redis, jax' >/dev/null 2>&1; then
+  echo "installing numpy, pytest, mypy, ml_dtypes, redis and jax with pip" >&2
+  "$PYTHON" -m pip install -q --disable-pip-version-check numpy pytest mypy ml_dtypes "redis>=4.2" jax
 fi

@@ -6,7 +6,7 @@
     w = t.torch()                                       # zero-copy torch.Tensor
     t.release()                                         # or use `with`
 """
-from ._client import DEFAULT_SOCKET, Client, connect, socket_path
+from ._client import DEFAULT_SOCKET, Client, connect, shared_client, socket_path
 from ._errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -27,7 +27,8 @@ from ._version import __version__
 from ._views import TensorViews
 
 __all__ = [
-    "DEFAULT_SOCKET", "Client", "SharedTensor", "TensorInfo", "TensorViews", "__version__", "connect", "socket_path",
+    "DEFAULT_SOCKET", "Client", "SharedTensor", "TensorInfo", "TensorViews", "__version__", "connect", "shared_client",
+    "socket_path",
     "AlreadyExists", "DeadlineExceeded", "FailedPrecondition", "InvalidArgument", "MemcudaError", "NotFound",
     "OutOfMemory", "PermissionDenied", "ProtocolError", "Unavailable", "Unimplemented", "RedisTensor",
     "open_from_redis",

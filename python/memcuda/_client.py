@@ -16,7 +16,7 @@ from ._tensor import SharedTensor
 from ._transport import Connection, close_fd
 from ._version import __version__
 
-__all__ = ["DEFAULT_SOCKET", "Client", "connect", "socket_path"]
+__all__ = ["DEFAULT_SOCKET", "Client", "connect", "shared_client", "socket_path"]
 
 DEFAULT_SOCKET = "/run/memcuda/agent.sock"
 _WINDOW = 32  # get_many's and create_many's requests in flight: their answers must fit the socket buffers
@@ -37,6 +37,22 @@ if hasattr(os, "register_at_fork"):
 
 def socket_path(path: Optional[str] = None) -> str:
     return path or os.environ.get("MEMCUDA_SOCKET") or DEFAULT_SOCKET
+
+
+_shared: dict[tuple[int, str], "Client"] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_client(path: Optional[str] = None) -> "Client":
+    """This process's shared client of the agent at path ($MEMCUDA_SOCKET,
+    else /run/memcuda/agent.sock): made on first use, made again in a child
+    after fork(). Unpickled tensors are opened through it."""
+    key = (os.getpid(), socket_path(path))
+    with _shared_lock:
+        c = _shared.get(key)
+        if c is None or c._closed:
+            c = _shared[key] = Client(key[1])
+        return c
 
 
 def connect(path: Optional[str] = None, timeout: float = 10.0, spin_us: Optional[float] = None) -> "Client":

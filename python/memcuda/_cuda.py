@@ -12,8 +12,8 @@ from typing import Any, Optional
 from ._errors import FailedPrecondition, MemcudaError
 
 __all__ = [
-    "CudaError", "Mapping", "current_stream", "format_uuid", "import_segment", "open_legacy", "ordinal_of", "process_event",
-    "record", "record_always", "stream_wait",
+    "CudaError", "Mapping", "current_stream", "device_copy", "format_uuid", "free_device", "host_copy", "import_segment",
+    "open_legacy", "ordinal_of", "process_event", "record", "record_always", "stream_wait",
 ]
 
 CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR = 1
@@ -308,3 +308,30 @@ def record_always(ordinal: int, stream: int) -> str:
     with _Current(ordinal):
         _check("cuEventRecord", _fn("cuEventRecord")(ev, ctypes.c_void_p(stream)))
     return b64
+
+
+def device_copy(ordinal: int, src: int, nbytes: int, stream: int) -> int:
+    """A new device allocation holding nbytes from src, copied on stream
+    (queued, not waited for). Free it with free_device."""
+    with _Current(ordinal):
+        dst = ctypes.c_uint64()
+        _check("cuMemAlloc", _fn("cuMemAlloc")(ctypes.byref(dst), ctypes.c_size_t(max(nbytes, 1))))
+        rc = _fn("cuMemcpyAsync")(dst, ctypes.c_uint64(src), ctypes.c_size_t(nbytes), ctypes.c_void_p(stream))
+        if rc != 0:
+            _fn("cuMemFree")(dst)
+            _check("cuMemcpyAsync", rc)
+    return int(dst.value)
+
+
+def free_device(ordinal: int, ptr: int) -> None:
+    with _Current(ordinal):
+        _check("cuMemFree", _fn("cuMemFree")(ctypes.c_uint64(ptr)))
+
+
+def host_copy(ordinal: int, src: int, nbytes: int, stream: int) -> Any:
+    """nbytes from src in a new host buffer, once stream's work so far is done."""
+    buf = ctypes.create_string_buffer(max(nbytes, 1))
+    with _Current(ordinal):
+        _check("cuStreamSynchronize", _fn("cuStreamSynchronize")(ctypes.c_void_p(stream)))
+        _check("cuMemcpyDtoH", _fn("cuMemcpyDtoH")(buf, ctypes.c_uint64(src), ctypes.c_size_t(nbytes)))
+    return buf

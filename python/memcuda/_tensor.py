@@ -84,6 +84,19 @@ class SharedTensor(TensorViews):
             except Exception:
                 pass  # interpreter shutdown: the connection's close drops the reference
 
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        """Pickles by name: unpickling, in this or another process of the
+        node, opens the same memory through the process's shared client of
+        the same agent socket (memcuda.shared_client)."""
+        self._check()
+        return (_open_pickled, (self.info.name, self.client.path))
+
     def __repr__(self) -> str:
         state = "released" if self._released else f"refcount~{self.info.refcount}"
         return f"SharedTensor({self.name!r}, {self.dtype}{list(self.shape)}, {self.info.ipc_mode}, {state})"
+
+
+def _open_pickled(name: str, path: str) -> SharedTensor:
+    from ._client import shared_client
+
+    return shared_client(path).get(name)
