@@ -24,7 +24,19 @@ const (
 	// segment (Request.Segment): the next answer that needs it carries it
 	// again. An open descriptor keeps the segment's memory allocated.
 	OpForget = "forget"
+	// OpHolders answers a tensor's reference holders and their counts.
+	OpHolders = "holders"
 )
+
+// Features an agent announces in hello beyond version 1's first ops.
+const (
+	// FeatureListPages: list takes prefix, limit and cursor and answers
+	// next, so no answer outgrows the frame.
+	FeatureListPages = "list-pages"
+)
+
+// MaxListLimit bounds the records of one list answer.
+const MaxListLimit = 1000
 
 // Request is a client's request.
 type Request struct {
@@ -40,6 +52,12 @@ type Request struct {
 	Event string `json:"event,omitempty"`
 	// Segment is the segment id of a forget.
 	Segment string `json:"segment,omitempty"`
+	// Prefix, Limit and Cursor page a list: the names starting with
+	// Prefix, in name order, at most Limit (0: all, if they fit in one
+	// answer; at most MaxListLimit), after Cursor (the previous answer's Next).
+	Prefix string `json:"prefix,omitempty"`
+	Limit  int    `json:"limit,omitempty"`
+	Cursor string `json:"cursor,omitempty"`
 }
 
 // Response is the agent's answer to the request with the same id.
@@ -54,6 +72,10 @@ type Response struct {
 	GC      *GCResult `json:"gc,omitempty"`
 	Trimmed uint64    `json:"trimmed,omitempty"`
 	FDs     []string  `json:"fds,omitempty"` // segment ids of the attached descriptors
+	// Next is the cursor of a list's next page, "" after the last.
+	Next string `json:"next,omitempty"`
+	// Holders are a tensor's reference holders and their counts (holders).
+	Holders map[string]int64 `json:"holders,omitempty"`
 }
 
 // Error carries an errdefs wire code and a message.

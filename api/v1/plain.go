@@ -40,11 +40,23 @@ func decodePlain(b []byte) (req Request, ok bool) {
 	for _, f := range []struct {
 		key string
 		dst *string
-	}{{`,"device":`, &req.Device}, {`,"client":`, &req.Client}, {`,"event":`, &req.Event}, {`,"segment":`, &req.Segment}} {
+	}{{`,"device":`, &req.Device}, {`,"client":`, &req.Client}, {`,"event":`, &req.Event}, {`,"segment":`, &req.Segment}, {`,"prefix":`, &req.Prefix}} {
 		if p.lit(f.key) {
 			if *f.dst, ok = p.str(); !ok {
 				return Request{}, false
 			}
+		}
+	}
+	if p.lit(`,"limit":`) {
+		n, ok := p.int()
+		if !ok {
+			return Request{}, false
+		}
+		req.Limit = n
+	}
+	if p.lit(`,"cursor":`) {
+		if req.Cursor, ok = p.str(); !ok {
+			return Request{}, false
 		}
 	}
 	if !p.lit("}") || p.i != len(b) {
@@ -113,6 +125,16 @@ func (p *plainParser) uint() (uint64, bool) {
 	}
 	v, err := strconv.ParseUint(s, 10, 64)
 	return v, err == nil
+}
+
+// int consumes a JSON integer that fits an int.
+func (p *plainParser) int() (int, bool) {
+	s, ok := p.number(true)
+	if !ok {
+		return 0, false
+	}
+	v, err := strconv.ParseInt(s, 10, 0)
+	return int(v), err == nil
 }
 
 // ints consumes an array of integers ([] gives an empty, non-nil slice, as

@@ -9,7 +9,8 @@ import "strconv"
 // would need escaping; those go through json.Marshal (FuzzPlainResponse
 // checks that both write the same bytes).
 func appendPlainResponse(dst []byte, resp *Response) (_ []byte, ok bool) {
-	if resp.Error != nil || resp.Tensors != nil || resp.Stats != nil || resp.Hello != nil || resp.GC != nil || resp.Trimmed != 0 {
+	if resp.Error != nil || resp.Tensors != nil || resp.Stats != nil || resp.Hello != nil || resp.GC != nil || resp.Trimmed != 0 ||
+		resp.Next != "" || resp.Holders != nil {
 		return dst, false
 	}
 	dst = append(dst, `{"id":`...)

@@ -18,6 +18,10 @@ type Command struct {
 	// a pid that names another process in its PID namespace: a sender in a
 	// namespace of its own would otherwise pin a reference on a stranger.
 	PIDStart uint64 `json:"pid_start,omitempty"`
+	// Prefix, Limit and Cursor page a list as on the socket (Limit 0: all).
+	Prefix string `json:"prefix,omitempty"`
+	Limit  int    `json:"limit,omitempty"`
+	Cursor string `json:"cursor,omitempty"`
 }
 
 // Reply is what the agent pushes to a command's reply_to list.
@@ -27,6 +31,7 @@ type Reply struct {
 	Error   *Error   `json:"error,omitempty"`
 	Tensor  *Tensor  `json:"tensor,omitempty"`
 	Tensors []Tensor `json:"tensors,omitempty"`
+	Next    string   `json:"next,omitempty"` // a list's next cursor, "" after the last page
 }
 
 // DeadLetter is an entry of the dead-letter list <prefix>dead.

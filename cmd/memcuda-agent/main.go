@@ -51,7 +51,7 @@ func run(args []string) error {
 	fs.StringVar(&cfg.Node, "node", hostname, "node name (default: $NODE_NAME, else the hostname)")
 	fs.StringVar(&cfg.Socket, "socket", client.DefaultSocket, "client socket path")
 	fs.StringVar(&cfg.Backend, "backend", "auto", "memory backend: auto (vmm with a GPU, else host), vmm, legacy or host")
-	fs.Var(&limit, "device-limit", "bytes the pools may reserve per device, e.g. 8GiB (0: the device's size)")
+	fs.Var(&limit, "device-limit", "bytes the pools may reserve per device, a Kubernetes quantity such as 40Gi (0: the device's size)")
 	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", "127.0.0.1:9464", "address of /metrics, /healthz and /readyz (empty: off)")
 	fs.DurationVar(&cfg.GCInterval, "gc-interval", time.Second, "how often references of dead processes are dropped")
 	fs.DurationVar(&cfg.ReplyTTL, "reply-ttl", time.Minute, "how long queue replies are kept")

@@ -12,10 +12,10 @@ import (
 
 // listAllNodes reads every agent's registry from a shared Redis: the agents
 // add their --redis-prefix to <cluster-prefix>prefixes.
-func listAllNodes(ctx context.Context, url, clusterPrefix string) ([]v1.Tensor, error) {
+func listAllNodes(ctx context.Context, url, clusterPrefix, namePrefix string) ([]v1.Tensor, error) {
 	opt, err := redis.ParseURL(url)
 	if err != nil {
-		return nil, usageError{"--redis-url: " + err.Error()}
+		return nil, usagef("--redis-url: %v", err)
 	}
 	rdb := redis.NewClient(opt)
 	defer rdb.Close()
@@ -26,11 +26,17 @@ func listAllNodes(ctx context.Context, url, clusterPrefix string) ([]v1.Tensor, 
 	sort.Strings(prefixes)
 	var out []v1.Tensor
 	for _, p := range prefixes {
-		list, err := registry.New(rdb, registry.Keys{Prefix: p}).List(ctx)
-		if err != nil {
-			return nil, err
+		for cursor := ""; ; {
+			list, next, err := registry.New(rdb, registry.Keys{Prefix: p}).List(ctx, namePrefix, cursor, v1.MaxListLimit)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, list...)
+			if next == "" {
+				break
+			}
+			cursor = next
 		}
-		out = append(out, list...)
 	}
 	return out, nil
 }

@@ -3,12 +3,13 @@ package main
 import (
 	"context"
 	"encoding/binary"
-	"flag"
 	"fmt"
 	"hash/fnv"
 	"math"
 	"os"
 	"os/exec"
+
+	"github.com/spf13/cobra"
 
 	"github.com/memcuda/memcuda/pkg/client"
 )
@@ -17,26 +18,38 @@ import (
 // a reader process opens the same memory by name, checks it and writes back;
 // the demo process sees the reader's write. Each step prints what it did.
 
-func cmdDemo(ctx context.Context, g globals, args []string) error {
-	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	role := fs.String("role", "", "internal: writer or reader")
-	name := fs.String("name", "demo.weights", "tensor name")
-	keep := fs.Bool("keep", false, "keep the tensor afterwards")
-	pos, err := parseFlags(fs, args)
-	if err != nil {
-		return err
+func demoCommand(g *globals) *cobra.Command {
+	var role, name string
+	var keep bool
+	cmd := &cobra.Command{
+		Use:   "demo",
+		Short: "Two processes share a named tensor",
+		Long: `The demo: a writer process creates a named tensor and fills it, then exits; a
+reader process opens the same memory by name, checks it and writes back; this
+process sees the reader's write. Each step prints what it did.`,
+		Args: noArgs,
+		RunE: func(*cobra.Command, []string) error {
+			ctx, cancel := g.ctx()
+			defer cancel()
+			return runDemo(ctx, g, role, name, keep)
+		},
 	}
-	if len(pos) > 0 {
-		return usageError{"demo takes no arguments"}
-	}
-	switch *role {
+	cmd.Flags().StringVar(&role, "role", "", "internal: writer or reader")
+	cmd.Flags().StringVar(&name, "name", "demo.weights", "tensor name")
+	cmd.Flags().BoolVar(&keep, "keep", false, "keep the tensor afterwards")
+	_ = cmd.Flags().MarkHidden("role")
+	return cmd
+}
+
+func runDemo(ctx context.Context, g *globals, role, name string, keep bool) error {
+	switch role {
 	case "writer":
-		return demoWriter(ctx, g, *name)
+		return demoWriter(ctx, g, name)
 	case "reader":
-		return demoReader(ctx, g, *name)
+		return demoReader(ctx, g, name)
 	case "":
 	default:
-		return usageError{fmt.Sprintf("unknown demo role %q", *role)}
+		return usagef("unknown demo role %q", role)
 	}
 	c, err := g.dial(ctx)
 	if err != nil {
@@ -45,19 +58,19 @@ func cmdDemo(ctx context.Context, g globals, args []string) error {
 	defer c.Close()
 	h := c.Hello()
 	fmt.Fprintf(g.out, "[demo   pid %d] agent %s on node %s, backend %s\n", os.Getpid(), h.Agent, h.Node, h.Mode)
-	_ = c.Delete(ctx, *name) // a leftover of an earlier run
+	_ = c.Delete(ctx, name) // a leftover of an earlier run
 	self, err := os.Executable()
 	if err != nil {
 		return err
 	}
 	for _, r := range []string{"writer", "reader"} {
-		cmd := exec.CommandContext(ctx, self, "--socket", client.SocketPath(g.socket), "demo", "--role", r, "--name", *name)
+		cmd := exec.CommandContext(ctx, self, "--socket", client.SocketPath(g.socket), "demo", "--role", r, "--name", name)
 		cmd.Stdout, cmd.Stderr = g.out, os.Stderr
 		if err := cmd.Run(); err != nil {
 			return fmt.Errorf("%s process: %w", r, err)
 		}
 	}
-	t, err := c.Get(ctx, *name)
+	t, err := c.Get(ctx, name)
 	if err != nil {
 		return err
 	}
@@ -69,13 +82,13 @@ func cmdDemo(ctx context.Context, g globals, args []string) error {
 	if err := t.Release(ctx); err != nil {
 		return err
 	}
-	if !*keep {
-		if err := c.Delete(ctx, *name); err != nil {
+	if !keep {
+		if err := c.Delete(ctx, name); err != nil {
 			return err
 		}
-		fmt.Fprintf(g.out, "[demo   pid %d] deleted %s; demo OK\n", os.Getpid(), *name)
+		fmt.Fprintf(g.out, "[demo   pid %d] deleted %s; demo OK\n", os.Getpid(), name)
 	} else {
-		fmt.Fprintf(g.out, "[demo   pid %d] kept %s; demo OK\n", os.Getpid(), *name)
+		fmt.Fprintf(g.out, "[demo   pid %d] kept %s; demo OK\n", os.Getpid(), name)
 	}
 	return nil
 }
@@ -88,7 +101,7 @@ func checksum(b []byte) uint64 {
 	return h.Sum64()
 }
 
-func demoWriter(ctx context.Context, g globals, name string) error {
+func demoWriter(ctx context.Context, g *globals, name string) error {
 	c, err := g.dial(ctx)
 	if err != nil {
 		return err
@@ -107,7 +120,7 @@ func demoWriter(ctx context.Context, g globals, name string) error {
 	return nil
 }
 
-func demoReader(ctx context.Context, g globals, name string) error {
+func demoReader(ctx context.Context, g *globals, name string) error {
 	c, err := g.dial(ctx)
 	if err != nil {
 		return err

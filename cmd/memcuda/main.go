@@ -1,6 +1,7 @@
 // Command memcuda is mem-cuda's command-line tool: it lists, inspects,
 // creates and removes named tensors through the node agent, shows pool
-// statistics, triggers GC, and runs the two-process demo.
+// statistics, triggers GC, and runs the two-process demo. Flags go
+// anywhere, as with kubectl; `memcuda help COMMAND` or `--help` explains each.
 //
 // Exit codes: 0 success, 1 an error the agent reported, 2 bad usage,
 // 3 the agent (or Redis) is unavailable, 4 not found, 5 already exists.
@@ -9,112 +10,121 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
-	"strconv"
 	"strings"
 	"time"
+
+	"github.com/spf13/cobra"
 
 	"github.com/memcuda/memcuda/pkg/client"
 	"github.com/memcuda/memcuda/pkg/errdefs"
 )
 
-const usage = `usage: memcuda [global flags] <command> [flags] [args]
-
-commands:
-  ls                       list tensors (table; -o json)
-  inspect NAME             show one tensor's record and reference holders
-  create NAME --dtype D --shape 2,3 [--device 0]
-                           create a tensor (or check the existing one)
-  rm NAME...               delete tensors (memory goes with the last reference)
-  stats                    pool statistics per device and tenant
-  gc [--trim]              drop references of dead processes now; --trim also
-                           releases cached free segments
-  demo                     two processes share a named tensor
-  version                  print the version
-
-global flags:
-  --socket PATH            agent socket (env MEMCUDA_SOCKET, default /run/memcuda/agent.sock)
-  -o, --output FORMAT      table or json
-  --timeout DURATION       time limit of the command (default 10s)
-`
-
 // Version is set at build time.
 var Version = "dev"
 
+// usageError is bad usage: exit code 2 and a pointer to the help.
 type usageError struct{ msg string }
 
 func (e usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(format, args...)} }
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
+// globals are the flags every command takes.
 type globals struct {
 	socket  string
 	output  string
 	timeout time.Duration
 	out     io.Writer
+	root    *cobra.Command
+}
+
+// ctx is a command's context: bounded by --timeout.
+func (g *globals) ctx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), g.timeout)
+}
+
+func (g *globals) dial(ctx context.Context) (*client.Client, error) {
+	return client.Dial(ctx, g.socket, client.WithClientName("memcuda-cli "+Version))
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("memcuda", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	g := globals{out: stdout}
-	fs.StringVar(&g.socket, "socket", "", "agent socket")
-	fs.StringVar(&g.output, "output", "table", "table or json")
-	fs.StringVar(&g.output, "o", "table", "table or json")
-	fs.DurationVar(&g.timeout, "timeout", 10*time.Second, "time limit")
-	if err := fs.Parse(args); err != nil {
-		fmt.Fprint(stderr, usage)
-		return 2
+	g := &globals{out: stdout}
+	root := &cobra.Command{
+		Use:   "memcuda",
+		Short: "Named, zero-copy shared GPU tensors: talk to the node's mem-cuda agent",
+		Long: `memcuda lists, inspects, creates and removes the named tensors of the node's
+mem-cuda agent, shows its pools, and runs its demo.
+
+The agent's socket is --socket, else $MEMCUDA_SOCKET, else /run/memcuda/agent.sock.
+Exit codes: 0 success, 1 an error the agent reported, 2 bad usage, 3 the agent
+(or Redis) is unavailable or the time ran out, 4 not found, 5 already exists.`,
+		Version:       Version,
+		SilenceErrors: true,
+		SilenceUsage:  true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			return checkOutput(g.output, cmd)
+		},
 	}
-	if g.output != "table" && g.output != "json" {
-		fmt.Fprintf(stderr, "memcuda: --output %q: want table or json\n", g.output)
-		return 2
-	}
-	rest := fs.Args()
-	if len(rest) == 0 {
-		fmt.Fprint(stderr, usage)
-		return 2
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), g.timeout)
-	defer cancel()
-	var err error
-	switch cmd, cargs := rest[0], rest[1:]; cmd {
-	case "ls", "list":
-		err = cmdList(ctx, g, cargs)
-	case "inspect":
-		err = cmdInspect(ctx, g, cargs)
-	case "create":
-		err = cmdCreate(ctx, g, cargs)
-	case "rm", "delete":
-		err = cmdRemove(ctx, g, cargs)
-	case "stats":
-		err = cmdStats(ctx, g, cargs)
-	case "gc":
-		err = cmdGC(ctx, g, cargs)
-	case "demo":
-		err = cmdDemo(ctx, g, cargs)
-	case "version":
-		fmt.Fprintln(stdout, "memcuda", Version)
-	case "help", "-h", "--help":
-		fmt.Fprint(stdout, usage)
-	default:
-		err = usageError{fmt.Sprintf("unknown command %q", cmd)}
-	}
-	return exitCode(err, stderr)
+	g.root = root
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetArgs(args)
+	root.SetVersionTemplate("memcuda {{.Version}}\n")
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.socket, "socket", "", "agent socket (default $MEMCUDA_SOCKET, else "+client.DefaultSocket+")")
+	pf.StringVarP(&g.output, "output", "o", "table", "output format: table, wide, json, yaml or name")
+	pf.DurationVar(&g.timeout, "timeout", 10*time.Second, "time limit of the command")
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err.Error()} })
+	root.AddCommand(lsCommand(g), inspectCommand(g), createCommand(g), rmCommand(g), statsCommand(g), gcCommand(g),
+		demoCommand(g), versionCommand(g))
+	err := root.Execute()
+	return exitCode(err, root, args, stderr)
 }
 
-func exitCode(err error, stderr io.Writer) int {
+// formats are the -o values each command accepts.
+var formats = map[string][]string{
+	"ls":      {"table", "wide", "json", "yaml", "name"},
+	"inspect": {"table", "json", "yaml"},
+	"create":  {"table", "json", "yaml", "name"},
+	"rm":      {"table", "name"},
+	"stats":   {"table", "json", "yaml"},
+	"gc":      {"table", "json", "yaml"},
+}
+
+func checkOutput(output string, cmd *cobra.Command) error {
+	allowed, ok := formats[cmd.Name()]
+	if !ok {
+		allowed = []string{"table"}
+	}
+	for _, f := range allowed {
+		if output == f {
+			return nil
+		}
+	}
+	if !cmd.Flags().Changed("output") && output == "table" {
+		return nil
+	}
+	return usagef("%s: -o %q: want %s", cmd.Name(), output, strings.Join(allowed, ", "))
+}
+
+func exitCode(err error, root *cobra.Command, args []string, stderr io.Writer) int {
 	if err == nil {
 		return 0
 	}
 	var ue usageError
-	if errors.As(err, &ue) {
-		fmt.Fprintf(stderr, "memcuda: %s\n\n%s", ue.msg, usage)
+	if errors.As(err, &ue) || strings.HasPrefix(err.Error(), "unknown command") || strings.Contains(err.Error(), "arg(s)") {
+		cmd, _, ferr := root.Find(args)
+		if ferr != nil || cmd == nil {
+			cmd = root
+		}
+		fmt.Fprintf(stderr, "memcuda: %v\nSee '%s --help'.\n", err, cmd.CommandPath())
 		return 2
 	}
 	fmt.Fprintln(stderr, "memcuda:", err)
@@ -131,39 +141,34 @@ func exitCode(err error, stderr io.Writer) int {
 	return 1
 }
 
-func (g globals) dial(ctx context.Context) (*client.Client, error) {
-	return client.Dial(ctx, g.socket, client.WithClientName("memcuda-cli "+Version))
-}
-
-// parseFlags parses interleaved flags and positional arguments.
-func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
-	fs.SetOutput(io.Discard)
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, usageError{err.Error()}
+// exactArgs is cobra.ExactArgs with a usage error.
+func exactArgs(n int, what string) cobra.PositionalArgs {
+	return func(_ *cobra.Command, args []string) error {
+		if len(args) != n {
+			return usagef("%s, got %d argument(s)", what, len(args))
 		}
-		args = fs.Args()
-		if len(args) == 0 {
-			return pos, nil
-		}
-		pos = append(pos, args[0])
-		args = args[1:]
+		return nil
 	}
 }
 
-func parseShape(s string) ([]int64, error) {
-	s = strings.Trim(strings.TrimSpace(s), "[]()")
-	if s == "" {
-		return []int64{}, nil
+func noArgs(cmd *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return usagef("%s takes no arguments, got %q", cmd.Name(), args)
 	}
-	var out []int64
-	for _, p := range strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == 'x' || r == ' ' }) {
-		n, err := strconv.ParseInt(p, 10, 64)
-		if err != nil {
-			return nil, usageError{fmt.Sprintf("bad shape %q: %q is not an integer", s, p)}
-		}
-		out = append(out, n)
+	return nil
+}
+
+// tensorName accepts NAME or tensor/NAME (what -o name prints).
+func tensorName(arg string) string { return strings.TrimPrefix(arg, "tensor/") }
+
+func versionCommand(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Args:  noArgs,
+		RunE: func(*cobra.Command, []string) error {
+			fmt.Fprintln(g.out, "memcuda", Version)
+			return nil
+		},
 	}
-	return out, nil
 }

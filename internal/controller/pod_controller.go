@@ -122,7 +122,8 @@ func (r *PodReconciler) ensure(ctx context.Context, pod *corev1.Pod, holder stri
 	if tr.Create {
 		_, statErr := r.Store.Stat(ctx, name)
 		created = errors.Is(statErr, errdefs.ErrNotFound)
-		_, _, err = r.Store.Create(ctx, store.CreateParams{Name: name, DType: tr.DType, Shape: tr.Shape, Device: tr.Device, Tenant: k8sapi.Owner(name), Holder: holder})
+		_, _, err = r.Store.Create(ctx, store.CreateParams{Name: name, DType: tr.DType, Shape: tr.Shape, Device: tr.Device, Tenant: k8sapi.Owner(name), Holder: holder,
+			Who: store.Who{"via", "pod-controller", "namespace", pod.Namespace, "pod", pod.Name}})
 	} else {
 		got, _, gerr := r.Store.Get(ctx, store.GetParams{Name: name, Holder: holder})
 		err = gerr

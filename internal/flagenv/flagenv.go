@@ -8,6 +8,8 @@ import (
 	"os"
 	"strconv"
 	"strings"
+
+	"k8s.io/apimachinery/pkg/api/resource"
 )
 
 // EnvName is the environment variable of a flag.
@@ -39,7 +41,8 @@ func Document(fs *flag.FlagSet) {
 	fs.VisitAll(func(f *flag.Flag) { f.Usage += " (env " + EnvName(f.Name) + ")" })
 }
 
-// Bytes is a flag.Value for sizes such as 512, 64MiB, 8GiB, 1.5G.
+// Bytes is a flag.Value for a byte size written as a Kubernetes quantity,
+// as the chart's values are: 512, 64Mi, 8Gi (binary), 8G (decimal: 8e9).
 type Bytes uint64
 
 func (b *Bytes) String() string { return strconv.FormatUint(uint64(*b), 10) }
@@ -51,25 +54,21 @@ func (b *Bytes) Set(s string) error {
 	return err
 }
 
-// ParseBytes parses a byte size with an optional unit (K, M, G, T with or
-// without "iB"/"B"; powers of 1024).
+// ParseBytes parses a byte size written as a Kubernetes quantity (Ki, Mi,
+// Gi, Ti are powers of 1024; k, M, G, T powers of 1000).
 func ParseBytes(s string) (uint64, error) {
 	t := strings.TrimSpace(s)
-	mult := 1.0
-	upper := strings.ToUpper(t)
-	for _, u := range []struct {
-		suffix string
-		m      float64
-	}{{"TIB", 1 << 40}, {"GIB", 1 << 30}, {"MIB", 1 << 20}, {"KIB", 1 << 10}, {"TB", 1 << 40}, {"GB", 1 << 30}, {"MB", 1 << 20}, {"KB", 1 << 10}, {"T", 1 << 40}, {"G", 1 << 30}, {"M", 1 << 20}, {"K", 1 << 10}, {"B", 1}} {
-		if strings.HasSuffix(upper, u.suffix) {
-			mult = u.m
-			t = strings.TrimSpace(t[:len(t)-len(u.suffix)])
-			break
+	q, err := resource.ParseQuantity(t)
+	if err != nil {
+		hint := ""
+		if strings.HasSuffix(strings.ToUpper(t), "IB") || strings.HasSuffix(strings.ToUpper(t), "B") {
+			hint = " (Kubernetes quantities have no B: 8Gi for 8 GiB, 8G for 8e9 bytes)"
 		}
+		return 0, fmt.Errorf("bad size %q: want a Kubernetes quantity such as 512, 64Mi, 8Gi or 8G%s", s, hint)
 	}
-	f, err := strconv.ParseFloat(t, 64)
-	if err != nil || f < 0 || f*mult > 1<<62 {
-		return 0, fmt.Errorf("bad size %q (want e.g. 512, 64MiB, 8GiB)", s)
+	n := q.Value() // rounded up: a fraction of a byte is refused below
+	if q.Sign() < 0 || n > 1<<62 || resource.NewQuantity(n, q.Format).Cmp(q) != 0 {
+		return 0, fmt.Errorf("bad size %q: want a whole, non-negative number of bytes", s)
 	}
-	return uint64(f * mult), nil
+	return uint64(n), nil
 }

@@ -11,9 +11,10 @@ func TestParseBytes(t *testing.T) {
 		want uint64
 		bad  bool
 	}{
-		{"0", 0, false}, {"512", 512, false}, {"64MiB", 64 << 20, false}, {"8GiB", 8 << 30, false},
-		{"1.5G", 3 << 29, false}, {"2k", 2048, false}, {"10B", 10, false},
-		{"", 0, true}, {"-1", 0, true}, {"lots", 0, true}, {"9999999999T", 0, true},
+		{"0", 0, false}, {"512", 512, false}, {"64Mi", 64 << 20, false}, {"8Gi", 8 << 30, false},
+		{"8G", 8e9, false}, {"1.5Gi", 3 << 29, false}, {"2k", 2000, false}, {"2Ki", 2048, false}, {"1e3", 1000, false},
+		{"", 0, true}, {"-1", 0, true}, {"lots", 0, true}, {"9999999999T", 0, true}, {"8GiB", 0, true}, {"10B", 0, true},
+		{"0.5", 0, true},
 	} {
 		got, err := ParseBytes(tc.in)
 		if (err != nil) != tc.bad || (!tc.bad && got != tc.want) {

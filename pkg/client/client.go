@@ -430,13 +430,62 @@ func (c *Client) Stat(ctx context.Context, name string) (v1.Tensor, error) {
 	return *resp.Tensor, nil
 }
 
-// List returns every tensor's record.
-func (c *Client) List(ctx context.Context) ([]v1.Tensor, error) {
-	resp, err := c.call(ctx, &v1.Request{Op: v1.OpList})
+// ListOption narrows a list.
+type ListOption func(*listOptions)
+
+type listOptions struct{ prefix string }
+
+// WithPrefix lists the names that start with prefix.
+func WithPrefix(prefix string) ListOption { return func(o *listOptions) { o.prefix = prefix } }
+
+// List returns the records of the agent's tensors in name order, read in
+// pages of v1.MaxListLimit (an agent too old for pages answers in one).
+func (c *Client) List(ctx context.Context, opts ...ListOption) ([]v1.Tensor, error) {
+	var o listOptions
+	for _, f := range opts {
+		f(&o)
+	}
+	if !slices.Contains(c.hello.Features, v1.FeatureListPages) {
+		if o.prefix != "" {
+			return nil, fmt.Errorf("%w: agent %s lists no prefixes", errdefs.ErrUnimplemented, c.hello.Software)
+		}
+		resp, err := c.call(ctx, &v1.Request{Op: v1.OpList})
+		if err != nil {
+			return nil, err
+		}
+		return resp.Tensors, nil
+	}
+	var out []v1.Tensor
+	for cursor := ""; ; {
+		page, next, err := c.ListPage(ctx, o.prefix, cursor, v1.MaxListLimit)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, page...)
+		if next == "" {
+			return out, nil
+		}
+		cursor = next
+	}
+}
+
+// ListPage returns at most limit records of names starting with prefix,
+// after cursor, and the cursor of the next page ("" after the last).
+func (c *Client) ListPage(ctx context.Context, prefix, cursor string, limit int) ([]v1.Tensor, string, error) {
+	resp, err := c.call(ctx, &v1.Request{Op: v1.OpList, Prefix: prefix, Cursor: cursor, Limit: limit})
+	if err != nil {
+		return nil, "", err
+	}
+	return resp.Tensors, resp.Next, nil
+}
+
+// Holders returns a tensor's reference holders and their counts.
+func (c *Client) Holders(ctx context.Context, name string) (map[string]int64, error) {
+	resp, err := c.call(ctx, &v1.Request{Op: v1.OpHolders, Name: name})
 	if err != nil {
 		return nil, err
 	}
-	return resp.Tensors, nil
+	return resp.Holders, nil
 }
 
 // Stats returns the agent's pool statistics.

@@ -30,6 +30,9 @@ type wireCommand struct {
 	ReplyTo  *string          `json:"reply_to"`
 	PID      *int             `json:"pid"`
 	PIDStart *uint64          `json:"pid_start"`
+	Prefix   *string          `json:"prefix"`
+	Limit    *int             `json:"limit"`
+	Cursor   *string          `json:"cursor"`
 }
 
 // ParseError is a malformed command. ReplyTo and ID are set when they could
@@ -157,6 +160,15 @@ func Parse(raw []byte, replyPrefix string) (v1.Command, error) {
 			return fail(err)
 		}
 	}
+	if w.Prefix != nil || w.Limit != nil || w.Cursor != nil {
+		if c.Op != v1.OpList {
+			return fail(errdefs.Invalid("%s takes no prefix, limit or cursor", c.Op))
+		}
+		if w.Limit != nil && *w.Limit < 0 {
+			return fail(errdefs.Invalid("limit %d is negative", *w.Limit))
+		}
+		c.Prefix, c.Limit, c.Cursor = deref(w.Prefix), derefInt(w.Limit), deref(w.Cursor)
+	}
 	if c.Op != v1.OpCreate && (w.Shape != nil || w.DType != nil) {
 		return fail(errdefs.Invalid("%s takes no dtype or shape", c.Op))
 	}
@@ -176,4 +188,18 @@ func parseDevice(raw json.RawMessage) (string, error) {
 		return s, nil
 	}
 	return "", errdefs.Invalid("device must be an ordinal or a UUID string, not %s", string(raw))
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+func derefInt(n *int) int {
+	if n == nil {
+		return 0
+	}
+	return *n
 }

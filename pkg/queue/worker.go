@@ -24,9 +24,9 @@ type Store interface {
 	Create(ctx context.Context, p store.CreateParams) (v1.Tensor, store.Commit, error)
 	Get(ctx context.Context, p store.GetParams) (v1.Tensor, store.Commit, error)
 	Release(ctx context.Context, p store.ReleaseParams) (registry.ReleaseResult, error)
-	Delete(ctx context.Context, name, reqID string) (registry.ReleaseResult, error)
+	Delete(ctx context.Context, name, reqID string, who store.Who) (registry.ReleaseResult, error)
 	Stat(ctx context.Context, name string) (v1.Tensor, error)
-	List(ctx context.Context) ([]v1.Tensor, error)
+	List(ctx context.Context, prefix, cursor string, limit int) ([]v1.Tensor, string, error)
 	Holders(ctx context.Context, name string) (map[string]int64, error)
 }
 
@@ -180,7 +180,7 @@ func (w *Worker) apply(ctx context.Context, c v1.Command) (v1.Reply, error) {
 	var info v1.Tensor
 	switch c.Op {
 	case v1.OpCreate:
-		info, _, err = w.st.Create(ctx, store.CreateParams{Name: c.Name, DType: c.DType, Shape: c.Shape, Device: c.Device, OwnerPID: c.PID, ReqID: c.ID})
+		info, _, err = w.st.Create(ctx, store.CreateParams{Name: c.Name, DType: c.DType, Shape: c.Shape, Device: c.Device, OwnerPID: c.PID, ReqID: c.ID, Who: who(c)})
 		r.Tensor = &info
 	case v1.OpGet:
 		var holder string
@@ -195,17 +195,26 @@ func (w *Worker) apply(ctx context.Context, c v1.Command) (v1.Reply, error) {
 			_, err = w.st.Release(ctx, store.ReleaseParams{Name: c.Name, Holder: holder, Count: 1, ReqID: c.ID})
 		}
 	case v1.OpDelete:
-		_, err = w.st.Delete(ctx, c.Name, c.ID)
+		_, err = w.st.Delete(ctx, c.Name, c.ID, who(c))
 	case v1.OpStat:
 		info, err = w.st.Stat(ctx, c.Name)
 		r.Tensor = &info
 	case v1.OpList:
-		r.Tensors, err = w.st.List(ctx)
+		r.Tensors, r.Next, err = w.st.List(ctx, c.Prefix, c.Cursor, c.Limit)
 	}
 	if err != nil {
 		return v1.Reply{ID: c.ID, Error: &v1.Error{Code: errdefs.Code(err), Message: err.Error()}}, err
 	}
 	return r, nil
+}
+
+// who is a command's requester for the audit log.
+func who(c v1.Command) store.Who {
+	w := store.Who{"via", "queue", "request_id", c.ID}
+	if c.PID != 0 {
+		w = append(w, "pid", c.PID)
+	}
+	return w
 }
 
 // pidHolderOf finds the holder of pid's references on name: the process may

@@ -23,6 +23,10 @@ func (k Keys) Refs(name string) string { return k.Prefix + "refs:" + name }
 // Index is the sorted set of names, scored by creation time in ms.
 func (k Keys) Index() string { return k.Prefix + "index" }
 
+// Names is the sorted set of names with score 0, in name order: lists
+// page through it by prefix (ZRANGEBYLEX).
+func (k Keys) Names() string { return k.Prefix + "names" }
+
 // Cmd is the command list (tensor:cmd with the default prefix).
 func (k Keys) Cmd() string { return k.Prefix + "cmd" }
 

@@ -143,7 +143,7 @@ func (r *Registry) Create(ctx context.Context, info v1.Tensor, holder, reqID str
 	useReq, _ := reqArgs(reqID)
 	args := []any{useReq, int64(RequestTTL / time.Second), holder, info.Ctime, info.Name}
 	args = append(args, fields...)
-	res, err := createScript.Run(ctx, r.rdb, []string{r.keys.Meta(info.Name), r.keys.Refs(info.Name), r.keys.Index(), r.keys.Req(reqID)}, args...).Slice()
+	res, err := createScript.Run(ctx, r.rdb, []string{r.keys.Meta(info.Name), r.keys.Refs(info.Name), r.keys.Index(), r.keys.Req(reqID), r.keys.Names()}, args...).Slice()
 	if err != nil {
 		return CreateResult{}, Wrap(err)
 	}
@@ -230,7 +230,7 @@ func (r *Registry) Release(ctx context.Context, name, holder string, count int64
 	if markDeleted {
 		del = "1"
 	}
-	res, err := releaseScript.Run(ctx, r.rdb, []string{r.keys.Meta(name), r.keys.Refs(name), r.keys.Index(), r.keys.Req(reqID)},
+	res, err := releaseScript.Run(ctx, r.rdb, []string{r.keys.Meta(name), r.keys.Refs(name), r.keys.Index(), r.keys.Req(reqID), r.keys.Names()},
 		useReq, int64(RequestTTL/time.Second), holder, c, r.nowMS(), del, name).Slice()
 	if err != nil {
 		return ReleaseResult{}, Wrap(err)
@@ -256,7 +256,7 @@ func (r *Registry) Release(ctx context.Context, name, holder string, count int64
 // Remove deletes the record of a tensor owned by agent whose memory is gone.
 // agent "" removes an index entry that has no record.
 func (r *Registry) Remove(ctx context.Context, name, agent string) (bool, error) {
-	n, err := removeScript.Run(ctx, r.rdb, []string{r.keys.Meta(name), r.keys.Refs(name), r.keys.Index()}, name, agent).Int()
+	n, err := removeScript.Run(ctx, r.rdb, []string{r.keys.Meta(name), r.keys.Refs(name), r.keys.Index(), r.keys.Names()}, name, agent).Int()
 	return n == 1, Wrap(err)
 }
 
@@ -290,36 +290,102 @@ func (r *Registry) Names(ctx context.Context) ([]string, error) {
 	return names, Wrap(err)
 }
 
-// List reads every record of the index, in creation order. Index entries
-// without a record (a half-finished removal) are skipped.
-func (r *Registry) List(ctx context.Context) ([]v1.Tensor, error) {
-	names, err := r.Names(ctx)
+// List reads the records whose names start with prefix, in name order:
+// at most limit of them (0: no limit) after cursor (a name; "" to start).
+// next is the cursor of the following page, "" after the last. Index
+// entries without a record (a half-finished removal) are skipped.
+func (r *Registry) List(ctx context.Context, prefix, cursor string, limit int) (list []v1.Tensor, next string, err error) {
+	lo, hi := "-", "+"
+	if prefix != "" {
+		lo, hi = "["+prefix, "["+prefix+"\xff" // names are ASCII: every one with the prefix sorts below \xff
+	}
+	if cursor != "" {
+		lo = "(" + cursor
+	}
+	by := &redis.ZRangeBy{Min: lo, Max: hi}
+	if limit > 0 {
+		by.Count = int64(limit) + 1 // one more tells whether a next page exists
+	}
+	names, err := r.rdb.ZRangeByLex(ctx, r.keys.Names(), by).Result()
 	if err != nil {
-		return nil, err
+		return nil, "", Wrap(err)
 	}
-	pipe := r.rdb.Pipeline()
-	cmds := make([]*redis.MapStringStringCmd, len(names))
-	for i, n := range names {
-		cmds[i] = pipe.HGetAll(ctx, r.keys.Meta(n))
+	if limit > 0 && len(names) > limit {
+		names = names[:limit]
+		next = names[limit-1]
 	}
-	if len(names) > 0 {
+	list, err = r.records(ctx, names)
+	return list, next, err
+}
+
+// records reads the records of names; missing ones are skipped.
+func (r *Registry) records(ctx context.Context, names []string) ([]v1.Tensor, error) {
+	out := make([]v1.Tensor, 0, len(names))
+	for len(names) > 0 {
+		batch := names[:min(len(names), 1000)]
+		names = names[len(batch):]
+		pipe := r.rdb.Pipeline()
+		cmds := make([]*redis.MapStringStringCmd, len(batch))
+		for i, n := range batch {
+			cmds[i] = pipe.HGetAll(ctx, r.keys.Meta(n))
+		}
 		if _, err := pipe.Exec(ctx); err != nil {
 			return nil, Wrap(err)
 		}
-	}
-	out := make([]v1.Tensor, 0, len(names))
-	for _, c := range cmds {
-		m := c.Val()
-		if len(m) == 0 {
-			continue
+		for _, c := range cmds {
+			m := c.Val()
+			if len(m) == 0 {
+				continue
+			}
+			info, err := fromMap(m)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, info)
 		}
-		info, err := fromMap(m)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, info)
 	}
 	return out, nil
+}
+
+// IndexNames makes the name index hold exactly the names of the time index
+// (a Redis written by an agent from before the name index existed, or a
+// crash between the two).
+func (r *Registry) IndexNames(ctx context.Context) error {
+	names, err := r.Names(ctx)
+	if err != nil {
+		return err
+	}
+	indexed, err := r.rdb.ZRange(ctx, r.keys.Names(), 0, -1).Result()
+	if err != nil {
+		return Wrap(err)
+	}
+	known := make(map[string]bool, len(names))
+	for _, n := range names {
+		known[n] = true
+	}
+	var stale []any
+	for _, n := range indexed {
+		if !known[n] {
+			stale = append(stale, n)
+		}
+	}
+	if len(stale) > 0 {
+		if err := r.rdb.ZRem(ctx, r.keys.Names(), stale...).Err(); err != nil {
+			return Wrap(err)
+		}
+	}
+	for len(names) > 0 {
+		batch := names[:min(len(names), 1000)]
+		names = names[len(batch):]
+		zs := make([]redis.Z, len(batch))
+		for i, n := range batch {
+			zs[i] = redis.Z{Score: 0, Member: n}
+		}
+		if err := r.rdb.ZAdd(ctx, r.keys.Names(), zs...).Err(); err != nil {
+			return Wrap(err)
+		}
+	}
+	return nil
 }
 
 // Holders returns the reference holders of a tensor and their counts.

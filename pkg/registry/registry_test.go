@@ -3,7 +3,9 @@ package registry_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -140,9 +142,9 @@ func TestListAndRemove(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	list, err := r.List(ctx)
-	if err != nil || len(list) != 3 {
-		t.Fatalf("list: %v %v", list, err)
+	list, next, err := r.List(ctx, "", "", 0)
+	if err != nil || len(list) != 3 || next != "" || list[0].Name != "a" || list[2].Name != "c" {
+		t.Fatalf("list: %v %q %v (want a, b, c in name order)", list, next, err)
 	}
 	if ok, _ := r.Remove(ctx, "a", "someone-else"); ok {
 		t.Fatal("removed a record of another instance")
@@ -213,5 +215,62 @@ func TestBriefAcquireEqualsStoredRecord(t *testing.T) {
 	}
 	if _, err := r.Acquire(ctx, "missing", "conn:3", "inst1", "", known); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Fatalf("brief acquire of a missing tensor: %v", err)
+	}
+}
+
+func TestListPagesByPrefix(t *testing.T) {
+	r := newRegistry(t)
+	ctx := context.Background()
+	var want []string
+	for i := 0; i < 25; i++ {
+		n := fmt.Sprintf("m.layers.%02d.w", i)
+		want = append(want, n)
+		for _, name := range []string{n, fmt.Sprintf("other.%02d", i)} {
+			if _, err := r.Create(ctx, record(name), "", ""); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	var got []string
+	pages := 0
+	for cursor := ""; ; pages++ {
+		list, next, err := r.List(ctx, "m.layers.", cursor, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, info := range list {
+			got = append(got, info.Name)
+		}
+		if next == "" {
+			break
+		}
+		if len(list) != 10 || next != list[len(list)-1].Name {
+			t.Fatalf("page %d: %d records, next %q", pages, len(list), next)
+		}
+		cursor = next
+	}
+	if pages != 2 || strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("%d pages: %v, want %v", pages+1, got, want)
+	}
+	// A name index lost (or from before it existed) is rebuilt from the
+	// time index, and stale entries go.
+	r.Client().Del(ctx, r.Keys().Names())
+	r.Client().ZAdd(ctx, r.Keys().Names(), redisZ("stale"))
+	if err := r.IndexNames(ctx); err != nil {
+		t.Fatal(err)
+	}
+	all, _, err := r.List(ctx, "", "", 0)
+	if err != nil || len(all) != 50 {
+		t.Fatalf("after rebuilding: %d records, %v", len(all), err)
+	}
+	if n, _ := r.Client().ZCard(ctx, r.Keys().Names()).Result(); n != 50 {
+		t.Fatalf("name index has %d entries, want 50 (stale entry kept?)", n)
+	}
+	// A freed tensor leaves both indexes.
+	if _, err := r.Release(ctx, "other.00", registry.HolderRegistry, 1, true, ""); err != nil {
+		t.Fatal(err)
+	}
+	if l, _, _ := r.List(ctx, "other.00", "", 0); len(l) != 0 {
+		t.Fatalf("deleted tensor still listed: %v", l)
 	}
 }

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	k8sapi "github.com/memcuda/memcuda/api/k8s/v1alpha1"
 	v1 "github.com/memcuda/memcuda/api/v1"
@@ -55,7 +56,13 @@ func (cn *conn) scope(ctx context.Context, req *v1.Request) error {
 		return nil
 	}
 	switch req.Op {
-	case v1.OpHello, v1.OpList, v1.OpStats, v1.OpGC, v1.OpTrim, v1.OpForget:
+	case v1.OpList:
+		// A short prefix names the caller's own namespace, as names do.
+		if req.Prefix != "" && !strings.Contains(req.Prefix, "/") {
+			req.Prefix = cn.id.Namespace + "/" + req.Prefix
+		}
+		return nil
+	case v1.OpHello, v1.OpStats, v1.OpGC, v1.OpTrim, v1.OpForget:
 		return nil
 	}
 	if err := tensor.ValidateName(req.Name); err != nil {

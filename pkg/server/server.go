@@ -222,6 +222,14 @@ func errorResponse(id uint64, err error) *v1.Response {
 
 func (cn *conn) reply(resp *v1.Response, fds []int) error {
 	frame, err := v1.EncodeResponse(resp)
+	if errors.Is(err, v1.ErrFrame) {
+		// An answer over the frame cap (a list of too many tensors without
+		// a limit): the peer gets the reason, the connection stays.
+		cn.srv.log.Warn("answer too large for one frame", "peer_pid", cn.pid, "err", err)
+		frame, err = v1.EncodeResponse(errorResponse(resp.ID, fmt.Errorf("%w: the answer does not fit in one frame (%w); "+
+			"list in pages (limit and cursor)", errdefs.ErrFailedPrecondition, err)))
+		fds = nil
+	}
 	if err != nil {
 		return err
 	}
@@ -251,6 +259,7 @@ var handlers = map[string]handler{
 	v1.OpGC:      (*conn).gc,
 	v1.OpTrim:    (*conn).trim,
 	v1.OpForget:  (*conn).forget,
+	v1.OpHolders: (*conn).holders,
 }
 
 func (cn *conn) handle(req *v1.Request) (*v1.Response, []int, error) {
@@ -281,7 +290,7 @@ func (cn *conn) hello(ctx context.Context, _ *v1.Request, resp *v1.Response) ([]
 	}
 	resp.Hello = &v1.Hello{
 		Version: v1.Version, Agent: st.Instance(), Node: st.Node(), Mode: st.Mode(), Devices: wire,
-		PeerPID: cn.pid, Redis: st.Ping(ctx) == nil, Software: Software, Features: []string{v1.OpForget},
+		PeerPID: cn.pid, Redis: st.Ping(ctx) == nil, Software: Software, Features: []string{v1.OpForget, v1.OpHolders, v1.FeatureListPages},
 	}
 	return nil, nil
 }
@@ -295,7 +304,7 @@ func (cn *conn) create(ctx context.Context, req *v1.Request, resp *v1.Response) 
 		shape = []int64{}
 	}
 	info, commit, err := cn.srv.st.Create(ctx, store.CreateParams{Name: req.Name, DType: req.DType, Shape: shape, Device: req.Device,
-		OwnerPID: cn.pid, Holder: cn.holder, Tenant: cn.id.Namespace, WriteBehind: true})
+		OwnerPID: cn.pid, Holder: cn.holder, Tenant: cn.id.Namespace, WriteBehind: true, Who: cn.who()})
 	if err != nil {
 		return nil, err
 	}
@@ -406,8 +415,17 @@ func (cn *conn) publish(ctx context.Context, req *v1.Request, _ *v1.Response) ([
 }
 
 func (cn *conn) delete(ctx context.Context, req *v1.Request, _ *v1.Response) ([]int, error) {
-	_, err := cn.srv.st.Delete(ctx, req.Name, "")
+	_, err := cn.srv.st.Delete(ctx, req.Name, "", cn.who())
 	return nil, err
+}
+
+// who is this connection's peer for the audit log.
+func (cn *conn) who() store.Who {
+	w := store.Who{"via", "socket", "peer_pid", cn.pid, "peer_uid", cn.uid}
+	if cn.id.Namespace != "" {
+		w = append(w, "namespace", cn.id.Namespace, "pod", cn.id.Pod)
+	}
+	return w
 }
 
 func (cn *conn) stat(ctx context.Context, req *v1.Request, resp *v1.Response) ([]int, error) {
@@ -416,13 +434,32 @@ func (cn *conn) stat(ctx context.Context, req *v1.Request, resp *v1.Response) ([
 	return nil, err
 }
 
-func (cn *conn) list(ctx context.Context, _ *v1.Request, resp *v1.Response) ([]int, error) {
-	list, err := cn.srv.st.List(ctx)
+func (cn *conn) list(ctx context.Context, req *v1.Request, resp *v1.Response) ([]int, error) {
+	if req.Limit < 0 || req.Limit > v1.MaxListLimit {
+		return nil, errdefs.Invalid("list limit %d: want 1 to %d (0: all, if they fit in one answer)", req.Limit, v1.MaxListLimit)
+	}
+	list, next, err := cn.srv.st.List(ctx, req.Prefix, req.Cursor, req.Limit)
+	if err != nil {
+		return nil, err
+	}
 	for _, t := range list {
 		if cn.visible(ctx, t) {
 			resp.Tensors = append(resp.Tensors, t)
 		}
 	}
+	resp.Next = next
+	return nil, nil
+}
+
+func (cn *conn) holders(ctx context.Context, req *v1.Request, resp *v1.Response) ([]int, error) {
+	if err := tensor.ValidateName(req.Name); err != nil {
+		return nil, err
+	}
+	if _, err := cn.srv.st.Stat(ctx, req.Name); err != nil {
+		return nil, err
+	}
+	h, err := cn.srv.st.Holders(ctx, req.Name)
+	resp.Holders = h
 	return nil, err
 }
 

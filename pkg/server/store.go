@@ -46,9 +46,10 @@ type Memory interface {
 // Records change and read tensor records.
 type Records interface {
 	Publish(ctx context.Context, name, event string) error
-	Delete(ctx context.Context, name, reqID string) (registry.ReleaseResult, error)
+	Delete(ctx context.Context, name, reqID string, who store.Who) (registry.ReleaseResult, error)
 	Stat(ctx context.Context, name string) (v1.Tensor, error)
-	List(ctx context.Context) ([]v1.Tensor, error)
+	List(ctx context.Context, prefix, cursor string, limit int) ([]v1.Tensor, string, error)
+	Holders(ctx context.Context, name string) (map[string]int64, error)
 }
 
 // Maintenance is the agent's housekeeping on request.

@@ -101,7 +101,7 @@ func BenchmarkCreate(b *testing.B) {
 					if err := st.CloseLease(ctx, "conn:1", []string{n}); err != nil {
 						b.Fatal(err)
 					}
-					if _, err := st.Delete(ctx, n, ""); err != nil {
+					if _, err := st.Delete(ctx, n, "", nil); err != nil {
 						b.Fatal(err)
 					}
 					b.StartTimer()

@@ -81,6 +81,9 @@ func (s *Store) deadHolder(h string) bool {
 // instances of this node's agent (a crashed or restarted predecessor) and
 // index entries with no record. It returns the names removed.
 func (s *Store) Reconcile(ctx context.Context) ([]string, error) {
+	if err := s.reg.IndexNames(ctx); err != nil {
+		return nil, err
+	}
 	names, err := s.reg.Names(ctx)
 	if err != nil {
 		return nil, err

@@ -156,7 +156,13 @@ type CreateParams struct {
 	// WriteBehind asks for the answer before the registry write (see
 	// WithWriteBehind); the store decides whether it may.
 	WriteBehind bool
+	// Who asked, for the audit log: slog attributes (pid, pod, namespace...).
+	Who Who
 }
+
+// Who is the requester of an operation as slog key-value pairs, which the
+// audit log lines carry (creates and deletes are logged at info).
+type Who []any
 
 // validate checks a create request and returns its dtype, byte size and device.
 func (s *Store) validate(p CreateParams) (v1.DType, uint64, backend.Device, error) {
@@ -270,7 +276,8 @@ func (s *Store) create(ctx context.Context, p CreateParams, dt v1.DType, n uint6
 		return v1.Tensor{}, err
 	case res.Created:
 		s.table.created(info.UID, res.Info)
-		s.log.Debug("tensor created", "name", info.Name, "dtype", dt, "shape", info.Shape, "bytes", n, "segment", info.SegmentID, "offset", info.Offset)
+		s.audit(ctx, "tensor created", p.Who, "name", info.Name, "dtype", dt, "shape", info.Shape, "bytes", n, "device", dev.Index,
+			"tenant", p.Tenant, "segment", info.SegmentID, "offset", info.Offset)
 		return res.Info, nil
 	case res.Dup:
 		if res.Info.Name == "" {
@@ -299,9 +306,8 @@ func (s *Store) createBehind(ctx context.Context, p CreateParams, dt v1.DType, n
 	info.Refcount = 2 // the registry's and the lease's
 	a.record = info
 	s.table.add(info.UID, a, true)
-	if s.log.Enabled(ctx, slog.LevelDebug) { // its arguments alone cost allocations on every create
-		s.log.Debug("tensor created", "name", info.Name, "dtype", dt, "shape", info.Shape, "bytes", n, "segment", info.SegmentID, "offset", info.Offset, "registry", "pending")
-	}
+	s.audit(ctx, "tensor created", p.Who, "name", info.Name, "dtype", dt, "shape", info.Shape, "bytes", n, "device", dev.Index,
+		"tenant", p.Tenant, "segment", info.SegmentID, "offset", info.Offset, "registry", "pending")
 	return info, s.commitFunc(p.Name, t, func(ctx context.Context) error {
 		res, err := s.reg.Create(ctx, info, p.Holder, "")
 		switch {
@@ -483,8 +489,8 @@ func (s *Store) Publish(ctx context.Context, name, event string) error {
 }
 
 // Delete drops the registry's reference: the tensor takes no new references
-// and is freed when the last one goes.
-func (s *Store) Delete(ctx context.Context, name, reqID string) (registry.ReleaseResult, error) {
+// and is freed when the last one goes. who asked goes to the audit log.
+func (s *Store) Delete(ctx context.Context, name, reqID string, who Who) (registry.ReleaseResult, error) {
 	if err := tensor.ValidateName(name); err != nil {
 		return registry.ReleaseResult{}, err
 	}
@@ -498,7 +504,18 @@ func (s *Store) Delete(ctx context.Context, name, reqID string) (registry.Releas
 		}
 		return err
 	})
+	if err == nil && !res.Dup {
+		s.audit(ctx, "tensor deleted", who, "name", name, "freed", res.Freed, "references_left", res.Refcount)
+	}
 	return res, err
+}
+
+// audit logs an operation that changed the registry at info, with who asked.
+func (s *Store) audit(ctx context.Context, msg string, who Who, args ...any) {
+	if !s.log.Enabled(ctx, slog.LevelInfo) { // its arguments alone cost allocations on every create
+		return
+	}
+	s.log.Info(msg, append(args, who...)...)
 }
 
 // Live reports whether a tensor uid of this instance has memory and is not
@@ -520,12 +537,13 @@ func (s *Store) Stat(ctx context.Context, name string) (v1.Tensor, error) {
 	return s.reg.Stat(ctx, name)
 }
 
-// List returns every record.
-func (s *Store) List(ctx context.Context) ([]v1.Tensor, error) {
+// List returns the records whose names start with prefix, in name order,
+// at most limit (0: all) after cursor; next is the following page's cursor.
+func (s *Store) List(ctx context.Context, prefix, cursor string, limit int) ([]v1.Tensor, string, error) {
 	if err := s.order.settle(ctx); err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	return s.reg.List(ctx)
+	return s.reg.List(ctx, prefix, cursor, limit)
 }
 
 // Names lists the registry's index of names.

@@ -80,7 +80,7 @@ func TestCreateGetReleaseDelete(t *testing.T) {
 	if err != nil || got.Refcount != 2 || got.Offset != info.Offset {
 		t.Fatalf("get: %+v %v", got, err)
 	}
-	if _, err := f.st.Delete(ctx, "w", ""); err != nil {
+	if _, err := f.st.Delete(ctx, "w", "", nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, _, err := f.st.Get(ctx, store.GetParams{Name: "w", Holder: "pid:2:2"}); !errors.Is(err, errdefs.ErrNotFound) {
@@ -149,7 +149,7 @@ func TestZeroFillOnReuse(t *testing.T) {
 	for i := range mem {
 		mem[i] = 0xAB
 	}
-	if _, err := f.st.Delete(ctx, "a", ""); err != nil {
+	if _, err := f.st.Delete(ctx, "a", "", nil); err != nil {
 		t.Fatal(err)
 	}
 	b, _, err := f.st.Create(ctx, store.CreateParams{Name: "b", DType: "u8", Shape: []int64{4096}})
@@ -283,7 +283,7 @@ func TestTrimAndStats(t *testing.T) {
 	if _, _, err := f.st.Create(ctx, store.CreateParams{Name: "big", DType: "u8", Shape: []int64{32 << 20}}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.st.Delete(ctx, "big", ""); err != nil {
+	if _, err := f.st.Delete(ctx, "big", "", nil); err != nil {
 		t.Fatal(err)
 	}
 	entries, _ := os.ReadDir(f.dir)
@@ -333,7 +333,7 @@ func TestFencedReleaseDefersReuse(t *testing.T) {
 	if fence.released != 1 {
 		t.Fatalf("fence released %d times after a duplicate attach, want 1", fence.released)
 	}
-	if _, err := f.st.Delete(ctx, "a", ""); err != nil {
+	if _, err := f.st.Delete(ctx, "a", "", nil); err != nil {
 		t.Fatal(err)
 	}
 	if f.st.Pending() != 1 {

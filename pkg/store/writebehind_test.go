@@ -129,7 +129,7 @@ func TestGetEarlyIsOrderedBeforeALaterDelete(t *testing.T) {
 		t.Fatalf("write-behind get: %+v commit %v err %v", got, commit != nil, err)
 	}
 	var res registry.ReleaseResult
-	del := result(func() (err error) { res, err = f.st.Delete(ctx, "w", ""); return err })
+	del := result(func() (err error) { res, err = f.st.Delete(ctx, "w", "", nil); return err })
 	pending(t, del, "delete")
 	commit(ctx)
 	if err := <-del; err != nil || res.Freed || res.Refcount != 1 {

@@ -106,7 +106,7 @@ func TestQueuedZeroFill(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := st.Delete(ctx, "a", ""); err != nil {
+	if _, err := st.Delete(ctx, "a", "", nil); err != nil {
 		t.Fatal(err)
 	}
 	small.Name = "c"

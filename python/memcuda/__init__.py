@@ -25,11 +25,12 @@ from ._redis import RedisTensor, open_from_redis
 from ._tensor import SharedTensor
 from ._version import __version__
 from ._views import TensorViews
+from ._weights import load_state_dict, module_from_store, publish_state_dict
 
 __all__ = [
     "DEFAULT_SOCKET", "Client", "SharedTensor", "TensorInfo", "TensorViews", "__version__", "connect", "shared_client",
     "socket_path",
     "AlreadyExists", "DeadlineExceeded", "FailedPrecondition", "InvalidArgument", "MemcudaError", "NotFound",
     "OutOfMemory", "PermissionDenied", "ProtocolError", "Unavailable", "Unimplemented", "RedisTensor",
-    "open_from_redis",
+    "open_from_redis", "load_state_dict", "module_from_store", "publish_state_dict",
 ]

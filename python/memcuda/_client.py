@@ -6,7 +6,7 @@ import operator
 import os
 import threading
 import weakref
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 from . import _dtypes, _wire
 from ._errors import FailedPrecondition, InvalidArgument, MemcudaError, ProtocolError, Unavailable, from_code
@@ -21,6 +21,7 @@ __all__ = ["DEFAULT_SOCKET", "Client", "connect", "shared_client", "socket_path"
 DEFAULT_SOCKET = "/run/memcuda/agent.sock"
 _WINDOW = 32  # get_many's and create_many's requests in flight: their answers must fit the socket buffers
 _MAX_UNREAD = 64  # pipelined releases in flight: their replies must fit the socket buffers
+_LIST_PAGE = 1000  # records per list answer (the agent's most)
 _log = logging.getLogger("memcuda")
 
 _clients: "weakref.WeakSet[Client]" = weakref.WeakSet()
@@ -321,8 +322,35 @@ class Client:
             self._begin()
             return _record(self._roundtrip("stat", name=name))
 
-    def list(self) -> list[TensorInfo]:
-        return [TensorInfo.from_wire(t) for t in self._call("list").get("tensors") or []]
+    def list(self, prefix: str = "") -> list[TensorInfo]:
+        """The records of the agent's tensors whose names start with prefix,
+        in name order (read in pages, so any number of tensors lists)."""
+        return list(self.iter_list(prefix))
+
+    def iter_list(self, prefix: str = "", page: int = _LIST_PAGE) -> Iterator[TensorInfo]:
+        """list(), a page of `page` records at a time."""
+        if not isinstance(prefix, str):
+            raise InvalidArgument(f"prefix must be a string, not {type(prefix).__name__}")
+        if "list-pages" not in (self.hello.get("features") or ()):
+            # An older agent answers everything at once.
+            for t in self._call("list").get("tensors") or []:
+                if t.get("name", "").startswith(prefix):
+                    yield TensorInfo.from_wire(t)
+            return
+        cursor = ""
+        while True:
+            resp = self._call("list", prefix=prefix, limit=page, cursor=cursor)
+            for t in resp.get("tensors") or []:
+                yield TensorInfo.from_wire(t)
+            cursor = resp.get("next") or ""
+            if not cursor:
+                return
+
+    def holders(self, name: str) -> dict[str, int]:
+        """A tensor's reference holders and their counts: "registry" (until
+        delete), "conn:<agent>:<n>" (socket connections), "pid:<pid>:<start>"
+        (queue references), "pod:<namespace>/<name>/<uid>"."""
+        return {k: int(v) for k, v in (self._call("holders", name=name).get("holders") or {}).items()}
 
     def stats(self) -> dict[str, Any]:
         return dict(self._call("stats")["stats"])

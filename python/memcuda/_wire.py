@@ -99,8 +99,13 @@ def encode_request(
     client: str = "",
     event: str = "",
     segment: str = "",
+    prefix: str = "",
+    limit: int = 0,
+    cursor: str = "",
 ) -> bytes:
     """A request frame, byte for byte what the Go encoder writes."""
+    if prefix or limit or cursor:
+        return _encode_general(id, op, name, dtype, shape, device, client, event, segment, prefix, limit, cursor)
     if not (dtype or shape or device or client or event or segment):
         # The hot path (get, release, stat...): the bytes after the id are
         # the same every time for an op and name.
@@ -151,7 +156,7 @@ def _suffix(key: _SuffixKey) -> tuple[bytes, bytes]:
 
 
 def _encode_general(id: int, op: str, name: str, dtype: str, shape: Optional[Sequence[int]], device: str, client: str,
-                    event: str, segment: str = "") -> bytes:
+                    event: str, segment: str = "", prefix: str = "", limit: int = 0, cursor: str = "") -> bytes:
     body: dict[str, Any] = {"id": int(id), "op": op}
     # Field order and omitempty rules of v1.Request.
     if name:
@@ -168,6 +173,12 @@ def _encode_general(id: int, op: str, name: str, dtype: str, shape: Optional[Seq
         body["event"] = event
     if segment:
         body["segment"] = segment
+    if prefix:
+        body["prefix"] = prefix
+    if limit:
+        body["limit"] = int(limit)
+    if cursor:
+        body["cursor"] = cursor
     return frame(KIND_REQUEST, _go_json(body))
 
 

@@ -437,3 +437,20 @@ def test_create_many_refuses_bad_specs_before_sending_any(agent, specs: Any, mat
 def test_create_refuses_shapes_that_are_not_integers(agent, shape: Any) -> None:
     with memcuda.connect() as s, pytest.raises(memcuda.InvalidArgument):
         s.create("cs.x", shape, "f32")
+
+
+def test_list_by_prefix_in_pages_and_holders(agent) -> None:
+    with memcuda.connect() as c:
+        made = [c.create(f"lp.{i:03d}", (1,), "u8") for i in range(25)]
+        other = c.create("other.x", (1,), "u8")
+        names = [i.name for i in c.iter_list("lp.", page=7)]
+        assert names == [f"lp.{i:03d}" for i in range(25)], "pages in name order, nothing lost or repeated"
+        assert [i.name for i in c.list("other.")] == ["other.x"]
+        assert len(c.list()) == 26
+        c.flush()
+        h = c.holders("lp.000")
+        assert h.get("registry") == 1 and sum(1 for k in h if k.startswith("conn:")) == 1, h
+        with pytest.raises(memcuda.NotFound):
+            c.holders("lp.missing")
+        for t in made + [other]:
+            t.release()

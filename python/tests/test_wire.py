@@ -14,7 +14,8 @@ def test_request_vectors_encode_byte_for_byte(vec: dict) -> None:
     m = vec["message"]
     got = _wire.encode_request(m["id"], m["op"], name=m.get("name", ""), dtype=m.get("dtype", ""),
                                shape=m.get("shape"), device=m.get("device", ""), client=m.get("client", ""),
-                               event=m.get("event", ""), segment=m.get("segment", ""))
+                               event=m.get("event", ""), segment=m.get("segment", ""), prefix=m.get("prefix", ""),
+                               limit=m.get("limit", 0), cursor=m.get("cursor", ""))
     assert got.hex() == vec["frame_hex"]
 
 

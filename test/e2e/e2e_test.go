@@ -314,8 +314,60 @@ func TestCLI(t *testing.T) {
 	if out, code := e.runCLI("ls"); code != 0 || !strings.Contains(out, "NAME") || !strings.Contains(out, "cli.t") {
 		t.Fatalf("ls table: %q", out)
 	}
-	if out, code := e.runCLI("inspect", "cli.t"); code != 0 || !strings.Contains(out, "IPC handle:") {
+	if out, code := e.runCLI("inspect", "cli.t"); code != 0 || !strings.Contains(out, "IPC handle:") || !strings.Contains(out, "registry") {
 		t.Fatalf("inspect: %q", out)
+	}
+	// kubectl's habits: flags after the command, -o of every kind, --help, --version.
+	out, code = e.runCLI("ls", "-o", "json")
+	mustJSON(t, out, &list)
+	if code != 0 || len(list) != 1 {
+		t.Fatalf("ls -o json: %q %d", out, code)
+	}
+	if out, code := e.runCLI("ls", "-o", "yaml"); code != 0 || !strings.Contains(out, "name: cli.t") {
+		t.Fatalf("ls -o yaml: %q %d", out, code)
+	}
+	if out, code := e.runCLI("ls", "-o", "name"); code != 0 || out != "tensor/cli.t\n" {
+		t.Fatalf("ls -o name: %q %d", out, code)
+	}
+	if out, code := e.runCLI("ls", "-o", "wide"); code != 0 || !strings.Contains(out, "SEGMENT") || !strings.Contains(out, list[0].UID) {
+		t.Fatalf("ls -o wide: %q %d", out, code)
+	}
+	if out, code := e.runCLI("ls", "--prefix", "nope."); code != 0 || strings.Contains(out, "cli.t") {
+		t.Fatalf("ls --prefix: %q %d", out, code)
+	}
+	var insp struct {
+		Name    string           `json:"name"`
+		Holders map[string]int64 `json:"holders"`
+	}
+	out, code = e.runCLI("inspect", "tensor/cli.t", "-o", "json")
+	mustJSON(t, out, &insp)
+	if code != 0 || insp.Name != "cli.t" || insp.Holders["registry"] != 1 {
+		t.Fatalf("inspect -o json: %q %d", out, code)
+	}
+	for _, args := range [][]string{{"--help"}, {"ls", "--help"}, {"help", "inspect"}, {"--version"}} {
+		if out, code := e.runCLI(args...); code != 0 || out == "" {
+			t.Errorf("memcuda %v: exit %d, output %q", args, code, out)
+		}
+	}
+	if out, _ := e.runCLI("ls", "--help"); !strings.Contains(out, "--all-nodes") || !strings.Contains(out, "--watch") {
+		t.Errorf("ls --help does not document its flags: %q", out)
+	}
+	// ls --watch prints the rows that change: a new tensor, then its deletion.
+	watchOut := make(chan string, 1)
+	go func() {
+		out, _ := e.runCLI("ls", "--watch", "--watch-interval", "50ms", "--timeout", "3s")
+		watchOut <- out
+	}()
+	time.Sleep(500 * time.Millisecond)
+	if out, code := e.runCLI("create", "cli.watched", "--shape", "2"); code != 0 {
+		t.Fatalf("create while watching: %q", out)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if out, code := e.runCLI("rm", "cli.watched"); code != 0 {
+		t.Fatalf("rm while watching: %q", out)
+	}
+	if out := <-watchOut; !strings.Contains(out, "cli.watched") || !strings.Contains(out, "gone") || strings.Count(out, "cli.t") != 1 {
+		t.Fatalf("ls --watch: %q (want cli.t once, cli.watched added and gone)", out)
 	}
 	if out, code := e.runCLI("-o", "json", "stats"); code != 0 || !strings.Contains(out, `"reserved"`) {
 		t.Fatalf("stats: %q", out)
@@ -332,7 +384,11 @@ func TestCLI(t *testing.T) {
 		{[]string{"create", "x", "--dtype", "f31", "--shape", "1"}, 2},
 		{[]string{"create", "x", "--shape", "1,a"}, 2},
 		{[]string{"frobnicate"}, 2},
+		{[]string{"ls", "--frob"}, 2},
+		{[]string{"ls", "-o", "bogus"}, 2},
+		{[]string{"inspect"}, 2},
 		{[]string{"--socket", "/nonexistent/sock", "ls"}, 3},
+		{[]string{"ls", "--socket", "/nonexistent/sock"}, 3},
 	} {
 		if _, code := e.runCLI(tc.args...); code != tc.code {
 			t.Errorf("memcuda %v: exit %d, want %d", tc.args, code, tc.code)

@@ -2,7 +2,7 @@
 -- ARGV[3] when it is not empty (a socket lease). The caller wrote the record's
 -- refcount (1 or 2) among the fields and knows the record: a new one is not
 -- sent back.
--- KEYS: meta, refs, index, req
+-- KEYS: meta, refs, index, req, names
 -- ARGV: use_req ('1'|'0'), req_ttl_s, holder, score (ctime ms), name, field, value, ...
 if ARGV[1] == '1' and redis.call('EXISTS', KEYS[4]) == 1 then
   return {'dup', redis.call('HGETALL', KEYS[1])}
@@ -17,6 +17,7 @@ else
   redis.call('HSET', KEYS[2], 'registry', 1)
 end
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
+redis.call('ZADD', KEYS[5], 0, ARGV[5])
 if ARGV[1] == '1' then
   redis.call('SET', KEYS[4], '1', 'EX', ARGV[2])
 end

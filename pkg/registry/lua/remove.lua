@@ -1,10 +1,11 @@
 -- remove: drop the record of a tensor whose memory is gone (its agent
 -- instance died). Only removes it while it still belongs to that instance.
--- KEYS: meta, refs, index
+-- KEYS: meta, refs, index, names
 -- ARGV: name, agent instance ('' also removes an index entry with no record)
 local owner = redis.call('HGET', KEYS[1], 'agent')
 if owner == false then
   redis.call('DEL', KEYS[2])
+  redis.call('ZREM', KEYS[4], ARGV[1])
   return redis.call('ZREM', KEYS[3], ARGV[1])
 end
 if owner ~= ARGV[2] then
@@ -12,4 +13,5 @@ if owner ~= ARGV[2] then
 end
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
 return 1
