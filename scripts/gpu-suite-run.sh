@@ -3,7 +3,8 @@
 # Go cuda and backend tests, the Python tests (host and GPU, vmm and legacy),
 # the demo, and the benchmarks. Logs and JSON go to $OUT (or ./gpu-out).
 # ONLY_BENCH=1 skips the tests, SKIP_BENCH=1 the benchmarks, SKIP_GO_BENCH=1
-# the Go benchmarks, SKIP_ALLOC=1 the allocator comparison; BENCH_MODES and BENCH_N pick backends and samples (a
+# the Go benchmarks, SKIP_WEIGHTS=1 the model-weights benchmark, SKIP_ALLOC=1
+# the allocator comparison; BENCH_MODES and BENCH_N pick backends and samples (a
 # mode ending in -sync runs that backend with --registry-write-behind=false:
 # every Redis script before its answer, the baseline of write-behind).
 set -uo pipefail
@@ -68,6 +69,14 @@ if [ -z "${SKIP_BENCH:-}" ]; then
     memcuda_down
     AGENT_PID= REDIS_PID=
   done
+  if [ -z "${SKIP_WEIGHTS:-}" ]; then
+    step "one copy of a model's weights for N processes"
+    RUN=$(mktemp -d)
+    memcuda_up "$RUN" --backend vmm --log-level warn --metrics-addr ""
+    runlog "$OUT/weights.log" "tail -12" python3 bench/weights_bench.py --procs "${WEIGHTS_PROCS:-4,8}" --out "$OUT/weights.json"
+    memcuda_down
+    AGENT_PID= REDIS_PID=
+  fi
   if [ -z "${SKIP_ALLOC:-}" ]; then
     step allocator trace
     python3 bench/alloc_trace.py gen /tmp/memcuda-trace.txt
