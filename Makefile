@@ -5,7 +5,7 @@ PYTHON    ?= python3
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X main.Version=$(VERSION) -X github.com/memcuda/memcuda/pkg/server.Software=memcuda-agent/$(VERSION)
 
-.PHONY: image gpu-suite all build demo test test-go test-python lint fuzz bench bench-pool bench-socket bench-host envtest-assets clean
+.PHONY: image gpu-suite all build demo test test-go test-python lint fuzz soak bench bench-pool bench-socket bench-host envtest-assets clean
 
 all: build
 
@@ -35,12 +35,24 @@ test-python: build
 	# The GPU benchmarks only run on a GPU machine: type-checked here against the client.
 	cd python && MYPYPATH=. $(PYTHON) -m mypy ../bench/*.py
 
+# Each fuzz target for FUZZ_EXECS executions (default a million); `make
+# soak` runs each for SOAK_TIME and the agent's hostile-load soak, for
+# release checks.
+FUZZ_EXECS ?= 1000000
+SOAK_TIME  ?= 10m
+FUZZ_TARGETS := FuzzParse:./pkg/queue FuzzReadFrame:./api/v1 FuzzDecodePlain:./api/v1 FuzzPlainResponse:./api/v1 FuzzValidateName:./pkg/tensor
+
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./pkg/queue
-	$(GO) test -run '^$$' -fuzz FuzzReadFrame -fuzztime 30s ./api/v1
-	$(GO) test -run '^$$' -fuzz FuzzDecodePlain -fuzztime 30s ./api/v1
-	$(GO) test -run '^$$' -fuzz FuzzPlainResponse -fuzztime 30s ./api/v1
-	$(GO) test -run '^$$' -fuzz FuzzValidateName -fuzztime 30s ./pkg/tensor
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  echo "$${t%%:*}: $(FUZZ_EXECS) executions"; \
+	  $(GO) test -run '^$$' -fuzz "^$${t%%:*}$$" -fuzztime $(FUZZ_EXECS)x "$${t#*:}"; done
+
+soak:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  echo "$${t%%:*}: $(SOAK_TIME)"; \
+	  $(GO) test -run '^$$' -fuzz "^$${t%%:*}$$" -fuzztime $(SOAK_TIME) "$${t#*:}"; done
+	bash scripts/ensure-redis.sh
+	MEMCUDA_SOAK=long $(GO) test -count=1 -run TestSoak -timeout 60m -v ./test/soak
 
 bench: bench-pool bench-host bench-socket
 

@@ -121,14 +121,14 @@ func EncodeResponse(resp *Response) ([]byte, error) {
 	return AppendFrame(nil, KindResponse, len(resp.FDs), body)
 }
 
-// DecodeRequest decodes a request body strictly: unknown fields and wrong
-// types are errors.
+// DecodeRequest decodes a request body strictly: unknown, misspelt or
+// repeated keys, wrong types and trailing data are errors.
 func DecodeRequest(body []byte) (*Request, error) {
 	if req, ok := decodePlain(body); ok {
 		return &req, nil
 	}
 	var req Request
-	if err := strictUnmarshal(body, &req); err != nil {
+	if err := StrictUnmarshal(body, &req); err != nil {
 		return nil, fmt.Errorf("%w: request body: %w", ErrFrame, err)
 	}
 	return &req, nil

@@ -1,12 +1,5 @@
 package v1
 
-import (
-	"bytes"
-	"encoding/json"
-	"fmt"
-	"io"
-)
-
 // Operations.
 const (
 	OpHello   = "hello"
@@ -97,16 +90,4 @@ type Hello struct {
 	// Features lists what this agent speaks beyond version 1's first ops
 	// ("forget"), so a newer client can tell an older agent.
 	Features []string `json:"features,omitempty"`
-}
-
-func strictUnmarshal(b []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return fmt.Errorf("trailing data after the JSON object")
-	}
-	return nil
 }

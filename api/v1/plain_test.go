@@ -3,6 +3,7 @@ package v1
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"os"
 	"reflect"
 	"strings"
@@ -12,7 +13,7 @@ import (
 // strictRequest is DecodeRequest without the reflection-free path.
 func strictRequest(body []byte) (*Request, error) {
 	var req Request
-	err := strictUnmarshal(body, &req)
+	err := StrictUnmarshal(body, &req)
 	return &req, err
 }
 
@@ -143,4 +144,21 @@ func FuzzPlainResponse(f *testing.F) {
 			t.Fatalf("plain encoder wrote\n%s\njson.Marshal\n%s", got, want)
 		}
 	})
+}
+
+func TestDecodeRequestRefusesRepeatedAndMisspeltKeys(t *testing.T) {
+	for _, body := range []string{
+		`{"id":1,"op":"get","op":"gc"}`,
+		`{"id":1,"op":"get","name":"a","name":"b"}`,
+		`{"id":1,"OP":"gc"}`,
+		`{"ID":1,"op":"gc"}`,
+		`{"id":1,"op":"list","limit":5,"limit":6}`,
+	} {
+		if req, err := DecodeRequest([]byte(body)); err == nil || !errors.Is(err, ErrFrame) {
+			t.Errorf("DecodeRequest(%s) = %+v, %v; want a malformed-frame error", body, req, err)
+		}
+	}
+	if _, err := DecodeRequest([]byte(`{"op":"gc","id":1}`)); err != nil {
+		t.Errorf("keys in another order are fine: %v", err)
+	}
 }

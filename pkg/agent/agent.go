@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,6 +32,7 @@ import (
 	"github.com/memcuda/memcuda/pkg/backend/gpu"
 	"github.com/memcuda/memcuda/pkg/backend/host"
 	"github.com/memcuda/memcuda/pkg/deviceplugin"
+	"github.com/memcuda/memcuda/pkg/errdefs"
 	"github.com/memcuda/memcuda/pkg/metrics"
 	"github.com/memcuda/memcuda/pkg/queue"
 	"github.com/memcuda/memcuda/pkg/registry"
@@ -144,6 +146,9 @@ func (a *Agent) openBackend(name string) (backend.Backend, error) {
 		return gpu.New(v1.IPCMode(name), a.instance)
 	case v1.ModeHost:
 		hb := host.New(a.cfg.RedisPrefix, a.instance, host.WithLogger(a.log))
+		if err := hb.Claim(); err != nil {
+			return nil, err
+		}
 		removed, err := hb.RemoveStale()
 		if err != nil {
 			a.log.Warn("could not remove stale shared-memory objects", "err", err)
@@ -159,6 +164,8 @@ func (a *Agent) openBackend(name string) (backend.Backend, error) {
 // Run serves until ctx ends, then shuts down in order: stop taking work,
 // drop leases, remove this instance's records, release memory.
 func (a *Agent) Run(ctx context.Context) error {
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
 	ln, err := server.Listen(a.cfg.Socket)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", a.cfg.Socket, err)
@@ -197,8 +204,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	// Everything that needs Redis waits for it: the socket already answers
 	// (with unavailable) while Redis is down.
+	fatal := make(chan error, 1)
 	run(func() {
-		if !a.bootstrap(ctx) {
+		if err := a.bootstrap(ctx); err != nil {
+			fatal <- err
+			return
+		}
+		if ctx.Err() != nil {
 			return
 		}
 		if a.cfg.Queue {
@@ -214,6 +226,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	case <-ctx.Done():
 	case err := <-serveErr:
 		result = fmt.Errorf("socket server stopped: %w", err)
+	case err := <-fatal:
+		result = err
+		stop()
 	}
 	a.log.Info("agent shutting down")
 	if httpSrv != nil {
@@ -255,11 +270,20 @@ func (a *Agent) startKubernetes(ctx context.Context, run func(func())) ([]server
 	return []server.Option{server.WithAuthorizer(controller.Authorizer{R: rec}, a.cfg.AllowHostClients)}, nil
 }
 
-// bootstrap waits for Redis, loads the scripts and reconciles the registry.
-func (a *Agent) bootstrap(ctx context.Context) bool {
+// bootstrap waits for Redis, checks that no live agent's prefix overlaps
+// this one's, loads the scripts and reconciles the registry. An overlap is
+// returned (the agent stops); it returns nil when ctx ends first.
+func (a *Agent) bootstrap(ctx context.Context) error {
 	wait := 100 * time.Millisecond
 	for {
-		err := a.reg.Load(ctx)
+		err := a.checkPrefix(ctx)
+		if errors.Is(err, errdefs.ErrFailedPrecondition) {
+			a.log.Error("refusing to start", "err", err)
+			return err
+		}
+		if err == nil {
+			err = a.reg.Load(ctx)
+		}
 		if err == nil {
 			var removed []string
 			removed, err = a.st.Reconcile(ctx)
@@ -267,17 +291,55 @@ func (a *Agent) bootstrap(ctx context.Context) bool {
 				a.log.Info("registry reconciled", "removed", len(removed))
 				a.heartbeat(ctx)
 				a.ready.Store(true)
-				return true
+				return nil
 			}
 		}
 		a.log.Warn("waiting for Redis", "err", err, "retry_in", wait)
 		select {
 		case <-ctx.Done():
-			return false
+			return nil
 		case <-time.After(wait):
 		}
 		wait = min(wait*2, 5*time.Second)
 	}
+}
+
+// checkPrefix refuses a prefix whose keys collide with a live agent's in
+// the same Redis: with "p:" and "p:meta:" the record p:meta:meta:x would be
+// the first agent's tensor "meta:x" and the second's "x". Agents list their
+// prefixes in the cluster prefix's set; one is live while its heartbeat key
+// is there (KEYS runs only when a colliding prefix is listed).
+func (a *Agent) checkPrefix(ctx context.Context) error {
+	mine := a.cfg.RedisPrefix
+	if mine == "" {
+		return fmt.Errorf("%w: --redis-prefix is empty", errdefs.ErrFailedPrecondition)
+	}
+	if a.cfg.ClusterPrefix == "" {
+		return nil
+	}
+	others, err := a.rdb.SMembers(ctx, registry.PrefixesKey(a.cfg.ClusterPrefix)).Result()
+	if err != nil {
+		return registry.Wrap(err)
+	}
+	for _, other := range others {
+		if other == mine || !registry.PrefixesCollide(mine, other) {
+			continue
+		}
+		live, err := a.rdb.Keys(ctx, escapeGlob(other)+"agent:*").Result()
+		if err != nil {
+			return registry.Wrap(err)
+		}
+		if len(live) > 0 {
+			return fmt.Errorf("%w: --redis-prefix %q collides with %q, the prefix of the live agent %s in this Redis: "+
+				"their keys overlap (give each node its own, such as tensor:<node>:)", errdefs.ErrFailedPrecondition, mine, other, live[0])
+		}
+	}
+	return nil
+}
+
+// escapeGlob quotes Redis glob characters.
+func escapeGlob(s string) string {
+	return strings.NewReplacer(`\`, `\\`, "*", `\*`, "?", `\?`, "[", `\[`, "]", `\]`).Replace(s)
 }
 
 // background runs GC and the heartbeat.
@@ -345,6 +407,9 @@ func (a *Agent) shutdown() {
 	}
 	if err := a.st.Close(); err != nil {
 		a.log.Warn("releasing memory", "err", err)
+	}
+	if err := a.be.Close(); err != nil {
+		a.log.Warn("closing the backend", "err", err)
 	}
 	a.rdb.Close()
 	a.log.Info("agent stopped")

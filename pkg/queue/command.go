@@ -5,10 +5,7 @@
 package queue
 
 import (
-	"bytes"
 	"encoding/json"
-	"fmt"
-	"io"
 	"strconv"
 	"strings"
 
@@ -66,14 +63,7 @@ func Parse(raw []byte, replyPrefix string) (v1.Command, error) {
 		return v1.Command{}, &ParseError{Err: errdefs.Invalid("command of %d bytes exceeds %d", len(raw), MaxCommandSize)}
 	}
 	var w wireCommand
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	err := dec.Decode(&w)
-	if err == nil {
-		if _, terr := dec.Token(); terr != io.EOF {
-			err = fmt.Errorf("trailing data after the JSON object")
-		}
-	}
+	err := v1.StrictUnmarshal(raw, &w)
 	pe := &ParseError{}
 	// Salvage id and reply_to for the error reply, even from a bad command.
 	var loose map[string]any

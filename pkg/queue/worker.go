@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -75,17 +77,66 @@ func NewWorker(st Store, rdb redis.UniversalClient, keys registry.Keys, opts ...
 	return w
 }
 
+// lanes is how many commands run at once: those of one name always share a
+// lane, in the order they were queued, so one slow command (a get waiting
+// for a tensor's pending write, say) holds up only its lane.
+const lanes = 8
+
 // Run handles commands until ctx ends. It first finishes what a crashed
 // predecessor (or itself, before a Redis outage) left in the processing list,
 // then blocks on the command list. While Redis is unreachable it retries with
 // backoff and never exits.
 func (w *Worker) Run(ctx context.Context) {
+	var chans [lanes]chan string
+	var wg sync.WaitGroup
+	// inflight counts the commands handed to lanes and not done: a drain of
+	// the processing list after a Redis outage must not send them again.
+	var mu sync.Mutex
+	inflight := map[string]int{}
+	for i := range chans {
+		chans[i] = make(chan string, 64)
+		wg.Add(1)
+		go func(in chan string) {
+			defer wg.Done()
+			for raw := range in {
+				w.processUntilDone(ctx, raw)
+				mu.Lock()
+				if inflight[raw]--; inflight[raw] <= 0 {
+					delete(inflight, raw)
+				}
+				mu.Unlock()
+			}
+		}(chans[i])
+	}
+	defer func() {
+		for _, c := range chans {
+			close(c)
+		}
+		wg.Wait()
+	}()
+	dispatch := func(raw string) {
+		mu.Lock()
+		inflight[raw]++
+		mu.Unlock()
+		select {
+		case chans[laneOf(raw)] <- raw:
+		case <-ctx.Done():
+		}
+	}
+	// covered reports, for a command found in the processing list, whether
+	// a lane already has it (each in-flight copy covers one entry).
+	covered := func(seen map[string]int, raw string) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		seen[raw]++
+		return seen[raw] <= inflight[raw]
+	}
 	wait := 50 * time.Millisecond
 	for ctx.Err() == nil {
-		err := w.drainProcessing(ctx)
+		err := w.drainProcessing(ctx, dispatch, covered)
 		if err == nil {
 			wait = 50 * time.Millisecond
-			err = w.loop(ctx)
+			err = w.loop(ctx, dispatch)
 		}
 		if ctx.Err() != nil {
 			return
@@ -100,8 +151,25 @@ func (w *Worker) Run(ctx context.Context) {
 	}
 }
 
-// drainProcessing handles every command left in the processing list.
-func (w *Worker) drainProcessing(ctx context.Context) error {
+// laneOf keeps the commands of one name in one lane (a command whose name
+// cannot be read goes by its bytes).
+func laneOf(raw string) int {
+	var c struct {
+		Name string `json:"name"`
+	}
+	key := raw
+	if json.Unmarshal([]byte(raw), &c) == nil && c.Name != "" {
+		key = c.Name
+	}
+	h := fnv.New32a()
+	h.Write([]byte(key))
+	return int(h.Sum32() % lanes)
+}
+
+// drainProcessing hands over every command left in the processing list
+// that no lane has: a crashed predecessor's, or one whose BLMOVE reply
+// was lost when Redis went away.
+func (w *Worker) drainProcessing(ctx context.Context, dispatch func(string), covered func(map[string]int, string) bool) error {
 	items, err := w.rdb.LRange(ctx, w.keys.Processing(), 0, -1).Result()
 	if err != nil {
 		return registry.Wrap(err)
@@ -109,15 +177,16 @@ func (w *Worker) drainProcessing(ctx context.Context) error {
 	if len(items) > 0 {
 		w.log.Info("resuming commands left in the processing list", "count", len(items))
 	}
+	seen := map[string]int{}
 	for _, raw := range items {
-		if err := w.process(ctx, raw); err != nil {
-			return err
+		if !covered(seen, raw) {
+			dispatch(raw)
 		}
 	}
 	return nil
 }
 
-func (w *Worker) loop(ctx context.Context) error {
+func (w *Worker) loop(ctx context.Context, dispatch func(string)) error {
 	for ctx.Err() == nil {
 		raw, err := w.rdb.BLMove(ctx, w.keys.Cmd(), w.keys.Processing(), "LEFT", "RIGHT", w.block).Result()
 		if errors.Is(err, redis.Nil) {
@@ -129,33 +198,45 @@ func (w *Worker) loop(ctx context.Context) error {
 			}
 			return registry.Wrap(err)
 		}
-		if err := w.process(ctx, raw); err != nil {
-			return err
-		}
+		dispatch(raw)
 	}
 	return nil
 }
 
+// processUntilDone handles one command, retrying while Redis is down.
+func (w *Worker) processUntilDone(ctx context.Context, raw string) {
+	for wait := 50 * time.Millisecond; ctx.Err() == nil; wait = min(wait*2, maxBackoff) {
+		err := w.process(ctx, raw)
+		if err == nil {
+			return
+		}
+		w.log.Warn("command waits for Redis; retrying", "err", err, "in", wait)
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+		}
+	}
+}
+
 // process handles one command and removes it from the processing list. An
-// error means Redis failed: the command stays there and is retried.
+// error means Redis is unreachable: the command stays there and is retried.
+// Anything else the command causes, however malformed or hostile, ends in an
+// error reply or the dead-letter list, never in a stopped queue.
 func (w *Worker) process(ctx context.Context, raw string) error {
 	start := time.Now()
 	cmd, perr := Parse([]byte(raw), w.keys.ReplyPrefix())
 	var reply v1.Reply
 	var err error
+	dead := false
 	if perr != nil {
 		var pe *ParseError
 		errors.As(perr, &pe)
 		reply = v1.Reply{ID: pe.ID, Error: &v1.Error{Code: errdefs.Code(perr), Message: perr.Error()}}
 		cmd = v1.Command{Op: "malformed", ID: pe.ID, ReplyTo: pe.ReplyTo}
-		if err := w.deadLetter(ctx, raw, perr); err != nil {
-			return err
-		}
-		w.log.Warn("malformed command sent to the dead-letter list", "err", perr, "reply_to", pe.ReplyTo)
-		err = perr
+		dead, err = true, perr
 	} else {
 		reply, err = w.apply(ctx, cmd)
-		if errors.Is(err, errdefs.ErrUnavailable) {
+		if unreachable(err) {
 			return err // Redis went away mid-command: keep it for the retry.
 		}
 		if err != nil {
@@ -164,14 +245,33 @@ func (w *Worker) process(ctx context.Context, raw string) error {
 	}
 	w.obs.Observe("queue", cmd.Op, err, start)
 	if cmd.ReplyTo != "" {
-		if err := w.reply(ctx, cmd.ReplyTo, reply); err != nil {
-			return err
+		if rerr := w.reply(ctx, cmd.ReplyTo, reply); unreachable(rerr) {
+			return rerr
+		} else if rerr != nil {
+			// The reply key is not a list (WRONGTYPE) or Redis refuses it:
+			// the sender cannot be told; the command goes to the dead letters.
+			dead, err = true, fmt.Errorf("reply to %s: %w", cmd.ReplyTo, rerr)
+		}
+	}
+	if dead {
+		if derr := w.deadLetter(ctx, raw, err); unreachable(derr) {
+			return derr
+		} else if derr != nil {
+			w.log.Error("could not dead-letter a command; dropping it", "err", derr, "cause", err)
+		} else {
+			w.log.Warn("command sent to the dead-letter list", "err", err, "reply_to", cmd.ReplyTo)
 		}
 	}
 	if err := w.rdb.LRem(ctx, w.keys.Processing(), 1, raw).Err(); err != nil {
 		return registry.Wrap(err)
 	}
 	return nil
+}
+
+// unreachable reports whether err means Redis could not be reached, so the
+// command must be kept and retried.
+func unreachable(err error) bool {
+	return errors.Is(err, errdefs.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
 }
 
 func (w *Worker) apply(ctx context.Context, c v1.Command) (v1.Reply, error) {

@@ -50,3 +50,18 @@ func TestConnAndPodHolders(t *testing.T) {
 		}
 	}
 }
+
+func TestPrefixesCollide(t *testing.T) {
+	for _, tc := range []struct {
+		a, b string
+		want bool
+	}{
+		{"p:", "p:meta:", true}, {"p:meta:", "p:", true}, {"p:", "p:refs:x:", true}, {"t:", "t:reply:", true},
+		{"p:", "p:", true}, {"tensor:", "tensor:node-a:", false}, {"tensor:node-1:", "tensor:node-10:", false},
+		{"a:", "b:", false}, {"p:", "p:me", false},
+	} {
+		if got := PrefixesCollide(tc.a, tc.b); got != tc.want {
+			t.Errorf("PrefixesCollide(%q, %q) = %v, want %v", tc.a, tc.b, got, tc.want)
+		}
+	}
+}

@@ -4,6 +4,8 @@
 // loaded once and run by SHA. docs/redis-protocol.md documents the schema.
 package registry
 
+import "strings"
+
 // DefaultPrefix is the key prefix of the original design's schema.
 const DefaultPrefix = "tensor:"
 
@@ -51,3 +53,29 @@ func (k Keys) Agents() string { return k.Prefix + "agents" }
 // PrefixesKey is the set, under a cluster-wide prefix, of the key prefixes of
 // every agent sharing the Redis.
 func PrefixesKey(clusterPrefix string) string { return clusterPrefix + "prefixes" }
+
+// keyKinds are the parts that follow a prefix in keys that also hold a name.
+var keyKinds = []string{"meta:", "refs:", "req:", "reply:", "processing:", "agent:"}
+
+// PrefixesCollide reports whether two agents' prefixes can name the same
+// key: when the longer is the shorter followed by a key kind ("p:" and
+// "p:meta:" share p:meta:meta:x). Other prefixes that start alike ("tensor:"
+// and "tensor:node-a:") cannot.
+func PrefixesCollide(a, b string) bool {
+	if len(a) > len(b) {
+		a, b = b, a
+	}
+	if a == b {
+		return true
+	}
+	if !strings.HasPrefix(b, a) {
+		return false
+	}
+	rest := b[len(a):]
+	for _, k := range keyKinds {
+		if strings.HasPrefix(rest, k) {
+			return true
+		}
+	}
+	return false
+}

@@ -195,7 +195,15 @@ func (r *Registry) Acquire(ctx context.Context, name, holder, agent, reqID strin
 		}
 		info.Refcount, info.Mtime, info.Event, info.State = n, now, event, v1.StateReady
 		return info, nil
-	case "ok", "dup":
+	case "dup":
+		info, err := fromReply(res[1])
+		if err == nil && info.UID == "" {
+			// The request ran before (a replay after a crash), and the
+			// tensor has gone since: there is nothing to hand out.
+			return v1.Tensor{}, fmt.Errorf("%w: tensor %q (request %s was applied before, and the tensor is gone since)", errdefs.ErrNotFound, name, reqID)
+		}
+		return info, err
+	case "ok":
 		return fromReply(res[1])
 	case "not_found":
 		return v1.Tensor{}, fmt.Errorf("%w: tensor %q", errdefs.ErrNotFound, name)

@@ -413,6 +413,10 @@ func (s *Store) get(ctx context.Context, name, holder, reqID string) (v1.Tensor,
 	if err != nil {
 		return v1.Tensor{}, err
 	}
+	if info.Agent != s.instance {
+		// A replayed request's record, of an instance whose memory is gone.
+		return v1.Tensor{}, fmt.Errorf("%w: tensor %q belonged to agent instance %s, whose memory is gone", errdefs.ErrNotFound, name, info.Agent)
+	}
 	s.table.refcount(info.UID, info.Refcount)
 	zeroing, ok := s.table.zeroing(info.UID)
 	if ok && zeroing != nil {

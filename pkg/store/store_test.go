@@ -358,3 +358,33 @@ func TestFencedReleaseDefersReuse(t *testing.T) {
 		t.Fatalf("the reaped block was not reused (c at %d, a was at %d)", c.Offset, a.Offset)
 	}
 }
+
+// A queue get replayed after the agent crashed (its request id already
+// applied, the tensor reconciled away) is not_found, not internal.
+func TestReplayedGetAfterACrashIsNotFound(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	if _, _, err := f.st.Create(ctx, store.CreateParams{Name: "w", DType: "f32", Shape: []int64{4}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := f.st.Get(ctx, store.GetParams{Name: "w", Holder: "pid:1:1", ReqID: "g1"}); err != nil {
+		t.Fatal(err)
+	}
+	next := store.New(f.reg, host.New("t:", "inst2", host.WithDir(t.TempDir())), "inst2", "n1")
+	defer next.Close()
+	if _, err := next.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err := next.Get(ctx, store.GetParams{Name: "w", Holder: "pid:1:1", ReqID: "g1"})
+	if !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("replayed get: %v, want not found", err)
+	}
+	// The same with the name re-created by the new instance meanwhile: the
+	// request is a replay of the old tensor's get, its record now another's.
+	if _, _, err := next.Create(ctx, store.CreateParams{Name: "w", DType: "f32", Shape: []int64{4}}); err != nil {
+		t.Fatal(err)
+	}
+	if info, _, err := next.Get(ctx, store.GetParams{Name: "w", Holder: "pid:1:1", ReqID: "g1"}); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("replayed get after a re-create: %+v %v", info, err)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -18,6 +19,7 @@ import (
 
 	v1 "github.com/memcuda/memcuda/api/v1"
 	"github.com/memcuda/memcuda/internal/procinfo"
+	"github.com/memcuda/memcuda/internal/redistest"
 	"github.com/memcuda/memcuda/pkg/backend/host"
 	"github.com/memcuda/memcuda/pkg/client"
 	"github.com/memcuda/memcuda/pkg/errdefs"
@@ -58,7 +60,10 @@ func TestKill9ReleasesSocketLeases(t *testing.T) {
 	}
 	p := e.startRole("holder", "E2E_NAME", "shared")
 	p.expect(t, "ready")
-	// A connection counts once in Redis however many references it holds.
+	// A connection counts once in Redis however many references it holds
+	// (its first get's script runs right after the answer: wait for it).
+	e.waitFor("refcount 3: 1 registry + 1 ours + 1 for the holder's 3 gets", 2*time.Second, func() bool { return e.refcount("shared") == 3 })
+	time.Sleep(50 * time.Millisecond)
 	if rc := e.refcount("shared"); rc != 3 {
 		t.Fatalf("refcount %d, want 1 registry + 1 ours + 1 for the holder's 3 gets", rc)
 	}
@@ -262,22 +267,74 @@ func TestMalformedCommandsGoToDeadLetters(t *testing.T) {
 		t.Fatalf("a valid command after malformed ones: %v", err)
 	}
 	for _, k := range []string{"b1", "b2", "b3"} {
-		res, err := e.rdb.LPop(ctx, e.prefix+"reply:"+k).Result()
+		// Commands of other names run in other lanes: wait for each reply.
+		res, err := e.rdb.BLPop(ctx, 5*time.Second, e.prefix+"reply:"+k).Result()
 		if err != nil {
 			t.Fatalf("no error reply on %s: %v", k, err)
 		}
+		res = res[1:]
+		if len(res) != 1 {
+			t.Fatalf("reply %v", res)
+		}
 		var r v1.Reply
-		mustJSON(t, res, &r)
+		mustJSON(t, res[0], &r)
 		if r.OK || r.Error == nil || r.Error.Code != errdefs.CodeInvalidArgument {
 			t.Fatalf("reply %s", res)
 		}
 	}
-	dead, _ := e.rdb.LRange(ctx, keys.Dead(), 0, -1).Result()
-	if len(dead) != len(bad) {
-		t.Fatalf("%d dead letters, want %d", len(dead), len(bad))
-	}
+	eventually(t, "every malformed command dead-lettered", func() bool {
+		n, _ := e.rdb.LLen(ctx, keys.Dead()).Result()
+		return n == int64(len(bad))
+	})
 	if n, _ := e.rdb.LLen(ctx, keys.Cmd()).Result(); n != 0 {
 		t.Fatalf("%d commands stuck", n)
+	}
+}
+
+// Hostile reply keys (a string, a hash under the reply prefix) used to stop
+// the queue for good: WRONGTYPE was retried forever. Each must end in the
+// dead-letter list while the commands around it are answered.
+func TestPoisonedCommandsDoNotStopTheQueue(t *testing.T) {
+	e := newEnv(t)
+	e.startAgent()
+	ctx := context.Background()
+	keys := e.reg.Keys()
+	e.rdb.Set(ctx, e.prefix+"reply:str", "x", 0)
+	e.rdb.HSet(ctx, e.prefix+"reply:hash", "f", "v")
+	poison := []string{
+		`{"op":"list","id":"p1","reply_to":"` + e.prefix + `reply:str"}`,
+		`{"op":"create","name":"p2","dtype":"f32","shape":[1],"id":"p2","reply_to":"` + e.prefix + `reply:hash"}`,
+		`{"op":"stat","name":"nope","reply_to":"` + e.prefix + `reply:str"}`,
+		`{"op":"get","op":"create","name":"p3","dtype":"f32","shape":[1],"reply_to":"` + e.prefix + `reply:hash"}`,
+	}
+	q := queueclient.New(e.rdb, e.prefix)
+	for round := 0; round < 3; round++ {
+		for _, p := range poison {
+			e.rdb.RPush(ctx, keys.Cmd(), p)
+		}
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := q.Do(cctx, v1.Command{Op: v1.OpCreate, Name: fmt.Sprintf("after.%d", round), DType: "f32", Shape: []int64{2}})
+		cancel()
+		if err != nil {
+			t.Fatalf("round %d: a valid command behind poisoned ones: %v", round, err)
+		}
+	}
+	eventually(t, "the poisoned commands dead-lettered and the processing list empty", func() bool {
+		dead, _ := e.rdb.LLen(ctx, keys.Dead()).Result()
+		busy, _ := e.rdb.LLen(ctx, keys.Processing()).Result()
+		return dead == int64(3*len(poison)) && busy == 0
+	})
+	letters, _ := e.rdb.LRange(ctx, keys.Dead(), 0, -1).Result()
+	for _, l := range letters {
+		var d v1.DeadLetter
+		mustJSON(t, l, &d)
+		if !strings.Contains(d.Error, "WRONGTYPE") && !strings.Contains(d.Error, "appears twice") {
+			t.Errorf("dead letter without its cause: %+v", d)
+		}
+	}
+	// The create behind the hash reply_to ran; its reply could not be sent.
+	if rc := e.refcount("p2"); rc != 1 {
+		t.Fatalf("p2 refcount %d, want 1 (created once, by request id)", rc)
 	}
 }
 
@@ -727,5 +784,69 @@ func TestQueuePidStartRefusesAnotherProcess(t *testing.T) {
 	}
 	if rc := e.refcount("mine"); rc != 1 {
 		t.Fatalf("refcount %d after get and release, want 1", rc)
+	}
+}
+
+// A second agent with the same prefix on the host (its own Redis and
+// socket: a parallel test run, a misconfiguration) used to unlink the
+// first one's live shared-memory objects at start. It must refuse to start,
+// and the first agent's tensors stay readable from their records.
+func TestSecondAgentOfAPrefixIsRefused(t *testing.T) {
+	e := newEnv(t)
+	e.startAgent("--backend", "host")
+	c := e.dial()
+	ctx := context.Background()
+	tt, err := c.Create(ctx, "kept", "u8", []int64{16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(tt.Bytes(), "sixteen bytes ok")
+	info, err := c.Stat(ctx, "kept")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := redistest.Start(t)
+	cmd := exec.Command(filepath.Join(binDir, "memcuda-agent"), "--redis-url", other.URL(), "--redis-prefix", e.prefix,
+		"--socket", filepath.Join(t.TempDir(), "second.sock"), "--backend", "host", "--metrics-addr", "")
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "another agent") || !strings.Contains(string(out), "--redis-prefix") {
+		t.Fatalf("second agent of the prefix: %v\n%s", err, out)
+	}
+	m, err := queueclient.MapHost(info)
+	if err != nil {
+		t.Fatalf("the first agent's segment is gone: %v", err)
+	}
+	defer m.Close()
+	if string(m.Bytes()) != "sixteen bytes ok" {
+		t.Fatalf("segment holds %q", m.Bytes())
+	}
+}
+
+// Nested prefixes share keys (p:meta:meta:x is "meta:x" of the p: agent and
+// "x" of the p:meta: agent): an agent whose prefix collides with a live
+// agent's in the same Redis refuses to start.
+func TestCollidingPrefixIsRefused(t *testing.T) {
+	e := newEnv(t)
+	cluster := e.prefix + "cluster:"
+	e.startAgent("--cluster-prefix", cluster)
+	c := e.dial()
+	if _, err := c.Create(context.Background(), "meta:x", "u8", []int64{4}); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{e.prefix + "meta:", e.prefix + "refs:z:"} {
+		cmd := exec.Command(filepath.Join(binDir, "memcuda-agent"), "--redis-url", e.redis.URL(), "--redis-prefix", p,
+			"--cluster-prefix", cluster, "--socket", filepath.Join(t.TempDir(), "second.sock"), "--backend", "host", "--metrics-addr", "")
+		out, err := cmd.CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "collides with") {
+			t.Fatalf("agent with prefix %q: %v\n%s", p, err, out)
+		}
+	}
+	// A prefix that only starts alike is fine.
+	ok := *e
+	ok.prefix = e.prefix + "node-b:"
+	ok.socket = filepath.Join(t.TempDir(), "third.sock")
+	(&ok).startAgent("--cluster-prefix", cluster, "--node", "node-b")
+	if info, err := e.stat("meta:x"); err != nil || info.Bytes != 4 {
+		t.Fatalf("the first agent's tensor: %+v %v", info, err)
 	}
 }

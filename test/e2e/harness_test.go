@@ -250,3 +250,15 @@ func mustJSON(t *testing.T, s string, v any) {
 		t.Fatalf("bad JSON %q: %v", s, err)
 	}
 }
+
+// eventually waits up to 10 s for cond.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

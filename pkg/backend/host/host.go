@@ -38,6 +38,7 @@ type Backend struct {
 	instance string
 	seq      atomic.Uint64
 	log      *slog.Logger
+	lock     *os.File // held while this agent owns the scope's objects (Claim)
 }
 
 // Option configures a Backend.
@@ -83,9 +84,39 @@ func (b *Backend) Devices() []backend.Device {
 // Granularity implements backend.Backend.
 func (b *Backend) Granularity(int) uint64 { return uint64(os.Getpagesize()) }
 
+// Claim makes this agent the owner of its scope's objects on this host: an
+// exclusive lock (flock) on a file beside them, which the kernel drops when
+// the process dies. It fails while another live agent holds it: two agents
+// of one prefix on a host would take each other's objects.
+func (b *Backend) Claim() error {
+	path := filepath.Join(b.dir, "memcuda-lock."+b.scope)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return fmt.Errorf("open the lock of this prefix's shared memory: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		owner, _ := os.ReadFile(path)
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return fmt.Errorf("%w: another agent (%s) serves this registry prefix on this host (its shared memory %s); "+
+				"give each agent its own --redis-prefix", errdefs.ErrFailedPrecondition, strings.TrimSpace(string(owner)), path)
+		}
+		return fmt.Errorf("lock %s: %w", path, err)
+	}
+	if err := f.Truncate(0); err == nil {
+		fmt.Fprintf(f, "pid %d, instance %s", os.Getpid(), b.instance)
+	}
+	b.lock = f
+	return nil
+}
+
 // RemoveStale unlinks the objects of this scope left by other (dead)
-// instances and returns their names.
+// instances and returns their names. It needs the scope claimed: the
+// objects of a live agent are never removed.
 func (b *Backend) RemoveStale() ([]string, error) {
+	if b.lock == nil {
+		return nil, fmt.Errorf("%w: remove stale shared memory without holding the prefix's lock", errdefs.ErrFailedPrecondition)
+	}
 	matches, err := filepath.Glob(filepath.Join(b.dir, "memcuda."+b.scope+".*"))
 	if err != nil {
 		return nil, err
@@ -139,8 +170,16 @@ func (b *Backend) NewSegment(_ context.Context, device int, size uint64) (backen
 	return &Segment{name: name, path: path, fd: fd, mem: mem, size: size}, nil
 }
 
-// Close implements backend.Backend. Segments are released by their pools.
-func (b *Backend) Close() error { return nil }
+// Close implements backend.Backend: the scope's lock goes. Segments are
+// released by their pools.
+func (b *Backend) Close() error {
+	if b.lock == nil {
+		return nil
+	}
+	err := b.lock.Close()
+	b.lock = nil
+	return err
+}
 
 // Segment is one shared-memory object, mapped in the agent.
 type Segment struct {
