@@ -56,6 +56,10 @@ func run(args []string) error {
 	fs.DurationVar(&cfg.GCInterval, "gc-interval", time.Second, "how often references of dead processes are dropped")
 	fs.DurationVar(&cfg.ReplyTTL, "reply-ttl", time.Minute, "how long queue replies are kept")
 	fs.DurationVar(&cfg.OpTimeout, "op-timeout", 10*time.Second, "time limit of one operation")
+	fs.IntVar(&cfg.MaxConnections, "max-connections", 16384, "most socket connections at once; one past it is answered unavailable (each takes a file descriptor: keep it under the process's limit)")
+	fs.DurationVar(&cfg.ReadTimeout, "read-timeout", 10*time.Second, "time from a request's first byte to its last; a slower client is disconnected")
+	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", 0, "close connections that hold no tensor and sent nothing for this long (0: never; connections holding tensors are leases and stay)")
+	fs.IntVar(&cfg.HotConnections, "hot-connections", 512, "connections that wait for their next request on a thread of their own (the fastest wake-up); the rest wait together on one")
 	fs.BoolVar(&cfg.ZeroFill, "zero-fill", true, "zero new tensors (a reused block never shows old data)")
 	fs.BoolVar(&cfg.Queue, "queue", true, "serve the Redis command queue")
 	fs.BoolVar(&cfg.RegistryWriteBehind, "registry-write-behind", true, "answer a socket create, or a connection's first get of a tensor, before its Redis script runs (right after; later requests on the name wait for it)")
@@ -87,6 +91,9 @@ func run(args []string) error {
 	cfg.HeartbeatTTL = 30 * time.Second
 	if cfg.GCInterval <= 0 {
 		return fmt.Errorf("--gc-interval must be positive")
+	}
+	if cfg.MaxConnections <= 0 || cfg.HotConnections <= 0 || cfg.ReadTimeout <= 0 || cfg.IdleTimeout < 0 {
+		return fmt.Errorf("--max-connections, --hot-connections and --read-timeout must be positive, --idle-timeout not negative")
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(logLevel)); err != nil {

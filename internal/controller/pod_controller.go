@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -123,7 +124,7 @@ func (r *PodReconciler) ensure(ctx context.Context, pod *corev1.Pod, holder stri
 		_, statErr := r.Store.Stat(ctx, name)
 		created = errors.Is(statErr, errdefs.ErrNotFound)
 		_, _, err = r.Store.Create(ctx, store.CreateParams{Name: name, DType: tr.DType, Shape: tr.Shape, Device: tr.Device, Tenant: k8sapi.Owner(name), Holder: holder,
-			Who: store.Who{"via", "pod-controller", "namespace", pod.Namespace, "pod", pod.Name}})
+			Who: store.Who{slog.String("via", "pod-controller"), slog.String("namespace", pod.Namespace), slog.String("pod", pod.Name)}})
 	} else {
 		got, _, gerr := r.Store.Get(ctx, store.GetParams{Name: name, Holder: holder})
 		err = gerr

@@ -65,6 +65,12 @@ type Config struct {
 	RegistryWriteBehind bool
 	OpTimeout           time.Duration
 	HeartbeatTTL        time.Duration
+	// The socket's limits (server.WithMaxConnections and the others); zero
+	// values keep the server's defaults.
+	MaxConnections int
+	ReadTimeout    time.Duration
+	IdleTimeout    time.Duration
+	HotConnections int
 
 	// Kubernetes: the pod controller, the device plugin and per-namespace
 	// access control. Off on bare metal.
@@ -181,7 +187,17 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	var wg sync.WaitGroup
 	run := func(f func()) { wg.Add(1); go func() { defer wg.Done(); f() }() }
-	srvOpts := []server.Option{server.WithLogger(a.log), server.WithObserver(m), server.WithOpTimeout(a.cfg.OpTimeout)}
+	srvOpts := []server.Option{server.WithLogger(a.log), server.WithObserver(m), server.WithOpTimeout(a.cfg.OpTimeout),
+		server.WithIdleTimeout(a.cfg.IdleTimeout)}
+	if a.cfg.MaxConnections > 0 {
+		srvOpts = append(srvOpts, server.WithMaxConnections(a.cfg.MaxConnections))
+	}
+	if a.cfg.ReadTimeout > 0 {
+		srvOpts = append(srvOpts, server.WithReadTimeout(a.cfg.ReadTimeout))
+	}
+	if a.cfg.HotConnections > 0 {
+		srvOpts = append(srvOpts, server.WithHotConnections(a.cfg.HotConnections))
+	}
 	if a.cfg.Kubernetes {
 		opts, err := a.startKubernetes(ctx, run)
 		if err != nil {

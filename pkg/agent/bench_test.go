@@ -208,7 +208,7 @@ func startAgent(b *testing.B, srv *redistest.Server, mode v1.IPCMode) string {
 		Backend: string(mode), GCInterval: time.Second, ReplyTTL: time.Minute, ZeroFill: true, Queue: true,
 		RedisBlockingIO: true, RegistryWriteBehind: true, OpTimeout: 10 * time.Second, HeartbeatTTL: 30 * time.Second,
 	}
-	a, err := agent.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	a, err := agent.New(cfg, slog.New(slog.NewJSONHandler(io.Discard, nil)))
 	if err != nil {
 		b.Fatal(err)
 	}

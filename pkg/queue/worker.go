@@ -310,9 +310,9 @@ func (w *Worker) apply(ctx context.Context, c v1.Command) (v1.Reply, error) {
 
 // who is a command's requester for the audit log.
 func who(c v1.Command) store.Who {
-	w := store.Who{"via", "queue", "request_id", c.ID}
+	w := store.Who{slog.String("via", "queue"), slog.String("request_id", c.ID)}
 	if c.PID != 0 {
-		w = append(w, "pid", c.PID)
+		w = append(w, slog.Int("pid", c.PID))
 	}
 	return w
 }

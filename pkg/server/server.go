@@ -1,14 +1,13 @@
 package server
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"runtime"
+	"os"
 	"sync"
 	"time"
 
@@ -45,6 +44,12 @@ type Server struct {
 	auth      Authorizer
 	allowHost bool
 
+	maxConns    int
+	readTimeout time.Duration
+	idleTimeout time.Duration
+	hot         hotSlots
+	parker      *blockingnet.Parker
+
 	mu    sync.Mutex
 	conns map[*conn]struct{}
 	wg    sync.WaitGroup
@@ -62,9 +67,28 @@ func WithObserver(o Observer) Option { return func(s *Server) { s.obs = o } }
 // WithOpTimeout bounds the time of one operation (default 10s).
 func WithOpTimeout(d time.Duration) Option { return func(s *Server) { s.timeout = d } }
 
+// WithMaxConnections bounds the open connections (default 16384); one
+// past it is answered unavailable and closed.
+func WithMaxConnections(n int) Option { return func(s *Server) { s.maxConns = n } }
+
+// WithReadTimeout bounds the time from a request frame's first byte to its
+// last (default 10s): a client that sends a frame slowly is disconnected.
+func WithReadTimeout(d time.Duration) Option { return func(s *Server) { s.readTimeout = d } }
+
+// WithIdleTimeout closes connections that hold no references and sent
+// nothing for d (default 0: never; a connection that holds references is a
+// lease and stays).
+func WithIdleTimeout(d time.Duration) Option { return func(s *Server) { s.idleTimeout = d } }
+
+// WithHotConnections bounds the connections that wait for their next
+// request in a blocking read, each on a thread of its own (default 512);
+// the others wait parked, on one thread for all.
+func WithHotConnections(n int) Option { return func(s *Server) { s.hot = make(hotSlots, max(n, 1)) } }
+
 // New returns a server over st.
 func New(st Store, opts ...Option) *Server {
-	s := &Server{st: st, log: slog.Default(), obs: noObserver{}, timeout: 10 * time.Second, conns: map[*conn]struct{}{}}
+	s := &Server{st: st, log: slog.Default(), obs: noObserver{}, timeout: 10 * time.Second, conns: map[*conn]struct{}{},
+		maxConns: 16384, readTimeout: 10 * time.Second, hot: make(hotSlots, 512)}
 	for _, o := range opts {
 		o(s)
 	}
@@ -74,6 +98,12 @@ func New(st Store, opts ...Option) *Server {
 // Serve accepts connections until ctx ends, then closes the listener and
 // every connection (dropping their leases) and returns.
 func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
+	parker, err := blockingnet.NewParker()
+	if err != nil {
+		return err
+	}
+	s.parker = parker
+	defer parker.Close()
 	go func() {
 		<-ctx.Done()
 		l.Close()
@@ -97,13 +127,28 @@ func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
 			s.wg.Wait()
 			return err
 		}
+		s.mu.Lock()
+		full := len(s.conns) >= s.maxConns
+		s.mu.Unlock()
+		if full {
+			s.refuse(c)
+			continue
+		}
 		cn := &conn{srv: s, holder: s.st.OpenLease(), leases: map[string]int64{}, infos: map[string]v1.Tensor{}, sent: map[string]bool{}, events: map[string]*sharedEvent{}}
 		if cred, err := procinfo.PeerCred(c); err == nil {
 			cn.pid, cn.uid = int(cred.Pid), int(cred.Uid)
 		}
-		if cn.raw, err = blockingnet.Detach(c); err != nil {
+		if cn.raw, err = blockingnet.Detach(c); err == nil {
+			err = cn.raw.SetReadTimeout(hotWait)
+		}
+		if err != nil {
 			s.log.Warn("could not take over a connection", "err", err)
-			c.Close()
+			if cn.raw != nil {
+				cn.raw.Close()
+			} else {
+				c.Close()
+			}
+			s.st.CloseLease(ctx, cn.holder, nil)
 			continue
 		}
 		if s.auth != nil {
@@ -113,14 +158,20 @@ func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
 		s.conns[cn] = struct{}{}
 		s.mu.Unlock()
 		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			cn.serve()
-			s.mu.Lock()
-			delete(s.conns, cn)
-			s.mu.Unlock()
-		}()
+		cn.fr = &frameReader{raw: cn.raw, srv: s, parkNext: true, idleFor: func() bool { return len(cn.leases) == 0 }}
+		go cn.serve()
 	}
+}
+
+// refuse answers a connection past the limit with the reason and closes it.
+func (s *Server) refuse(c *net.UnixConn) {
+	s.log.Warn("connection refused: the agent serves its most connections", "max_connections", s.maxConns)
+	frame, err := v1.EncodeResponse(errorResponse(0, fmt.Errorf("%w: the agent serves at most %d connections (--max-connections)", errdefs.ErrUnavailable, s.maxConns)))
+	if err == nil {
+		c.SetWriteDeadline(time.Now().Add(time.Second))
+		c.Write(frame)
+	}
+	c.Close()
 }
 
 type conn struct {
@@ -140,6 +191,7 @@ type conn struct {
 	infos  map[string]v1.Tensor    // record of each leased tensor, as first returned
 	sent   map[string]bool         // segment ids whose descriptor this peer has
 	events map[string]*sharedEvent // IPC events this peer sent, opened here
+	fr *frameReader // its request frames, kept across the goroutines that serve it
 	// commit is the registry write of the request just handled, when it was
 	// answered first: started once the answer is written. It runs beside
 	// the connection's next requests (a cold get's descriptor import in the
@@ -148,36 +200,61 @@ type conn struct {
 	commit store.Commit
 }
 
+// serve serves the connection until it closes, or until it goes idle on a
+// thread of its own: then another goroutine carries on parked, and this one
+// returns with its thread still locked, which ends the thread. So a burst
+// of busy connections leaves no threads behind once they go quiet.
 func (cn *conn) serve() {
 	log := cn.srv.log.With("peer_pid", cn.pid, "holder", cn.holder)
-	defer func() {
-		cn.raw.Close()
-		names := make([]string, 0, len(cn.leases))
-		for n := range cn.leases {
-			names = append(names, n)
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), cn.srv.timeout)
-		defer cancel()
-		for _, ev := range cn.events {
-			ev.Release()
-		}
-		if err := cn.srv.st.CloseLease(ctx, cn.holder, names); err != nil {
-			log.Warn("could not drop the leases of a closed connection now; GC will", "err", err)
-		} else if len(names) > 0 {
-			log.Debug("dropped leases of a closed connection", "tensors", len(names))
-		}
-	}()
-	runtime.LockOSThread() // raw blocks this thread in poll(2)
-	defer runtime.UnlockOSThread()
-	r := bufio.NewReaderSize(cn.raw, 64<<10) // one read per request, not one per header and body
+	if cn.serveFrames(log) {
+		go cn.serve()
+		return
+	}
+	cn.close(log)
+	cn.srv.mu.Lock()
+	delete(cn.srv.conns, cn)
+	cn.srv.mu.Unlock()
+	cn.srv.wg.Done()
+}
+
+// close drops the connection's leases and events.
+func (cn *conn) close(log *slog.Logger) {
+	cn.fr.release()
+	cn.raw.Close()
+	names := make([]string, 0, len(cn.leases))
+	for n := range cn.leases {
+		names = append(names, n)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cn.srv.timeout)
+	defer cancel()
+	for _, ev := range cn.events {
+		ev.Release()
+	}
+	if err := cn.srv.st.CloseLease(ctx, cn.holder, names); err != nil {
+		log.Warn("could not drop the leases of a closed connection now; GC will", "err", err)
+	} else if len(names) > 0 {
+		log.Debug("dropped leases of a closed connection", "tensors", len(names))
+	}
+}
+
+// serveFrames answers requests until the connection ends (false) or goes
+// idle while this goroutine holds a thread (true: park it elsewhere).
+func (cn *conn) serveFrames(log *slog.Logger) (handoff bool) {
 	for {
-		h, body, err := v1.ReadFrame(r)
+		h, body, err := cn.fr.next()
 		if err != nil {
-			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !errors.Is(err, unix.ECONNRESET) {
+			switch {
+			case errors.Is(err, errHandoff):
+				return true
+			case errors.Is(err, errReadTimeout), errors.Is(err, errIdleTimeout):
+				log.Info("closing connection", "reason", err)
+			case errors.Is(err, v1.ErrFrame):
 				log.Warn("closing connection after a bad frame", "err", err)
 				cn.reply(&v1.Response{Error: &v1.Error{Code: errdefs.CodeInvalidArgument, Message: err.Error()}}, nil)
+			case !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !errors.Is(err, os.ErrClosed) && !errors.Is(err, unix.ECONNRESET):
+				log.Warn("closing connection after a read error", "err", err)
 			}
-			return
+			return false
 		}
 		var resp *v1.Response
 		var fds []int
@@ -202,7 +279,7 @@ func (cn *conn) serve() {
 		}
 		if werr != nil {
 			log.Debug("write failed", "err", werr)
-			return
+			return false
 		}
 	}
 }
@@ -421,9 +498,9 @@ func (cn *conn) delete(ctx context.Context, req *v1.Request, _ *v1.Response) ([]
 
 // who is this connection's peer for the audit log.
 func (cn *conn) who() store.Who {
-	w := store.Who{"via", "socket", "peer_pid", cn.pid, "peer_uid", cn.uid}
+	w := store.Who{slog.String("via", "socket"), slog.Int("peer_pid", cn.pid), slog.Int("peer_uid", cn.uid)}
 	if cn.id.Namespace != "" {
-		w = append(w, "namespace", cn.id.Namespace, "pod", cn.id.Pod)
+		w = append(w, slog.String("namespace", cn.id.Namespace), slog.String("pod", cn.id.Pod))
 	}
 	return w
 }

@@ -160,9 +160,9 @@ type CreateParams struct {
 	Who Who
 }
 
-// Who is the requester of an operation as slog key-value pairs, which the
-// audit log lines carry (creates and deletes are logged at info).
-type Who []any
+// Who is the requester of an operation, as the attributes the audit log
+// lines carry (creates and deletes are logged at info).
+type Who []slog.Attr
 
 // validate checks a create request and returns its dtype, byte size and device.
 func (s *Store) validate(p CreateParams) (v1.DType, uint64, backend.Device, error) {
@@ -276,8 +276,7 @@ func (s *Store) create(ctx context.Context, p CreateParams, dt v1.DType, n uint6
 		return v1.Tensor{}, err
 	case res.Created:
 		s.table.created(info.UID, res.Info)
-		s.audit(ctx, "tensor created", p.Who, "name", info.Name, "dtype", dt, "shape", info.Shape, "bytes", n, "device", dev.Index,
-			"tenant", p.Tenant, "segment", info.SegmentID, "offset", info.Offset)
+		s.audit(ctx, "tensor created", p.Who, info)
 		return res.Info, nil
 	case res.Dup:
 		if res.Info.Name == "" {
@@ -306,8 +305,6 @@ func (s *Store) createBehind(ctx context.Context, p CreateParams, dt v1.DType, n
 	info.Refcount = 2 // the registry's and the lease's
 	a.record = info
 	s.table.add(info.UID, a, true)
-	s.audit(ctx, "tensor created", p.Who, "name", info.Name, "dtype", dt, "shape", info.Shape, "bytes", n, "device", dev.Index,
-		"tenant", p.Tenant, "segment", info.SegmentID, "offset", info.Offset, "registry", "pending")
 	return info, s.commitFunc(p.Name, t, func(ctx context.Context) error {
 		res, err := s.reg.Create(ctx, info, p.Holder, "")
 		switch {
@@ -316,6 +313,9 @@ func (s *Store) createBehind(ctx context.Context, p CreateParams, dt v1.DType, n
 		case !res.Created:
 			return fmt.Errorf("%w: Redis already has a record of this name (agent %s)", errdefs.ErrAlreadyExists, res.Info.Agent)
 		}
+		// Logged here, after the answer went out: a log line costs as much
+		// as the rest of a create.
+		s.audit(ctx, "tensor created", p.Who, info)
 		return nil
 	}, func(err error) {
 		s.log.Error("the registry refused a tensor already handed out; it is withdrawn", "name", info.Name, "holder", p.Holder, "err", err)
@@ -508,18 +508,21 @@ func (s *Store) Delete(ctx context.Context, name, reqID string, who Who) (regist
 		}
 		return err
 	})
-	if err == nil && !res.Dup {
-		s.audit(ctx, "tensor deleted", who, "name", name, "freed", res.Freed, "references_left", res.Refcount)
+	if err == nil && !res.Dup && s.log.Enabled(ctx, slog.LevelInfo) {
+		s.log.LogAttrs(ctx, slog.LevelInfo, "tensor deleted", append([]slog.Attr{slog.String("name", name),
+			slog.Bool("freed", res.Freed), slog.Int64("references_left", res.Refcount)}, who...)...)
 	}
 	return res, err
 }
 
-// audit logs an operation that changed the registry at info, with who asked.
-func (s *Store) audit(ctx context.Context, msg string, who Who, args ...any) {
-	if !s.log.Enabled(ctx, slog.LevelInfo) { // its arguments alone cost allocations on every create
+// audit logs a new tensor at info, with who asked for it.
+func (s *Store) audit(ctx context.Context, msg string, who Who, t v1.Tensor) {
+	if !s.log.Enabled(ctx, slog.LevelInfo) {
 		return
 	}
-	s.log.Info(msg, append(args, who...)...)
+	s.log.LogAttrs(ctx, slog.LevelInfo, msg, append([]slog.Attr{slog.String("name", t.Name), slog.String("dtype", string(t.DType)),
+		slog.String("shape", tensor.FormatShape(t.Shape)), slog.Uint64("bytes", t.Bytes), slog.Int("device", t.Device),
+		slog.String("tenant", t.Tenant), slog.String("segment", t.SegmentID), slog.Uint64("offset", t.Offset)}, who...)...)
 }
 
 // Live reports whether a tensor uid of this instance has memory and is not

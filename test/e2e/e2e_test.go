@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -849,4 +850,129 @@ func TestCollidingPrefixIsRefused(t *testing.T) {
 	if info, err := e.stat("meta:x"); err != nil || info.Bytes != 4 {
 		t.Fatalf("the first agent's tensor: %+v %v", info, err)
 	}
+}
+
+// procStatus reads a field of /proc/<pid>/status (Threads, VmRSS).
+func procStatus(t *testing.T, pid int, field string) int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
+			n, _ := strconv.Atoi(strings.Fields(v)[0])
+			return n
+		}
+	}
+	t.Fatalf("no %s in /proc/%d/status", field, pid)
+	return 0
+}
+
+// Idle connections hold no thread (each used to pin one: 10,500 of them
+// killed the agent with thread exhaustion); past --max-connections a
+// connection is told why and closed; a frame sent too slowly and a
+// connection idle without references are closed; leases stay.
+func TestConnectionsAreBoundedAndIdleOnesHoldNoThread(t *testing.T) {
+	e := newEnv(t)
+	a := e.startAgent("--max-connections", "1500", "--read-timeout", "1s", "--idle-timeout", "5s")
+	pid := a.cmd.Process.Pid
+	threads0 := procStatus(t, pid, "Threads")
+	holder := e.dial()
+	if _, err := holder.Create(context.Background(), "lease", "u8", []int64{8}); err != nil {
+		t.Fatal(err)
+	}
+	var idle []*net.UnixConn
+	defer func() {
+		for _, c := range idle {
+			c.Close()
+		}
+	}()
+	hello, _ := v1.EncodeRequest(&v1.Request{ID: 1, Op: v1.OpHello})
+	for i := 0; i < 1400; i++ {
+		c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: e.socket, Net: "unix"})
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		if i%2 == 0 { // half answer a hello first, half never send a byte
+			c.Write(hello)
+			readAnswer(t, c)
+		}
+		idle = append(idle, c)
+	}
+	time.Sleep(300 * time.Millisecond) // past the hot wait: every idle connection parked
+	if n := procStatus(t, pid, "Threads"); n > threads0+64 {
+		t.Fatalf("%d threads with 1400 idle connections (%d before): idle connections hold threads", n, threads0)
+	}
+	// Past the limit: an answer saying why, then the end of the stream.
+	var extra []*net.UnixConn
+	for len(idle)+len(extra)+2 < 1500+5 {
+		c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: e.socket, Net: "unix"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		extra = append(extra, c)
+	}
+	refused := 0
+	for _, c := range extra {
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		if resp, err := tryAnswer(c); err == nil && resp.Error != nil && resp.Error.Code == errdefs.CodeUnavailable &&
+			strings.Contains(resp.Error.Message, "at most 1500 connections") {
+			refused++
+		}
+		c.Close()
+	}
+	if refused == 0 {
+		t.Fatal("no connection past --max-connections was told why")
+	}
+	// A frame that does not arrive whole within --read-timeout: closed.
+	slow, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: e.socket, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	slow.Write(hello[:5])
+	slow.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := slow.Read(make([]byte, 64)); err != io.EOF {
+		t.Fatalf("a slowloris frame: %v, want the agent to close the connection", err)
+	}
+	slow.Close()
+	// --idle-timeout closes idle connections without references; the lease stays.
+	time.Sleep(5500 * time.Millisecond)
+	closed := 0
+	for _, c := range idle[:50] {
+		c.SetReadDeadline(time.Now().Add(time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == io.EOF {
+			closed++
+		}
+	}
+	if closed != 50 {
+		t.Fatalf("%d of 50 idle connections without references closed after --idle-timeout", closed)
+	}
+	if _, err := holder.Get(context.Background(), "lease"); err != nil {
+		t.Fatalf("the connection holding a tensor was closed too: %v", err)
+	}
+	for _, c := range idle {
+		c.Close()
+	}
+	idle = nil
+	e.waitFor("threads back", 5*time.Second, func() bool { return procStatus(t, pid, "Threads") <= threads0+8 })
+}
+
+func readAnswer(t *testing.T, c *net.UnixConn) *v1.Response {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := tryAnswer(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Time{})
+	return resp
+}
+
+func tryAnswer(c *net.UnixConn) (*v1.Response, error) {
+	_, body, err := v1.ReadFrame(c)
+	if err != nil {
+		return nil, err
+	}
+	return v1.DecodeResponse(body)
 }

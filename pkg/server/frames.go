@@ -1,0 +1,241 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"sync"
+	"time"
+
+	v1 "github.com/memcuda/memcuda/api/v1"
+	"github.com/memcuda/memcuda/internal/blockingnet"
+)
+
+// How a connection waits for its next request. A connection that just
+// answered waits in a blocking read on its own thread for up to hotWait (a
+// client's next request usually follows within microseconds, and a thread
+// blocked in read wakes fastest). Past that, or when the hot slots are all
+// taken, it parks: its goroutine waits in the server's Parker (one epoll
+// thread for every idle connection) and holds no thread, so ten thousand
+// idle connections cost ten thousand goroutines, not ten thousand threads.
+const hotWait = 50 * time.Millisecond
+
+// bufSize is the read buffer of a connection that is reading; an idle one
+// gives it back to the pool.
+const bufSize = 64 << 10
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
+
+// errReadTimeout is a frame that did not arrive whole within the read timeout.
+var errReadTimeout = errors.New("a request frame did not arrive whole in time")
+
+// errHandoff asks the goroutine that holds a thread to let another one
+// wait for the idle connection (see conn.serve).
+var errHandoff = errors.New("idle: continue parked on another goroutine")
+
+// errIdleTimeout is a connection idle past the idle timeout.
+var errIdleTimeout = errors.New("the connection was idle too long")
+
+// frameReader reads request frames off a detached connection.
+type frameReader struct {
+	raw    *blockingnet.Conn
+	srv    *Server
+	buf    *[]byte // nil while idle
+	r, w   int     // unread bytes are (*buf)[r:w]
+	locked bool    // the goroutine holds its thread (runtime.LockOSThread)
+	// parkNext: the next wait is parked, not hot (a new connection, or one
+	// that just went idle on a thread).
+	parkNext bool
+	// started is when the first byte of the frame being read arrived.
+	started time.Time
+	// idleFor reports whether the connection may be closed for idling (it
+	// holds no references).
+	idleFor func() bool
+}
+
+// next returns the next frame's header and body (the body aliases the
+// buffer until the following call).
+func (f *frameReader) next() (v1.Header, []byte, error) {
+	for {
+		if f.buf != nil {
+			if h, body, ok, err := f.parse(); err != nil || ok {
+				return h, body, err
+			}
+		}
+		if err := f.fill(); err != nil {
+			return v1.Header{}, nil, err
+		}
+	}
+}
+
+// parse takes a whole frame from the buffer, if it holds one.
+func (f *frameReader) parse() (v1.Header, []byte, bool, error) {
+	b := (*f.buf)[f.r:f.w]
+	if len(b) < v1.HeaderSize {
+		return v1.Header{}, nil, false, nil
+	}
+	h, err := v1.ParseHeader(b)
+	if err != nil {
+		return h, nil, false, err
+	}
+	end := v1.HeaderSize + h.BodyLen
+	if len(b) < end {
+		return h, nil, false, nil
+	}
+	f.r += end
+	f.started = time.Time{}
+	return h, b[v1.HeaderSize:end], true, nil
+}
+
+// fill reads more bytes: in a blocking read while the connection is hot,
+// parked otherwise.
+func (f *frameReader) fill() error {
+	if f.buf == nil {
+		f.buf = bufPool.Get().(*[]byte)
+		f.r, f.w = 0, 0
+	}
+	buf := *f.buf
+	if f.r == f.w {
+		f.r, f.w = 0, 0
+	}
+	if need := f.need(); need > len(buf)-f.r {
+		// A frame larger than the buffer: a buffer of its own.
+		nb := make([]byte, max(need, 2*len(buf)))
+		f.w = copy(nb, buf[f.r:f.w])
+		f.r = 0
+		f.release()
+		f.buf, buf = &nb, nb
+	} else if f.w == len(buf) {
+		f.w = copy(buf, buf[f.r:f.w])
+		f.r = 0
+	}
+	if f.parkNext {
+		f.parkNext = false
+		return f.park()
+	}
+	if f.hot() {
+		n, err := f.raw.ReadOnce(buf[f.w:])
+		f.srv.hot.release()
+		if err == nil {
+			f.arrived(n)
+			return nil
+		}
+		if !errors.Is(err, blockingnet.ErrIdle) {
+			return err
+		}
+	}
+	return f.park()
+}
+
+// need is how many bytes the frame being read needs, as far as known.
+func (f *frameReader) need() int {
+	b := (*f.buf)[f.r:f.w]
+	if len(b) < v1.HeaderSize {
+		return v1.HeaderSize
+	}
+	h, err := v1.ParseHeader(b)
+	if err != nil {
+		return v1.HeaderSize
+	}
+	return v1.HeaderSize + h.BodyLen
+}
+
+func (f *frameReader) arrived(n int) {
+	if f.started.IsZero() && n > 0 {
+		f.started = time.Now()
+	}
+	f.w += n
+}
+
+// hot takes a hot slot for a blocking read, and this goroutine's thread.
+func (f *frameReader) hot() bool {
+	if !f.srv.hot.acquire() {
+		return false
+	}
+	if !f.locked {
+		runtime.LockOSThread()
+		f.locked = true
+	}
+	return true
+}
+
+// park waits in the Parker until the connection is readable, then reads
+// what arrived (a read that cannot block). The goroutine gives its thread
+// back while parked; an empty buffer goes back to the pool.
+func (f *frameReader) park() error {
+	if f.locked {
+		f.locked = false // the next goroutine starts without a thread of its own, parked
+		f.parkNext = true
+		if f.r == f.w {
+			f.release()
+		}
+		return errHandoff
+	}
+	deadline := time.Time{}
+	partial := f.r < f.w
+	if partial && f.srv.readTimeout > 0 {
+		deadline = f.started.Add(f.srv.readTimeout)
+	} else if !partial {
+		f.release()
+		if f.srv.idleTimeout > 0 && f.idleFor() {
+			deadline = time.Now().Add(f.srv.idleTimeout)
+		}
+	}
+	for {
+		err := f.srv.parker.Wait(f.raw, deadline)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			if partial {
+				return fmt.Errorf("%w (%s)", errReadTimeout, f.srv.readTimeout)
+			}
+			if f.idleFor() {
+				return fmt.Errorf("%w (%s)", errIdleTimeout, f.srv.idleTimeout)
+			}
+			deadline = time.Now().Add(f.srv.idleTimeout)
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		break
+	}
+	if f.buf == nil {
+		f.buf = bufPool.Get().(*[]byte)
+		f.r, f.w = 0, 0
+	}
+	n, err := f.raw.ReadOnce((*f.buf)[f.w:])
+	if errors.Is(err, blockingnet.ErrIdle) {
+		return nil // woken with nothing to read after all: wait again
+	}
+	if err != nil {
+		return err
+	}
+	f.arrived(n)
+	return nil
+}
+
+// release gives the buffer back to the pool when it holds nothing unread.
+func (f *frameReader) release() {
+	if f.buf == nil || f.r < f.w {
+		return
+	}
+	if len(*f.buf) == bufSize {
+		bufPool.Put(f.buf)
+	}
+	f.buf = nil
+}
+
+// hotSlots bounds the connections waiting in a blocking read at once: each
+// holds a thread.
+type hotSlots chan struct{}
+
+func (h hotSlots) acquire() bool {
+	select {
+	case h <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+func (h hotSlots) release() { <-h }
