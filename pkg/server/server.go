@@ -191,7 +191,7 @@ type conn struct {
 	infos  map[string]v1.Tensor    // record of each leased tensor, as first returned
 	sent   map[string]bool         // segment ids whose descriptor this peer has
 	events map[string]*sharedEvent // IPC events this peer sent, opened here
-	fr *frameReader // its request frames, kept across the goroutines that serve it
+	fr     *frameReader            // its request frames, kept across the goroutines that serve it
 	// commit is the registry write of the request just handled, when it was
 	// answered first: started once the answer is written. It runs beside
 	// the connection's next requests (a cold get's descriptor import in the
