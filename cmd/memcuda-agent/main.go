@@ -53,6 +53,7 @@ func run(args []string) error {
 	fs.StringVar(&cfg.Backend, "backend", "auto", "memory backend: auto (vmm with a GPU, else host), vmm, legacy or host")
 	fs.Var(&limit, "device-limit", "bytes the pools may reserve per device, a Kubernetes quantity such as 40Gi (0: the device's size)")
 	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", "127.0.0.1:9464", "address of /metrics, /healthz and /readyz (empty: off)")
+	fs.BoolVar(&cfg.Profiling, "pprof", false, "also serve Go's profiles at /debug/pprof/ on --metrics-addr (for debugging; keep the address private)")
 	fs.DurationVar(&cfg.GCInterval, "gc-interval", time.Second, "how often references of dead processes are dropped")
 	fs.DurationVar(&cfg.ReplyTTL, "reply-ttl", time.Minute, "how long queue replies are kept")
 	fs.DurationVar(&cfg.OpTimeout, "op-timeout", 10*time.Second, "time limit of one operation")

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"strings"
 	"sync"
@@ -52,6 +53,9 @@ type Config struct {
 	Backend       string // auto, vmm, legacy or host
 	DeviceLimit   uint64
 	MetricsAddr   string // "" disables the HTTP endpoint
+	// Profiling serves /debug/pprof/ on the metrics endpoint (off: it shows
+	// the agent's internals to whoever reaches the address).
+	Profiling bool
 	GCInterval    time.Duration
 	ReplyTTL      time.Duration
 	ZeroFill      bool
@@ -435,6 +439,11 @@ func (a *Agent) httpServer(reg *prometheus.Registry) *http.Server {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	if a.cfg.Profiling {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	}
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
 		defer cancel()

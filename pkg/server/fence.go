@@ -75,6 +75,9 @@ func (cn *conn) fence(name, b64 string) (store.Fence, error) {
 		}
 		e = &sharedEvent{ev: ev}
 		e.refs.Store(1)
+		if cn.events == nil {
+			cn.events = map[string]*sharedEvent{}
+		}
 		cn.events[b64] = e
 	}
 	e.refs.Add(1)

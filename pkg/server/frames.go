@@ -114,7 +114,10 @@ func (f *frameReader) fill() error {
 		f.parkNext = false
 		return f.park()
 	}
-	if f.hot() {
+	// Only a connection between requests waits hot: the rest of a frame
+	// that came in part (large, or a client dripping bytes) is waited for
+	// parked, so a slow sender never holds a thread.
+	if f.r == f.w && f.hot() {
 		n, err := f.raw.ReadOnce(buf[f.w:])
 		f.srv.hot.release()
 		if err == nil {

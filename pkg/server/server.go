@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -50,9 +51,10 @@ type Server struct {
 	hot         hotSlots
 	parker      *blockingnet.Parker
 
-	mu    sync.Mutex
-	conns map[*conn]struct{}
-	wg    sync.WaitGroup
+	mu        sync.Mutex
+	conns     map[*conn]struct{}
+	peakConns int // the most connections open at once since memory was last given back
+	wg        sync.WaitGroup
 }
 
 // Option configures a Server.
@@ -134,7 +136,7 @@ func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
 			s.refuse(c)
 			continue
 		}
-		cn := &conn{srv: s, holder: s.st.OpenLease(), leases: map[string]int64{}, infos: map[string]v1.Tensor{}, sent: map[string]bool{}, events: map[string]*sharedEvent{}}
+		cn := &conn{srv: s, holder: s.st.OpenLease()} // its maps are made on first use: most connections idle
 		if cred, err := procinfo.PeerCred(c); err == nil {
 			cn.pid, cn.uid = int(cred.Pid), int(cred.Uid)
 		}
@@ -156,6 +158,7 @@ func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
 		}
 		s.mu.Lock()
 		s.conns[cn] = struct{}{}
+		s.peakConns = max(s.peakConns, len(s.conns))
 		s.mu.Unlock()
 		s.wg.Add(1)
 		cn.fr = &frameReader{raw: cn.raw, srv: s, parkNext: true, idleFor: func() bool { return len(cn.leases) == 0 }}
@@ -211,10 +214,34 @@ func (cn *conn) serve() {
 		return
 	}
 	cn.close(log)
-	cn.srv.mu.Lock()
-	delete(cn.srv.conns, cn)
-	cn.srv.mu.Unlock()
+	cn.srv.forget(cn)
 	cn.srv.wg.Done()
+}
+
+// forget drops a closed connection. When a crowd of connections has gone
+// (fewer than half of the most there were, and at least 1024 fewer), the
+// memory they used goes back to the system now rather than over minutes.
+func (s *Server) forget(cn *conn) {
+	s.mu.Lock()
+	delete(s.conns, cn)
+	n := len(s.conns)
+	release := s.peakConns >= 1024 && n < s.peakConns/2
+	if release {
+		s.peakConns = n
+		// A Go map keeps its buckets when it shrinks: a new one.
+		conns := make(map[*conn]struct{}, n)
+		for c := range s.conns {
+			conns[c] = struct{}{}
+		}
+		s.conns = conns
+	}
+	s.mu.Unlock()
+	if release {
+		go func() {
+			debug.FreeOSMemory()
+			debug.FreeOSMemory() // the second collection drops what pools kept through the first
+		}()
+	}
 }
 
 // close drops the connection's leases and events.
@@ -404,6 +431,9 @@ func (cn *conn) get(ctx context.Context, req *v1.Request, resp *v1.Response) ([]
 // lease counts one more reference of this connection on name and answers
 // with the record and, when the peer lacks it, the segment's descriptor.
 func (cn *conn) lease(name string, info v1.Tensor, resp *v1.Response) []int {
+	if cn.leases == nil {
+		cn.leases, cn.infos = map[string]int64{}, map[string]v1.Tensor{}
+	}
 	cn.leases[name]++
 	cn.infos[name] = info
 	resp.Tensor = &info
@@ -438,6 +468,9 @@ func (cn *conn) attach(resp *v1.Response, info v1.Tensor) []int {
 	seg, ok := cn.srv.st.Segment(info.UID)
 	if !ok || seg.FD() < 0 {
 		return nil
+	}
+	if cn.sent == nil {
+		cn.sent = map[string]bool{}
 	}
 	cn.sent[info.SegmentID] = true
 	resp.FDs = []string{info.SegmentID}
