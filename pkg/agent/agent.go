@@ -55,11 +55,11 @@ type Config struct {
 	MetricsAddr   string // "" disables the HTTP endpoint
 	// Profiling serves /debug/pprof/ on the metrics endpoint (off: it shows
 	// the agent's internals to whoever reaches the address).
-	Profiling bool
-	GCInterval    time.Duration
-	ReplyTTL      time.Duration
-	ZeroFill      bool
-	Queue         bool // run the command-queue worker
+	Profiling  bool
+	GCInterval time.Duration
+	ReplyTTL   time.Duration
+	ZeroFill   bool
+	Queue      bool // run the command-queue worker
 	// RedisBlockingIO: Redis replies are awaited in poll(2) on the calling
 	// thread rather than in Go's network poller (internal/blockingnet).
 	RedisBlockingIO bool
