@@ -36,7 +36,7 @@ type Store interface {
 	Release(ctx context.Context, p store.ReleaseParams) (registry.ReleaseResult, error)
 	DropHolder(ctx context.Context, name, holder string) (registry.ReleaseResult, bool, error)
 	Stat(ctx context.Context, name string) (v1.Tensor, error)
-	Names(ctx context.Context) ([]string, error)
+	HeldBy(ctx context.Context, kind string) ([]string, error)
 	Holders(ctx context.Context, name string) (map[string]int64, error)
 }
 
@@ -200,10 +200,10 @@ func (r *PodReconciler) releaseMatching(ctx context.Context, prefix string, pod 
 	})
 }
 
-// releaseHolders drops all references of every holder that drop selects,
-// on every tensor, and calls done for each.
+// releaseHolders drops all references of every pod holder that drop
+// selects, on every tensor that has pod references, and calls done for each.
 func (r *PodReconciler) releaseHolders(ctx context.Context, drop func(holder string) bool, done func(name, holder string)) error {
-	names, err := r.Store.Names(ctx)
+	names, err := r.Store.HeldBy(ctx, registry.KindPod)
 	if err != nil {
 		return err
 	}

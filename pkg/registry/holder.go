@@ -18,8 +18,13 @@ const (
 	HolderRegistry = "registry"
 
 	connPrefix = "conn:"
-	pidPrefix  = "pid:"
-	podPrefix  = "pod:"
+	pidPrefix  = KindPID + ":"
+	podPrefix  = KindPod + ":"
+
+	// KindPID and KindPod are the holder kinds whose names the registry
+	// keeps a set of (HeldBy).
+	KindPID = "pid"
+	KindPod = "pod"
 )
 
 // ConnHolder names the lease of connection n of an agent instance.

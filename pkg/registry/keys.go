@@ -29,6 +29,11 @@ func (k Keys) Index() string { return k.Prefix + "index" }
 // page through it by prefix (ZRANGEBYLEX).
 func (k Keys) Names() string { return k.Prefix + "names" }
 
+// HeldBy is the set of names that references of a holder kind ("pid",
+// "pod") may hold: the names GC and the pod sweep look at. A name may stay
+// in it after its last such reference went; GC takes it out then.
+func (k Keys) HeldBy(kind string) string { return k.Prefix + kind + "refs" }
+
 // Cmd is the command list (tensor:cmd with the default prefix).
 func (k Keys) Cmd() string { return k.Prefix + "cmd" }
 

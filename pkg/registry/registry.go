@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -26,12 +27,15 @@ var (
 	removeLua string
 	//go:embed lua/publish.lua
 	publishLua string
+	//go:embed lua/untrack.lua
+	untrackLua string
 
 	createScript  = redis.NewScript(createLua)
 	acquireScript = redis.NewScript(acquireLua)
 	releaseScript = redis.NewScript(releaseLua)
 	removeScript  = redis.NewScript(removeLua)
 	publishScript = redis.NewScript(publishLua)
+	untrackScript = redis.NewScript(untrackLua)
 )
 
 // RequestTTL is how long an applied request id is remembered: a command
@@ -70,7 +74,7 @@ func (r *Registry) Client() redis.UniversalClient { return r.rdb }
 
 // Load loads every script so later calls run by SHA.
 func (r *Registry) Load(ctx context.Context) error {
-	for _, s := range []*redis.Script{createScript, acquireScript, releaseScript, removeScript, publishScript} {
+	for _, s := range []*redis.Script{createScript, acquireScript, releaseScript, removeScript, publishScript, untrackScript} {
 		if err := s.Load(ctx, r.rdb).Err(); err != nil {
 			return Wrap(err)
 		}
@@ -143,7 +147,7 @@ func (r *Registry) Create(ctx context.Context, info v1.Tensor, holder, reqID str
 	useReq, _ := reqArgs(reqID)
 	args := []any{useReq, int64(RequestTTL / time.Second), holder, info.Ctime, info.Name}
 	args = append(args, fields...)
-	res, err := createScript.Run(ctx, r.rdb, []string{r.keys.Meta(info.Name), r.keys.Refs(info.Name), r.keys.Index(), r.keys.Req(reqID), r.keys.Names()}, args...).Slice()
+	res, err := createScript.Run(ctx, r.rdb, []string{r.keys.Meta(info.Name), r.keys.Refs(info.Name), r.keys.Index(), r.keys.Req(reqID), r.keys.Names(), r.keys.HeldBy(KindPID), r.keys.HeldBy(KindPod)}, args...).Slice()
 	if err != nil {
 		return CreateResult{}, Wrap(err)
 	}
@@ -179,8 +183,8 @@ func (r *Registry) Acquire(ctx context.Context, name, holder, agent, reqID strin
 		brief = "1"
 	}
 	now := r.nowMS()
-	res, err := acquireScript.Run(ctx, r.rdb, []string{r.keys.Meta(name), r.keys.Refs(name), r.keys.Req(reqID)},
-		useReq, int64(RequestTTL/time.Second), holder, now, agent, brief).Slice()
+	res, err := acquireScript.Run(ctx, r.rdb, []string{r.keys.Meta(name), r.keys.Refs(name), r.keys.Req(reqID), r.keys.HeldBy(KindPID), r.keys.HeldBy(KindPod)},
+		useReq, int64(RequestTTL/time.Second), holder, now, agent, brief, name).Slice()
 	if err != nil {
 		return v1.Tensor{}, Wrap(err)
 	}
@@ -238,7 +242,7 @@ func (r *Registry) Release(ctx context.Context, name, holder string, count int64
 	if markDeleted {
 		del = "1"
 	}
-	res, err := releaseScript.Run(ctx, r.rdb, []string{r.keys.Meta(name), r.keys.Refs(name), r.keys.Index(), r.keys.Req(reqID), r.keys.Names()},
+	res, err := releaseScript.Run(ctx, r.rdb, []string{r.keys.Meta(name), r.keys.Refs(name), r.keys.Index(), r.keys.Req(reqID), r.keys.Names(), r.keys.HeldBy(KindPID), r.keys.HeldBy(KindPod)},
 		useReq, int64(RequestTTL/time.Second), holder, c, r.nowMS(), del, name).Slice()
 	if err != nil {
 		return ReleaseResult{}, Wrap(err)
@@ -264,7 +268,7 @@ func (r *Registry) Release(ctx context.Context, name, holder string, count int64
 // Remove deletes the record of a tensor owned by agent whose memory is gone.
 // agent "" removes an index entry that has no record.
 func (r *Registry) Remove(ctx context.Context, name, agent string) (bool, error) {
-	n, err := removeScript.Run(ctx, r.rdb, []string{r.keys.Meta(name), r.keys.Refs(name), r.keys.Index(), r.keys.Names()}, name, agent).Int()
+	n, err := removeScript.Run(ctx, r.rdb, []string{r.keys.Meta(name), r.keys.Refs(name), r.keys.Index(), r.keys.Names(), r.keys.HeldBy(KindPID), r.keys.HeldBy(KindPod)}, name, agent).Int()
 	return n == 1, Wrap(err)
 }
 
@@ -357,7 +361,8 @@ func (r *Registry) records(ctx context.Context, names []string) ([]v1.Tensor, er
 
 // IndexNames makes the name index hold exactly the names of the time index
 // (a Redis written by an agent from before the name index existed, or a
-// crash between the two).
+// crash between the two), and the holder-kind sets every name with a pid or
+// pod reference.
 func (r *Registry) IndexNames(ctx context.Context) error {
 	names, err := r.Names(ctx)
 	if err != nil {
@@ -382,6 +387,9 @@ func (r *Registry) IndexNames(ctx context.Context) error {
 			return Wrap(err)
 		}
 	}
+	if err := r.indexHolders(ctx, names); err != nil {
+		return err
+	}
 	for len(names) > 0 {
 		batch := names[:min(len(names), 1000)]
 		names = names[len(batch):]
@@ -390,6 +398,62 @@ func (r *Registry) IndexNames(ctx context.Context) error {
 			zs[i] = redis.Z{Score: 0, Member: n}
 		}
 		if err := r.rdb.ZAdd(ctx, r.keys.Names(), zs...).Err(); err != nil {
+			return Wrap(err)
+		}
+	}
+	return nil
+}
+
+// indexHolders adds every name with a pid or pod reference to its kind's set.
+func (r *Registry) indexHolders(ctx context.Context, names []string) error {
+	for len(names) > 0 {
+		batch := names[:min(len(names), 1000)]
+		names = names[len(batch):]
+		pipe := r.rdb.Pipeline()
+		cmds := make([]*redis.StringSliceCmd, len(batch))
+		for i, n := range batch {
+			cmds[i] = pipe.HKeys(ctx, r.keys.Refs(n))
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return Wrap(err)
+		}
+		add := map[string][]any{}
+		for i, c := range cmds {
+			for _, h := range c.Val() {
+				if kind, _, ok := strings.Cut(h, ":"); ok && (kind == KindPID || kind == KindPod) {
+					add[kind] = append(add[kind], batch[i])
+				}
+			}
+		}
+		for kind, ns := range add {
+			if err := r.rdb.SAdd(ctx, r.keys.HeldBy(kind), ns...).Err(); err != nil {
+				return Wrap(err)
+			}
+		}
+	}
+	return nil
+}
+
+// HeldBy returns the names references of a holder kind may hold.
+func (r *Registry) HeldBy(ctx context.Context, kind string) ([]string, error) {
+	names, err := r.rdb.SMembers(ctx, r.keys.HeldBy(kind)).Result()
+	return names, Wrap(err)
+}
+
+// NotHeldBy takes names out of a holder kind's set when none of their
+// references is of that kind (checked atomically: a reference taken since
+// the caller looked keeps its name in).
+func (r *Registry) NotHeldBy(ctx context.Context, kind string, names ...string) error {
+	for len(names) > 0 {
+		batch := names[:min(len(names), 500)]
+		names = names[len(batch):]
+		keys := []string{r.keys.HeldBy(kind)}
+		args := []any{kind + ":"}
+		for _, n := range batch {
+			keys = append(keys, r.keys.Refs(n))
+			args = append(args, n)
+		}
+		if err := untrackScript.Run(ctx, r.rdb, keys, args...).Err(); err != nil {
 			return Wrap(err)
 		}
 	}

@@ -34,37 +34,74 @@ type GCResult struct {
 
 // GC drops the references of processes that are gone (pid holders whose pid
 // no longer runs with the recorded start time) and of this instance's closed
-// connections whose release failed earlier.
+// connections whose release failed earlier. It reads only the names that
+// may hold such references (the registry's pid set and the leases whose
+// drop failed), not every tensor.
 func (s *Store) GC(ctx context.Context) (GCResult, error) {
 	var out GCResult
-	names, err := s.reg.Names(ctx)
+	names, err := s.reg.HeldBy(ctx, registry.KindPID)
 	if err != nil {
 		return out, err
 	}
+	var untracked []string
 	for _, name := range names {
-		holders, err := s.reg.Holders(ctx, name)
+		pids, err := s.gcName(ctx, name, &out)
 		if err != nil {
 			return out, err
 		}
-		for h := range holders {
-			if !s.deadHolder(h) {
+		if pids == 0 {
+			untracked = append(untracked, name)
+		}
+	}
+	if err := s.reg.NotHeldBy(ctx, registry.KindPID, untracked...); err != nil {
+		return out, err
+	}
+	for holder, names := range s.leases.failedDrops() {
+		var left []string
+		for _, name := range names {
+			res, _, err := s.DropHolder(ctx, name, holder)
+			if err != nil {
+				left = append(left, name)
 				continue
 			}
-			res, dropped, err := s.DropHolder(ctx, name, h)
-			if err != nil {
-				return out, err
-			}
-			if !dropped {
-				continue // released meanwhile
-			}
 			out.Holders++
-			s.log.Info("dropped references of a dead holder", "name", name, "holder", h, "freed", res.Freed)
 			if res.Freed {
 				out.Freed = append(out.Freed, name)
 			}
 		}
+		s.leases.dropFailed(holder, left)
 	}
 	return out, nil
+}
+
+// gcName drops the dead holders of one tensor and returns how many pid
+// holders it still has.
+func (s *Store) gcName(ctx context.Context, name string, out *GCResult) (pids int, err error) {
+	holders, err := s.reg.Holders(ctx, name)
+	if err != nil {
+		return 0, err
+	}
+	for h := range holders {
+		if !s.deadHolder(h) {
+			if _, _, isPID, _ := registry.ParsePIDHolder(h); isPID {
+				pids++
+			}
+			continue
+		}
+		res, dropped, err := s.DropHolder(ctx, name, h)
+		if err != nil {
+			return 0, err
+		}
+		if !dropped {
+			continue // released meanwhile
+		}
+		out.Holders++
+		s.log.Info("dropped references of a dead holder", "name", name, "holder", h, "freed", res.Freed)
+		if res.Freed {
+			out.Freed = append(out.Freed, name)
+		}
+	}
+	return pids, nil
 }
 
 func (s *Store) deadHolder(h string) bool {

@@ -15,10 +15,11 @@ type leaseSet struct {
 	seq      atomic.Uint64
 	mu       sync.Mutex
 	open     map[string]struct{}
+	failed   map[string][]string // closed leases whose drop failed -> the names they still hold
 }
 
 func newLeaseSet(instance string) *leaseSet {
-	return &leaseSet{instance: instance, open: map[string]struct{}{}}
+	return &leaseSet{instance: instance, open: map[string]struct{}{}, failed: map[string][]string{}}
 }
 
 // add returns a new connection holder.
@@ -41,4 +42,27 @@ func (l *leaseSet) live(h string) bool {
 	defer l.mu.Unlock()
 	_, ok := l.open[h]
 	return ok
+}
+
+// dropFailed records the names a closed lease could not drop (none: all
+// dropped): GC drops them later.
+func (l *leaseSet) dropFailed(h string, names []string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(names) == 0 {
+		delete(l.failed, h)
+		return
+	}
+	l.failed[h] = names
+}
+
+// failedDrops are the closed leases whose drop failed and their names.
+func (l *leaseSet) failedDrops() map[string][]string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make(map[string][]string, len(l.failed))
+	for h, ns := range l.failed {
+		out[h] = append([]string(nil), ns...)
+	}
+	return out
 }

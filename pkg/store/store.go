@@ -556,6 +556,10 @@ func (s *Store) List(ctx context.Context, prefix, cursor string, limit int) ([]v
 // Names lists the registry's index of names.
 func (s *Store) Names(ctx context.Context) ([]string, error) { return s.reg.Names(ctx) }
 
+// HeldBy lists the names that references of a holder kind may hold
+// (registry.KindPID, registry.KindPod).
+func (s *Store) HeldBy(ctx context.Context, kind string) ([]string, error) { return s.reg.HeldBy(ctx, kind) }
+
 // Holders returns the reference holders of a tensor and their counts.
 func (s *Store) Holders(ctx context.Context, name string) (map[string]int64, error) {
 	return s.reg.Holders(ctx, name)
@@ -577,11 +581,14 @@ func (s *Store) OpenLease() string { return s.leases.add() }
 func (s *Store) CloseLease(ctx context.Context, holder string, names []string) error {
 	s.leases.remove(holder)
 	var errs []error
+	var left []string
 	for _, n := range names {
 		if _, _, err := s.DropHolder(ctx, n, holder); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", n, err))
+			left = append(left, n)
 		}
 	}
+	s.leases.dropFailed(holder, left)
 	return errors.Join(errs...)
 }
 

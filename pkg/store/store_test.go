@@ -225,9 +225,15 @@ func TestLeasesAndGC(t *testing.T) {
 	}
 	cmd.Process.Kill()
 	cmd.Wait()
+	if held, _ := f.reg.HeldBy(ctx, registry.KindPID); len(held) != 1 || held[0] != "t" {
+		t.Fatalf("names held by pids: %v, want [t]", held)
+	}
 	res, err := f.st.GC(ctx)
 	if err != nil || res.Holders != 1 {
 		t.Fatalf("GC: %+v %v, want the dead pid dropped", res, err)
+	}
+	if held, _ := f.reg.HeldBy(ctx, registry.KindPID); len(held) != 0 {
+		t.Fatalf("names held by pids after GC: %v, want none (GC reads only these)", held)
 	}
 	info, _ := f.reg.Stat(ctx, "t")
 	if info.Refcount != 3 {

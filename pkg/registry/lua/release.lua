@@ -2,7 +2,7 @@
 -- delete (the holder is 'registry' and the tensor takes no new references).
 -- When refcount reaches 0 the record and its index entry go away and the
 -- uid is returned so the agent frees the block.
--- KEYS: meta, refs, index, req, names
+-- KEYS: meta, refs, index, req, names, pidrefs, podrefs
 -- ARGV: use_req, req_ttl_s, holder, count ('all' or a number), now_ms, mark_deleted ('1'|'0'), name
 if ARGV[1] == '1' and redis.call('EXISTS', KEYS[4]) == 1 then
   return {'dup'}
@@ -39,6 +39,8 @@ if n <= 0 then
   redis.call('DEL', KEYS[1], KEYS[2])
   redis.call('ZREM', KEYS[3], ARGV[7])
   redis.call('ZREM', KEYS[5], ARGV[7])
+  redis.call('SREM', KEYS[6], ARGV[7])
+  redis.call('SREM', KEYS[7], ARGV[7])
   return {'freed', uid}
 end
 return {'ok', tostring(n), redis.call('HGET', KEYS[1], 'uid')}
