@@ -108,7 +108,7 @@ func EncodeRequest(req *Request) ([]byte, error) {
 func EncodeResponse(resp *Response) ([]byte, error) {
 	// The body is written after room for the header, and the header in
 	// front of it once the body's length is known: one buffer.
-	if frame, ok := appendPlainResponse(make([]byte, HeaderSize, 1024), resp); ok {
+	if frame, ok := appendPlainResponse(make([]byte, HeaderSize, 1024+512*len(resp.Tensors)), resp); ok {
 		if _, err := appendHeader(frame[:0], KindResponse, len(resp.FDs), len(frame)-HeaderSize); err != nil {
 			return nil, err
 		}
@@ -136,6 +136,9 @@ func DecodeRequest(body []byte) (*Request, error) {
 
 // DecodeResponse decodes a response body.
 func DecodeResponse(body []byte) (*Response, error) {
+	if resp, ok := decodePlainResponse(body); ok {
+		return &resp, nil
+	}
 	var resp Response
 	if err := json.Unmarshal(body, &resp); err != nil {
 		return nil, fmt.Errorf("%w: response body: %w", ErrFrame, err)

@@ -95,7 +95,12 @@ func TestPlainResponseIsJSONMarshal(t *testing.T) {
 		{"release answer", Response{ID: 3, OK: true}, true},
 		{"two descriptors", Response{ID: 4, OK: true, Tensor: &bare, FDs: []string{"a", "b"}}, true},
 		{"error", Response{ID: 5, Error: &Error{Code: "not_found", Message: "no tensor"}}, false},
-		{"list", Response{ID: 6, OK: true, Tensors: []Tensor{full}}, false},
+		{"list page", Response{ID: 6, OK: true, Tensors: []Tensor{full, bare, noShape}, Next: "s"}, true},
+		{"last list page", Response{ID: 6, OK: true, Tensors: []Tensor{full}}, true},
+		{"empty list", Response{ID: 6, OK: true, Tensors: []Tensor{}}, false},
+		{"a list with a string to escape", Response{ID: 6, OK: true, Tensors: []Tensor{full, {Name: "x&y"}}}, false},
+		{"holders", Response{ID: 6, OK: true, Holders: map[string]int64{"registry": 1}}, false},
+		{"refused", Response{ID: 10, OK: false}, true},
 		{"trim", Response{ID: 8, OK: true, Trimmed: 3}, false},
 		{"a string to escape", Response{ID: 9, OK: true, Tensor: &Tensor{Name: "a<b", Node: "n\u00e9"}}, false},
 	} {
@@ -119,6 +124,19 @@ func TestPlainResponseIsJSONMarshal(t *testing.T) {
 			if err != nil || h.Kind != KindResponse || h.NumFDs != len(tc.resp.FDs) || string(frame[HeaderSize:]) != string(want) {
 				t.Fatalf("frame %q (%+v, %v), want body %s", frame, h, err, want)
 			}
+			// Every body the plain encoder writes, the plain decoder reads
+			// as encoding/json does.
+			var std Response
+			if err := json.Unmarshal(want, &std); err != nil {
+				t.Fatal(err)
+			}
+			dec, plain := decodePlainResponse(want)
+			if tc.plain && !plain {
+				t.Fatal("the plain decoder refused what the plain encoder wrote")
+			}
+			if plain && !reflect.DeepEqual(dec, std) {
+				t.Fatalf("plain decoder read\n%+v\nencoding/json\n%+v", dec, std)
+			}
 		})
 	}
 }
@@ -136,12 +154,23 @@ func FuzzPlainResponse(f *testing.F) {
 		if seg != "" {
 			resp.FDs = []string{seg}
 		}
+		if n%5 == 0 { // a page of a list instead
+			resp = Response{ID: id, OK: ok, Tensors: []Tensor{info, plainInfo()}, Next: seg}
+		}
 		want, err := json.Marshal(&resp)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if got, plain := appendPlainResponse(nil, &resp); plain && string(got) != string(want) {
 			t.Fatalf("plain encoder wrote\n%s\njson.Marshal\n%s", got, want)
+		}
+		// The plain decoder reads what encoding/json reads, or nothing.
+		var std Response
+		if err := json.Unmarshal(want, &std); err != nil {
+			t.Fatal(err)
+		}
+		if got, plain := decodePlainResponse(want); plain && !reflect.DeepEqual(got, std) {
+			t.Fatalf("plain decoder read\n%+v\nencoding/json\n%+v\nfrom %s", got, std, want)
 		}
 	})
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"os"
@@ -108,15 +109,19 @@ func runLs(cmd *cobra.Command, g *globals, o lsOptions) error {
 	if tensors == nil {
 		tensors = []v1.Tensor{}
 	}
+	if g.output == "json" {
+		return printTensorsJSON(g.out, tensors)
+	}
 	if ok, err := printStructured(g.out, g.output, tensors); ok {
 		return err
 	}
+	out := bufio.NewWriterSize(g.out, 1<<16)
 	if g.output == "name" {
 		for _, t := range tensors {
-			fmt.Fprintf(g.out, "tensor/%s\n", t.Name)
+			fmt.Fprintf(out, "tensor/%s\n", t.Name)
 		}
 	} else {
-		tt := newTensorTable(g.out, g.output == "wide")
+		tt := newTensorTable(out, g.output == "wide")
 		tt.header()
 		for _, t := range tensors {
 			tt.row(t, "")
@@ -124,6 +129,9 @@ func runLs(cmd *cobra.Command, g *globals, o lsOptions) error {
 		if err := tt.flush(); err != nil {
 			return err
 		}
+	}
+	if err := out.Flush(); err != nil {
+		return err
 	}
 	if !o.watch {
 		return nil

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -26,6 +27,28 @@ func printYAML(w io.Writer, v any) error {
 	}
 	_, err = w.Write(b)
 	return err
+}
+
+// printTensorsJSON prints a JSON array of records, one per line: a
+// hundred thousand of them print in a blink, unlike indented JSON.
+func printTensorsJSON(w io.Writer, ts []v1.Tensor) error {
+	bw := bufio.NewWriterSize(w, 1<<16)
+	if len(ts) == 0 {
+		bw.WriteString("[]\n")
+		return bw.Flush()
+	}
+	buf := make([]byte, 0, 1024)
+	bw.WriteString("[\n")
+	for i := range ts {
+		buf = v1.AppendTensorJSON(append(buf[:0], "  "...), &ts[i])
+		if i < len(ts)-1 {
+			buf = append(buf, ',')
+		}
+		buf = append(buf, '\n')
+		bw.Write(buf)
+	}
+	bw.WriteString("]\n")
+	return bw.Flush()
 }
 
 // printStructured prints v as json or yaml; ok is false for other formats.

@@ -29,6 +29,8 @@ var (
 	publishLua string
 	//go:embed lua/untrack.lua
 	untrackLua string
+	//go:embed lua/page.lua
+	pageLua string
 
 	createScript  = redis.NewScript(createLua)
 	acquireScript = redis.NewScript(acquireLua)
@@ -36,6 +38,7 @@ var (
 	removeScript  = redis.NewScript(removeLua)
 	publishScript = redis.NewScript(publishLua)
 	untrackScript = redis.NewScript(untrackLua)
+	pageScript    = redis.NewScript(pageLua)
 )
 
 // RequestTTL is how long an applied request id is remembered: a command
@@ -74,7 +77,7 @@ func (r *Registry) Client() redis.UniversalClient { return r.rdb }
 
 // Load loads every script so later calls run by SHA.
 func (r *Registry) Load(ctx context.Context) error {
-	for _, s := range []*redis.Script{createScript, acquireScript, releaseScript, removeScript, publishScript, untrackScript} {
+	for _, s := range []*redis.Script{createScript, acquireScript, releaseScript, removeScript, publishScript, untrackScript, pageScript} {
 		if err := s.Load(ctx, r.rdb).Err(); err != nil {
 			return Wrap(err)
 		}
@@ -314,47 +317,55 @@ func (r *Registry) List(ctx context.Context, prefix, cursor string, limit int) (
 	if cursor != "" {
 		lo = "(" + cursor
 	}
-	by := &redis.ZRangeBy{Min: lo, Max: hi}
+	count := 0
 	if limit > 0 {
-		by.Count = int64(limit) + 1 // one more tells whether a next page exists
+		count = limit + 1 // one more tells whether a next page exists
 	}
-	names, err := r.rdb.ZRangeByLex(ctx, r.keys.Names(), by).Result()
+	args := make([]any, 0, 4+len(recordFields))
+	args = append(args, lo, hi, count, r.keys.Meta(""))
+	for _, f := range recordFields {
+		args = append(args, f)
+	}
+	res, err := pageScript.Run(ctx, r.rdb, []string{r.keys.Names()}, args...).Slice()
 	if err != nil {
 		return nil, "", Wrap(err)
 	}
-	if limit > 0 && len(names) > limit {
-		names = names[:limit]
-		next = names[limit-1]
+	n := len(res) / 2
+	if limit > 0 && n > limit {
+		n = limit
+		next, _ = res[2*(limit-1)].(string)
 	}
-	list, err = r.records(ctx, names)
-	return list, next, err
+	list = make([]v1.Tensor, 0, n)
+	for i := 0; i < n; i++ {
+		joined, ok := res[2*i+1].(string)
+		if !ok {
+			continue // an index entry without a record (a half-finished removal)
+		}
+		info, err := fromJoined(joined)
+		if err != nil {
+			return nil, "", err
+		}
+		list = append(list, info)
+	}
+	return list, next, nil
 }
 
-// records reads the records of names; missing ones are skipped.
-func (r *Registry) records(ctx context.Context, names []string) ([]v1.Tensor, error) {
-	out := make([]v1.Tensor, 0, len(names))
-	for len(names) > 0 {
-		batch := names[:min(len(names), 1000)]
-		names = names[len(batch):]
-		pipe := r.rdb.Pipeline()
-		cmds := make([]*redis.MapStringStringCmd, len(batch))
-		for i, n := range batch {
-			cmds[i] = pipe.HGetAll(ctx, r.keys.Meta(n))
+// parseShape reads a record's shape, "[2,3]", without reflection.
+func parseShape(s string) ([]int64, error) {
+	if len(s) < 2 || s[0] != '[' || s[len(s)-1] != ']' {
+		return nil, fmt.Errorf("want a JSON array of integers")
+	}
+	inner := s[1 : len(s)-1]
+	out := []int64{}
+	if inner == "" {
+		return out, nil
+	}
+	for _, p := range strings.Split(inner, ",") {
+		n, err := strconv.ParseInt(strings.TrimSpace(p), 10, 64)
+		if err != nil {
+			return nil, err
 		}
-		if _, err := pipe.Exec(ctx); err != nil {
-			return nil, Wrap(err)
-		}
-		for _, c := range cmds {
-			m := c.Val()
-			if len(m) == 0 {
-				continue
-			}
-			info, err := fromMap(m)
-			if err != nil {
-				return nil, err
-			}
-			out = append(out, info)
-		}
+		out = append(out, n)
 	}
 	return out, nil
 }
@@ -508,41 +519,70 @@ func fromReply(v any) (v1.Tensor, error) {
 }
 
 func fromMap(m map[string]string) (v1.Tensor, error) {
+	return fromFields(func(k string) string { return m[k] })
+}
+
+// recordFields are the hash fields a list reads (HMGET), in this order.
+var recordFields = []string{"name", "uid", "dtype", "shape", "device", "device_uuid", "bytes", "ipc_mode", "ipc_handle",
+	"offset", "segment_id", "segment_size", "owner_pid", "refcount", "state", "agent", "node", "tenant", "event", "ctime", "mtime"}
+
+var recordField = func() map[string]int {
+	m := make(map[string]int, len(recordFields))
+	for i, f := range recordFields {
+		m[f] = i
+	}
+	return m
+}()
+
+// fromJoined is the record of the page script: recordFields' values
+// joined by the unit separator.
+func fromJoined(joined string) (v1.Tensor, error) {
+	vals := strings.Split(joined, "\x1f")
+	if len(vals) != len(recordFields) {
+		return v1.Tensor{}, fmt.Errorf("%w: a listed record has %d fields, want %d", errdefs.ErrInternal, len(vals), len(recordFields))
+	}
+	return fromFields(func(k string) string { return vals[recordField[k]] })
+}
+
+// fromFields builds a record from its hash fields.
+func fromFields(get func(field string) string) (v1.Tensor, error) {
 	var info v1.Tensor
 	var errs []error
 	num := func(k string) int64 {
-		if m[k] == "" {
+		v := get(k)
+		if v == "" {
 			return 0
 		}
-		n, err := strconv.ParseInt(m[k], 10, 64)
+		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("field %s=%q: %w", k, m[k], err))
+			errs = append(errs, fmt.Errorf("field %s=%q: %w", k, v, err))
 		}
 		return n
 	}
-	info.Name = m["name"]
-	info.UID = m["uid"]
-	info.DType = v1.DType(m["dtype"])
-	if s := m["shape"]; s != "" {
-		if err := json.Unmarshal([]byte(s), &info.Shape); err != nil {
+	info.Name = get("name")
+	info.UID = get("uid")
+	info.DType = v1.DType(get("dtype"))
+	if s := get("shape"); s != "" {
+		var err error
+		if info.Shape, err = parseShape(s); err != nil {
 			errs = append(errs, fmt.Errorf("field shape=%q: %w", s, err))
 		}
 	}
 	info.Device = int(num("device"))
-	info.DeviceUUID = m["device_uuid"]
+	info.DeviceUUID = get("device_uuid")
 	info.Bytes = uint64(num("bytes"))
-	info.IPCMode = v1.IPCMode(m["ipc_mode"])
-	info.IPCHandle = m["ipc_handle"]
+	info.IPCMode = v1.IPCMode(get("ipc_mode"))
+	info.IPCHandle = get("ipc_handle")
 	info.Offset = uint64(num("offset"))
-	info.SegmentID = m["segment_id"]
+	info.SegmentID = get("segment_id")
 	info.SegmentSize = uint64(num("segment_size"))
 	info.OwnerPID = int(num("owner_pid"))
 	info.Refcount = num("refcount")
-	info.State = v1.State(m["state"])
-	info.Agent = m["agent"]
-	info.Node = m["node"]
-	info.Tenant = m["tenant"]
-	info.Event = m["event"]
+	info.State = v1.State(get("state"))
+	info.Agent = get("agent")
+	info.Node = get("node")
+	info.Tenant = get("tenant")
+	info.Event = get("event")
 	info.Ctime = num("ctime")
 	info.Mtime = num("mtime")
 	if len(errs) > 0 {

@@ -417,7 +417,7 @@ func (s *Store) get(ctx context.Context, name, holder, reqID string) (v1.Tensor,
 		// A replayed request's record, of an instance whose memory is gone.
 		return v1.Tensor{}, fmt.Errorf("%w: tensor %q belonged to agent instance %s, whose memory is gone", errdefs.ErrNotFound, name, info.Agent)
 	}
-	s.table.refcount(info.UID, info.Refcount)
+	s.table.refcount(info.UID, info.Refcount, s.now())
 	zeroing, ok := s.table.zeroing(info.UID)
 	if ok && zeroing != nil {
 		// Found between the create script and the end of its zero-fill.
@@ -470,7 +470,7 @@ func (s *Store) Release(ctx context.Context, p ReleaseParams) (registry.ReleaseR
 		if err == nil && res.Freed {
 			s.free(res.UID)
 		} else if err == nil {
-			s.table.refcount(res.UID, res.Refcount)
+			s.table.refcount(res.UID, res.Refcount, s.now())
 		}
 		return err
 	})
@@ -487,7 +487,7 @@ func (s *Store) Publish(ctx context.Context, name, event string) error {
 			return err
 		}
 		// Gets answered from the agent's record must hand it out too.
-		s.table.published(name, event)
+		s.table.published(name, event, s.now())
 		return nil
 	})
 }
@@ -504,7 +504,7 @@ func (s *Store) Delete(ctx context.Context, name, reqID string, who Who) (regist
 		if err == nil && res.Freed {
 			s.free(res.UID)
 		} else if err == nil {
-			s.table.deleted(res.UID, res.Refcount)
+			s.table.deleted(res.UID, res.Refcount, s.now())
 		}
 		return err
 	})
@@ -546,11 +546,18 @@ func (s *Store) Stat(ctx context.Context, name string) (v1.Tensor, error) {
 
 // List returns the records whose names start with prefix, in name order,
 // at most limit (0: all) after cursor; next is the following page's cursor.
+// Once the registry is reconciled every record of the prefix is this
+// agent's, and the agent's own table has each one as Redis does (the agent
+// writes every change): lists are served from it, without Redis.
 func (s *Store) List(ctx context.Context, prefix, cursor string, limit int) ([]v1.Tensor, string, error) {
 	if err := s.order.settle(ctx); err != nil {
 		return nil, "", err
 	}
-	return s.reg.List(ctx, prefix, cursor, limit)
+	if !s.reconciled.Load() {
+		return s.reg.List(ctx, prefix, cursor, limit)
+	}
+	list, next := s.table.page(prefix, cursor, limit)
+	return list, next, nil
 }
 
 // Names lists the registry's index of names.

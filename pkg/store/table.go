@@ -1,8 +1,11 @@
 package store
 
 import (
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/google/btree"
 
 	v1 "github.com/memcuda/memcuda/api/v1"
 	"github.com/memcuda/memcuda/pkg/backend"
@@ -30,13 +33,59 @@ type orphanKey struct{ holder, name string }
 type table struct {
 	mu      sync.Mutex
 	byUID   map[string]*allocation
-	byName  map[string]string // name -> uid of this instance's live tensor
+	byName  map[string]string     // name -> uid of this instance's live tensor
+	names   *btree.BTreeG[string] // byName's keys in order, for lists
 	orphans map[orphanKey]string
 	parked  []*allocation
 }
 
 func newTable() *table {
-	return &table{byUID: map[string]*allocation{}, byName: map[string]string{}, orphans: map[orphanKey]string{}}
+	return &table{byUID: map[string]*allocation{}, byName: map[string]string{}, names: btree.NewOrderedG[string](32),
+		orphans: map[orphanKey]string{}}
+}
+
+// name makes uid the name's tensor; unname takes it back when it still is.
+func (t *table) name(name, uid string) {
+	t.byName[name] = uid
+	t.names.ReplaceOrInsert(name)
+}
+
+func (t *table) unname(name, uid string) {
+	if t.byName[name] == uid {
+		delete(t.byName, name)
+		t.names.Delete(name)
+	}
+}
+
+// page returns the records of the named tensors whose names start with
+// prefix, in name order, after cursor, at most limit (0: all), and the
+// next page's cursor.
+func (t *table) page(prefix, cursor string, limit int) ([]v1.Tensor, string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	from := prefix
+	if cursor > from {
+		from = cursor
+	}
+	out := make([]v1.Tensor, 0, min(max(limit, 16), 1024))
+	next := ""
+	t.names.AscendGreaterOrEqual(from, func(name string) bool {
+		if name == cursor {
+			return true
+		}
+		if !strings.HasPrefix(name, prefix) {
+			return false
+		}
+		if limit > 0 && len(out) == limit {
+			next = out[len(out)-1].Name
+			return false
+		}
+		if a := t.byUID[t.byName[name]]; a != nil && a.record.UID != "" {
+			out = append(out, a.record) // shapes are never changed after create: no copy
+		}
+		return true
+	})
+	return out, next
 }
 
 // add registers a's block under uid; named also makes it the name's tensor.
@@ -45,7 +94,7 @@ func (t *table) add(uid string, a *allocation, named bool) {
 	defer t.mu.Unlock()
 	t.byUID[uid] = a
 	if named {
-		t.byName[a.name] = uid
+		t.name(a.name, uid)
 	}
 }
 
@@ -55,7 +104,7 @@ func (t *table) created(uid string, record v1.Tensor) {
 	defer t.mu.Unlock()
 	if a, ok := t.byUID[uid]; ok {
 		a.record, a.zeroing = record, nil
-		t.byName[a.name] = uid
+		t.name(a.name, uid)
 	}
 }
 
@@ -68,9 +117,7 @@ func (t *table) remove(uid string) (*allocation, bool) {
 		return nil, false
 	}
 	delete(t.byUID, uid)
-	if t.byName[a.name] == uid {
-		delete(t.byName, a.name)
-	}
+	t.unname(a.name, uid)
 	return a, true
 }
 
@@ -147,31 +194,31 @@ func (t *table) referenceBehind(name string, now time.Time) (v1.Tensor, bool) {
 	return copyRecord(a.record), true
 }
 
-// refcount keeps uid's record's count as Redis last reported it.
-func (t *table) refcount(uid string, n int64) {
+// refcount keeps uid's record's count as Redis last reported it, changed at now.
+func (t *table) refcount(uid string, n int64, now time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if a, ok := t.byUID[uid]; ok && a.record.UID == uid {
-		a.record.Refcount = n
+		a.record.Refcount, a.record.Mtime = n, now.UnixMilli()
 	}
 }
 
 // deleted marks uid deleted: it takes no new references.
-func (t *table) deleted(uid string, refcount int64) {
+func (t *table) deleted(uid string, refcount int64, now time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if a, ok := t.byUID[uid]; ok {
 		a.deleted = true
-		a.record.Refcount = refcount
+		a.record.Refcount, a.record.State, a.record.Mtime = refcount, v1.StateDeleted, now.UnixMilli()
 	}
 }
 
 // published sets the event of name's record.
-func (t *table) published(name, event string) {
+func (t *table) published(name, event string, now time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if a, ok := t.byUID[t.byName[name]]; ok {
-		a.record.Event = event
+		a.record.Event, a.record.Mtime = event, now.UnixMilli()
 	}
 }
 
@@ -180,9 +227,7 @@ func (t *table) published(name, event string) {
 func (t *table) withdraw(uid, name, holder string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.byName[name] == uid {
-		delete(t.byName, name)
-	}
+	t.unname(name, uid)
 	if a, ok := t.byUID[uid]; ok {
 		a.deleted = true
 		t.orphans[orphanKey{holder, name}] = uid
@@ -263,6 +308,7 @@ func (t *table) drain() []*allocation {
 		out = append(out, a)
 	}
 	t.byUID, t.byName, t.orphans, t.parked = map[string]*allocation{}, map[string]string{}, map[orphanKey]string{}, nil
+	t.names.Clear(false)
 	return out
 }
 

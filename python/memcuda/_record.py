@@ -35,31 +35,31 @@ class TensorInfo:
 
     @classmethod
     def from_wire(cls, d: dict[str, Any]) -> "TensorInfo":
-        """The record of an answer's "tensor" object, or of a Redis hash
-        whose shape was decoded (values may then be strings)."""
+        """The record of an agent's answer ("tensor" or an entry of
+        "tensors"): JSON gave every field its type."""
         # A frozen dataclass's __init__ sets each field through
         # object.__setattr__: filling __dict__ at once is several times faster.
         info = object.__new__(cls)
-        if d.keys() <= _FIELDS:
-            # The agent's record as it comes: JSON gave every field its type.
-            fields = dict(_DEFAULTS)
-            fields.update(d)
-            for k in _INT_FIELDS:
-                if type(fields[k]) is not int:
-                    break
-            else:
-                fields["shape"] = tuple(map(int, fields["shape"] or ()))
-                info.__dict__.update(fields)
-                return info
+        fields = info.__dict__
+        fields.update(_DEFAULTS)
+        fields.update(d)
+        fields["shape"] = tuple(d.get("shape") or ())
+        return info
+
+    @classmethod
+    def from_hash(cls, d: dict[str, Any]) -> "TensorInfo":
+        """The record of a tensor's Redis hash, its shape decoded (the other
+        values are strings)."""
+        info = object.__new__(cls)
         g = d.get
         info.__dict__.update({
             "name": g("name", ""), "uid": g("uid", ""), "dtype": g("dtype", ""),
-            "shape": tuple(map(int, g("shape") or ())), "device": int(g("device", 0)),
-            "device_uuid": g("device_uuid", ""), "bytes": int(g("bytes", 0)), "ipc_mode": g("ipc_mode", ""),
-            "ipc_handle": g("ipc_handle", ""), "offset": int(g("offset", 0)), "segment_id": g("segment_id", ""),
-            "segment_size": int(g("segment_size", 0)), "owner_pid": int(g("owner_pid", 0)),
-            "refcount": int(g("refcount", 0)), "state": g("state", ""), "agent": g("agent", ""),
-            "node": g("node", ""), "tenant": g("tenant", ""), "ctime": int(g("ctime", 0)), "mtime": int(g("mtime", 0)),
+            "shape": tuple(map(int, g("shape") or ())), "device": int(g("device") or 0),
+            "device_uuid": g("device_uuid", ""), "bytes": int(g("bytes") or 0), "ipc_mode": g("ipc_mode", ""),
+            "ipc_handle": g("ipc_handle", ""), "offset": int(g("offset") or 0), "segment_id": g("segment_id", ""),
+            "segment_size": int(g("segment_size") or 0), "owner_pid": int(g("owner_pid") or 0),
+            "refcount": int(g("refcount") or 0), "state": g("state", ""), "agent": g("agent", ""),
+            "node": g("node", ""), "tenant": g("tenant", ""), "ctime": int(g("ctime") or 0), "mtime": int(g("mtime") or 0),
             "event": g("event", ""),
         })
         return info
@@ -69,4 +69,3 @@ _INT_FIELDS = ("device", "bytes", "offset", "segment_size", "owner_pid", "refcou
 _DEFAULTS: dict[str, Any] = {
     f: (0 if f in _INT_FIELDS else () if f == "shape" else "") for f in TensorInfo.__dataclass_fields__
 }
-_FIELDS = frozenset(_DEFAULTS)

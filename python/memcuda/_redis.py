@@ -157,7 +157,7 @@ def open_from_redis(url: str, name: str, prefix: str = "tensor:", reference: boo
             if not d:
                 raise NotFound(f"tensor {name!r} has no record under {prefix!r}")
             d["shape"] = json.loads(d.get("shape") or "[]")
-            info = TensorInfo.from_wire(d)
+            info = TensorInfo.from_hash(d)
         return RedisTensor(conn, url, prefix, info, reference, timeout)
     except BaseException:
         conn.close()
