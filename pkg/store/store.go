@@ -565,7 +565,9 @@ func (s *Store) Names(ctx context.Context) ([]string, error) { return s.reg.Name
 
 // HeldBy lists the names that references of a holder kind may hold
 // (registry.KindPID, registry.KindPod).
-func (s *Store) HeldBy(ctx context.Context, kind string) ([]string, error) { return s.reg.HeldBy(ctx, kind) }
+func (s *Store) HeldBy(ctx context.Context, kind string) ([]string, error) {
+	return s.reg.HeldBy(ctx, kind)
+}
 
 // Holders returns the reference holders of a tensor and their counts.
 func (s *Store) Holders(ctx context.Context, name string) (map[string]int64, error) {
