@@ -96,12 +96,16 @@ func ReadFrame(r io.Reader) (Header, []byte, error) {
 }
 
 // EncodeRequest encodes a request frame.
-func EncodeRequest(req *Request) ([]byte, error) {
+func EncodeRequest(req *Request) ([]byte, error) { return EncodeRequestFDs(req, 0) }
+
+// EncodeRequestFDs encodes a request frame announcing numFDs descriptors
+// (an offer's).
+func EncodeRequestFDs(req *Request, numFDs int) ([]byte, error) {
 	body, err := json.Marshal(req)
 	if err != nil {
 		return nil, err
 	}
-	return AppendFrame(nil, KindRequest, 0, body)
+	return AppendFrame(nil, KindRequest, numFDs, body)
 }
 
 // EncodeResponse encodes a response frame announcing len(resp.FDs) descriptors.

@@ -19,6 +19,15 @@ const (
 	OpForget = "forget"
 	// OpHolders answers a tensor's reference holders and their counts.
 	OpHolders = "holders"
+	// OpReattach takes over, on a new connection, the references a
+	// connection to a previous agent instance held (Holder, Refs): a client
+	// reconnecting after its agent restarted.
+	OpReattach = "reattach"
+	// OpOffer passes the agent descriptors of segments (Segments, with the
+	// frame's descriptors in the same order) that a previous agent instance
+	// made and this client still maps: after a crash, vmm memory survives
+	// only in the processes that hold it.
+	OpOffer = "offer"
 )
 
 // Features an agent announces in hello beyond version 1's first ops.
@@ -51,6 +60,19 @@ type Request struct {
 	Prefix string `json:"prefix,omitempty"`
 	Limit  int    `json:"limit,omitempty"`
 	Cursor string `json:"cursor,omitempty"`
+	// Holder is the connection holder (Hello.Holder) of a reattach's
+	// previous connection; Refs are the references this client holds
+	// through it, each name with the count the client has open.
+	Holder string `json:"holder,omitempty"`
+	Refs   []Ref  `json:"refs,omitempty"`
+	// Segments are the segment ids of an offer's descriptors.
+	Segments []string `json:"segments,omitempty"`
+}
+
+// Ref is a client's open references on one tensor.
+type Ref struct {
+	Name  string `json:"name"`
+	Count int64  `json:"count"`
 }
 
 // Response is the agent's answer to the request with the same id.
@@ -69,6 +91,9 @@ type Response struct {
 	Next string `json:"next,omitempty"`
 	// Holders are a tensor's reference holders and their counts (holders).
 	Holders map[string]int64 `json:"holders,omitempty"`
+	// Lost are the names of a reattach whose references could not be
+	// taken over (the tensor is gone); the others' records are in Tensors.
+	Lost []string `json:"lost,omitempty"`
 }
 
 // Error carries an errdefs wire code and a message.
@@ -90,4 +115,7 @@ type Hello struct {
 	// Features lists what this agent speaks beyond version 1's first ops
 	// ("forget"), so a newer client can tell an older agent.
 	Features []string `json:"features,omitempty"`
+	// Holder is this connection's reference holder, which a reattach after
+	// a restart of the agent names.
+	Holder string `json:"holder,omitempty"`
 }

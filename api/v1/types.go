@@ -52,6 +52,10 @@ type State string
 const (
 	StateReady   State = "ready"
 	StateDeleted State = "deleted" // no new references; freed when refcount reaches 0
+	// StateOrphaned: the agent that made it is gone and its memory lives on
+	// only in the processes that had it open (legacy CUDA IPC): no new
+	// references; the record goes with its last holder.
+	StateOrphaned State = "orphaned"
 )
 
 // Tensor is the record of one tensor: what answers and queue replies carry

@@ -55,6 +55,7 @@ func run(args []string) error {
 	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", "127.0.0.1:9464", "address of /metrics, /healthz and /readyz (empty: off)")
 	fs.BoolVar(&cfg.Profiling, "pprof", false, "also serve Go's profiles at /debug/pprof/ on --metrics-addr (for debugging; keep the address private)")
 	fs.DurationVar(&cfg.GCInterval, "gc-interval", time.Second, "how often references of dead processes are dropped")
+	fs.DurationVar(&cfg.ReattachGrace, "reattach-grace", 30*time.Second, "how long clients of a previous agent instance have to reconnect and take back their references (and vmm segments) before they are dropped")
 	fs.DurationVar(&cfg.ReplyTTL, "reply-ttl", time.Minute, "how long queue replies are kept")
 	fs.DurationVar(&cfg.OpTimeout, "op-timeout", 10*time.Second, "time limit of one operation")
 	fs.IntVar(&cfg.MaxConnections, "max-connections", 16384, "most socket connections at once; one past it is answered unavailable (each takes a file descriptor: keep it under the process's limit)")
@@ -92,6 +93,9 @@ func run(args []string) error {
 	cfg.HeartbeatTTL = 30 * time.Second
 	if cfg.GCInterval <= 0 {
 		return fmt.Errorf("--gc-interval must be positive")
+	}
+	if cfg.ReattachGrace < 0 {
+		return fmt.Errorf("--reattach-grace must not be negative")
 	}
 	if cfg.MaxConnections <= 0 || cfg.HotConnections <= 0 || cfg.ReadTimeout <= 0 || cfg.IdleTimeout < 0 {
 		return fmt.Errorf("--max-connections, --hot-connections and --read-timeout must be positive, --idle-timeout not negative")

@@ -44,6 +44,28 @@ func (c *Conn) ReadOnce(p []byte) (int, error) {
 	}
 }
 
+// ReadMsgOnce is ReadOnce that also receives ancillary data (descriptors
+// passed with SCM_RIGHTS arrive close-on-exec) into oob.
+func (c *Conn) ReadMsgOnce(p, oob []byte) (n, oobn int, err error) {
+	for {
+		if c.closed.Load() {
+			return 0, 0, c.opErr("read", os.ErrClosed)
+		}
+		n, oobn, _, _, err := unix.Recvmsg(c.fd, p, oob, unix.MSG_CMSG_CLOEXEC)
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case errors.Is(err, unix.EAGAIN):
+			return 0, 0, ErrIdle
+		case err != nil:
+			return 0, 0, c.opErr("read", err)
+		case n == 0 && oobn == 0 && len(p) > 0:
+			return 0, 0, eofOrClosed(c)
+		}
+		return n, oobn, nil
+	}
+}
+
 func eofOrClosed(c *Conn) error {
 	if c.closed.Load() {
 		return c.opErr("read", os.ErrClosed)

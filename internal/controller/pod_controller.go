@@ -225,6 +225,33 @@ func (r *PodReconciler) releaseHolders(ctx context.Context, drop func(holder str
 	return nil
 }
 
+// TensorLost tells the pods that held a tensor that its memory did not
+// survive the agent's restart (a Warning Event on each).
+func (r *PodReconciler) TensorLost(ctx context.Context, name string, holders map[string]int64, reason string) {
+	for h := range holders {
+		ns, podName, uid, ok := registry.ParsePodHolder(h)
+		if !ok {
+			continue
+		}
+		var pod corev1.Pod
+		var err error
+		for try := 0; try < 20; try++ { // the cache may still be starting
+			if err = r.Get(ctx, client.ObjectKey{Namespace: ns, Name: podName}, &pod); err == nil || apierrors.IsNotFound(err) {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(500 * time.Millisecond):
+			}
+		}
+		if err != nil || string(pod.UID) != uid {
+			continue
+		}
+		r.event(&pod, corev1.EventTypeWarning, k8sapi.ReasonTensorLost, "tensor %s was lost when the node's agent restarted: %s", name, reason)
+	}
+}
+
 func (r *PodReconciler) event(pod *corev1.Pod, typ, reason, format string, args ...any) {
 	if r.Recorder != nil {
 		r.Recorder.Eventf(pod, nil, typ, reason, "Reconcile", format, args...)

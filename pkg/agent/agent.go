@@ -69,6 +69,10 @@ type Config struct {
 	RegistryWriteBehind bool
 	OpTimeout           time.Duration
 	HeartbeatTTL        time.Duration
+	// ReattachGrace is how long clients of a previous instance have to
+	// reconnect and take their references (and, on vmm, their segments'
+	// descriptors) over before what they held is dropped.
+	ReattachGrace time.Duration
 	// The socket's limits (server.WithMaxConnections and the others); zero
 	// values keep the server's defaults.
 	MaxConnections int
@@ -97,6 +101,22 @@ type Agent struct {
 	ready    atomic.Bool // registry reconciled and Redis reachable
 	instance string
 	live     *registry.Liveness // nil without write-behind
+	handed   map[string]int     // segment descriptors a predecessor handed over, until Adopt takes them
+	// Set by Run before bootstrap adopts anything.
+	metrics *metrics.Metrics
+	pods    *controller.PodReconciler
+	runCtx  context.Context
+}
+
+// tensorLost reports a tensor whose memory did not survive: a metric, and
+// an Event on each pod that held it.
+func (a *Agent) tensorLost(rec v1.Tensor, holders map[string]int64, reason string) {
+	if a.metrics != nil {
+		a.metrics.TensorLost()
+	}
+	if a.pods != nil && len(holders) > 0 {
+		go a.pods.TensorLost(a.runCtx, rec.Name, holders, reason)
+	}
 }
 
 // New checks the config and builds the agent's parts; Run starts them.
@@ -137,7 +157,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	a.reg = registry.New(a.rdb, registry.Keys{Prefix: cfg.RedisPrefix, Node: cfg.Node}, regOpts...)
 	a.st = store.New(a.reg, a.be, a.instance, cfg.Node,
 		store.WithLogger(log), store.WithDeviceLimit(cfg.DeviceLimit), store.WithZeroFill(cfg.ZeroFill),
-		store.WithWriteBehind(cfg.RegistryWriteBehind))
+		store.WithWriteBehind(cfg.RegistryWriteBehind), store.WithLost(a.tensorLost))
 	return a, nil
 }
 
@@ -158,13 +178,6 @@ func (a *Agent) openBackend(name string) (backend.Backend, error) {
 		hb := host.New(a.cfg.RedisPrefix, a.instance, host.WithLogger(a.log))
 		if err := hb.Claim(); err != nil {
 			return nil, err
-		}
-		removed, err := hb.RemoveStale()
-		if err != nil {
-			a.log.Warn("could not remove stale shared-memory objects", "err", err)
-		}
-		if len(removed) > 0 {
-			a.log.Info("removed shared-memory objects of a previous agent instance", "count", len(removed))
 		}
 		return hb, nil
 	}
@@ -188,6 +201,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	m := metrics.New(promReg, a.st, func(ctx context.Context) (int64, error) {
 		return a.rdb.LLen(ctx, a.reg.Keys().Cmd()).Result()
 	})
+	a.metrics, a.runCtx = m, ctx
 
 	var wg sync.WaitGroup
 	run := func(f func()) { wg.Add(1); go func() { defer wg.Done(); f() }() }
@@ -238,6 +252,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			run(func() { w.Run(ctx) })
 		}
 		run(func() { a.background(ctx) })
+		run(func() { a.endGrace(ctx) })
 		run(func() { a.st.RunReaper(ctx, 2*time.Millisecond) })
 	})
 
@@ -273,6 +288,7 @@ func (a *Agent) startKubernetes(ctx context.Context, run func(func())) ([]server
 	if err != nil {
 		return nil, err
 	}
+	a.pods = rec
 	run(func() {
 		if err := mgr.Start(ctx); err != nil {
 			a.log.Error("pod controller stopped", "err", err)
@@ -305,10 +321,13 @@ func (a *Agent) bootstrap(ctx context.Context) error {
 			err = a.reg.Load(ctx)
 		}
 		if err == nil {
-			var removed []string
-			removed, err = a.st.Reconcile(ctx)
+			var rep store.AdoptReport
+			rep, err = a.st.Adopt(ctx, a.handed)
+			a.handed = nil // Adopt owns them now
 			if err == nil {
-				a.log.Info("registry reconciled", "removed", len(removed))
+				a.log.Info("registry reconciled", "adopted", rep.Adopted, "awaiting_descriptors", rep.Awaiting,
+					"orphaned", rep.Orphaned, "removed", rep.Removed, "reattach_grace", a.cfg.ReattachGrace)
+				a.removeStaleSegments()
 				a.heartbeat(ctx)
 				a.ready.Store(true)
 				return nil
@@ -321,6 +340,45 @@ func (a *Agent) bootstrap(ctx context.Context) error {
 		case <-time.After(wait):
 		}
 		wait = min(wait*2, 5*time.Second)
+	}
+}
+
+// removeStaleSegments unlinks the host backend's objects of earlier
+// instances that no adopted record names.
+func (a *Agent) removeStaleSegments() {
+	hb, ok := a.be.(*host.Backend)
+	if !ok {
+		return
+	}
+	keep := a.st.SegmentIDs()
+	removed, err := hb.RemoveStale(func(id string) bool { return keep[id] })
+	if err != nil {
+		a.log.Warn("could not remove stale shared-memory objects", "err", err)
+	}
+	if len(removed) > 0 {
+		a.log.Info("removed shared-memory objects no record names", "count", len(removed))
+	}
+}
+
+// endGrace waits out the reattach grace, then drops what predecessors'
+// clients did not come back for.
+func (a *Agent) endGrace(ctx context.Context) {
+	select {
+	case <-ctx.Done():
+		return
+	case <-time.After(a.cfg.ReattachGrace):
+	}
+	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
+		err := a.st.EndGrace(ctx)
+		if err == nil {
+			return
+		}
+		a.log.Warn("ending the reattach grace", "err", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
 	}
 }
 
@@ -404,26 +462,20 @@ func (a *Agent) heartbeat(ctx context.Context) {
 	}
 }
 
+// shutdown stops serving and gives the memory up here. Records stay in
+// Redis: the next instance adopts what survived (the host backend's shared
+// memory is kept for it; vmm memory lives on in the processes that map it;
+// legacy memory only for the processes that opened it).
 func (a *Agent) shutdown() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	// The memory is about to go: no record may keep pointing at it, and no
-	// retried write may bring one back.
 	a.st.StopWrites()
 	if a.live != nil {
 		a.live.Close()
 	}
-	if names, err := a.reg.Names(ctx); err == nil {
-		removed := 0
-		for _, n := range names {
-			if ok, err := a.reg.Remove(ctx, n, a.instance); err == nil && ok {
-				removed++
-			}
-		}
-		a.rdb.Del(ctx, a.reg.Keys().Agent())
-		a.log.Info("removed this instance's records", "count", removed)
-	} else {
-		a.log.Warn("could not remove this instance's records; the next agent will reconcile them", "err", err)
+	a.rdb.Del(ctx, a.reg.Keys().Agent())
+	if k, ok := a.be.(backend.Keeper); ok {
+		k.Keep()
 	}
 	if err := a.st.Close(); err != nil {
 		a.log.Warn("releasing memory", "err", err)
@@ -432,7 +484,7 @@ func (a *Agent) shutdown() {
 		a.log.Warn("closing the backend", "err", err)
 	}
 	a.rdb.Close()
-	a.log.Info("agent stopped")
+	a.log.Info("agent stopped; its tensors' records stay for the next instance", "tensors", a.st.Stats().Tensors)
 }
 
 func (a *Agent) httpServer(reg *prometheus.Registry) *http.Server {

@@ -42,6 +42,27 @@ type AsyncZeroer interface {
 	ZeroAsync(ctx context.Context, off, n uint64) (wait func() error, err error)
 }
 
+// Reopener is a backend whose segments outlive the agent process (host
+// shared memory): a new instance opens a predecessor's segment by its ID,
+// checking that it has the recorded size.
+type Reopener interface {
+	OpenSegment(ctx context.Context, device int, id string, size uint64) (Segment, error)
+}
+
+// Importer is a backend that takes over a segment from a descriptor of it
+// (vmm: a client that maps the segment, or the predecessor in a hand-over,
+// passes the exported descriptor). The segment keeps fd.
+type Importer interface {
+	ImportSegment(ctx context.Context, device int, id string, size uint64, fd int) (Segment, error)
+}
+
+// Keeper is a backend whose segments can be left for the next instance
+// when the agent stops: after Keep, releasing a segment unmaps it here but
+// leaves the memory (host: the shared-memory objects stay).
+type Keeper interface {
+	Keep()
+}
+
 // Backend makes segments on its devices.
 type Backend interface {
 	// Mode is the registry's ipc_mode for this backend's tensors.

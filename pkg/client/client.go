@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -36,8 +37,15 @@ func SocketPath(path string) string {
 // Client is a connection to the agent. It is safe for concurrent use; calls
 // are serialised on the connection.
 type Client struct {
-	mu      sync.Mutex
-	conn    *net.UnixConn
+	mu   sync.Mutex
+	path string
+	conn *net.UnixConn
+	// reconnect is how long the client tries to reach the agent again when
+	// the connection breaks (0: never); reconnects counts the times it did.
+	reconnect  time.Duration
+	reconnects int
+	// lost are names a reattach could not take over: their releases stay here.
+	lost    map[string]bool
 	nextID  uint64
 	fds     []int               // received descriptors not yet claimed by a response
 	segs    map[string]*segment // segment id -> descriptor and mapping
@@ -60,6 +68,7 @@ const maxIdleMappings = 8
 type segment struct {
 	id    string
 	fd    int // -1 for legacy segments, which travel as IPC handles
+	mode  v1.IPCMode
 	size  uint64
 	mem   []byte   // host mapping
 	gpu   *gpuView // GPU mapping
@@ -72,25 +81,151 @@ type Option func(*Client)
 // WithClientName is sent in hello (for the agent's logs).
 func WithClientName(n string) Option { return func(c *Client) { c.name = n } }
 
+// WithReconnect sets how long the client tries to reach the agent again
+// when its connection breaks (default 30 s; 0: never). See Client.
+func WithReconnect(d time.Duration) Option { return func(c *Client) { c.reconnect = d } }
+
+// ErrDisconnected is a broken connection to the agent (it stopped, crashed
+// or was replaced); it is also errdefs.ErrUnavailable.
+var ErrDisconnected = fmt.Errorf("%w: disconnected from the agent", errdefs.ErrUnavailable)
+
 // Dial connects to the agent and says hello.
+//
+// When the agent goes away later (a restart, a crash, a hand-over to a new
+// instance), the client reconnects by itself within the reconnect window,
+// takes its references over to the new connection and keeps its mappings:
+// open tensors stay usable. A call in flight is sent again when doing it
+// twice is harmless (get, create, reads); otherwise it fails with
+// ErrDisconnected.
 func Dial(ctx context.Context, path string, opts ...Option) (*Client, error) {
 	path = SocketPath(path)
-	var d net.Dialer
-	nc, err := d.DialContext(ctx, "unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("%w: connect to the agent at %s: %w", errdefs.ErrUnavailable, path, err)
-	}
-	c := &Client{conn: nc.(*net.UnixConn), segs: map[string]*segment{}, name: "memcuda-go", oob: make([]byte, unix.CmsgSpace(4*v1.MaxFDs)), tensors: map[*Tensor]struct{}{}}
+	c := &Client{path: path, segs: map[string]*segment{}, name: "memcuda-go", oob: make([]byte, unix.CmsgSpace(4*v1.MaxFDs)),
+		tensors: map[*Tensor]struct{}{}, reconnect: 30 * time.Second, lost: map[string]bool{}}
 	for _, o := range opts {
 		o(c)
 	}
-	resp, err := c.call(ctx, &v1.Request{Op: v1.OpHello, Client: c.name})
-	if err != nil {
-		c.conn.Close()
+	if err := c.dialLocked(ctx); err != nil {
 		return nil, err
 	}
-	c.hello = *resp.Hello
 	return c, nil
+}
+
+// dialLocked connects and says hello.
+func (c *Client) dialLocked(ctx context.Context) error {
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "unix", c.path)
+	if err != nil {
+		return fmt.Errorf("%w: connect to the agent at %s: %w", ErrDisconnected, c.path, err)
+	}
+	c.conn = nc.(*net.UnixConn)
+	resp, err := c.exchange(ctx, &v1.Request{Op: v1.OpHello, Client: c.name}, nil)
+	if err != nil {
+		c.conn.Close()
+		return err
+	}
+	c.hello = *resp.Hello
+	return nil
+}
+
+// retrySafe are the ops sent again after a reconnect: doing them twice is
+// doing them once (an extra get or create is the connection's one
+// reference in Redis; the reattach counts what this client holds).
+var retrySafe = map[string]bool{v1.OpCreate: true, v1.OpGet: true, v1.OpStat: true, v1.OpList: true, v1.OpHolders: true,
+	v1.OpStats: true, v1.OpGC: true, v1.OpTrim: true, v1.OpPublish: true}
+
+// reconnectLocked connects again after the connection broke: it offers the
+// descriptors of vmm segments this client maps (a crashed agent's memory
+// survives only in the processes that hold it) and reattaches its references.
+func (c *Client) reconnectLocked(ctx context.Context, cause error) error {
+	if c.reconnect <= 0 {
+		return cause
+	}
+	oldHolder, oldAgent := c.hello.Holder, c.hello.Agent
+	c.conn.Close()
+	for _, fd := range c.fds {
+		unix.Close(fd)
+	}
+	c.fds = nil
+	c.unmapped = nil // the new connection never had their descriptors
+	deadline := time.Now().Add(c.reconnect)
+	for wait := 2 * time.Millisecond; ; wait = min(2*wait, 100*time.Millisecond) {
+		err := c.dialLocked(ctx)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, ErrDisconnected) || time.Now().Add(wait).After(deadline) {
+			return fmt.Errorf("the agent at %s went away (%w) and did not come back within %s: %w", c.path, cause, c.reconnect, err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (reconnecting after: %w)", ctx.Err(), cause)
+		case <-time.After(wait):
+		}
+	}
+	c.reconnects++
+	if c.hello.Agent != oldAgent && slices.Contains(c.hello.Features, v1.OpOffer) {
+		var ids []string
+		var fds []int
+		flush := func() error {
+			if len(ids) == 0 {
+				return nil
+			}
+			_, err := c.exchange(ctx, &v1.Request{Op: v1.OpOffer, Segments: ids}, fds)
+			ids, fds = nil, nil
+			if errors.Is(err, ErrDisconnected) {
+				return err
+			}
+			return nil // a segment the agent did not take: it says why in its log
+		}
+		for _, s := range c.segs {
+			if s.mode == v1.ModeVMM && s.fd >= 0 && s.mapped() {
+				ids, fds = append(ids, s.id), append(fds, s.fd)
+				if len(ids) == v1.MaxFDs {
+					if err := flush(); err != nil {
+						return err
+					}
+				}
+			}
+		}
+		if err := flush(); err != nil {
+			return err
+		}
+	}
+	counts := map[string]int64{}
+	for t := range c.tensors {
+		if !c.lost[t.Info.Name] {
+			counts[t.Info.Name]++
+		}
+	}
+	if len(counts) == 0 || oldHolder == "" {
+		return nil
+	}
+	refs := make([]v1.Ref, 0, len(counts))
+	for n, k := range counts {
+		refs = append(refs, v1.Ref{Name: n, Count: k})
+	}
+	slices.SortFunc(refs, func(a, b v1.Ref) int { return strings.Compare(a.Name, b.Name) })
+	if !slices.Contains(c.hello.Features, v1.OpReattach) {
+		for _, r := range refs {
+			c.lost[r.Name] = true
+		}
+		return nil
+	}
+	resp, err := c.exchange(ctx, &v1.Request{Op: v1.OpReattach, Holder: oldHolder, Refs: refs}, nil)
+	if err != nil {
+		return fmt.Errorf("reattach after reconnecting: %w", err)
+	}
+	for _, n := range resp.Lost {
+		c.lost[n] = true
+	}
+	return nil
+}
+
+// Reconnects is how many times the client reconnected to its agent.
+func (c *Client) Reconnects() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.reconnects
 }
 
 // Hello is what the agent said when the connection opened.
@@ -110,10 +245,25 @@ func (c *Client) callLocked(ctx context.Context, req *v1.Request) (*v1.Response,
 	if c.closed {
 		return nil, fmt.Errorf("%w: client is closed", errdefs.ErrFailedPrecondition)
 	}
-	if err := c.forgetLocked(ctx); err != nil {
-		return nil, err
+	err := c.forgetLocked(ctx)
+	var resp *v1.Response
+	if err == nil {
+		resp, err = c.exchange(ctx, req, nil)
 	}
-	return c.exchange(ctx, req)
+	if !errors.Is(err, ErrDisconnected) {
+		return resp, err
+	}
+	if rerr := c.reconnectLocked(ctx, err); rerr != nil {
+		return nil, rerr
+	}
+	switch {
+	case req.Op == v1.OpRelease:
+		return &v1.Response{OK: true}, nil // the reattach left this reference out
+	case !retrySafe[req.Op]:
+		return nil, fmt.Errorf("the agent went away while %s was in flight; it may or may not have been applied (reconnected to instance %s): %w",
+			req.Op, c.hello.Agent, err)
+	}
+	return c.exchange(ctx, req, nil)
 }
 
 // forgetLocked closes the descriptors of segments evicted from the idle
@@ -128,18 +278,18 @@ func (c *Client) forgetLocked(ctx context.Context) error {
 		}
 		unix.Close(s.fd)
 		s.fd = -1
-		if _, err := c.exchange(ctx, &v1.Request{Op: v1.OpForget, Segment: s.id}); err != nil {
+		if _, err := c.exchange(ctx, &v1.Request{Op: v1.OpForget, Segment: s.id}, nil); err != nil {
 			return fmt.Errorf("forget segment %s: %w", s.id, err)
 		}
 	}
 	return nil
 }
 
-// exchange writes req and reads its answer, with c.mu held.
-func (c *Client) exchange(ctx context.Context, req *v1.Request) (*v1.Response, error) {
+// exchange writes req, with fds attached, and reads its answer, with c.mu held.
+func (c *Client) exchange(ctx context.Context, req *v1.Request, fds []int) (*v1.Response, error) {
 	c.nextID++
 	req.ID = c.nextID
-	frame, err := v1.EncodeRequest(req)
+	frame, err := v1.EncodeRequestFDs(req, len(fds))
 	if err != nil {
 		return nil, err
 	}
@@ -148,8 +298,12 @@ func (c *Client) exchange(ctx context.Context, req *v1.Request) (*v1.Response, e
 	} else {
 		c.conn.SetDeadline(time.Time{})
 	}
-	if _, err := c.conn.Write(frame); err != nil {
-		return nil, fmt.Errorf("%w: send to agent: %w", errdefs.ErrUnavailable, err)
+	var oob []byte
+	if len(fds) > 0 {
+		oob = unix.UnixRights(fds...)
+	}
+	if _, _, err := c.conn.WriteMsgUnix(frame, oob, nil); err != nil {
+		return nil, c.ioErr("send to agent", err)
 	}
 	var hb [v1.HeaderSize]byte
 	if err := c.readFull(hb[:]); err != nil {
@@ -211,13 +365,22 @@ func (c *Client) readFull(b []byte) error {
 		}
 		got += n
 		if err != nil {
-			return fmt.Errorf("%w: read from agent: %w", errdefs.ErrUnavailable, err)
+			return c.ioErr("read from agent", err)
 		}
 		if n == 0 && oobn == 0 {
-			return fmt.Errorf("%w: agent closed the connection", errdefs.ErrUnavailable)
+			return fmt.Errorf("%w: the agent closed the connection", ErrDisconnected)
 		}
 	}
 	return nil
+}
+
+// ioErr classifies a socket error: a deadline is the caller's, anything
+// else a broken connection.
+func (c *Client) ioErr(what string, err error) error {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return fmt.Errorf("%s: %w (%w)", what, context.DeadlineExceeded, err)
+	}
+	return fmt.Errorf("%w: %s: %w", ErrDisconnected, what, err)
 }
 
 // Close releases every tensor of the connection (the agent drops the lease)
@@ -324,6 +487,7 @@ func (c *Client) mapTensorLocked(t *Tensor) error {
 		return fmt.Errorf("%w: agent sent no descriptor for segment %s", errdefs.ErrInternal, t.Info.SegmentID)
 	}
 	t.seg = s
+	s.mode = t.Info.IPCMode
 	s.users++
 	c.tensors[t] = struct{}{}
 	c.unidle(s)
@@ -374,12 +538,26 @@ func (t *Tensor) Release(ctx context.Context) error {
 		}
 	}
 	closed := c.closed
+	lost := c.lost[t.Info.Name]
+	if lost && !c.holdsLocked(t.Info.Name) {
+		delete(c.lost, t.Info.Name)
+	}
 	c.mu.Unlock()
-	if closed {
-		return nil // the lease went with the connection
+	if closed || lost {
+		return nil // the lease went with the connection, or with the agent's restart
 	}
 	_, err := c.call(ctx, &v1.Request{Op: v1.OpRelease, Name: t.Info.Name})
 	return err
+}
+
+// holdsLocked reports whether an open tensor of this client is name.
+func (c *Client) holdsLocked(name string) bool {
+	for t := range c.tensors {
+		if t.Info.Name == name {
+			return true
+		}
+	}
+	return false
 }
 
 // evict unmaps an unused segment. When the agent can send the descriptor

@@ -23,6 +23,7 @@ type StatsSource interface {
 type Metrics struct {
 	ops     *prometheus.CounterVec
 	latency *prometheus.HistogramVec
+	lost    prometheus.Counter
 }
 
 // New registers the agent's metrics on reg. queueDepth may be nil.
@@ -35,10 +36,16 @@ func New(reg prometheus.Registerer, st StatsSource, queueDepth func(context.Cont
 			Name: "memcuda_op_duration_seconds", Help: "Time to handle an operation, by path and op.",
 			Buckets: prometheus.ExponentialBuckets(10e-6, 2.5, 14),
 		}, []string{"path", "op"}),
+		lost: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "memcuda_tensors_lost_total", Help: "Tensors of earlier agent instances whose memory did not survive them (their records were removed).",
+		}),
 	}
-	reg.MustRegister(m.ops, m.latency, &poolCollector{st: st, queueDepth: queueDepth})
+	reg.MustRegister(m.ops, m.latency, m.lost, &poolCollector{st: st, queueDepth: queueDepth})
 	return m
 }
+
+// TensorLost counts a tensor whose memory did not survive its agent.
+func (m *Metrics) TensorLost() { m.lost.Inc() }
 
 // Observe records one operation that started at start.
 func (m *Metrics) Observe(path, op string, err error, start time.Time) {

@@ -13,8 +13,10 @@
 package pool
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 
 	"github.com/google/btree"
@@ -424,4 +426,100 @@ func (p *Pool[S]) Close() error {
 	}
 	p.stats.Reserved, p.stats.Segments, p.stats.Allocated, p.stats.ActiveBlocks = 0, 0, 0, 0
 	return firstErr
+}
+
+// Range is an allocation inside a segment that a pool takes over: at
+// Offset, Requested bytes asked for (its block is the pool's rounding of it).
+type Range struct {
+	Offset    uint64
+	Requested uint64
+}
+
+// Adopt takes over a segment that another pool (of an earlier agent
+// instance) carved: its blocks at the given ranges are allocated, the rest
+// is free. The segment's class is its blocks' (every block of a segment is
+// of one class), and its bytes count against the budget even past its limit:
+// the memory exists either way. It returns the blocks in the order of ranges
+// and the free spans (the caller zero-fills them if it must: a crash may
+// have left a freed block unzeroed).
+func (p *Pool[S]) Adopt(mem S, ranges []Range) ([]*Block[S], []Span, error) {
+	size := mem.Size()
+	if len(ranges) == 0 {
+		return nil, nil, errdefs.Invalid("adopt a segment of %d bytes without allocations", size)
+	}
+	order := make([]int, len(ranges))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(a, b int) int { return cmp.Compare(ranges[a].Offset, ranges[b].Offset) })
+	class := classOf(RoundSize(ranges[order[0]].Requested))
+	for _, i := range order {
+		if c := classOf(RoundSize(ranges[i].Requested)); c != class {
+			return nil, nil, errdefs.Invalid("segment holds blocks of different size classes (%d and %d bytes)", ranges[order[0]].Requested, ranges[i].Requested)
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.seq++
+	seg := &segment[S]{mem: mem, seq: p.seq, size: size, class: class}
+	out := make([]*Block[S], len(ranges))
+	var last *Block[S]
+	at := uint64(0)
+	link := func(b *Block[S]) {
+		b.prev = last
+		if last == nil {
+			seg.head = b
+		} else {
+			last.next = b
+		}
+		last = b
+	}
+	for _, i := range order {
+		r := ranges[i]
+		bsize := RoundSize(r.Requested)
+		if class == classLarge {
+			bsize = size - r.Offset // a large block is its whole segment
+		}
+		if r.Offset < at || r.Offset%Alignment != 0 || r.Offset+bsize > size || r.Offset+bsize < r.Offset {
+			return nil, nil, errdefs.Invalid("block [%d,+%d) overlaps another or lies outside the segment of %d bytes", r.Offset, bsize, size)
+		}
+		if r.Offset > at {
+			link(&Block[S]{seg: seg, offset: at, size: r.Offset - at})
+		}
+		b := &Block[S]{seg: seg, offset: r.Offset, size: bsize, requested: r.Requested, allocated: true}
+		link(b)
+		out[i] = b
+		at = r.Offset + bsize
+	}
+	if at < size {
+		link(&Block[S]{seg: seg, offset: at, size: size - at})
+	}
+	if !p.budget.reserve(size) {
+		p.budget.used.Add(size)
+	}
+	p.segments[seg] = struct{}{}
+	set := p.setOf(seg)
+	var free []Span
+	for b := seg.head; b != nil; b = b.next {
+		if !b.allocated {
+			set.ReplaceOrInsert(b)
+			free = append(free, Span{Offset: b.offset, Size: b.size})
+			continue
+		}
+		p.stats.Allocated += b.size
+		p.stats.Requested += b.requested
+		p.stats.ActiveBlocks++
+		p.stats.Allocs++
+	}
+	p.stats.Reserved += size
+	p.stats.Segments++
+	p.stats.PeakAllocated = max(p.stats.PeakAllocated, p.stats.Allocated)
+	p.stats.PeakReserved = max(p.stats.PeakReserved, p.stats.Reserved)
+	return out, free, nil
+}
+
+// Span is a byte range of a segment.
+type Span struct {
+	Offset uint64
+	Size   uint64
 }

@@ -376,3 +376,98 @@ func TestDoubleFreePanics(t *testing.T) {
 	}()
 	p.Free(b)
 }
+
+// A pool of a new agent instance adopts the segments an earlier pool carved
+// (from the records of their tensors): the same blocks are allocated, the
+// gaps are free and reusable, and freeing everything leaves whole free
+// segments that trim gives back.
+func TestAdoptRebuildsAnotherPoolsBlocks(t *testing.T) {
+	ctx := context.Background()
+	src := &fakeSource{}
+	old := New[Segment](src)
+	sizes := []uint64{1000, 300 << 10, 700 << 10, 3 << 20, 5 << 20, 64 << 20, 100}
+	var blocks []*Block[Segment]
+	for _, n := range sizes {
+		b, err := old.Alloc(ctx, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		blocks = append(blocks, b)
+	}
+	old.Free(blocks[1]) // a gap in the small segment
+	blocks = append(blocks[:1], blocks[2:]...)
+	sizes = append(sizes[:1], sizes[2:]...)
+
+	bySeg := map[Segment][]int{}
+	var segs []Segment
+	for i, b := range blocks {
+		if _, ok := bySeg[b.Segment()]; !ok {
+			segs = append(segs, b.Segment())
+		}
+		bySeg[b.Segment()] = append(bySeg[b.Segment()], i)
+	}
+	fresh := New[Segment](src, WithBudget(NewBudget(1<<20))) // a smaller limit than what it adopts: adopted anyway
+	adopted := make([]*Block[Segment], len(blocks))
+	for _, seg := range segs {
+		var ranges []Range
+		for _, i := range bySeg[seg] {
+			ranges = append(ranges, Range{Offset: blocks[i].Offset(), Requested: sizes[i]})
+		}
+		got, _, err := fresh.Adopt(seg, ranges)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k, i := range bySeg[seg] {
+			adopted[i] = got[k]
+		}
+	}
+	check(t, fresh)
+	if got, want := fresh.Stats().Requested, old.Stats().Requested; got != want {
+		t.Fatalf("adopted pool has %d requested bytes, the original %d", got, want)
+	}
+	if got, want := fresh.Stats().Segments, old.Stats().Segments; got != want {
+		t.Fatalf("adopted %d segments, the original has %d", got, want)
+	}
+	for i, b := range adopted {
+		if b.Offset() != blocks[i].Offset() || b.Segment() != blocks[i].Segment() || b.Requested() != sizes[i] {
+			t.Fatalf("block %d adopted at %d in %p, was at %d in %p", i, b.Offset(), b.Segment(), blocks[i].Offset(), blocks[i].Segment())
+		}
+	}
+	// The gap is reused before any new segment is made.
+	made := src.made
+	gap, err := fresh.Alloc(ctx, 200<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if src.made != made || gap.Segment() != blocks[0].Segment() {
+		t.Fatalf("a request that fits the adopted gap made a new segment")
+	}
+	fresh.Free(gap)
+	for _, b := range adopted {
+		fresh.Free(b)
+		check(t, fresh)
+	}
+	if n, err := fresh.Trim(); err != nil || n != old.Stats().Reserved {
+		t.Fatalf("trim after freeing everything gave back %d bytes (err %v), want %d", n, err, old.Stats().Reserved)
+	}
+}
+
+func TestAdoptRefusesBadRanges(t *testing.T) {
+	p := New[Segment](&fakeSource{})
+	seg := &fakeSegment{size: SmallSegment, released: new(int)}
+	for name, ranges := range map[string][]Range{
+		"none":      nil,
+		"overlap":   {{Offset: 0, Requested: 4096}, {Offset: 2048, Requested: 10}},
+		"outside":   {{Offset: SmallSegment - 512, Requested: 4096}},
+		"unaligned": {{Offset: 100, Requested: 10}},
+		"classes":   {{Offset: 0, Requested: 10}, {Offset: 4096, Requested: 3 << 20}},
+	} {
+		if _, _, err := p.Adopt(seg, ranges); !errors.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("%s: adopt returned %v, want invalid argument", name, err)
+		}
+	}
+	check(t, p)
+	if p.Stats().Segments != 0 || p.budget.Used() != 0 {
+		t.Fatalf("refused adoptions left %d segments, %d bytes", p.Stats().Segments, p.budget.Used())
+	}
+}

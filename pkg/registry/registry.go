@@ -31,14 +31,23 @@ var (
 	untrackLua string
 	//go:embed lua/page.lua
 	pageLua string
+	//go:embed lua/adopt.lua
+	adoptLua string
+	//go:embed lua/orphan.lua
+	orphanLua string
+	//go:embed lua/reattach.lua
+	reattachLua string
 
-	createScript  = redis.NewScript(createLua)
-	acquireScript = redis.NewScript(acquireLua)
-	releaseScript = redis.NewScript(releaseLua)
-	removeScript  = redis.NewScript(removeLua)
-	publishScript = redis.NewScript(publishLua)
-	untrackScript = redis.NewScript(untrackLua)
-	pageScript    = redis.NewScript(pageLua)
+	createScript   = redis.NewScript(createLua)
+	acquireScript  = redis.NewScript(acquireLua)
+	releaseScript  = redis.NewScript(releaseLua)
+	removeScript   = redis.NewScript(removeLua)
+	publishScript  = redis.NewScript(publishLua)
+	untrackScript  = redis.NewScript(untrackLua)
+	pageScript     = redis.NewScript(pageLua)
+	adoptScript    = redis.NewScript(adoptLua)
+	orphanScript   = redis.NewScript(orphanLua)
+	reattachScript = redis.NewScript(reattachLua)
 )
 
 // RequestTTL is how long an applied request id is remembered: a command
@@ -77,7 +86,8 @@ func (r *Registry) Client() redis.UniversalClient { return r.rdb }
 
 // Load loads every script so later calls run by SHA.
 func (r *Registry) Load(ctx context.Context) error {
-	for _, s := range []*redis.Script{createScript, acquireScript, releaseScript, removeScript, publishScript, untrackScript, pageScript} {
+	for _, s := range []*redis.Script{createScript, acquireScript, releaseScript, removeScript, publishScript, untrackScript, pageScript,
+		adoptScript, orphanScript, reattachScript} {
 		if err := s.Load(ctx, r.rdb).Err(); err != nil {
 			return Wrap(err)
 		}
@@ -216,6 +226,9 @@ func (r *Registry) Acquire(ctx context.Context, name, holder, agent, reqID strin
 		return v1.Tensor{}, fmt.Errorf("%w: tensor %q", errdefs.ErrNotFound, name)
 	case "deleted":
 		return v1.Tensor{}, fmt.Errorf("%w: tensor %q is deleted and waits for its last references to go", errdefs.ErrNotFound, name)
+	case "orphaned":
+		return v1.Tensor{}, fmt.Errorf("%w: tensor %q outlived the agent that made it; its memory (legacy CUDA IPC) stays usable only by "+
+			"the processes that had it open, and its record goes with the last of them", errdefs.ErrFailedPrecondition, name)
 	case "stale":
 		return v1.Tensor{}, fmt.Errorf("%w: tensor %q belongs to another agent instance and is being reconciled", errdefs.ErrUnavailable, name)
 	}
@@ -273,6 +286,71 @@ func (r *Registry) Release(ctx context.Context, name, holder string, count int64
 func (r *Registry) Remove(ctx context.Context, name, agent string) (bool, error) {
 	n, err := removeScript.Run(ctx, r.rdb, []string{r.keys.Meta(name), r.keys.Refs(name), r.keys.Index(), r.keys.Names(), r.keys.HeldBy(KindPID), r.keys.HeldBy(KindPod)}, name, agent).Int()
 	return n == 1, Wrap(err)
+}
+
+// Adopt makes the records of names that agent instance old made this
+// instance's (new), for a new agent that holds their memory now. It
+// returns the names adopted; a record of another instance is left alone.
+func (r *Registry) Adopt(ctx context.Context, names []string, old, new string) ([]string, error) {
+	var adopted []string
+	for len(names) > 0 {
+		batch := names[:min(len(names), 1000)]
+		names = names[len(batch):]
+		pipe := r.rdb.Pipeline()
+		cmds := make([]*redis.Cmd, len(batch))
+		for i, n := range batch {
+			cmds[i] = adoptScript.EvalSha(ctx, pipe, []string{r.keys.Meta(n)}, old, new)
+		}
+		if _, err := pipe.Exec(ctx); err != nil && !isNoScript(err) {
+			return adopted, Wrap(err)
+		}
+		for i, c := range cmds {
+			if isNoScript(c.Err()) {
+				// Redis lost its scripts (a restart): run this one by value, which loads it again.
+				c = adoptScript.Run(ctx, r.rdb, []string{r.keys.Meta(batch[i])}, old, new)
+			}
+			n, err := c.Int()
+			if err != nil {
+				return adopted, Wrap(err)
+			}
+			if n == 1 {
+				adopted = append(adopted, batch[i])
+			}
+		}
+	}
+	return adopted, nil
+}
+
+func isNoScript(err error) bool { return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") }
+
+// Orphan makes a record of agent instance old, whose memory lives on only
+// in the processes that opened it, this instance's and orphaned: no new
+// references, and it goes with its last holder. removed: nobody held it,
+// the record is gone.
+func (r *Registry) Orphan(ctx context.Context, name, old, new string) (removed bool, err error) {
+	n, err := orphanScript.Run(ctx, r.rdb, []string{r.keys.Meta(name), r.keys.Refs(name), r.keys.Index(), r.keys.Names(), r.keys.HeldBy(KindPID), r.keys.HeldBy(KindPod)},
+		old, new, r.nowMS(), name).Int()
+	return n == 2, Wrap(err)
+}
+
+// Reattach moves the reference a connection of an earlier agent instance
+// (oldHolder) held on name to a connection of this one. moved is false
+// when oldHolder held none (the record is returned only when moved).
+func (r *Registry) Reattach(ctx context.Context, name, oldHolder, newHolder string) (info v1.Tensor, moved bool, err error) {
+	res, err := reattachScript.Run(ctx, r.rdb, []string{r.keys.Meta(name), r.keys.Refs(name)}, oldHolder, newHolder, r.nowMS()).Slice()
+	if err != nil {
+		return v1.Tensor{}, false, Wrap(err)
+	}
+	switch res[0] {
+	case "moved":
+		info, err := fromReply(res[1])
+		return info, err == nil, err
+	case "not_held":
+		return v1.Tensor{}, false, nil
+	case "not_found":
+		return v1.Tensor{}, false, fmt.Errorf("%w: tensor %q", errdefs.ErrNotFound, name)
+	}
+	return v1.Tensor{}, false, fmt.Errorf("%w: reattach script returned %v", errdefs.ErrInternal, res[0])
 }
 
 // Publish stores the IPC event handle (base64) readers of name wait on.

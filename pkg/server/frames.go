@@ -8,6 +8,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	v1 "github.com/memcuda/memcuda/api/v1"
 	"github.com/memcuda/memcuda/internal/blockingnet"
 )
@@ -52,6 +54,56 @@ type frameReader struct {
 	// idleFor reports whether the connection may be closed for idling (it
 	// holds no references).
 	idleFor func() bool
+	// fds are descriptors that arrived and no frame has taken yet.
+	fds []int
+	oob []byte
+}
+
+// oobSize holds the descriptors of one frame.
+var oobSize = unix.CmsgSpace(4 * v1.MaxFDs)
+
+// read is one read into the buffer that keeps any descriptors that came
+// with the bytes.
+func (f *frameReader) read(p []byte) (int, error) {
+	if f.oob == nil {
+		f.oob = make([]byte, oobSize)
+	}
+	n, oobn, err := f.raw.ReadMsgOnce(p, f.oob)
+	if err == nil && oobn > 0 {
+		f.keepFDs(f.oob[:oobn])
+	}
+	return n, err
+}
+
+func (f *frameReader) keepFDs(oob []byte) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return
+	}
+	for _, m := range msgs {
+		if fds, err := unix.ParseUnixRights(&m); err == nil {
+			f.fds = append(f.fds, fds...)
+		}
+	}
+}
+
+// takeFDs hands the caller the first n descriptors that arrived; false
+// when fewer came.
+func (f *frameReader) takeFDs(n int) ([]int, bool) {
+	if len(f.fds) < n {
+		return nil, false
+	}
+	out := append([]int(nil), f.fds[:n]...)
+	f.fds = f.fds[n:]
+	return out, true
+}
+
+// closeFDs closes the descriptors no frame took.
+func (f *frameReader) closeFDs() {
+	for _, fd := range f.fds {
+		unix.Close(fd)
+	}
+	f.fds = nil
 }
 
 // next returns the next frame's header and body (the body aliases the
@@ -118,7 +170,7 @@ func (f *frameReader) fill() error {
 	// that came in part (large, or a client dripping bytes) is waited for
 	// parked, so a slow sender never holds a thread.
 	if f.r == f.w && f.hot() {
-		n, err := f.raw.ReadOnce(buf[f.w:])
+		n, err := f.read(buf[f.w:])
 		f.srv.hot.release()
 		if err == nil {
 			f.arrived(n)
@@ -206,7 +258,7 @@ func (f *frameReader) park() error {
 		f.buf = bufPool.Get().(*[]byte)
 		f.r, f.w = 0, 0
 	}
-	n, err := f.raw.ReadOnce((*f.buf)[f.w:])
+	n, err := f.read((*f.buf)[f.w:])
 	if errors.Is(err, blockingnet.ErrIdle) {
 		return nil // woken with nothing to read after all: wait again
 	}

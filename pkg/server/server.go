@@ -195,6 +195,9 @@ type conn struct {
 	sent   map[string]bool         // segment ids whose descriptor this peer has
 	events map[string]*sharedEvent // IPC events this peer sent, opened here
 	fr     *frameReader            // its request frames, kept across the goroutines that serve it
+	// in are the descriptors the request being handled came with (an
+	// offer's); a handler that keeps them sets it to nil.
+	in []int
 	// commit is the registry write of the request just handled, when it was
 	// answered first: started once the answer is written. It runs beside
 	// the connection's next requests (a cold get's descriptor import in the
@@ -247,6 +250,7 @@ func (s *Server) forget(cn *conn) {
 // close drops the connection's leases and events.
 func (cn *conn) close(log *slog.Logger) {
 	cn.fr.release()
+	cn.fr.closeFDs()
 	cn.raw.Close()
 	names := make([]string, 0, len(cn.leases))
 	for n := range cn.leases {
@@ -285,11 +289,15 @@ func (cn *conn) serveFrames(log *slog.Logger) (handoff bool) {
 		}
 		var resp *v1.Response
 		var fds []int
-		if h.Kind != v1.KindRequest || h.NumFDs != 0 {
-			resp = errorResponse(0, errdefs.Invalid("expected a request frame without descriptors"))
+		in, whole := cn.fr.takeFDs(int(h.NumFDs))
+		if h.Kind != v1.KindRequest || !whole {
+			resp = errorResponse(0, errdefs.Invalid("expected a request frame (with the descriptors it announces)"))
 		} else if req, err := v1.DecodeRequest(body); err != nil {
 			resp = errorResponse(0, errdefs.Invalid("%v", err))
+		} else if len(in) > 0 && req.Op != v1.OpOffer {
+			resp = errorResponse(req.ID, errdefs.Invalid("only an offer carries descriptors, not a %s", req.Op))
 		} else {
+			cn.in, in = in, nil
 			start := time.Now()
 			resp, fds, err = cn.handle(req)
 			cn.srv.obs.Observe("socket", req.Op, err, start)
@@ -297,6 +305,10 @@ func (cn *conn) serveFrames(log *slog.Logger) (handoff bool) {
 				log.Debug("request failed", "op", req.Op, "name", req.Name, "err", err)
 				resp = errorResponse(req.ID, err)
 			}
+			in, cn.in = cn.in, nil // what the handler did not take
+		}
+		for _, fd := range in {
+			unix.Close(fd)
 		}
 		werr := cn.reply(resp, fds)
 		if c := cn.commit; c != nil {
@@ -351,19 +363,21 @@ type handler func(cn *conn, ctx context.Context, req *v1.Request, resp *v1.Respo
 
 // handlers has one method per operation.
 var handlers = map[string]handler{
-	v1.OpHello:   (*conn).hello,
-	v1.OpCreate:  (*conn).create,
-	v1.OpGet:     (*conn).get,
-	v1.OpRelease: (*conn).release,
-	v1.OpPublish: (*conn).publish,
-	v1.OpDelete:  (*conn).delete,
-	v1.OpStat:    (*conn).stat,
-	v1.OpList:    (*conn).list,
-	v1.OpStats:   (*conn).stats,
-	v1.OpGC:      (*conn).gc,
-	v1.OpTrim:    (*conn).trim,
-	v1.OpForget:  (*conn).forget,
-	v1.OpHolders: (*conn).holders,
+	v1.OpHello:    (*conn).hello,
+	v1.OpCreate:   (*conn).create,
+	v1.OpGet:      (*conn).get,
+	v1.OpRelease:  (*conn).release,
+	v1.OpPublish:  (*conn).publish,
+	v1.OpDelete:   (*conn).delete,
+	v1.OpStat:     (*conn).stat,
+	v1.OpList:     (*conn).list,
+	v1.OpStats:    (*conn).stats,
+	v1.OpGC:       (*conn).gc,
+	v1.OpTrim:     (*conn).trim,
+	v1.OpForget:   (*conn).forget,
+	v1.OpHolders:  (*conn).holders,
+	v1.OpReattach: (*conn).reattach,
+	v1.OpOffer:    (*conn).offer,
 }
 
 func (cn *conn) handle(req *v1.Request) (*v1.Response, []int, error) {
@@ -394,7 +408,8 @@ func (cn *conn) hello(ctx context.Context, _ *v1.Request, resp *v1.Response) ([]
 	}
 	resp.Hello = &v1.Hello{
 		Version: v1.Version, Agent: st.Instance(), Node: st.Node(), Mode: st.Mode(), Devices: wire,
-		PeerPID: cn.pid, Redis: st.Ping(ctx) == nil, Software: Software, Features: []string{v1.OpForget, v1.OpHolders, v1.FeatureListPages},
+		PeerPID: cn.pid, Redis: st.Ping(ctx) == nil, Software: Software, Holder: cn.holder,
+		Features: []string{v1.OpForget, v1.OpHolders, v1.FeatureListPages, v1.OpReattach, v1.OpOffer},
 	}
 	return nil, nil
 }
@@ -426,6 +441,76 @@ func (cn *conn) get(ctx context.Context, req *v1.Request, resp *v1.Response) ([]
 	}
 	cn.commit = commit
 	return cn.lease(req.Name, info, resp), nil
+}
+
+// reattach takes over the references a connection of a previous agent
+// instance held (see store.Reattach): each name the client still has open,
+// with its count. Names that cannot be taken over are answered in Lost.
+func (cn *conn) reattach(ctx context.Context, req *v1.Request, resp *v1.Response) ([]int, error) {
+	if req.Holder == "" {
+		return nil, errdefs.Invalid("reattach needs the previous connection's holder")
+	}
+	for _, ref := range req.Refs {
+		if ref.Count <= 0 {
+			return nil, errdefs.Invalid("reattach of %q with count %d: want a positive count", ref.Name, ref.Count)
+		}
+	}
+	resp.Tensors = make([]v1.Tensor, 0, len(req.Refs))
+	for _, ref := range req.Refs {
+		r := v1.Request{Op: v1.OpGet, Name: ref.Name}
+		err := cn.scope(ctx, &r)
+		if err == nil && cn.leases[r.Name] > 0 {
+			// Named twice: this connection's one reference in Redis covers both.
+			cn.leases[r.Name] += ref.Count
+			resp.Tensors = append(resp.Tensors, cn.infos[r.Name])
+			continue
+		}
+		var info v1.Tensor
+		if err == nil {
+			info, err = cn.srv.st.Reattach(ctx, r.Name, req.Holder, cn.holder)
+		}
+		if err != nil {
+			if errors.Is(err, errdefs.ErrInvalidArgument) {
+				return nil, err
+			}
+			cn.srv.log.Info("a reference could not be reattached", "peer_pid", cn.pid, "name", ref.Name, "err", err)
+			resp.Lost = append(resp.Lost, ref.Name)
+			continue
+		}
+		cn.lease(r.Name, info, resp)
+		cn.leases[r.Name] += ref.Count - 1
+		resp.Tensor = nil
+		resp.Tensors = append(resp.Tensors, info)
+	}
+	resp.FDs = nil // the client maps these already
+	cn.srv.log.Info("client reattached", "peer_pid", cn.pid, "previous_holder", req.Holder, "tensors", len(resp.Tensors), "lost", len(resp.Lost))
+	return nil, nil
+}
+
+// offer hands the store the descriptors of a previous instance's segments
+// this client maps (vmm after a crash: the memory survives in them).
+func (cn *conn) offer(ctx context.Context, req *v1.Request, _ *v1.Response) ([]int, error) {
+	fds := cn.in
+	if len(fds) != len(req.Segments) {
+		return nil, errdefs.Invalid("offer of %d segments with %d descriptors", len(req.Segments), len(fds))
+	}
+	cn.in = nil
+	check := cn.srv.auth != nil && cn.id.Namespace != ""
+	var first error
+	for i, id := range req.Segments {
+		if err := cn.srv.st.Offer(ctx, id, fds[i], cn.id.Namespace, check); err != nil {
+			cn.srv.log.Warn("an offered segment was not adopted", "peer_pid", cn.pid, "segment", id, "err", err)
+			if first == nil {
+				first = err
+			}
+			continue
+		}
+		if cn.sent == nil {
+			cn.sent = map[string]bool{}
+		}
+		cn.sent[id] = true
+	}
+	return nil, first
 }
 
 // lease counts one more reference of this connection on name and answers

@@ -59,6 +59,12 @@ type Maintenance interface {
 	Trim() (uint64, error)
 }
 
+// Survival is how clients of a previous agent instance come back.
+type Survival interface {
+	Reattach(ctx context.Context, name, oldHolder, newHolder string) (v1.Tensor, error)
+	Offer(ctx context.Context, segmentID string, fd int, tenant string, checkTenant bool) error
+}
+
 // Store is everything the server needs.
 type Store interface {
 	Agent
@@ -67,6 +73,7 @@ type Store interface {
 	Memory
 	Records
 	Maintenance
+	Survival
 }
 
 var _ Store = (*store.Store)(nil)

@@ -74,7 +74,7 @@ func BenchmarkCreate(b *testing.B) {
 				}
 			}
 			st := store.New(reg, be, "inst1", string(name), store.WithZeroFill(v.zero), store.WithWriteBehind(v.writeBehind))
-			if _, err := st.Reconcile(ctx); err != nil {
+			if _, err := st.Adopt(ctx, nil); err != nil {
 				b.Fatal(err)
 			}
 			// write-behind: what the client waits for (the script runs

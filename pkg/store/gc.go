@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/memcuda/memcuda/internal/procinfo"
@@ -39,6 +38,9 @@ type GCResult struct {
 // drop failed), not every tensor.
 func (s *Store) GC(ctx context.Context) (GCResult, error) {
 	var out GCResult
+	if err := s.settleDoubts(ctx); err != nil {
+		return out, err
+	}
 	names, err := s.reg.HeldBy(ctx, registry.KindPID)
 	if err != nil {
 		return out, err
@@ -112,40 +114,4 @@ func (s *Store) deadHolder(h string) bool {
 		return inst == s.instance && !s.leases.live(h)
 	}
 	return false
-}
-
-// Reconcile removes records whose memory no longer exists: those of other
-// instances of this node's agent (a crashed or restarted predecessor) and
-// index entries with no record. It returns the names removed.
-func (s *Store) Reconcile(ctx context.Context) ([]string, error) {
-	if err := s.reg.IndexNames(ctx); err != nil {
-		return nil, err
-	}
-	names, err := s.reg.Names(ctx)
-	if err != nil {
-		return nil, err
-	}
-	var removed []string
-	for _, name := range names {
-		info, err := s.reg.Stat(ctx, name)
-		owner := info.Agent
-		if errors.Is(err, errdefs.ErrNotFound) {
-			owner = ""
-		} else if err != nil {
-			return removed, err
-		}
-		if owner == s.instance {
-			continue
-		}
-		ok, err := s.reg.Remove(ctx, name, owner)
-		if err != nil {
-			return removed, err
-		}
-		if ok {
-			removed = append(removed, name)
-			s.log.Warn("removed tensor whose memory is gone", "name", name, "agent", owner, "refcount", info.Refcount)
-		}
-	}
-	s.reconciled.Store(true)
-	return removed, nil
 }

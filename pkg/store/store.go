@@ -51,6 +51,8 @@ type Store struct {
 	// reconciled: Redis holds no records of a predecessor any more, so the
 	// agent's own table may decide creates (write-behind waits for it).
 	reconciled atomic.Bool
+	surv       survival
+	lost       LostFunc
 }
 
 // Option configures a Store.
@@ -268,7 +270,14 @@ func (s *Store) create(ctx context.Context, p CreateParams, dt v1.DType, n uint6
 		}
 		err, res = zerr, registry.CreateResult{}
 	}
-	if err != nil || !res.Created {
+	switch {
+	case err != nil && ambiguous(err):
+		// The script may have run with its reply lost: Redis may hold the
+		// record. Its memory stays until that is known (a replay of the
+		// request, or GC reading the name).
+		s.table.doubt(info.UID, info.Name)
+		s.log.Warn("a create's registry write may or may not have been applied; its memory is kept until that is known", "name", info.Name, "err", err)
+	case err != nil || !res.Created:
 		s.free(info.UID)
 	}
 	switch {
@@ -281,6 +290,10 @@ func (s *Store) create(ctx context.Context, p CreateParams, dt v1.DType, n uint6
 	case res.Dup:
 		if res.Info.Name == "" {
 			return v1.Tensor{}, fmt.Errorf("%w: request %s created tensor %q, which is gone since", errdefs.ErrNotFound, p.ReqID, p.Name)
+		}
+		if s.table.settle(res.Info.UID) {
+			// The first attempt's record: its memory was kept in doubt.
+			s.table.created(res.Info.UID, res.Info)
 		}
 		return res.Info, nil
 	default:
@@ -321,6 +334,35 @@ func (s *Store) createBehind(ctx context.Context, p CreateParams, dt v1.DType, n
 		s.log.Error("the registry refused a tensor already handed out; it is withdrawn", "name", info.Name, "holder", p.Holder, "err", err)
 		s.table.withdraw(info.UID, info.Name, p.Holder)
 	}), nil
+}
+
+// ambiguous reports whether a failed registry write may still have been
+// applied (its reply was lost, or the wait for it ended).
+func ambiguous(err error) bool {
+	return errors.Is(err, errdefs.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
+}
+
+// settleDoubts resolves creates whose registry write may have been applied:
+// the memory of those whose record Redis holds is the name's now, the
+// others' is freed.
+func (s *Store) settleDoubts(ctx context.Context) error {
+	for uid, name := range s.table.doubts() {
+		rec, err := s.reg.Stat(ctx, name)
+		switch {
+		case err == nil && rec.UID == uid:
+			if s.table.settle(uid) {
+				s.table.created(uid, rec)
+				s.log.Info("a create whose reply was lost was applied: its tensor is served", "name", name)
+			}
+		case err == nil || errors.Is(err, errdefs.ErrNotFound):
+			if s.table.settle(uid) {
+				s.free(uid)
+			}
+		default:
+			return err
+		}
+	}
+	return nil
 }
 
 func (s *Store) existing(ctx context.Context, cur v1.Tensor, dt v1.DType, p CreateParams) (v1.Tensor, error) {

@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -36,7 +37,7 @@ func newFixture(t *testing.T, opts ...store.Option) *fixture {
 	be := host.New("t:", "inst1", host.WithDir(dir))
 	st := store.New(reg, be, "inst1", "n1", opts...)
 	t.Cleanup(func() { st.Close() })
-	if _, err := st.Reconcile(context.Background()); err != nil {
+	if _, err := st.Adopt(context.Background(), nil); err != nil {
 		t.Fatal(err)
 	}
 	return &fixture{st: st, be: be, reg: reg, dir: dir, srv: srv}
@@ -258,28 +259,143 @@ func TestLeasesAndGC(t *testing.T) {
 	}
 }
 
-func TestReconcileRemovesOtherInstances(t *testing.T) {
+func TestAdoptRemovesWhatDidNotSurvive(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
 	if _, _, err := f.st.Create(ctx, store.CreateParams{Name: "mine", DType: "f32", Shape: []int64{1}}); err != nil {
 		t.Fatal(err)
 	}
-	// A record left by a dead predecessor, and an index entry with no record.
-	old := v1.Tensor{Name: "old", UID: "dead-1", DType: v1.F32, Shape: []int64{1}, Bytes: 4, State: v1.StateReady, Agent: "dead", Node: "n1"}
+	// A record of a dead predecessor whose shared-memory object is gone,
+	// and an index entry with no record.
+	old := v1.Tensor{Name: "old", UID: "dead-1", DType: v1.F32, Shape: []int64{1}, Bytes: 4, State: v1.StateReady, Agent: "dead", Node: "n1",
+		IPCMode: v1.ModeHost, SegmentID: "memcuda." + host.Scope("t:") + ".dead.1", SegmentSize: 2 << 20}
 	if _, err := f.reg.Create(ctx, old, "", ""); err != nil {
 		t.Fatal(err)
 	}
 	f.reg.Client().ZAdd(ctx, f.reg.Keys().Index(), redisZ("ghost"))
-	removed, err := f.st.Reconcile(ctx)
-	if err != nil || len(removed) != 2 {
-		t.Fatalf("removed %v, %v; want old and ghost", removed, err)
+	var lost []string
+	next := store.New(f.reg, host.New("t:", "inst2", host.WithDir(f.dir)), "inst2", "n1",
+		store.WithLost(func(rec v1.Tensor, _ map[string]int64, _ string) { lost = append(lost, rec.Name) }))
+	rep, err := next.Adopt(ctx, nil)
+	if err != nil || rep.Removed != 1 || rep.Adopted != 1 {
+		t.Fatalf("adopt: %+v, %v; want mine adopted, old removed", rep, err)
+	}
+	if len(lost) != 1 || lost[0] != "old" {
+		t.Fatalf("lost %v, want [old]", lost)
 	}
 	names, _ := f.reg.Names(ctx)
 	if len(names) != 1 || names[0] != "mine" {
 		t.Fatalf("left %v", names)
 	}
-	if _, _, err := f.st.Get(ctx, store.GetParams{Name: "old", Holder: "pid:1:1"}); !errors.Is(err, errdefs.ErrNotFound) {
-		t.Fatalf("get of reconciled record: %v", err)
+	if _, _, err := next.Get(ctx, store.GetParams{Name: "old", Holder: "pid:1:1"}); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("get of a removed record: %v", err)
+	}
+}
+
+// A new instance on the same shared memory (after a crash: the first store
+// is never closed) adopts every tensor: same uid, offset and bytes, the
+// same refcounts and holders; a client of the old instance reattaches its
+// connection's reference, and the grace's end drops the references nobody
+// reattached.
+func TestAdoptTakesOverHostSegments(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	conn := f.st.OpenLease()
+	gone := f.st.OpenLease()
+	var made []v1.Tensor
+	for i, n := range []int64{100, 300 << 10, 5 << 20, 64 << 20, 7} {
+		info, _, err := f.st.Create(ctx, store.CreateParams{Name: fmt.Sprintf("t%d", i), DType: "u8", Shape: []int64{n}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		data := f.segment(t, info).Bytes()[info.Offset : info.Offset+info.Bytes]
+		for j := range data {
+			data[j] = byte(i + j)
+		}
+		made = append(made, info)
+	}
+	// t1: held by a pid and the connection that will reattach; t2 deleted
+	// but held by a connection that never comes back; a gap where "gap" was.
+	if _, _, err := f.st.Get(ctx, store.GetParams{Name: "t1", Holder: "pid:1:1"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range []struct{ name, holder string }{{"t1", conn}, {"t2", gone}} {
+		if _, _, err := f.st.Get(ctx, store.GetParams{Name: g.name, Holder: g.holder}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := f.st.Delete(ctx, "t2", "", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := f.st.Create(ctx, store.CreateParams{Name: "gap", DType: "u8", Shape: []int64{1000}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.st.Delete(ctx, "gap", "", nil); err != nil {
+		t.Fatal(err)
+	}
+
+	be := host.New("t:", "inst2", host.WithDir(f.dir))
+	next := store.New(f.reg, be, "inst2", "n1")
+	defer next.Close()
+	rep, err := next.Adopt(ctx, nil)
+	if err != nil || rep.Adopted != len(made) || rep.Removed != 0 {
+		t.Fatalf("adopt: %+v, %v; want all %d adopted", rep, err, len(made))
+	}
+	for i, want := range made {
+		rec, err := next.Stat(ctx, want.Name)
+		if err != nil || rec.UID != want.UID || rec.Agent != "inst2" || rec.Offset != want.Offset || rec.SegmentID != want.SegmentID {
+			t.Fatalf("record of %s after adoption: %+v %v", want.Name, rec, err)
+		}
+		seg, ok := next.Segment(want.UID)
+		if !ok {
+			t.Fatalf("no memory for %s after adoption", want.Name)
+		}
+		data := seg.(*host.Segment).Bytes()[want.Offset : want.Offset+want.Bytes]
+		for j := range data {
+			if data[j] != byte(i+j) {
+				t.Fatalf("%s byte %d is %d after adoption, want %d", want.Name, j, data[j], byte(i+j))
+			}
+		}
+	}
+	if st := next.Stats(); st.Tensors != len(made) {
+		t.Fatalf("adopted store counts %d tensors, want %d", st.Tensors, len(made))
+	}
+	// The new instance serves the adopted tensors and carves new ones
+	// around them.
+	if _, _, err := next.Get(ctx, store.GetParams{Name: "t0", Holder: "pid:2:2"}); err != nil {
+		t.Fatal(err)
+	}
+	fresh, _, err := next.Create(ctx, store.CreateParams{Name: "new", DType: "u8", Shape: []int64{1000}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range made {
+		if fresh.SegmentID == m.SegmentID && fresh.Offset < m.Offset+m.Bytes && m.Offset < fresh.Offset+fresh.Bytes {
+			t.Fatalf("new tensor at %d overlaps adopted %s at [%d,+%d)", fresh.Offset, m.Name, m.Offset, m.Bytes)
+		}
+	}
+	// Reattach: the connection's reference moves, the refcount stays.
+	lease := next.OpenLease()
+	before, _ := f.reg.Stat(ctx, "t1")
+	got, err := next.Reattach(ctx, "t1", conn, lease)
+	if err != nil || got.Refcount != before.Refcount {
+		t.Fatalf("reattach: %+v %v; refcount was %d", got, err, before.Refcount)
+	}
+	holders, _ := f.reg.Holders(ctx, "t1")
+	if holders[conn] != 0 || holders[lease] != 1 || holders["pid:1:1"] != 1 {
+		t.Fatalf("holders after reattach: %v", holders)
+	}
+	if _, err := next.Reattach(ctx, "t1", next.OpenLease(), lease); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Fatalf("reattach of a live connection of this instance: %v", err)
+	}
+	if err := next.EndGrace(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.reg.Stat(ctx, "t2"); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("t2 (deleted, held by a connection that never came back) after the grace: %v", err)
+	}
+	if holders, _ := f.reg.Holders(ctx, "t1"); holders[lease] != 1 || holders["pid:1:1"] != 1 {
+		t.Fatalf("the grace dropped reattached or pid references: %v", holders)
 	}
 }
 
@@ -378,7 +494,7 @@ func TestReplayedGetAfterACrashIsNotFound(t *testing.T) {
 	}
 	next := store.New(f.reg, host.New("t:", "inst2", host.WithDir(t.TempDir())), "inst2", "n1")
 	defer next.Close()
-	if _, err := next.Reconcile(ctx); err != nil {
+	if _, err := next.Adopt(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
 	_, _, err := next.Get(ctx, store.GetParams{Name: "w", Holder: "pid:1:1", ReqID: "g1"})

@@ -37,11 +37,41 @@ type table struct {
 	names   *btree.BTreeG[string] // byName's keys in order, for lists
 	orphans map[orphanKey]string
 	parked  []*allocation
+	// inDoubt are creates whose registry write may have been applied
+	// (uid -> name): their memory is kept until it is known.
+	inDoubt map[string]string
 }
 
 func newTable() *table {
 	return &table{byUID: map[string]*allocation{}, byName: map[string]string{}, names: btree.NewOrderedG[string](32),
-		orphans: map[orphanKey]string{}}
+		orphans: map[orphanKey]string{}, inDoubt: map[string]string{}}
+}
+
+// doubt keeps uid's memory while its create's outcome is unknown.
+func (t *table) doubt(uid, name string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.inDoubt[uid] = name
+}
+
+// settle ends uid's doubt and reports whether it was in doubt.
+func (t *table) settle(uid string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	_, ok := t.inDoubt[uid]
+	delete(t.inDoubt, uid)
+	return ok
+}
+
+// doubts are the creates in doubt, uid -> name.
+func (t *table) doubts() map[string]string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make(map[string]string, len(t.inDoubt))
+	for uid, name := range t.inDoubt {
+		out[uid] = name
+	}
+	return out
 }
 
 // name makes uid the name's tensor; unname takes it back when it still is.
@@ -308,6 +338,7 @@ func (t *table) drain() []*allocation {
 		out = append(out, a)
 	}
 	t.byUID, t.byName, t.orphans, t.parked = map[string]*allocation{}, map[string]string{}, map[orphanKey]string{}, nil
+	clear(t.inDoubt)
 	t.names.Clear(false)
 	return out
 }

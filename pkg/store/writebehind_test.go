@@ -247,7 +247,7 @@ func TestCreateIsSynchronousUntilReconciled(t *testing.T) {
 	if _, c, err := st.Create(ctx, p); err != nil || c != nil {
 		t.Fatalf("before reconciling: commit %v, err %v", c != nil, err)
 	}
-	if _, err := st.Reconcile(ctx); err != nil {
+	if _, err := st.Adopt(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
 	p.Name = "x"

@@ -10,6 +10,7 @@ from ._client import DEFAULT_SOCKET, Client, connect, shared_client, socket_path
 from ._errors import (
     AlreadyExists,
     DeadlineExceeded,
+    Disconnected,
     FailedPrecondition,
     InvalidArgument,
     MemcudaError,
@@ -30,7 +31,7 @@ from ._weights import load_state_dict, module_from_store, publish_state_dict
 __all__ = [
     "DEFAULT_SOCKET", "Client", "SharedTensor", "TensorInfo", "TensorViews", "__version__", "connect", "shared_client",
     "socket_path",
-    "AlreadyExists", "DeadlineExceeded", "FailedPrecondition", "InvalidArgument", "MemcudaError", "NotFound",
+    "AlreadyExists", "DeadlineExceeded", "Disconnected", "FailedPrecondition", "InvalidArgument", "MemcudaError", "NotFound",
     "OutOfMemory", "PermissionDenied", "ProtocolError", "Unavailable", "Unimplemented", "RedisTensor",
     "open_from_redis", "load_state_dict", "module_from_store", "publish_state_dict",
 ]

@@ -5,11 +5,12 @@ import logging
 import operator
 import os
 import threading
+import time
 import weakref
 from typing import Any, Iterator, Optional, Sequence
 
 from . import _dtypes, _wire
-from ._errors import FailedPrecondition, InvalidArgument, MemcudaError, ProtocolError, Unavailable, from_code
+from ._errors import Disconnected, FailedPrecondition, InvalidArgument, MemcudaError, ProtocolError, Unavailable, from_code
 from ._record import TensorInfo
 from ._segments import IdleMappings, Segment, map_segment, unmap
 from ._tensor import SharedTensor
@@ -22,6 +23,12 @@ DEFAULT_SOCKET = "/run/memcuda/agent.sock"
 _WINDOW = 32  # get_many's and create_many's requests in flight: their answers must fit the socket buffers
 _MAX_UNREAD = 64  # pipelined releases in flight: their replies must fit the socket buffers
 _LIST_PAGE = 1000  # records per list answer (the agent's most)
+# Ops a client sends again, once, after it reconnected: doing them twice is
+# the same as once (a get's or create's extra reference is the connection's
+# one in Redis; the reattach counts what this client holds).
+_RETRY_SAFE = frozenset({"hello", "create", "get", "stat", "list", "holders", "stats", "gc", "trim", "publish"})
+# Ops the reattach covers: the references they drop are not reattached.
+_COVERED = frozenset({"release", "forget"})
 _log = logging.getLogger("memcuda")
 
 _clients: "weakref.WeakSet[Client]" = weakref.WeakSet()
@@ -56,24 +63,39 @@ def shared_client(path: Optional[str] = None) -> "Client":
         return c
 
 
-def connect(path: Optional[str] = None, timeout: float = 10.0, spin_us: Optional[float] = None) -> "Client":
+def connect(path: Optional[str] = None, timeout: float = 10.0, spin_us: Optional[float] = None,
+            reconnect: Optional[float] = None) -> "Client":
     """Connects to the node agent ($MEMCUDA_SOCKET, else /run/memcuda/agent.sock).
     spin_us: how long to poll for a reply before blocking (default 0, or
     $MEMCUDA_SPIN_US): on machines where waking a blocked thread is slow it
-    trades client CPU for latency."""
-    return Client(socket_path(path), timeout=timeout, spin_us=spin_us)
+    trades client CPU for latency. reconnect: how many seconds the client
+    tries to reach the agent again when the connection breaks (default 30,
+    or $MEMCUDA_RECONNECT_S; 0: never)."""
+    return Client(socket_path(path), timeout=timeout, spin_us=spin_us, reconnect=reconnect)
 
 
 class Client:
     """A connection to the agent. Every tensor opened through it is one
     reference, held until released, until the client closes, or until the
-    process dies (the agent drops a closed connection's references)."""
+    process dies (the agent drops a closed connection's references).
 
-    def __init__(self, path: str, timeout: float = 10.0, spin_us: Optional[float] = None) -> None:
+    When the agent goes away (a restart, a crash, a hand-over to a new
+    instance) the client reconnects by itself within `reconnect` seconds,
+    takes its references over to the new connection and keeps its mappings:
+    tensors held stay usable. A call in flight is sent again when doing it
+    twice is harmless; otherwise it raises Disconnected."""
+
+    def __init__(self, path: str, timeout: float = 10.0, spin_us: Optional[float] = None,
+                 reconnect: Optional[float] = None) -> None:
         self.path = path
         spin = float(os.environ.get("MEMCUDA_SPIN_US", "0") if spin_us is None else spin_us)
+        self._timeout, self._spin = timeout, spin
+        self._reconnect_s = float(os.environ.get("MEMCUDA_RECONNECT_S", "30") if reconnect is None else reconnect)
         self._lock = threading.RLock()
         self._conn = Connection(path, timeout, spin)
+        self._held: dict[str, int] = {}  # open references per tensor name: what a reattach takes over
+        self._lost: set[str] = set()  # names a reattach could not take over: their releases are not sent
+        self.reconnects = 0  # times this client reconnected to its agent
         self._next_id = 0
         self._idle = IdleMappings(int(os.environ.get("MEMCUDA_IDLE_MAPPINGS", "8")),
                                   int(os.environ.get("MEMCUDA_IDLE_MAPPING_BYTES", str(1 << 30))))
@@ -88,10 +110,13 @@ class Client:
         # A child of fork() shares this socket with the parent: refuse to use it there.
         _clients.add(self)
         resp = self._call("hello", client=f"memcuda-py {__version__}")
-        self.hello: dict[str, Any] = resp["hello"]
+        self._greet(resp["hello"])
+
+    def _greet(self, hello: dict[str, Any]) -> None:
+        self.hello: dict[str, Any] = hello
         # Agents that take forget send a segment's descriptor again after
         # it: only then may an unmapped segment's descriptor be closed.
-        self._can_forget = "forget" in (self.hello.get("features") or ())
+        self._can_forget = "forget" in (hello.get("features") or ())
 
     @property
     def max_idle_mappings(self) -> int:
@@ -133,9 +158,80 @@ class Client:
         return self._next_id
 
     def _roundtrip(self, op: str, **kw: Any) -> _wire.Answer:
-        rid = self._send(op, **kw)
-        self._read_unread()
-        return self._read_answer(rid, cache=op == "get")
+        try:
+            rid = self._send(op, **kw)
+            self._read_unread()
+            return self._read_answer(rid, cache=op == "get")
+        except Disconnected as e:
+            self._reconnect(e, op)
+            rid = self._send(op, **kw)
+            return self._read_answer(rid, cache=op == "get")
+
+    # -- riding through a restart of the agent -------------------------------
+
+    def _reconnect(self, cause: Disconnected, op: str) -> None:
+        """Connects again after the connection broke (under the lock), takes
+        the references over and says whether op may be sent again: it
+        raises for an op that must not be."""
+        if self._reconnect_s <= 0 or self._closed or self._forked:
+            raise cause
+        old_holder = self.hello.get("holder") or ""
+        old_agent = self.hello.get("agent") or ""
+        deadline = time.monotonic() + self._reconnect_s
+        delay = 0.002
+        self._conn.close()
+        self._unread = 0
+        self._unmapped.clear()  # the new connection never had their descriptors
+        self._pending_release.clear()  # the reattach leaves them out
+        while True:
+            try:
+                self._conn = Connection(self.path, self._timeout, self._spin)
+                self._next_id += 1
+                self._conn.send(_wire.encode_request(self._next_id, "hello", client=f"memcuda-py {__version__}"))
+                hello = self._read_answer(self._next_id).body["hello"]
+                break
+            except Disconnected as e:
+                if time.monotonic() + delay > deadline:
+                    raise Disconnected(f"the agent at {self.path} went away ({cause}) and did not come back within "
+                                       f"{self._reconnect_s:g}s: {e}") from e
+                time.sleep(delay)
+                delay = min(2 * delay, 0.1)
+        self._greet(hello)
+        self.reconnects += 1
+        _log.info("memcuda: reconnected to the agent at %s (instance %s, was %s)", self.path, hello.get("agent"), old_agent)
+        features = hello.get("features") or ()
+        if "offer" in features and hello.get("agent") != old_agent:
+            # vmm memory of a crashed agent survives only in processes that
+            # hold it: hand the new one our descriptors of what we map.
+            segs = [sg for sg in self._segments.values() if sg.mode == "vmm" and sg.fd >= 0 and sg.mapping is not None]
+            for i in range(0, len(segs), _wire.MAX_FDS):
+                chunk = segs[i:i + _wire.MAX_FDS]
+                self._next_id += 1
+                self._conn.send(_wire.encode_offer(self._next_id, [sg.id for sg in chunk]), [sg.fd for sg in chunk])
+                try:
+                    self._read_answer(self._next_id)
+                except MemcudaError as e:
+                    if isinstance(e, (Disconnected, ProtocolError)):
+                        raise
+                    _log.warning("memcuda: the new agent did not adopt an offered segment: %s", e)
+        refs = [(n, c) for n, c in self._held.items() if c > 0 and n not in self._lost]
+        if refs and old_holder and "reattach" in features:
+            self._next_id += 1
+            self._conn.send(_wire.encode_reattach(self._next_id, old_holder, refs))
+            lost = self._read_answer(self._next_id).body.get("lost") or []
+            for n in lost:
+                self._lost.add(n)
+            if lost:
+                _log.warning("memcuda: %d tensor(s) did not survive the agent's restart; their mappings here stay "
+                             "until released: %s", len(lost), ", ".join(sorted(lost)[:10]))
+        elif refs:
+            self._lost.update(n for n, _ in refs)
+            _log.warning("memcuda: the agent cannot take references back (no reattach); %d tensor(s) are no longer held", len(refs))
+        if op in _COVERED:
+            return
+        if op not in _RETRY_SAFE:
+            raise Disconnected(f"the agent went away while {op} was in flight; it may or may not have been applied "
+                               f"(reconnected to instance {hello.get('agent')}): {cause}") from cause
 
     def _read_answer(self, rid: int, cache: bool = False) -> _wire.Answer:
         nfd, body = self._conn.read_frame()
@@ -169,10 +265,13 @@ class Client:
         self._pipelined("release", name=name, event=event)
 
     def _pipelined(self, op: str, **kw: Any) -> None:
-        if self._unread >= _MAX_UNREAD:
-            self._read_unread()
-        self._send(op, **kw)
-        self._unread += 1
+        try:
+            if self._unread >= _MAX_UNREAD:
+                self._read_unread()
+            self._send(op, **kw)
+            self._unread += 1
+        except Disconnected as e:
+            self._reconnect(e, op)  # the reattach leaves this reference out: nothing to resend
 
     def _read_unread(self) -> None:
         while self._unread:
@@ -274,17 +373,28 @@ class Client:
         with self._lock:
             self._begin()
             for start in range(0, len(reqs), _WINDOW):
-                ids = [self._send(op, **kw) for kw in reqs[start:start + _WINDOW]]
-                self._read_unread()
-                self._in_window = True
-                try:
-                    self._open_answers(ids, out, cache)
-                except BaseException as e:
-                    failed = e
-                    if isinstance(e, (ProtocolError, Unavailable)):
-                        raise
-                finally:
-                    self._in_window = False
+                window = reqs[start:start + _WINDOW]
+                read = [0]  # answers of the window read so far
+                for attempt in (0, 1):
+                    self._in_window = True
+                    try:
+                        ids = [self._send(op, **kw) for kw in window]
+                        self._read_unread()
+                        self._open_answers(ids, out, cache, read)
+                        break
+                    except Disconnected as e:
+                        self._in_window = False
+                        if attempt:
+                            raise
+                        self._reconnect(e, op)  # gets and creates are safe to send again
+                        window, read = window[read[0]:], [0]
+                    except BaseException as e:
+                        failed = e
+                        if isinstance(e, (ProtocolError, Unavailable)):
+                            raise
+                        break
+                    finally:
+                        self._in_window = False
                 if failed is not None:
                     break
         if failed is not None:
@@ -293,10 +403,11 @@ class Client:
             raise failed
         return out
 
-    def _open_answers(self, ids: list[int], out: list[SharedTensor], cache: bool) -> None:
-        # Reads the answers of a window of requests in order and opens them.
-        # Every answer is read, even after a failure: the connection must
-        # stay in step with the agent. Raises the first failure once all are read.
+    def _open_answers(self, ids: list[int], out: list[SharedTensor], cache: bool, read: list[int]) -> None:
+        # Reads the answers of a window of requests in order and opens them,
+        # counting them in read[0]. Every answer is read, even after a
+        # failure: the connection must stay in step with the agent. Raises
+        # the first failure once all are read.
         failed: Optional[BaseException] = None
         for rid in ids:
             try:
@@ -304,8 +415,10 @@ class Client:
             except (ProtocolError, Unavailable):
                 raise
             except MemcudaError as e:
+                read[0] += 1
                 failed = failed or e
                 continue
+            read[0] += 1
             try:
                 out.append(self._open(ans))
             except BaseException as e:  # _open queued the release of this one
@@ -373,7 +486,10 @@ class Client:
         with self._lock:
             if not self._closed and not self._forked:
                 self._flush_pending()
-                self._read_unread()
+                try:
+                    self._read_unread()
+                except Disconnected as e:
+                    self._reconnect(e, "release")  # what was unread is covered by the reattach
 
     def close(self) -> None:
         """Closes the connection: the agent drops every reference it held."""
@@ -420,15 +536,29 @@ class Client:
             except BaseException:
                 self._pending_release.append(info.name)
                 raise
+            self._held[info.name] = self._held.get(info.name, 0) + 1
         return SharedTensor(self, info, seg)
 
     def _release(self, t: SharedTensor, event: str = "") -> None:
         with self._lock:
             self._drop_user(t._seg)
-            if not self._closed and not self._forked:
+            if self._unhold(t.info.name) and not self._closed and not self._forked:
                 self._release_async(t.info.name, event)
                 if not self._in_window:
                     self._forget_unmapped()
+
+    def _unhold(self, name: str) -> bool:
+        # One reference fewer; False when the agent no longer has it (lost in a restart).
+        n = self._held.get(name, 0) - 1
+        if n > 0:
+            self._held[name] = n
+        else:
+            self._held.pop(name, None)
+        if name in self._lost:
+            if n <= 0:
+                self._lost.discard(name)
+            return False
+        return True
 
     def _release_from_finalizer(self, name: str, seg: Segment) -> None:
         # Runs from the garbage collector, possibly in the middle of another
@@ -436,7 +566,8 @@ class Client:
         if self._closed:
             return
         self._drop_user(seg)
-        self._pending_release.append(name)
+        if self._unhold(name):
+            self._pending_release.append(name)
 
     def _drop_user(self, seg: Segment) -> None:
         seg.users -= 1

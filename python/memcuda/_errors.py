@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 __all__ = [
-    "AlreadyExists", "DeadlineExceeded", "FailedPrecondition", "InvalidArgument", "MemcudaError", "NotFound", "OutOfMemory",
+    "AlreadyExists", "DeadlineExceeded", "Disconnected", "FailedPrecondition", "InvalidArgument", "MemcudaError", "NotFound", "OutOfMemory",
     "PermissionDenied", "ProtocolError", "Unavailable", "Unimplemented", "from_code",
 ]
 
@@ -47,6 +47,12 @@ class OutOfMemory(MemcudaError, MemoryError):
 
 class Unavailable(MemcudaError, ConnectionError):
     code = "unavailable"
+
+
+class Disconnected(Unavailable):
+    """The connection to the agent broke (the agent stopped, crashed or was
+    replaced). A Client reconnects by itself; this reaches user code only
+    when it cannot, or for a call that may have been applied."""
 
 
 class PermissionDenied(MemcudaError, PermissionError):

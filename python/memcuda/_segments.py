@@ -23,6 +23,7 @@ class Segment:
     ptr: int = 0  # base address of the mapping in this process
     size: int = 0  # bytes mapped
     ordinal: int = -1  # CUDA ordinal of the segment's GPU here
+    mode: str = ""  # ipc_mode of the tensors in it, once mapped
 
 
 def map_segment(seg: Segment, info: TensorInfo) -> None:
@@ -38,6 +39,7 @@ def map_segment(seg: Segment, info: TensorInfo) -> None:
         mapping = _cuda.import_segment(seg.fd, info)
         seg.mapping, seg.ptr, seg.ordinal = mapping, int(mapping.ptr), mapping.ordinal
     seg.size = int(info.segment_size)
+    seg.mode = info.ipc_mode
 
 
 def unmap(seg: Segment) -> None:

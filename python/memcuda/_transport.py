@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from . import _wire
-from ._errors import Unavailable
+from ._errors import Disconnected, Unavailable
 
 __all__ = ["Connection"]
 
@@ -36,7 +36,7 @@ class Connection:
             sock.connect(path)
         except OSError as e:
             sock.close()
-            raise Unavailable(f"connect to the agent at {path}: {e}") from e
+            raise Disconnected(f"connect to the agent at {path}: {e}") from e
         # Blocking mode with kernel-side timeouts: a Python timeout socket
         # polls before every send and receive, one more system call each.
         sock.settimeout(None)
@@ -45,11 +45,18 @@ class Connection:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
         self.sock = sock
 
-    def send(self, frame: bytes) -> None:
+    def send(self, frame: bytes, fds: "list[int] | None" = None) -> None:
         try:
-            self.sock.sendall(frame)
+            if fds:
+                n = self.sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())])
+                if n < len(frame):
+                    self.sock.sendall(frame[n:])
+            else:
+                self.sock.sendall(frame)
+        except BlockingIOError as e:  # SO_SNDTIMEO ran out
+            raise Unavailable(f"the agent did not take the request in time: {e}") from e
         except OSError as e:
-            raise Unavailable(f"send to agent: {e}") from e
+            raise Disconnected(f"send to agent: {e}") from e
 
     def read_frame(self) -> tuple[int, bytes]:
         """The next response frame: (descriptor count, body)."""
@@ -87,7 +94,7 @@ class Connection:
             except BlockingIOError as e:  # SO_RCVTIMEO ran out
                 raise Unavailable(f"the agent did not answer in time: {e}") from e
             except OSError as e:
-                raise Unavailable(f"read from agent: {e}") from e
+                raise Disconnected(f"read from agent: {e}") from e
             for level, typ, payload in anc:
                 if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
                     fds = array.array("i")
@@ -97,7 +104,7 @@ class Connection:
                             os.set_inheritable(fd, False)
                     self.fds.extend(fds)
             if not data:
-                raise Unavailable("the agent closed the connection")
+                raise Disconnected("the agent closed the connection")
             buf += data
 
     def recvmsg(self, size: int) -> tuple[bytes, list[Any]]:

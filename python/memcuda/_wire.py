@@ -182,6 +182,20 @@ def _encode_general(id: int, op: str, name: str, dtype: str, shape: Optional[Seq
     return frame(KIND_REQUEST, _go_json(body))
 
 
+def encode_reattach(id: int, holder: str, refs: "Sequence[tuple[str, int]]") -> bytes:
+    """A reattach frame: the previous connection's holder and the references
+    this client has open through it."""
+    body = {"id": int(id), "op": "reattach", "holder": holder, "refs": [{"name": n, "count": int(c)} for n, c in refs]}
+    return frame(KIND_REQUEST, _go_json(body))
+
+
+def encode_offer(id: int, segments: Sequence[str]) -> bytes:
+    """An offer frame: the ids of the segments whose descriptors go with it."""
+    if len(segments) > MAX_FDS:
+        raise FrameError(f"{len(segments)} descriptors, at most {MAX_FDS}")
+    return frame(KIND_REQUEST, _go_json({"id": int(id), "op": "offer", "segments": list(segments)}), len(segments))
+
+
 _OK_TAIL = b',"ok":true}'
 
 

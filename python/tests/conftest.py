@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -41,6 +41,9 @@ class Agent:
     prefix: str
     proc: subprocess.Popen[bytes]
     log: Path
+    args: list[str] = field(default_factory=list)  # the agent's command line
+    mode: str = "host"
+    logs: list[Path] = field(default_factory=list)  # every instance's log, oldest first
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -48,6 +51,50 @@ class Agent:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.proc.wait()
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+    def launch(self) -> None:
+        """Starts another instance with the same flags (socket, prefix)."""
+        self.log = self.log.parent / f"agent-{len(self.logs)}.log"
+        self.logs.append(self.log)
+        with open(self.log, "wb") as f:
+            self.proc = subprocess.Popen(self.args, stdout=f, stderr=subprocess.STDOUT)
+
+    def wait_ready(self) -> None:
+        deadline = time.time() + 20
+        while b"registry reconciled" not in self.log.read_bytes():
+            if time.time() > deadline or self.proc.poll() is not None:
+                self.stop()
+                pytest.fail("agent did not start:\n" + self.log.read_text())
+            time.sleep(0.02)
+
+    def restart(self) -> None:
+        """Stops this instance (SIGTERM) if it runs and starts the next."""
+        if self.proc.poll() is None:
+            self.stop()
+        self.launch()
+        self.wait_ready()
+
+
+def shm_scope(prefix: str) -> str:
+    """The host backend's tag of a registry prefix in object names (FNV-1a 32)."""
+    h = 0x811C9DC5
+    for b in prefix.encode():
+        h = ((h ^ b) * 0x01000193) & 0xFFFFFFFF
+    return f"{h:08x}"
+
+
+def remove_shm(prefix: str) -> None:
+    scope = shm_scope(prefix)
+    for p in [*Path("/dev/shm").glob(f"memcuda.{scope}.*"), Path(f"/dev/shm/memcuda-lock.{scope}")]:
+        try:
+            p.unlink()
+        except OSError:
+            pass
 
 
 @pytest.fixture(scope="session")
@@ -78,18 +125,11 @@ def start_agent(bin_dir: Path, redis_url: str, name: str, extra: list[str]) -> A
     d = Path(tempfile.mkdtemp(prefix="memcuda-py-"))
     sock = str(d / "agent.sock")
     prefix = f"py-{os.getpid()}-{name}:"
-    log = d / "agent.log"
-    with open(log, "wb") as f:
-        p = subprocess.Popen([str(bin_dir / "memcuda-agent"), "--redis-url", redis_url, "--redis-prefix", prefix,
-                              "--socket", sock, "--metrics-addr", "", "--gc-interval", "200ms", "--log-level", "debug",
-                              *extra], stdout=f, stderr=subprocess.STDOUT)
-    a = Agent(sock, redis_url, prefix, p, log)
-    deadline = time.time() + 20
-    while b"registry reconciled" not in log.read_bytes():
-        if time.time() > deadline or p.poll() is not None:
-            a.stop()
-            pytest.fail("agent did not start:\n" + log.read_text())
-        time.sleep(0.02)
+    args = [str(bin_dir / "memcuda-agent"), "--redis-url", redis_url, "--redis-prefix", prefix,
+            "--socket", sock, "--metrics-addr", "", "--gc-interval", "200ms", "--log-level", "debug", *extra]
+    a = Agent(sock, redis_url, prefix, None, d / "agent.log", args)  # type: ignore[arg-type]
+    a.launch()
+    a.wait_ready()
     os.environ["MEMCUDA_SOCKET"] = sock
     return a
 
@@ -98,8 +138,11 @@ def _finish(a: Agent, request: pytest.FixtureRequest) -> None:
     a.stop()
     rep = getattr(request.node, "rep_call", None)
     if rep is not None and rep.failed:
-        print(a.log.read_text())
+        for log in a.logs:
+            print(f"--- {log.name}")
+            print(log.read_text())
     shutil.rmtree(a.log.parent, ignore_errors=True)
+    remove_shm(a.prefix)
 
 
 @pytest.fixture
@@ -123,7 +166,7 @@ def gpu_agent(bin_dir: Path, redis_url: str, request: pytest.FixtureRequest) -> 
         pytest.skip("needs PyTorch with a CUDA GPU")
     name = request.node.name.replace("[", "-").replace("]", "")
     a = start_agent(bin_dir, redis_url, name, ["--backend", request.param])
-    a.mode = request.param  # type: ignore[attr-defined]
+    a.mode = request.param
     yield a
     _finish(a, request)
 

@@ -20,6 +20,7 @@ import (
 
 	v1 "github.com/memcuda/memcuda/api/v1"
 	"github.com/memcuda/memcuda/internal/redistest"
+	"github.com/memcuda/memcuda/pkg/backend/host"
 	"github.com/memcuda/memcuda/pkg/client"
 	"github.com/memcuda/memcuda/pkg/registry"
 )
@@ -62,6 +63,15 @@ func newEnv(t *testing.T) *env {
 	e := &env{t: t, redis: srv, rdb: srv.Client(), socket: filepath.Join(t.TempDir(), "run", "agent.sock")}
 	e.prefix = fmt.Sprintf("e2e-%d-%s:", os.Getpid(), strings.NewReplacer("/", "-").Replace(t.Name()))
 	e.reg = registry.New(e.rdb, registry.Keys{Prefix: e.prefix, Node: "node-e2e"})
+	// Agents leave their shared memory for the next instance: this
+	// prefix's objects go with the test.
+	t.Cleanup(func() {
+		scope := host.Scope(e.prefix)
+		m, _ := filepath.Glob(filepath.Join(host.ShmDir, "memcuda."+scope+".*"))
+		for _, p := range append(m, filepath.Join(host.ShmDir, "memcuda-lock."+scope)) {
+			os.Remove(p)
+		}
+	})
 	return e
 }
 

@@ -33,6 +33,9 @@ const (
 	ReasonTensorReleased    = "TensorReleased"
 	ReasonInvalidAnnotation = "InvalidTensorAnnotation"
 	ReasonPermissionDenied  = "TensorPermissionDenied"
+	// ReasonTensorLost: the tensor's memory did not survive a restart of
+	// the node's agent (see docs/architecture.md, "Survival").
+	ReasonTensorLost = "TensorLost"
 )
 
 // TensorRequest is one entry of the memcuda.io/tensors annotation.

@@ -15,6 +15,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
@@ -154,6 +155,40 @@ func (b *Backend) NewSegment(_ context.Context, device int, size uint64) (backen
 		unix.Close(fd)
 		return nil, classify(err)
 	}
+	return &Segment{id: id, d: d, ptr: p, size: size, fd: fd, zeroed: b.zeroed[device]}, nil
+}
+
+// ImportSegment implements backend.Importer (vmm only): the exported
+// descriptor of a segment of an earlier instance, passed on by a process
+// that still holds it (a client mapping it, or the predecessor handing
+// over). The memory lives as long as some descriptor or mapping of it does;
+// a re-export of an imported allocation is refused by the driver, so the
+// segment keeps fd and hands that to clients.
+func (b *Backend) ImportSegment(_ context.Context, device int, id string, size uint64, fd int) (backend.Segment, error) {
+	fail := func(err error) (backend.Segment, error) {
+		unix.Close(fd)
+		return nil, err
+	}
+	if b.mode != v1.ModeVMM {
+		return fail(errdefs.Invalid("%s segments cannot be imported from a descriptor", b.mode))
+	}
+	d := b.cu[device]
+	if d == nil {
+		return fail(errdefs.Invalid("no GPU %d", device))
+	}
+	if !strings.HasPrefix(id, string(v1.ModeVMM)+".") || strings.ContainsAny(id, "/\x00") {
+		return fail(errdefs.Invalid("segment %q is not a vmm segment", id))
+	}
+	h, err := d.ImportFD(fd)
+	if err != nil {
+		return fail(fmt.Errorf("import segment %s: %w", id, err))
+	}
+	defer d.MemRelease(h)
+	p, err := d.Map(h, size)
+	if err != nil {
+		return fail(fmt.Errorf("map imported segment %s of %d bytes: %w", id, size, classify(err)))
+	}
+	unix.CloseOnExec(fd)
 	return &Segment{id: id, d: d, ptr: p, size: size, fd: fd, zeroed: b.zeroed[device]}, nil
 }
 

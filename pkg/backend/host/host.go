@@ -39,6 +39,7 @@ type Backend struct {
 	seq      atomic.Uint64
 	log      *slog.Logger
 	lock     *os.File // held while this agent owns the scope's objects (Claim)
+	keep     atomic.Bool
 }
 
 // Option configures a Backend.
@@ -110,10 +111,30 @@ func (b *Backend) Claim() error {
 	return nil
 }
 
+// ClaimWith makes this agent the owner of its scope's objects with a lock
+// file a predecessor handed over (its flock goes with the descriptor).
+func (b *Backend) ClaimWith(f *os.File) error {
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		return fmt.Errorf("the handed-over lock of this prefix's shared memory: %w", err)
+	}
+	if err := f.Truncate(0); err == nil {
+		f.WriteAt([]byte(fmt.Sprintf("pid %d, instance %s", os.Getpid(), b.instance)), 0)
+	}
+	b.lock = f
+	return nil
+}
+
+// Lock is the scope's lock file, to hand over to a successor.
+func (b *Backend) Lock() *os.File { return b.lock }
+
+// Keep implements backend.Keeper: from now on a released segment is
+// unmapped and closed here, and its object stays for the next instance.
+func (b *Backend) Keep() { b.keep.Store(true) }
+
 // RemoveStale unlinks the objects of this scope left by other (dead)
-// instances and returns their names. It needs the scope claimed: the
-// objects of a live agent are never removed.
-func (b *Backend) RemoveStale() ([]string, error) {
+// instances that keep does not want, and returns their names. It needs the
+// scope claimed: the objects of a live agent are never removed.
+func (b *Backend) RemoveStale(keep func(id string) bool) ([]string, error) {
 	if b.lock == nil {
 		return nil, fmt.Errorf("%w: remove stale shared memory without holding the prefix's lock", errdefs.ErrFailedPrecondition)
 	}
@@ -124,7 +145,7 @@ func (b *Backend) RemoveStale() ([]string, error) {
 	var removed []string
 	own := "memcuda." + b.scope + "." + b.instance + "."
 	for _, m := range matches {
-		if strings.HasPrefix(filepath.Base(m), own) {
+		if strings.HasPrefix(filepath.Base(m), own) || keep(filepath.Base(m)) {
 			continue
 		}
 		if err := os.Remove(m); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -167,7 +188,64 @@ func (b *Backend) NewSegment(_ context.Context, device int, size uint64) (backen
 	if err != nil {
 		return fail(fmt.Errorf("map %s: %w", path, err))
 	}
-	return &Segment{name: name, path: path, fd: fd, mem: mem, size: size}, nil
+	return &Segment{name: name, path: path, fd: fd, mem: mem, size: size, keep: &b.keep}, nil
+}
+
+// OpenSegment implements backend.Reopener: the object of a predecessor of
+// this scope, which must have the recorded size.
+func (b *Backend) OpenSegment(_ context.Context, device int, id string, size uint64) (backend.Segment, error) {
+	if err := b.checkID(device, id); err != nil {
+		return nil, err
+	}
+	path := filepath.Join(b.dir, id)
+	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return nil, fmt.Errorf("%w: shared-memory object %s is gone", errdefs.ErrNotFound, path)
+		}
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	return b.mapSegment(id, fd, size)
+}
+
+// ImportSegment implements backend.Importer: a descriptor of one of this
+// scope's objects (handed over by a predecessor). The segment keeps fd.
+func (b *Backend) ImportSegment(_ context.Context, device int, id string, size uint64, fd int) (backend.Segment, error) {
+	if err := b.checkID(device, id); err != nil {
+		return nil, err
+	}
+	return b.mapSegment(id, fd, size)
+}
+
+func (b *Backend) checkID(device int, id string) error {
+	if device != 0 {
+		return errdefs.Invalid("host backend has only device 0, not %d", device)
+	}
+	if !strings.HasPrefix(id, "memcuda."+b.scope+".") || strings.ContainsAny(id, "/\x00") {
+		return errdefs.Invalid("segment %q is not a shared-memory object of this registry prefix", id)
+	}
+	return nil
+}
+
+// mapSegment maps the object fd of id after checking its size; it closes
+// fd on failure.
+func (b *Backend) mapSegment(id string, fd int, size uint64) (backend.Segment, error) {
+	path := filepath.Join(b.dir, id)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("stat %s: %w", path, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || uint64(st.Size) != size {
+		unix.Close(fd)
+		return nil, fmt.Errorf("%w: shared-memory object %s has %d bytes, its records say %d", errdefs.ErrFailedPrecondition, path, st.Size, size)
+	}
+	mem, err := unix.Mmap(fd, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("map %s: %w", path, err)
+	}
+	return &Segment{name: id, path: path, fd: fd, mem: mem, size: size, keep: &b.keep}, nil
 }
 
 // Close implements backend.Backend: the scope's lock goes. Segments are
@@ -188,6 +266,7 @@ type Segment struct {
 	fd   int
 	mem  []byte
 	size uint64
+	keep *atomic.Bool // the backend keeps its objects for the next instance
 }
 
 // ID implements backend.Segment.
@@ -214,10 +293,14 @@ func (s *Segment) Zero(_ context.Context, off, n uint64) error {
 	return nil
 }
 
-// Release implements pool.Segment: unmap, close and unlink. Clients that
-// still map the object keep their pages until they unmap.
+// Release implements pool.Segment: unmap, close and unlink (not unlinked
+// once the backend keeps its objects). Clients that still map the object
+// keep their pages until they unmap.
 func (s *Segment) Release() error {
 	err := errors.Join(unix.Munmap(s.mem), unix.Close(s.fd))
+	if s.keep.Load() {
+		return err
+	}
 	if rmErr := os.Remove(s.path); rmErr != nil && !errors.Is(rmErr, os.ErrNotExist) {
 		err = errors.Join(err, rmErr)
 	}

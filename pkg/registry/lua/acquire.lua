@@ -10,6 +10,9 @@ local f = redis.call('HMGET', KEYS[1], 'state', 'agent', 'uid', 'event')
 if not f[1] then
   return {'not_found'}
 end
+if f[1] == 'orphaned' then
+  return {'orphaned'}
+end
 if f[1] ~= 'ready' then
   return {'deleted'}
 end

@@ -10,7 +10,7 @@ end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'not_found'}
 end
-if ARGV[6] == '1' and redis.call('HGET', KEYS[1], 'state') == 'deleted' then
+if ARGV[6] == '1' and redis.call('HGET', KEYS[1], 'state') ~= 'ready' then
   return {'not_found'}
 end
 local have = tonumber(redis.call('HGET', KEYS[2], ARGV[3]) or '0')
