@@ -1,11 +1,11 @@
 # Shared helpers of the scripts: a throwaway redis-server and agent.
 # Source it; call memcuda_up, then memcuda_down (set as an EXIT trap).
 
-memcuda_up() {
-  # $1: directory for the run; extra args go to the agent.
-  RUN_DIR=$1; shift
+memcuda_redis_up() {
+  # $1: directory for the run. Redis listens on a Unix socket only:
+  # node-local, and faster than TCP loopback.
+  RUN_DIR=$1
   mkdir -p "$RUN_DIR"
-  # Redis listens on a Unix socket only: node-local, and faster than TCP loopback.
   "${REDIS_SERVER:-redis-server}" --port 0 --unixsocket "$RUN_DIR/redis.sock" --unixsocketperm 600 --dir "$RUN_DIR" \
     --save "" --appendonly no --daemonize no --logfile "$RUN_DIR/redis.log" &
   REDIS_PID=$!
@@ -13,6 +13,11 @@ memcuda_up() {
     [ -S "$RUN_DIR/redis.sock" ] && break
     sleep 0.05
   done
+}
+
+memcuda_up() {
+  # $1: directory for the run; extra args go to the agent.
+  memcuda_redis_up "$1"; shift
   export MEMCUDA_SOCKET=$RUN_DIR/agent.sock
   export MEMCUDA_REDIS_URL=unix://$RUN_DIR/redis.sock
   "$BIN_DIR/memcuda-agent" --redis-url "$MEMCUDA_REDIS_URL" --socket "$MEMCUDA_SOCKET" \

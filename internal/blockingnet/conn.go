@@ -239,6 +239,16 @@ func (c *Conn) Shutdown() {
 	}
 }
 
+// ShutdownRead ends the connection's reading side: a blocked or later read
+// sees the end of the stream, while writes still go out.
+func (c *Conn) ShutdownRead() {
+	c.closeMu.Lock()
+	defer c.closeMu.Unlock()
+	if !c.closed.Load() {
+		unix.Shutdown(c.fd, unix.SHUT_RD)
+	}
+}
+
 // Close wakes blocked callers, then closes the connection.
 func (c *Conn) Close() error {
 	c.closeMu.Lock()

@@ -22,6 +22,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/go-logr/logr"
+	"golang.org/x/sys/unix"
 	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/client/config"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
@@ -34,6 +35,7 @@ import (
 	"github.com/memcuda/memcuda/pkg/backend/host"
 	"github.com/memcuda/memcuda/pkg/deviceplugin"
 	"github.com/memcuda/memcuda/pkg/errdefs"
+	"github.com/memcuda/memcuda/pkg/handover"
 	"github.com/memcuda/memcuda/pkg/metrics"
 	"github.com/memcuda/memcuda/pkg/queue"
 	"github.com/memcuda/memcuda/pkg/registry"
@@ -102,6 +104,15 @@ type Agent struct {
 	instance string
 	live     *registry.Liveness // nil without write-behind
 	handed   map[string]int     // segment descriptors a predecessor handed over, until Adopt takes them
+	// A hand-over from a running predecessor (see takeOver): its instance,
+	// its listening socket until Run takes it, and when it began.
+	predecessor string
+	inherited   *os.File
+	takeStart   time.Time
+	srv         *server.Server
+	lock        *os.File    // the host backend's lock, handed over
+	handedOver  atomic.Bool // this instance handed over to a successor
+	stopWork    context.CancelFunc
 	// Set by Run before bootstrap adopts anything.
 	metrics *metrics.Metrics
 	pods    *controller.PodReconciler
@@ -142,7 +153,14 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	if cfg.Backend == "" {
 		cfg.Backend = "auto"
 	}
-	be, err := a.openBackend(cfg.Backend)
+	mode, err := a.backendMode(cfg.Backend)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.takeOver(mode); err != nil {
+		return nil, err
+	}
+	be, err := a.openBackend(mode)
 	if err != nil {
 		return nil, err
 	}
@@ -161,40 +179,161 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	return a, nil
 }
 
-// openBackend picks the memory backend: auto is vmm when a GPU is visible,
-// host otherwise.
-func (a *Agent) openBackend(name string) (backend.Backend, error) {
+// backendMode resolves --backend: auto is vmm when a GPU is visible, host
+// otherwise.
+func (a *Agent) backendMode(name string) (v1.IPCMode, error) {
 	switch v1.IPCMode(name) {
 	case "auto", "":
 		if gpu.Available() {
-			return gpu.New(v1.ModeVMM, a.instance)
+			return v1.ModeVMM, nil
 		}
 		_, err := cuda.DeviceCount()
 		a.log.Info("no GPU visible; using the host backend", "reason", err)
-		return a.openBackend(string(v1.ModeHost))
-	case v1.ModeVMM, v1.ModeLegacy:
-		return gpu.New(v1.IPCMode(name), a.instance)
-	case v1.ModeHost:
-		hb := host.New(a.cfg.RedisPrefix, a.instance, host.WithLogger(a.log))
-		if err := hb.Claim(); err != nil {
-			return nil, err
-		}
-		return hb, nil
+		return v1.ModeHost, nil
+	case v1.ModeVMM, v1.ModeLegacy, v1.ModeHost:
+		return v1.IPCMode(name), nil
 	}
-	return nil, fmt.Errorf("--backend %q: want auto, vmm, legacy or host", name)
+	return "", fmt.Errorf("--backend %q: want auto, vmm, legacy or host", name)
+}
+
+// openBackend opens the memory backend of mode.
+func (a *Agent) openBackend(mode v1.IPCMode) (backend.Backend, error) {
+	if mode != v1.ModeHost {
+		return gpu.New(mode, a.instance)
+	}
+	hb := host.New(a.cfg.RedisPrefix, a.instance, host.WithLogger(a.log))
+	var err error
+	if a.lock != nil {
+		err = hb.ClaimWith(a.lock)
+	} else {
+		err = hb.Claim()
+	}
+	if err != nil {
+		return nil, err
+	}
+	return hb, nil
+}
+
+// takeOver asks a running agent of this socket to hand over to this one
+// (see package handover). Nothing to do when no agent answers.
+func (a *Agent) takeOver(mode v1.IPCMode) error {
+	c, err := net.DialTimeout("unix", a.cfg.Socket, 200*time.Millisecond)
+	if err != nil {
+		return nil
+	}
+	c.Close()
+	a.takeStart = time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	st, err := handover.Take(ctx, a.cfg.Socket, handover.Request{Instance: a.instance, PID: os.Getpid(), Prefix: a.cfg.RedisPrefix,
+		Mode: string(mode), Software: server.Software})
+	if errors.Is(err, errdefs.ErrNotFound) {
+		return fmt.Errorf("another agent is listening on %s and takes no hand-over (%w): stop it first", a.cfg.Socket, err)
+	}
+	if err != nil {
+		return fmt.Errorf("take over from the agent running on %s: %w", a.cfg.Socket, err)
+	}
+	a.predecessor, a.inherited, a.lock = st.Instance, st.Listener, st.Lock
+	a.handed = map[string]int{}
+	for id, f := range st.Segments {
+		fd, err := unix.Dup(int(f.Fd()))
+		f.Close()
+		if err == nil {
+			unix.CloseOnExec(fd)
+			a.handed[id] = fd
+		}
+	}
+	a.log.Info("the running agent handed over", "previous", st.Instance, "segments", len(st.Segments), "took", time.Since(a.takeStart))
+	return nil
+}
+
+// serveHandOver takes hand-over requests of successors once this instance
+// serves; done is closed after one took over.
+func (a *Agent) serveHandOver(ctx context.Context, done chan<- struct{}) {
+	l, err := handover.Listen(a.cfg.Socket)
+	if err != nil {
+		a.log.Warn("no hand-over socket: a new instance cannot take over without a gap", "path", handover.Path(a.cfg.Socket), "err", err)
+		return
+	}
+	err = handover.Serve(ctx, l, a)
+	if a.handedOver.Load() {
+		if err != nil {
+			// This instance stopped serving: the successor, or the next
+			// start, adopts what it left, as after a crash.
+			a.log.Error("the hand-over failed after this instance stopped serving", "err", err)
+		}
+		close(done)
+	}
+}
+
+// HandOver implements handover.Giver: this instance stops serving (its
+// connections closed without dropping references, the queue worker and
+// housekeeping stopped) and hands its socket, lock and segment descriptors
+// to the successor.
+func (a *Agent) HandOver(ctx context.Context, req handover.Request) (*handover.State, error) {
+	switch {
+	case req.Prefix != a.cfg.RedisPrefix || req.Mode != string(a.be.Mode()):
+		return nil, fmt.Errorf("this agent serves prefix %q with the %s backend, the new one %q with %s", a.cfg.RedisPrefix, a.be.Mode(), req.Prefix, req.Mode)
+	case !a.ready.Load() || a.srv == nil:
+		return nil, errors.New("this agent is still starting")
+	case !a.handedOver.CompareAndSwap(false, true):
+		return nil, errors.New("already handed over")
+	}
+	start := time.Now()
+	a.log.Info("handing over to a new instance", "successor", req.Instance, "pid", req.PID, "software", req.Software)
+	// Not ctx: the agent's context may end while connections finish.
+	hctx, cancel := context.WithTimeout(context.Background(), a.cfg.OpTimeout+5*time.Second)
+	defer cancel()
+	ln, err := a.srv.HandOver(hctx)
+	if err != nil {
+		a.handedOver.Store(false)
+		return nil, err
+	}
+	if a.stopWork != nil {
+		a.stopWork()
+	}
+	st := &handover.State{Instance: a.instance, Listener: ln, Segments: map[string]*os.File{}}
+	if hb, ok := a.be.(*host.Backend); ok && hb.Lock() != nil {
+		if fd, err := unix.Dup(int(hb.Lock().Fd())); err == nil {
+			st.Lock = os.NewFile(uintptr(fd), "lock")
+		}
+	}
+	for id, fd := range a.st.SegmentFDs() {
+		if dup, err := unix.Dup(fd); err == nil {
+			st.Segments[id] = os.NewFile(uintptr(dup), id)
+		}
+	}
+	a.log.Info("stopped serving for the successor", "successor", req.Instance, "segments", len(st.Segments), "took", time.Since(start))
+	return st, nil
+}
+
+// stopHandedOver ends this instance after a hand-over: its records,
+// memory and heartbeat are the successor's now, so nothing is removed or
+// released here (the process's exit unmaps what it still maps).
+func (a *Agent) stopHandedOver() {
+	a.st.StopWrites()
+	if a.live != nil {
+		a.live.Close()
+	}
+	a.rdb.Close()
+	a.log.Info("agent stopped after handing over")
 }
 
 // Run serves until ctx ends, then shuts down in order: stop taking work,
-// drop leases, remove this instance's records, release memory.
-func (a *Agent) Run(ctx context.Context) error {
-	ctx, stop := context.WithCancel(ctx)
+// close connections (their references dropped), release memory here
+// (records stay for the next instance). After handing over to a successor
+// it stops without touching anything the successor now serves; with
+// --kubernetes it then waits for ctx (the pod's SIGTERM): a container that
+// exits would be restarted.
+func (a *Agent) Run(parent context.Context) error {
+	ctx, stop := context.WithCancel(parent)
 	defer stop()
-	ln, err := server.Listen(a.cfg.Socket)
+	ln, err := a.listen()
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", a.cfg.Socket, err)
+		return err
 	}
 	a.log.Info("agent starting", "instance", a.instance, "node", a.cfg.Node, "socket", a.cfg.Socket,
-		"backend", a.be.Mode(), "prefix", a.cfg.RedisPrefix, "devices", len(a.be.Devices()))
+		"backend", a.be.Mode(), "prefix", a.cfg.RedisPrefix, "devices", len(a.be.Devices()), "taking_over_from", a.predecessor)
 
 	promReg := prometheus.NewRegistry()
 	promReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -224,9 +363,19 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		srvOpts = append(srvOpts, opts...)
 	}
-	srv := server.New(a.st, srvOpts...)
+	a.srv = server.New(a.st, srvOpts...)
 	serveErr := make(chan error, 1)
-	run(func() { serveErr <- srv.Serve(ctx, ln) })
+	serve := func() { run(func() { serveErr <- a.srv.Serve(ctx, ln) }) }
+	if a.predecessor != "" {
+		// Taking over: clients reconnect to the inherited socket and wait in
+		// its queue until the predecessor's tensors are adopted.
+		if err := a.bootstrap(ctx); err != nil {
+			ln.Close()
+			return err
+		}
+		a.log.Info("took over from the previous instance", "previous", a.predecessor, "took", time.Since(a.takeStart))
+	}
+	serve()
 	var httpSrv *http.Server
 	if a.cfg.MetricsAddr != "" {
 		httpSrv = a.httpServer(promReg)
@@ -239,41 +388,91 @@ func (a *Agent) Run(ctx context.Context) error {
 	// Everything that needs Redis waits for it: the socket already answers
 	// (with unavailable) while Redis is down.
 	fatal := make(chan error, 1)
+	handedOver := make(chan struct{})
+	// The queue worker and housekeeping stop when a successor takes over.
+	work, stopWork := context.WithCancel(ctx)
+	defer stopWork()
+	a.stopWork = stopWork
 	run(func() {
-		if err := a.bootstrap(ctx); err != nil {
-			fatal <- err
-			return
+		if a.predecessor == "" {
+			if err := a.bootstrap(ctx); err != nil {
+				fatal <- err
+				return
+			}
 		}
 		if ctx.Err() != nil {
 			return
 		}
 		if a.cfg.Queue {
 			w := queue.NewWorker(a.st, a.rdb, a.reg.Keys(), queue.WithLogger(a.log), queue.WithObserver(m), queue.WithReplyTTL(a.cfg.ReplyTTL))
-			run(func() { w.Run(ctx) })
+			run(func() { w.Run(work) })
 		}
-		run(func() { a.background(ctx) })
-		run(func() { a.endGrace(ctx) })
-		run(func() { a.st.RunReaper(ctx, 2*time.Millisecond) })
+		run(func() { a.background(work) })
+		run(func() { a.endGrace(work) })
+		run(func() { a.st.RunReaper(work, 2*time.Millisecond) })
+		run(func() { a.serveHandOver(ctx, handedOver) })
 	})
 
 	var result error
 	select {
 	case <-ctx.Done():
+	case <-handedOver:
+		stop()
 	case err := <-serveErr:
+		if a.handedOver.Load() {
+			<-handedOver // the server stopped for the successor
+			stop()
+			break
+		}
 		result = fmt.Errorf("socket server stopped: %w", err)
 	case err := <-fatal:
 		result = err
 		stop()
 	}
-	a.log.Info("agent shutting down")
 	if httpSrv != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		httpSrv.Shutdown(sctx)
 		cancel()
 	}
+	if a.handedOver.Load() {
+		stop()
+		wg.Wait()
+		a.stopHandedOver()
+		if a.cfg.Kubernetes {
+			a.log.Info("handed over; waiting for SIGTERM (the pod is being replaced)")
+			<-parent.Done()
+		}
+		return nil
+	}
+	a.log.Info("agent shutting down")
 	wg.Wait()
 	a.shutdown()
 	return result
+}
+
+// listen opens the client socket, or takes the predecessor's.
+func (a *Agent) listen() (*net.UnixListener, error) {
+	if a.inherited == nil {
+		ln, err := server.Listen(a.cfg.Socket)
+		if err != nil {
+			return nil, fmt.Errorf("listen on %s: %w", a.cfg.Socket, err)
+		}
+		return ln, nil
+	}
+	f := a.inherited
+	a.inherited = nil
+	defer f.Close()
+	l, err := net.FileListener(f)
+	if err != nil {
+		return nil, fmt.Errorf("the predecessor's socket: %w", err)
+	}
+	ul, ok := l.(*net.UnixListener)
+	if !ok {
+		l.Close()
+		return nil, fmt.Errorf("the predecessor's socket is a %T, not a Unix socket", l)
+	}
+	ul.SetUnlinkOnClose(true)
+	return ul, nil
 }
 
 // startKubernetes starts the pod controller's manager and the device
@@ -295,7 +494,7 @@ func (a *Agent) startKubernetes(ctx context.Context, run func(func())) ([]server
 		}
 	})
 	plugin, err := deviceplugin.New(deviceplugin.Config{
-		ResourceName: a.cfg.ResourceName, Slots: a.cfg.Slots, PluginDir: a.cfg.PluginDir,
+		ResourceName: a.cfg.ResourceName, Slots: a.cfg.Slots, PluginDir: a.cfg.PluginDir, SocketName: "memcuda-" + a.instance + ".sock",
 		HostSocket: a.cfg.Socket, Container: a.cfg.ContainerSocket,
 		Env: map[string]string{"MEMCUDA_NODE_NAME": a.cfg.Node, "MEMCUDA_REDIS_PREFIX": a.cfg.RedisPrefix},
 	}, a.log)

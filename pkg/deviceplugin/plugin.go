@@ -102,6 +102,7 @@ func (p *Plugin) start(ctx context.Context) error {
 	if err := os.Remove(p.socketPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
+	p.removeStale()
 	l, err := net.Listen("unix", p.socketPath())
 	if err != nil {
 		return err
@@ -141,6 +142,23 @@ func (p *Plugin) register(ctx context.Context) error {
 	p.mu.Unlock()
 	p.log.Info("registered with the kubelet", "resource", p.cfg.ResourceName, "slots", p.cfg.Slots)
 	return nil
+}
+
+// removeStale removes the sockets earlier agent instances left (each
+// instance has its own, so that a successor's registration and a
+// predecessor's stop never touch each other's): those nobody answers on.
+func (p *Plugin) removeStale() {
+	m, _ := filepath.Glob(filepath.Join(p.cfg.PluginDir, "memcuda*.sock"))
+	for _, path := range m {
+		if path == p.socketPath() {
+			continue
+		}
+		if c, err := net.DialTimeout("unix", path, 100*time.Millisecond); err == nil {
+			c.Close()
+			continue
+		}
+		os.Remove(path)
+	}
 }
 
 // watch returns true when the plugin must register again, false when ctx ended.

@@ -245,8 +245,10 @@ func (w *Worker) process(ctx context.Context, raw string) error {
 	}
 	w.obs.Observe("queue", cmd.Op, err, start)
 	if cmd.ReplyTo != "" {
-		if rerr := w.reply(ctx, cmd.ReplyTo, reply); unreachable(rerr) {
+		if rerr := w.reply(ctx, cmd.ReplyTo, reply, raw); unreachable(rerr) {
 			return rerr
+		} else if rerr == nil && !dead {
+			return nil // the reply took the command off the processing list
 		} else if rerr != nil {
 			// The reply key is not a list (WRONGTYPE) or Redis refuses it:
 			// the sender cannot be told; the command goes to the dead letters.
@@ -336,7 +338,10 @@ func (w *Worker) pidHolderOf(ctx context.Context, name string, pid int, start ui
 	return "", fmt.Errorf("%w: pid %d holds no reference on %q", errdefs.ErrFailedPrecondition, pid, name)
 }
 
-func (w *Worker) reply(ctx context.Context, key string, r v1.Reply) error {
+// reply pushes r and takes the command raw off the processing list in one
+// transaction: a crash between the two would answer the command again when
+// the next worker replays it.
+func (w *Worker) reply(ctx context.Context, key string, r v1.Reply, raw string) error {
 	b, err := json.Marshal(r)
 	if err != nil {
 		return err
@@ -344,6 +349,7 @@ func (w *Worker) reply(ctx context.Context, key string, r v1.Reply) error {
 	_, err = w.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		p.RPush(ctx, key, b)
 		p.Expire(ctx, key, w.replyTTL)
+		p.LRem(ctx, w.keys.Processing(), 1, raw)
 		return nil
 	})
 	return registry.Wrap(err)

@@ -10,6 +10,7 @@ import (
 	"os"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -52,9 +53,13 @@ type Server struct {
 	parker      *blockingnet.Parker
 
 	mu        sync.Mutex
+	ln        *net.UnixListener
 	conns     map[*conn]struct{}
 	peakConns int // the most connections open at once since memory was last given back
 	wg        sync.WaitGroup
+	// handingOver: connections close without dropping their references
+	// (their clients reattach to the next instance).
+	handingOver atomic.Bool
 }
 
 // Option configures a Server.
@@ -106,6 +111,9 @@ func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
 	}
 	s.parker = parker
 	defer parker.Close()
+	s.mu.Lock()
+	s.ln = l
+	s.mu.Unlock()
 	go func() {
 		<-ctx.Done()
 		l.Close()
@@ -118,7 +126,7 @@ func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
 	for {
 		c, err := l.AcceptUnix()
 		if err != nil {
-			if ctx.Err() != nil {
+			if ctx.Err() != nil || s.handingOver.Load() {
 				s.wg.Wait()
 				return nil
 			}
@@ -164,6 +172,41 @@ func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
 		cn.fr = &frameReader{raw: cn.raw, srv: s, parkNext: true, idleFor: func() bool { return len(cn.leases) == 0 }}
 		go cn.serve()
 	}
+}
+
+// HandOver stops serving for a successor and returns the listening socket
+// for it: no new connection is accepted (pending ones stay queued in the
+// socket for the successor), every connection finishes the request it is
+// in and is closed without dropping its references, and the registry
+// writes still running finish. Serve then returns nil.
+func (s *Server) HandOver(ctx context.Context) (*os.File, error) {
+	s.mu.Lock()
+	l := s.ln
+	s.mu.Unlock()
+	if l == nil {
+		return nil, fmt.Errorf("%w: the server is not serving", errdefs.ErrFailedPrecondition)
+	}
+	f, err := l.File()
+	if err != nil {
+		return nil, fmt.Errorf("duplicate the listening socket: %w", err)
+	}
+	s.handingOver.Store(true)
+	l.SetUnlinkOnClose(false) // the path is the successor's now
+	l.Close()
+	s.mu.Lock()
+	for c := range s.conns {
+		c.raw.ShutdownRead() // a request being served still gets its answer
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		f.Close()
+		return nil, ctx.Err()
+	}
+	return f, nil
 }
 
 // refuse answers a connection past the limit with the reason and closes it.
@@ -260,6 +303,9 @@ func (cn *conn) close(log *slog.Logger) {
 	defer cancel()
 	for _, ev := range cn.events {
 		ev.Release()
+	}
+	if cn.srv.handingOver.Load() {
+		return // its client reattaches its references to the successor
 	}
 	if err := cn.srv.st.CloseLease(ctx, cn.holder, names); err != nil {
 		log.Warn("could not drop the leases of a closed connection now; GC will", "err", err)

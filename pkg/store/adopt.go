@@ -314,6 +314,20 @@ func (s *Store) SegmentIDs() map[string]bool {
 	return out
 }
 
+// SegmentFDs are the descriptors of the segments holding tensors of this
+// instance, by segment id (vmm; host and legacy segments have none here).
+func (s *Store) SegmentFDs() map[string]int {
+	s.table.mu.Lock()
+	defer s.table.mu.Unlock()
+	out := map[string]int{}
+	for _, a := range s.table.byUID {
+		if seg := a.block.Segment(); seg.FD() >= 0 && s.be.Mode() == v1.ModeVMM {
+			out[seg.ID()] = seg.FD()
+		}
+	}
+	return out
+}
+
 // Awaiting reports whether a segment of a predecessor waits for a descriptor.
 func (s *Store) Awaiting(segmentID string) bool {
 	s.surv.mu.Lock()

@@ -209,3 +209,101 @@ func TestUnsafeCallDuringARestartSaysSo(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A new instance started while the agent runs takes over without a gap: the
+// old one hands over its socket and lock and exits, clients reconnect to the
+// same socket and reattach, and a client getting and releasing throughout
+// sees no error.
+func TestHandOverToANewInstance(t *testing.T) {
+	e := newEnv(t)
+	old := e.startAgent("--reattach-grace", "2s")
+	ctx := context.Background()
+	c := e.dial()
+	x, err := c.Create(ctx, "x", "u8", []int64{4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(x.Bytes(), "before the hand-over")
+	if _, err := c.Create(ctx, "y", "f32", []int64{16}); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := e.stat("x")
+
+	loop := e.dial()
+	var ops, failures atomic.Int64
+	var maxGap atomic.Int64
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		last := time.Now()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			tn, err := loop.Get(ctx, "y")
+			if err == nil {
+				err = tn.Release(ctx)
+			}
+			if err != nil {
+				failures.Add(1)
+				t.Logf("get+release during the hand-over: %v", err)
+				continue
+			}
+			ops.Add(1)
+			now := time.Now()
+			if gap := now.Sub(last); gap > time.Duration(maxGap.Load()) {
+				maxGap.Store(int64(gap))
+			}
+			last = now
+		}
+	}()
+	time.Sleep(50 * time.Millisecond)
+	next := e.startAgent("--reattach-grace", "2s")
+	select {
+	case <-old.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the old instance did not exit after handing over")
+	}
+	if code := old.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("the old instance exited with %d", code)
+	}
+	time.Sleep(100 * time.Millisecond)
+	close(stop)
+	<-done
+	if failures.Load() != 0 {
+		t.Fatalf("%d calls failed during the hand-over", failures.Load())
+	}
+	t.Logf("%d get+release during the hand-over; longest gap %v", ops.Load(), time.Duration(maxGap.Load()))
+
+	rec, err := e.stat("x")
+	if err != nil || rec.UID != before.UID || rec.Agent == before.Agent {
+		t.Fatalf("x after the hand-over: %+v %v", rec, err)
+	}
+	if string(x.Bytes()[:20]) != "before the hand-over" {
+		t.Fatal("the holder's mapping changed")
+	}
+	d := e.dial()
+	x2, err := d.Get(ctx, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(x2.Bytes()[:20]) != "before the hand-over" {
+		t.Fatal("the new instance serves other bytes")
+	}
+	if _, err := c.Stat(ctx, "x"); err != nil {
+		t.Fatal(err)
+	}
+	if c.Reconnects() != 1 || loop.Reconnects() != 1 {
+		t.Fatalf("reconnects: holder %d, looping client %d; want 1 each", c.Reconnects(), loop.Reconnects())
+	}
+	e.waitFor("refcounts of x and y exact after the grace", 6*time.Second, func() bool {
+		return e.refcount("x") == 3 && e.refcount("y") == 2 // registry + c (+ d for x)
+	})
+	b, _ := os.ReadFile(next.log)
+	if !strings.Contains(string(b), "took over from the previous instance") {
+		t.Fatalf("the new instance did not log the take-over:\n%s", b)
+	}
+}
