@@ -5,7 +5,7 @@ PYTHON    ?= python3
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X main.Version=$(VERSION) -X github.com/memcuda/memcuda/pkg/server.Software=memcuda-agent/$(VERSION)
 
-.PHONY: image gpu-suite all build demo test test-go test-python lint fuzz soak bench bench-pool bench-socket bench-host envtest-assets clean
+.PHONY: image gpu-suite all build demo test test-go test-python lint fuzz soak bench bench-handover bench-pool bench-socket bench-host envtest-assets clean
 
 all: build
 
@@ -47,12 +47,11 @@ fuzz:
 	  echo "$${t%%:*}: $(FUZZ_EXECS) executions"; \
 	  $(GO) test -run '^$$' -fuzz "^$${t%%:*}$$" -fuzztime $(FUZZ_EXECS)x "$${t#*:}"; done
 
-soak:
+soak: build
 	@set -e; for t in $(FUZZ_TARGETS); do \
 	  echo "$${t%%:*}: $(SOAK_TIME)"; \
 	  $(GO) test -run '^$$' -fuzz "^$${t%%:*}$$" -fuzztime $(SOAK_TIME) "$${t#*:}"; done
-	bash scripts/ensure-redis.sh
-	MEMCUDA_SOAK=long $(GO) test -count=1 -run TestSoak -timeout 60m -v ./test/soak
+	BIN_DIR=$(BIN_DIR) bash bench/conns.sh
 
 bench: bench-pool bench-host bench-socket
 
@@ -68,6 +67,10 @@ bench-socket:
 
 bench-host: build
 	BIN_DIR=$(BIN_DIR) bash bench/host.sh
+
+# How long clients wait while an agent hands over to a new instance.
+bench-handover: build
+	BIN_DIR=$(BIN_DIR) bash bench/handover.sh
 
 # Builds the GPU suite into .device/; run it on a GPU machine with
 # `bash scripts/gpu-suite-run.sh` (the device tool carries .device).

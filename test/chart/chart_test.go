@@ -138,6 +138,11 @@ func TestDefaultValues(t *testing.T) {
 	if len(ds) != 1 {
 		t.Fatalf("%d DaemonSets", len(ds))
 	}
+	// The new agent starts beside the old one and takes over (a hand-over).
+	if u := ds[0].Spec.UpdateStrategy; u.RollingUpdate == nil || u.RollingUpdate.MaxSurge == nil || u.RollingUpdate.MaxSurge.IntValue() != 1 ||
+		u.RollingUpdate.MaxUnavailable == nil || u.RollingUpdate.MaxUnavailable.IntValue() != 0 {
+		t.Fatalf("update strategy %+v, want a rolling update with maxSurge 1, maxUnavailable 0", u)
+	}
 	spec := ds[0].Spec.Template.Spec
 	if !spec.HostPID || spec.PriorityClassName != "system-node-critical" || spec.ServiceAccountName == "" {
 		t.Fatalf("pod spec: hostPID=%v priority=%q sa=%q", spec.HostPID, spec.PriorityClassName, spec.ServiceAccountName)
