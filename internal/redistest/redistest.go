@@ -134,6 +134,20 @@ func (s *Server) Restart() {
 	s.start()
 }
 
+// RestartEmpty kills the server and starts it again on the same port with
+// no data: a Redis restarted without persistence.
+func (s *Server) RestartEmpty() {
+	s.t.Helper()
+	s.Stop()
+	entries, _ := os.ReadDir(s.dir)
+	for _, e := range entries {
+		if e.Name() != "redis.log" && e.Name() != "redis.sock" {
+			os.RemoveAll(filepath.Join(s.dir, e.Name()))
+		}
+	}
+	s.start()
+}
+
 // Log returns the server's log, for failure messages.
 func (s *Server) Log() string {
 	f, err := os.Open(filepath.Join(s.dir, "redis.log"))

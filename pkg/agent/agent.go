@@ -524,6 +524,9 @@ func (a *Agent) bootstrap(ctx context.Context) error {
 			rep, err = a.st.Adopt(ctx, a.handed)
 			a.handed = nil // Adopt owns them now
 			if err == nil {
+				err = a.reg.MarkEpoch(ctx, a.instance)
+			}
+			if err == nil {
 				a.log.Info("registry reconciled", "adopted", rep.Adopted, "awaiting_descriptors", rep.Awaiting,
 					"orphaned", rep.Orphaned, "removed", rep.Removed, "reattach_grace", a.cfg.ReattachGrace)
 				a.removeStaleSegments()
@@ -630,6 +633,7 @@ func (a *Agent) background(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-gc.C:
+			a.checkRedisData(ctx)
 			if res, err := a.st.GC(ctx); err != nil {
 				a.log.Warn("gc pass failed", "err", err)
 			} else if res.Holders > 0 {
@@ -639,6 +643,27 @@ func (a *Agent) background(ctx context.Context) {
 			a.heartbeat(ctx)
 		}
 	}
+}
+
+// checkRedisData writes back the records this agent holds memory for when
+// Redis came back without its data (a restart without persistence):
+// otherwise their names would answer not found while their memory stays.
+func (a *Agent) checkRedisData(ctx context.Context) {
+	lost, err := a.reg.EpochLost(ctx)
+	if err != nil || !lost {
+		return
+	}
+	n, err := a.st.WriteBack(ctx)
+	if err != nil {
+		a.log.Warn("Redis lost its data; writing the records back failed, retrying", "written", n, "err", err)
+		return
+	}
+	if err := a.reg.MarkEpoch(ctx, a.instance); err != nil {
+		return
+	}
+	a.log.Warn("Redis came back without its data (restarted without persistence?): wrote back the records of the memory this agent holds",
+		"tensors", n)
+	a.heartbeat(ctx)
 }
 
 // heartbeat records this agent in Redis, so `memcuda ls --all-nodes` and

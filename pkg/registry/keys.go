@@ -52,6 +52,10 @@ func (k Keys) ReplyPrefix() string { return k.Prefix + "reply:" }
 // Agent is the hash describing the node's running agent.
 func (k Keys) Agent() string { return k.Prefix + "agent:" + k.Node }
 
+// Epoch marks that Redis holds the agent's records: gone after a restart
+// of Redis without its data.
+func (k Keys) Epoch() string { return k.Prefix + "epoch" }
+
 // Agents is the set of node names whose agents use this prefix.
 func (k Keys) Agents() string { return k.Prefix + "agents" }
 

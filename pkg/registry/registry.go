@@ -37,6 +37,8 @@ var (
 	orphanLua string
 	//go:embed lua/reattach.lua
 	reattachLua string
+	//go:embed lua/restore.lua
+	restoreLua string
 
 	createScript   = redis.NewScript(createLua)
 	acquireScript  = redis.NewScript(acquireLua)
@@ -48,6 +50,7 @@ var (
 	adoptScript    = redis.NewScript(adoptLua)
 	orphanScript   = redis.NewScript(orphanLua)
 	reattachScript = redis.NewScript(reattachLua)
+	restoreScript  = redis.NewScript(restoreLua)
 )
 
 // RequestTTL is how long an applied request id is remembered: a command
@@ -87,7 +90,7 @@ func (r *Registry) Client() redis.UniversalClient { return r.rdb }
 // Load loads every script so later calls run by SHA.
 func (r *Registry) Load(ctx context.Context) error {
 	for _, s := range []*redis.Script{createScript, acquireScript, releaseScript, removeScript, publishScript, untrackScript, pageScript,
-		adoptScript, orphanScript, reattachScript} {
+		adoptScript, orphanScript, reattachScript, restoreScript} {
 		if err := s.Load(ctx, r.rdb).Err(); err != nil {
 			return Wrap(err)
 		}
@@ -351,6 +354,65 @@ func (r *Registry) Reattach(ctx context.Context, name, oldHolder, newHolder stri
 		return v1.Tensor{}, false, fmt.Errorf("%w: tensor %q", errdefs.ErrNotFound, name)
 	}
 	return v1.Tensor{}, false, fmt.Errorf("%w: reattach script returned %v", errdefs.ErrInternal, res[0])
+}
+
+// Restore writes back a record and its reference holders into a Redis that
+// lost them; the refcount is the holders' sum. It reports false, writing
+// nothing, when Redis has a record of that name.
+func (r *Registry) Restore(ctx context.Context, info v1.Tensor, holders map[string]int64) (bool, error) {
+	info.Refcount = 0
+	args := []any{info.Name, info.Ctime, len(holders)}
+	for h, n := range holders {
+		args = append(args, h, n)
+		info.Refcount += n
+	}
+	fields, err := toFields(info)
+	if err != nil {
+		return false, err
+	}
+	args = append(args, fields...)
+	n, err := restoreScript.Run(ctx, r.rdb, []string{r.keys.Meta(info.Name), r.keys.Refs(info.Name), r.keys.Index(), r.keys.Names(),
+		r.keys.HeldBy(KindPID), r.keys.HeldBy(KindPod)}, args...).Int()
+	return n == 1, Wrap(err)
+}
+
+// HoldersOf returns the reference holders of each name (pipelined).
+func (r *Registry) HoldersOf(ctx context.Context, names []string) (map[string]map[string]int64, error) {
+	out := make(map[string]map[string]int64, len(names))
+	for len(names) > 0 {
+		batch := names[:min(len(names), 1000)]
+		names = names[len(batch):]
+		pipe := r.rdb.Pipeline()
+		cmds := make([]*redis.MapStringStringCmd, len(batch))
+		for i, n := range batch {
+			cmds[i] = pipe.HGetAll(ctx, r.keys.Refs(n))
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return nil, Wrap(err)
+		}
+		for i, c := range cmds {
+			h := make(map[string]int64, len(c.Val()))
+			for k, v := range c.Val() {
+				n, _ := strconv.ParseInt(v, 10, 64)
+				h[k] = n
+			}
+			out[batch[i]] = h
+		}
+	}
+	return out, nil
+}
+
+// MarkEpoch records that Redis holds this agent's records (a key of its
+// own): when Redis comes back without it, it lost them (EpochLost).
+func (r *Registry) MarkEpoch(ctx context.Context, instance string) error {
+	return Wrap(r.rdb.Set(ctx, r.keys.Epoch(), instance, 0).Err())
+}
+
+// EpochLost reports whether Redis lost the mark of MarkEpoch: it came back
+// without its data.
+func (r *Registry) EpochLost(ctx context.Context) (bool, error) {
+	n, err := r.rdb.Exists(ctx, r.keys.Epoch()).Result()
+	return n == 0, Wrap(err)
 }
 
 // Publish stores the IPC event handle (base64) readers of name wait on.

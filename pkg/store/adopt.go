@@ -65,6 +65,7 @@ type segmentRecords struct {
 	size    uint64
 	tenant  string
 	records []v1.Tensor
+	holders map[string]map[string]int64 // name -> its reference holders
 }
 
 // Adopt takes over the records of other instances of this node's agent (see
@@ -172,6 +173,15 @@ func (s *Store) predecessors(ctx context.Context) ([]*segmentRecords, error) {
 			}
 		}
 	}
+	for _, g := range bySeg {
+		names := make([]string, len(g.records))
+		for i, rec := range g.records {
+			names[i] = rec.Name
+		}
+		if g.holders, err = s.reg.HoldersOf(ctx, names); err != nil {
+			return nil, err
+		}
+	}
 	slices.Sort(order)
 	out := make([]*segmentRecords, len(order))
 	for i, id := range order {
@@ -237,7 +247,8 @@ func (s *Store) adoptSegment(ctx context.Context, seg backend.Segment, g *segmen
 			continue
 		}
 		rec.Agent = s.instance
-		a := &allocation{name: rec.Name, block: blocks[i], pool: pl, dev: dev.Index, deleted: rec.State != v1.StateReady, record: rec}
+		a := &allocation{name: rec.Name, block: blocks[i], pool: pl, dev: dev.Index, deleted: rec.State != v1.StateReady, record: rec,
+			holders: g.holders[rec.Name]}
 		s.table.add(rec.UID, a, true)
 		s.inherit(rec.Name)
 		n++
@@ -439,6 +450,25 @@ func (s *Store) reportLost(rec v1.Tensor, holders map[string]int64, reason strin
 	}
 }
 
+// WriteBack writes every record this instance holds memory for, with the
+// reference holders its scripts left, into a Redis that lost them (a
+// restart without persistence); records Redis still has are left alone. It
+// returns how many were written.
+func (s *Store) WriteBack(ctx context.Context) (int, error) {
+	records, holders := s.table.named()
+	n := 0
+	for i, rec := range records {
+		ok, err := s.reg.Restore(ctx, rec, holders[i])
+		if err != nil {
+			return n, err
+		}
+		if ok {
+			n++
+		}
+	}
+	return n, nil
+}
+
 // Reattach moves the reference a connection of a predecessor (oldHolder)
 // held on name to newHolder, a connection of this instance; when the old
 // connection held none (its get had not reached Redis), a new reference is
@@ -456,6 +486,8 @@ func (s *Store) Reattach(ctx context.Context, name, oldHolder, newHolder string)
 		if moved {
 			info = rec
 			s.table.refcount(rec.UID, rec.Refcount, s.now())
+			s.table.unhold(rec.UID, oldHolder, 0)
+			s.table.holdOnce(rec.UID, newHolder)
 			return nil
 		}
 		info, err = s.get(ctx, name, newHolder, "")

@@ -285,6 +285,8 @@ func (s *Store) create(ctx context.Context, p CreateParams, dt v1.DType, n uint6
 		return v1.Tensor{}, err
 	case res.Created:
 		s.table.created(info.UID, res.Info)
+		s.table.hold(info.UID, registry.HolderRegistry, 1)
+		s.table.hold(info.UID, p.Holder, 1)
 		s.audit(ctx, "tensor created", p.Who, info)
 		return res.Info, nil
 	case res.Dup:
@@ -326,6 +328,8 @@ func (s *Store) createBehind(ctx context.Context, p CreateParams, dt v1.DType, n
 		case !res.Created:
 			return fmt.Errorf("%w: Redis already has a record of this name (agent %s)", errdefs.ErrAlreadyExists, res.Info.Agent)
 		}
+		s.table.hold(info.UID, registry.HolderRegistry, 1)
+		s.table.hold(info.UID, p.Holder, 1)
 		// Logged here, after the answer went out: a log line costs as much
 		// as the rest of a create.
 		s.audit(ctx, "tensor created", p.Who, info)
@@ -460,6 +464,7 @@ func (s *Store) get(ctx context.Context, name, holder, reqID string) (v1.Tensor,
 		return v1.Tensor{}, fmt.Errorf("%w: tensor %q belonged to agent instance %s, whose memory is gone", errdefs.ErrNotFound, name, info.Agent)
 	}
 	s.table.refcount(info.UID, info.Refcount, s.now())
+	s.table.hold(info.UID, holder, 1)
 	zeroing, ok := s.table.zeroing(info.UID)
 	if ok && zeroing != nil {
 		// Found between the create script and the end of its zero-fill.
@@ -513,6 +518,9 @@ func (s *Store) Release(ctx context.Context, p ReleaseParams) (registry.ReleaseR
 			s.free(res.UID)
 		} else if err == nil {
 			s.table.refcount(res.UID, res.Refcount, s.now())
+			if !res.Dup {
+				s.table.unhold(res.UID, p.Holder, p.Count)
+			}
 		}
 		return err
 	})
@@ -547,6 +555,9 @@ func (s *Store) Delete(ctx context.Context, name, reqID string, who Who) (regist
 			s.free(res.UID)
 		} else if err == nil {
 			s.table.deleted(res.UID, res.Refcount, s.now())
+			if !res.Dup {
+				s.table.unhold(res.UID, registry.HolderRegistry, 1)
+			}
 		}
 		return err
 	})

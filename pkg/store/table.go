@@ -22,6 +22,9 @@ type allocation struct {
 	fences  []Fence      // GPU work to finish before the block is reused
 	record  v1.Tensor    // as created: what acquires need not read back from Redis
 	zeroing func() error // the wait for the block's zero-fill while a create runs; nil after
+	// holders mirrors the record's reference holders in Redis, as this
+	// agent's scripts left them: what it writes back if Redis loses its data.
+	holders map[string]int64
 }
 
 // orphanKey is a withdrawn tensor's holder and name.
@@ -341,6 +344,81 @@ func (t *table) drain() []*allocation {
 	clear(t.inDoubt)
 	t.names.Clear(false)
 	return out
+}
+
+// hold counts n more references of holder on uid (mirroring Redis).
+func (t *table) hold(uid, holder string, n int64) {
+	if holder == "" || n <= 0 {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if a, ok := t.byUID[uid]; ok {
+		if a.holders == nil {
+			a.holders = map[string]int64{}
+		}
+		a.holders[holder] += n
+	}
+}
+
+// holdOnce makes holder's count on uid at least one (a connection's one
+// reference in Redis).
+func (t *table) holdOnce(uid, holder string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if a, ok := t.byUID[uid]; ok {
+		if a.holders == nil {
+			a.holders = map[string]int64{}
+		}
+		if a.holders[holder] <= 0 {
+			a.holders[holder] = 1
+		}
+	}
+}
+
+// unhold drops n references of holder on uid (n <= 0: all of them).
+func (t *table) unhold(uid, holder string, n int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	a, ok := t.byUID[uid]
+	if !ok || a.holders == nil {
+		return
+	}
+	if left := a.holders[holder] - n; n > 0 && left > 0 {
+		a.holders[holder] = left
+	} else {
+		delete(a.holders, holder)
+	}
+}
+
+// setHolders replaces uid's holders (an adopted record's, read from Redis).
+func (t *table) setHolders(uid string, h map[string]int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if a, ok := t.byUID[uid]; ok {
+		a.holders = h
+	}
+}
+
+// named returns a copy of every named tensor's record and holders.
+func (t *table) named() (records []v1.Tensor, holders []map[string]int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for name, uid := range t.byName {
+		a := t.byUID[uid]
+		if a == nil || a.record.UID != uid || a.zeroing != nil {
+			continue
+		}
+		rec := copyRecord(a.record)
+		rec.Name = name
+		h := make(map[string]int64, len(a.holders))
+		for k, v := range a.holders {
+			h[k] = v
+		}
+		records = append(records, rec)
+		holders = append(holders, h)
+	}
+	return records, holders
 }
 
 // copyRecord is a record the caller owns.

@@ -307,3 +307,55 @@ func TestHandOverToANewInstance(t *testing.T) {
 		t.Fatalf("the new instance did not log the take-over:\n%s", b)
 	}
 }
+
+// Redis restarted without its data: the agent writes back the records of
+// the memory it holds, with their holders, so names resolve again,
+// refcounts are right, releases work, and a create of an existing name
+// does not allocate a second block.
+func TestRedisLosingItsDataGetsTheRecordsBack(t *testing.T) {
+	e := newEnv(t)
+	e.startAgent()
+	ctx := context.Background()
+	c := e.dial()
+	x, err := c.Create(ctx, "x", "f32", []int64{1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	y, err := c.Create(ctx, "y", "u8", []int64{10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := y.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.waitFor("records in Redis", 2*time.Second, func() bool { return e.refcount("x") == 2 && e.refcount("y") == 1 })
+	before, _ := e.stat("x")
+	e.redis.RestartEmpty()
+	e.rdb = e.redis.Client()
+	e.reg = registry.New(e.rdb, registry.Keys{Prefix: e.prefix, Node: "node-e2e"})
+	e.waitFor("the agent to write the records back", 10*time.Second, func() bool {
+		rec, err := e.stat("x")
+		return err == nil && rec.UID == before.UID
+	})
+	if rc := e.refcount("x"); rc != 2 {
+		t.Fatalf("x refcount %d after the write-back, want 2 (registry and the holding connection)", rc)
+	}
+	if rc := e.refcount("y"); rc != 1 {
+		t.Fatalf("y refcount %d after the write-back, want 1", rc)
+	}
+	again, err := c.Create(ctx, "y", "u8", []int64{10})
+	if err != nil || again.Info.UID != y.Info.UID {
+		t.Fatalf("create of y after the write-back: %+v %v; want the same tensor", again, err)
+	}
+	if err := again.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := x.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.waitFor("x back to the registry's reference", 2*time.Second, func() bool { return e.refcount("x") == 1 })
+	stats, err := c.Stats(ctx)
+	if err != nil || stats.Tensors != 2 {
+		t.Fatalf("stats after the write-back: %+v %v; want 2 tensors", stats, err)
+	}
+}
