@@ -8,7 +8,7 @@ D=.device
 rm -rf "$D" && mkdir -p "$D/bin" "$D/test" "$D/redis"
 export CGO_ENABLED=1
 LD="-s -w"
-go build -ldflags "$LD" -o "$D/bin/" ./cmd/memcuda-agent ./cmd/memcuda ./bench/pooltrace
+go build -ldflags "$LD" -o "$D/bin/" ./cmd/memcuda-agent ./cmd/memcuda ./bench/pooltrace ./bench/handover
 go test -c -ldflags "$LD" -o "$D/test/cuda.test" ./cuda
 go test -c -ldflags "$LD" -o "$D/test/gpu.test" ./pkg/backend/gpu
 # Benchmarks that split a create's time: Redis scripts, store with the GPU,

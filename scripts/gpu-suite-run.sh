@@ -4,7 +4,7 @@
 # the demo, and the benchmarks. Logs and JSON go to $OUT (or ./gpu-out).
 # ONLY_BENCH=1 skips the tests, SKIP_BENCH=1 the benchmarks, SKIP_GO_BENCH=1
 # the Go benchmarks, SKIP_WEIGHTS=1 the model-weights benchmark, SKIP_ALLOC=1
-# the allocator comparison; BENCH_MODES and BENCH_N pick backends and samples (a
+# the allocator comparison, SKIP_HANDOVER=1 the hand-over window; BENCH_MODES and BENCH_N pick backends and samples (a
 # mode ending in -sync runs that backend with --registry-write-behind=false:
 # every Redis script before its answer, the baseline of write-behind).
 set -uo pipefail
@@ -76,6 +76,14 @@ if [ -z "${SKIP_BENCH:-}" ]; then
     runlog "$OUT/weights.log" "tail -12" python3 bench/weights_bench.py --procs "${WEIGHTS_PROCS:-4,8}" --out "$OUT/weights.json"
     memcuda_down
     AGENT_PID= REDIS_PID=
+  fi
+  if [ -z "${SKIP_HANDOVER:-}" ]; then
+    # Legacy memory cannot be handed over (its handles are the maker's).
+    for mode in vmm; do
+      step "hand-over window ($mode)"
+      runlog "$OUT/handover-$mode.log" "tail -4" env HANDOVER_BIN="$D/bin/handover" ROUNDS="${HANDOVER_ROUNDS:-10}" \
+        bash bench/handover.sh --backend "$mode"
+    done
   fi
   if [ -z "${SKIP_ALLOC:-}" ]; then
     step allocator trace

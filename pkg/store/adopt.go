@@ -89,6 +89,9 @@ func (s *Store) Adopt(ctx context.Context, handed map[string]int) (AdoptReport, 
 	}
 	reopen, _ := s.be.(backend.Reopener)
 	imp, _ := s.be.(backend.Importer)
+	if s.be.Mode() == v1.ModeLegacy {
+		imp = nil // a legacy allocation cannot be passed on: its handle is its maker's
+	}
 	for _, g := range groups {
 		var seg backend.Segment
 		var err error

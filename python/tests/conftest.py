@@ -165,7 +165,8 @@ def gpu_agent(bin_dir: Path, redis_url: str, request: pytest.FixtureRequest) -> 
     except ImportError:
         pytest.skip("needs PyTorch with a CUDA GPU")
     name = request.node.name.replace("[", "-").replace("]", "")
-    a = start_agent(bin_dir, redis_url, name, ["--backend", request.param])
+    marker = request.node.get_closest_marker("agent_args")
+    a = start_agent(bin_dir, redis_url, name, ["--backend", request.param, *(marker.args if marker else [])])
     a.mode = request.param
     yield a
     _finish(a, request)
