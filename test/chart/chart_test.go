@@ -18,6 +18,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -112,7 +113,7 @@ func envOf(c corev1.Container) map[string]corev1.EnvVar {
 }
 
 func TestLint(t *testing.T) {
-	for _, v := range []string{"default.yaml", "external-redis.yaml", "monitoring-runtimeclass.yaml"} {
+	for _, v := range []string{"default.yaml", "external-redis.yaml", "monitoring-runtimeclass.yaml", "overrides.yaml"} {
 		out, err := exec.Command(helm(t), "lint", "--strict", chartDir, "--values", filepath.Join("testdata", v)).CombinedOutput()
 		if err != nil {
 			t.Fatalf("helm lint with %s: %v\n%s", v, err, out)
@@ -155,8 +156,31 @@ func TestDefaultValues(t *testing.T) {
 	if env["NODE_NAME"].ValueFrom == nil || env["MEMCUDA_REDIS_PREFIX"].Value != "tensor:$(NODE_NAME):" {
 		t.Fatalf("per-node prefix env %v", env)
 	}
-	if !strings.HasPrefix(env["MEMCUDA_REDIS_URL"].Value, "redis://memcuda-redis:6379") {
-		t.Fatalf("redis url %q", env["MEMCUDA_REDIS_URL"].Value)
+	// The bundled Redis is locked down: the agent logs in as its ACL user
+	// with the generated password; the default user is off; only the
+	// agents may reach it.
+	pw := env["REDIS_PASSWORD"].ValueFrom
+	if env["MEMCUDA_REDIS_URL"].Value != "redis://agent:$(REDIS_PASSWORD)@memcuda-redis:6379/0" || pw == nil || pw.SecretKeyRef == nil ||
+		pw.SecretKeyRef.Name != "memcuda-redis" || pw.SecretKeyRef.Key != "agent-password" {
+		t.Fatalf("redis url %q, password from %+v", env["MEMCUDA_REDIS_URL"].Value, pw)
+	}
+	secrets := find[*corev1.Secret](objs)
+	if len(secrets) != 1 || len(secrets[0].StringData["agent-password"]) < 32 ||
+		!strings.Contains(secrets[0].StringData["users.acl"], "user default off") ||
+		!strings.Contains(secrets[0].StringData["users.acl"], "user agent on >"+secrets[0].StringData["agent-password"]) {
+		t.Fatalf("redis secret %+v", secrets)
+	}
+	redisArgs := strings.Join(find[*appsv1.Deployment](objs)[0].Spec.Template.Spec.Containers[0].Args, " ")
+	if !strings.Contains(redisArgs, "--aclfile /etc/memcuda-redis/users.acl") || strings.Contains(redisArgs, "protected-mode") {
+		t.Fatalf("redis args %q", redisArgs)
+	}
+	nps := find[*networkingv1.NetworkPolicy](objs)
+	if len(nps) != 1 || len(nps[0].Spec.Ingress) != 1 || len(nps[0].Spec.Ingress[0].From) != 1 ||
+		nps[0].Spec.Ingress[0].From[0].PodSelector.MatchLabels["app.kubernetes.io/component"] != "agent" {
+		t.Fatalf("redis NetworkPolicy %+v", nps)
+	}
+	if sc := c.SecurityContext; sc == nil || sc.Privileged == nil || !*sc.Privileged {
+		t.Fatalf("agent securityContext %+v, want the documented default (privileged)", sc)
 	}
 	args := strings.Join(c.Args, " ")
 	for _, want := range []string{"--kubernetes", "--socket=/run/memcuda/agent.sock", "--resource-name=memcuda.io/tensors", "--allow-host-clients=false"} {
@@ -208,6 +232,40 @@ func contains(xs []string, s string) bool {
 	return false
 }
 
+// The keys users of other charts expect.
+func TestOverridesAffinityAndSecurity(t *testing.T) {
+	out, err := render(t, "overrides.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs := decode(t, out)
+	ds := find[*appsv1.DaemonSet](objs)
+	if len(ds) != 1 || ds[0].Name != "mc" || ds[0].Labels["app.kubernetes.io/name"] != "tensors" {
+		t.Fatalf("DaemonSet names: %+v", ds)
+	}
+	spec := ds[0].Spec.Template.Spec
+	terms := spec.Affinity.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution.NodeSelectorTerms
+	if terms[0].MatchExpressions[0].Key != "nvidia.com/gpu.present" {
+		t.Fatalf("affinity %+v", spec.Affinity)
+	}
+	if spec.SecurityContext == nil || spec.SecurityContext.RunAsUser == nil || *spec.SecurityContext.RunAsUser != 0 {
+		t.Fatalf("podSecurityContext %+v", spec.SecurityContext)
+	}
+	c := spec.Containers[0]
+	if c.SecurityContext.Privileged != nil || len(c.SecurityContext.Capabilities.Add) != 1 || c.Resources.Limits.Memory().String() != "1Gi" {
+		t.Fatalf("container securityContext %+v resources %+v", c.SecurityContext, c.Resources)
+	}
+	for _, o := range objs {
+		if m, ok := o.(metav1.Object); ok && !strings.HasPrefix(m.GetName(), "mc") {
+			t.Errorf("%T %s does not carry the fullnameOverride", o, m.GetName())
+		}
+	}
+	acl := find[*corev1.Secret](objs)[0].StringData["users.acl"]
+	if !strings.Contains(acl, "user producer on >secret ~tensor:* +@all") {
+		t.Fatalf("extra ACL user missing:\n%s", acl)
+	}
+}
+
 func TestExternalRedis(t *testing.T) {
 	out, err := render(t, "external-redis.yaml")
 	if err != nil {
@@ -257,7 +315,7 @@ func TestServerSideDryRun(t *testing.T) {
 	if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "memcuda"}}); err != nil {
 		t.Fatal(err)
 	}
-	for _, v := range []string{"default.yaml", "external-redis.yaml", "monitoring-runtimeclass.yaml"} {
+	for _, v := range []string{"default.yaml", "external-redis.yaml", "monitoring-runtimeclass.yaml", "overrides.yaml"} {
 		out, err := render(t, v)
 		if err != nil {
 			t.Fatal(err)
