@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -84,6 +85,20 @@ func hasEvent(t *testing.T, c client.Client, ns, podName, reason string) bool {
 	return false
 }
 
+func countEvents(t *testing.T, c client.Client, ns, podName, reason string) int {
+	var list eventsv1.EventList
+	if err := c.List(context.Background(), &list, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range list.Items {
+		if e.Regarding.Name == podName && e.Reason == reason {
+			n++
+		}
+	}
+	return n
+}
+
 func status(t *testing.T, c client.Client, ns, name string) map[string]string {
 	var p corev1.Pod
 	if err := c.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: name}, &p); err != nil {
@@ -139,6 +154,22 @@ func TestPodAnnotationLifecycle(t *testing.T) {
 	p3 := pod("team-a", "p3", "node-1", `[{"name":"later"}]`)
 	c.Create(ctx, p3)
 	eventually(t, "TensorUnavailable event", func() bool { return hasEvent(t, c, "team-a", "p3", k8sapi.ReasonTensorUnavailable) })
+	// Updates of the pod reconcile it again (as the kubelet's status
+	// updates do); the condition did not change, so no new Event.
+	for i := 0; i < 5; i++ {
+		var cur corev1.Pod
+		if err := c.Get(ctx, types.NamespacedName{Namespace: "team-a", Name: "p3"}, &cur); err == nil {
+			if cur.Labels == nil {
+				cur.Labels = map[string]string{}
+			}
+			cur.Labels["touch"] = fmt.Sprint(i)
+			c.Update(ctx, &cur)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if n := countEvents(t, c, "team-a", "p3", k8sapi.ReasonTensorUnavailable); n != 1 {
+		t.Fatalf("%d TensorUnavailable Events for one missing tensor, want 1", n)
+	}
 	if _, _, err := st.Create(ctx, store.CreateParams{Name: "team-a/later", DType: "u8", Shape: []int64{8}, Tenant: "team-a"}); err != nil {
 		t.Fatal(err)
 	}

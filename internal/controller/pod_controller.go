@@ -85,12 +85,20 @@ func (r *PodReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 		r.event(&pod, corev1.EventTypeWarning, k8sapi.ReasonInvalidAnnotation, "%v", err)
 		return ctrl.Result{}, r.setStatus(ctx, &pod, map[string]string{"*": "error: " + err.Error()})
 	}
+	// Events say when a tensor's condition changes, not every time the pod
+	// is reconciled (a pod's own status updates reconcile it too): the
+	// previous status tells which conditions are old news.
+	var prev map[string]string
+	_ = json.Unmarshal([]byte(pod.Annotations[k8sapi.AnnotationStatus]), &prev)
 	status := map[string]string{}
 	retry := false
 	for _, tr := range reqs {
-		st, again := r.ensure(ctx, &pod, holder, tr)
+		st, again, ev := r.ensure(ctx, &pod, holder, tr)
 		status[tr.Name] = st
 		retry = retry || again
+		if ev != nil && prev[tr.Name] != st {
+			ev()
+		}
 	}
 	if err := r.setStatus(ctx, &pod, status); err != nil {
 		return ctrl.Result{}, err
@@ -103,19 +111,23 @@ func (r *PodReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 }
 
 // ensure makes sure the pod holds its reference on one tensor. It returns
-// the status string and whether to try again later.
-func (r *PodReconciler) ensure(ctx context.Context, pod *corev1.Pod, holder string, tr k8sapi.TensorRequest) (string, bool) {
+// the status string, whether to try again later, and the Event that says
+// so (sent when the status changed).
+func (r *PodReconciler) ensure(ctx context.Context, pod *corev1.Pod, holder string, tr k8sapi.TensorRequest) (string, bool, func()) {
+	ev := func(typ, reason, format string, args ...any) func() {
+		return func() { r.event(pod, typ, reason, format, args...) }
+	}
 	name := k8sapi.Scoped(pod.Namespace, tr.Name)
 	if owner := k8sapi.Owner(name); owner != pod.Namespace {
 		var ns corev1.Namespace
 		if err := r.Get(ctx, types.NamespacedName{Name: owner}, &ns); err != nil || !k8sapi.Shares(ns.Annotations[k8sapi.AnnotationShareWith], pod.Namespace) {
-			r.event(pod, corev1.EventTypeWarning, k8sapi.ReasonPermissionDenied, "namespace %s does not share tensor %s with %s (annotation %s)", owner, name, pod.Namespace, k8sapi.AnnotationShareWith)
-			return "waiting: permission denied", true // the owner may share it later
+			return "waiting: permission denied", true, // the owner may share it later
+				ev(corev1.EventTypeWarning, k8sapi.ReasonPermissionDenied, "namespace %s does not share tensor %s with %s (annotation %s)", owner, name, pod.Namespace, k8sapi.AnnotationShareWith)
 		}
 	}
 	if holders, err := r.Store.Holders(ctx, name); err == nil && holders[holder] > 0 {
 		if info, err := r.Store.Stat(ctx, name); err == nil && matches(info.DType, info.Shape, tr) {
-			return "ready", false
+			return "ready", false, nil
 		}
 	}
 	var err error
@@ -136,20 +148,15 @@ func (r *PodReconciler) ensure(ctx context.Context, pod *corev1.Pod, holder stri
 	}
 	switch {
 	case err == nil && created:
-		r.event(pod, corev1.EventTypeNormal, k8sapi.ReasonTensorCreated, "created tensor %s (%s %v)", name, tr.DType, tr.Shape)
-		return "ready", false
+		return "ready", false, ev(corev1.EventTypeNormal, k8sapi.ReasonTensorCreated, "created tensor %s (%s %v)", name, tr.DType, tr.Shape)
 	case err == nil:
-		r.event(pod, corev1.EventTypeNormal, k8sapi.ReasonTensorReady, "holding tensor %s", name)
-		return "ready", false
+		return "ready", false, ev(corev1.EventTypeNormal, k8sapi.ReasonTensorReady, "holding tensor %s", name)
 	case errors.Is(err, errdefs.ErrAlreadyExists):
-		r.event(pod, corev1.EventTypeWarning, k8sapi.ReasonTensorMismatch, "%v", err)
-		return "error: " + err.Error(), false
+		return "error: " + err.Error(), false, ev(corev1.EventTypeWarning, k8sapi.ReasonTensorMismatch, "%v", err)
 	case errors.Is(err, errdefs.ErrNotFound), errors.Is(err, errdefs.ErrUnavailable), errors.Is(err, errdefs.ErrOutOfMemory):
-		r.event(pod, corev1.EventTypeWarning, k8sapi.ReasonTensorUnavailable, "tensor %s: %v", name, err)
-		return "waiting: " + err.Error(), true
+		return "waiting: " + err.Error(), true, ev(corev1.EventTypeWarning, k8sapi.ReasonTensorUnavailable, "tensor %s: %v", name, err)
 	default:
-		r.event(pod, corev1.EventTypeWarning, k8sapi.ReasonTensorUnavailable, "tensor %s: %v", name, err)
-		return "error: " + err.Error(), false
+		return "error: " + err.Error(), false, ev(corev1.EventTypeWarning, k8sapi.ReasonTensorUnavailable, "tensor %s: %v", name, err)
 	}
 }
 
