@@ -5,7 +5,7 @@ PYTHON    ?= python3
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X main.Version=$(VERSION) -X github.com/memcuda/memcuda/pkg/server.Software=memcuda-agent/$(VERSION)
 
-.PHONY: image gpu-suite all build demo test test-go test-python lint fuzz soak bench bench-handover bench-pool bench-socket bench-host envtest-assets clean
+.PHONY: image gpu-suite all build demo test test-go test-python test-cluster lint fuzz soak bench bench-handover bench-pool bench-socket bench-host envtest-assets clean
 
 all: build
 
@@ -15,7 +15,7 @@ build:
 demo: build
 	BIN_DIR=$(BIN_DIR) bash scripts/demo.sh
 
-test: lint test-go test-python
+test: lint test-go test-python test-cluster
 
 lint:
 	@bad=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi
@@ -27,6 +27,11 @@ lint:
 test-go:
 	bash scripts/ensure-redis.sh
 	eval "$$(bash scripts/envtest-assets.sh)" && HELM="$$(bash scripts/helm.sh)" $(GO) test -race -count=1 -timeout 20m ./...
+
+# A real single-node cluster (kubelet, containerd, pods) in its own network
+# namespace: scripts/cluster-test.sh.
+test-cluster:
+	bash scripts/cluster-test.sh
 
 test-python: build
 	PYTHON=$(PYTHON) bash scripts/ensure-python-deps.sh

@@ -21,9 +21,8 @@ archive() {
   "${BA[@]}" push -q "$2" "docker-archive:$D/$1.tar:$2" >/dev/null
 }
 
-# The agent: rebuilt when a tracked file changed.
-tree=$(git ls-files -s | sha256sum | cut -c1-16)
-[ -z "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] || tree=$tree-$(git diff | sha256sum | cut -c1-8)
+# The agent: rebuilt when what goes into its binaries changed.
+tree=$( (git ls-files Dockerfile go.mod go.sum '*.go' | grep -v -e '_test\.go$' -e '^test/' -e '^bench/' | sort | xargs cat) | sha256sum | cut -c1-16)
 if [ "$(cat "$D/agent.tree" 2>/dev/null)" != "$tree" ] || [ ! -f "$D/agent.tar" ]; then
   log "agent image (tree $tree)"
   IMAGE=localhost/memcuda:ci bash scripts/image-build.sh >"$D/agent-build.log" 2>&1 || { tail -30 "$D/agent-build.log" >&2; exit 1; }

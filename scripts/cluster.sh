@@ -18,13 +18,15 @@ NS=${CLUSTER_NETNS:-memcuda-ci}
 IP=10.200.0.1
 NODE=node-ci
 P=$K/pki
-in_ns() { ip netns exec "$NS" "$@"; }
+# nsenter, not `ip netns exec`: that one also remounts /sys for the
+# namespace, which hides the cgroup hierarchies the kubelet and runc need.
+in_ns() { nsenter --net="/var/run/netns/$NS" "$@"; }
 log() { printf '[cluster %5ss] %s\n' "$SECONDS" "$*" >&2; }
 
 # bg NAME CMD...: a daemon inside the namespace, its pid in $K/NAME.pid.
 bg() {
   local n=$1; shift
-  nohup ip netns exec "$NS" "$@" >"$K/logs/$n.log" 2>&1 &
+  nohup nsenter --net="/var/run/netns/$NS" "$@" >"$K/logs/$n.log" 2>&1 &
   echo $! >"$K/$n.pid"
 }
 
@@ -206,7 +208,7 @@ up() {
   bg coredns "$B/coredns" -conf "$K/Corefile"
   start_kubelet
   wait_for 120 "node Ready" in_ns kubectl wait --for=condition=Ready "node/$NODE" --timeout=5s
-  wait_for 60 "the node untainted" sh -c "[ -z \"\$(ip netns exec $NS kubectl get node $NODE -o jsonpath='{.spec.taints}')\" ]"
+  wait_for 60 "the node untainted" sh -c "[ -z \"\$(nsenter --net=/var/run/netns/$NS kubectl get node $NODE -o jsonpath='{.spec.taints}')\" ]"
   wait_for 60 "the default service account" in_ns kubectl -n default get sa default
   log "node Ready"
   cat >"$K/env" <<EOF
@@ -268,7 +270,7 @@ down() {
     [ -d "$c" ] && find "$c" -depth -type d -exec rmdir {} \; 2>/dev/null || true
   done
   ip netns del "$NS" 2>/dev/null || true
-  rm -rf /var/lib/kubelet/device-plugins/memcuda*.sock
+  rm -f /var/lib/kubelet/device-plugins/memcuda*.sock /var/lib/kubelet/device-plugins/kubelet.sock /var/lib/kubelet/device-plugins/kubelet_internal_checkpoint
   rm -rf "$K"
 }
 
