@@ -71,6 +71,7 @@ func run(args []string) error {
 	fs.StringVar(&cfg.PluginDir, "device-plugin-dir", "/var/lib/kubelet/device-plugins", "kubelet's device-plugin directory")
 	fs.StringVar(&cfg.ResourceName, "resource-name", k8sapi.ResourceName, "extended resource the device plugin advertises")
 	fs.IntVar(&cfg.Slots, "slots", 128, "how many pods of the node may request the resource at once")
+	fs.StringVar(&cfg.ExposeGPUs, "expose-gpus", "", `with --kubernetes: NVIDIA_VISIBLE_DEVICES for every pod with a slot ("all", or GPU UUIDs or indices), so pods see the GPUs holding their tensors; those GPUs are not accounted by the scheduler ("" off)`)
 	fs.StringVar(&cfg.ContainerSocket, "container-socket-dir", "/run/memcuda", "where pods see the socket's directory")
 	fs.StringVar(&logFormat, "log-format", "json", "log format: json or text")
 	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")

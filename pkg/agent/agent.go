@@ -90,6 +90,7 @@ type Config struct {
 	ResourceName     string
 	Slots            int
 	ContainerSocket  string // where pods see the socket directory
+	ExposeGPUs       string // NVIDIA_VISIBLE_DEVICES for pods with a slot ("" off; deviceplugin.Config)
 }
 
 // Agent is a running agent.
@@ -496,7 +497,8 @@ func (a *Agent) startKubernetes(ctx context.Context, run func(func())) ([]server
 	plugin, err := deviceplugin.New(deviceplugin.Config{
 		ResourceName: a.cfg.ResourceName, Slots: a.cfg.Slots, PluginDir: a.cfg.PluginDir, SocketName: "memcuda-" + a.instance + ".sock",
 		HostSocket: a.cfg.Socket, Container: a.cfg.ContainerSocket,
-		Env: map[string]string{"MEMCUDA_NODE_NAME": a.cfg.Node, "MEMCUDA_REDIS_PREFIX": a.cfg.RedisPrefix},
+		Env:        map[string]string{"MEMCUDA_NODE_NAME": a.cfg.Node, "MEMCUDA_REDIS_PREFIX": a.cfg.RedisPrefix},
+		ExposeGPUs: a.cfg.ExposeGPUs,
 	}, a.log)
 	if err != nil {
 		return nil, err

@@ -30,6 +30,12 @@ type Config struct {
 	HostSocket   string            // the agent's socket path on the host
 	Container    string            // where the socket directory is mounted in containers
 	Env          map[string]string // extra environment for containers (node name...)
+	// ExposeGPUs, when set, is the NVIDIA_VISIBLE_DEVICES every container
+	// with a slot gets ("all", or GPU UUIDs or indices, comma-separated):
+	// the NVIDIA container runtime then mounts those GPUs, so a pod sees
+	// the GPU that holds its tensors without asking for nvidia.com/gpu.
+	// Those GPUs are not accounted to the pod by the scheduler.
+	ExposeGPUs string
 }
 
 // Plugin serves the DevicePlugin service and keeps itself registered.
@@ -223,6 +229,9 @@ func (p *Plugin) Allocate(_ context.Context, req *pluginapi.AllocateRequest) (*p
 		env := map[string]string{"MEMCUDA_SOCKET": filepath.Join(p.cfg.Container, sockName)}
 		for k, v := range p.cfg.Env {
 			env[k] = v
+		}
+		if p.cfg.ExposeGPUs != "" {
+			env["NVIDIA_VISIBLE_DEVICES"] = p.cfg.ExposeGPUs
 		}
 		resp.ContainerResponses = append(resp.ContainerResponses, &pluginapi.ContainerAllocateResponse{
 			Envs: env,

@@ -125,6 +125,9 @@ func TestRegisterListAndWatchAllocate(t *testing.T) {
 		if cr.Envs["MEMCUDA_SOCKET"] != "/run/memcuda/agent.sock" || cr.Envs["MEMCUDA_NODE_NAME"] != "node-1" {
 			t.Fatalf("envs %v", cr.Envs)
 		}
+		if _, ok := cr.Envs["NVIDIA_VISIBLE_DEVICES"]; ok {
+			t.Fatalf("GPUs exposed without --expose-gpus: %v", cr.Envs)
+		}
 		if len(cr.Mounts) != 1 || cr.Mounts[0].HostPath != "/run/memcuda" || cr.Mounts[0].ContainerPath != "/run/memcuda" || cr.Mounts[0].ReadOnly {
 			t.Fatalf("mounts %v", cr.Mounts)
 		}
@@ -134,6 +137,28 @@ func TestRegisterListAndWatchAllocate(t *testing.T) {
 	}})
 	if err != nil || len(pref.ContainerResponses[0].DeviceIDs) != 2 || pref.ContainerResponses[0].DeviceIDs[0] != "tensors-1" {
 		t.Fatalf("preferred allocation %v %v", pref, err)
+	}
+}
+
+// With ExposeGPUs, every container with a slot sees those GPUs (the NVIDIA
+// runtime reads NVIDIA_VISIBLE_DEVICES), so a reader pod sees the GPU its
+// tensor lives on.
+func TestAllocateExposesGPUsWhenAsked(t *testing.T) {
+	p, err := New(Config{ResourceName: "memcuda.io/tensors", Slots: 2, PluginDir: t.TempDir(), HostSocket: "/run/memcuda/agent.sock",
+		ExposeGPUs: "GPU-0b1c,GPU-9f2e"}, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := p.Allocate(context.Background(), &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{
+		{DevicesIds: []string{"tensors-0"}}, {DevicesIds: []string{"tensors-1"}},
+	}})
+	if err != nil || len(resp.ContainerResponses) != 2 {
+		t.Fatalf("allocate: %v %v", resp, err)
+	}
+	for _, cr := range resp.ContainerResponses {
+		if cr.Envs["NVIDIA_VISIBLE_DEVICES"] != "GPU-0b1c,GPU-9f2e" || cr.Envs["MEMCUDA_SOCKET"] != "/run/memcuda/agent.sock" {
+			t.Fatalf("envs %v", cr.Envs)
+		}
 	}
 }
 
