@@ -280,9 +280,13 @@ func (c *cluster) hash(key string) map[string]string {
 	return m
 }
 
-func (c *cluster) record(name string) map[string]string { return c.hash("tensor:" + node + ":meta:" + name) }
+func (c *cluster) record(name string) map[string]string {
+	return c.hash("tensor:" + node + ":meta:" + name)
+}
 
-func (c *cluster) holders(name string) map[string]string { return c.hash("tensor:" + node + ":refs:" + name) }
+func (c *cluster) holders(name string) map[string]string {
+	return c.hash("tensor:" + node + ":refs:" + name)
+}
 
 // queue sends a command through the Redis command queue and returns its reply.
 func (c *cluster) queue(cmd map[string]any) map[string]any {
