@@ -30,4 +30,8 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
   -d "$D/wheels" "rmm-cu13==26.10.*" "librmm-cu13==26.10.*" "rapids-logger==0.3.*" \
   || echo "RMM wheels not downloaded: the allocator comparison will skip RMM" >&2
+# redis-py for the client's Redis-only path (the GPU machine's Python lacks
+# it): pure Python, unpacked there onto the tests' path.
+mkdir -p "$D/pywheels"
+python3 -m pip download -q --no-deps --only-binary=:all: -d "$D/pywheels" "redis>=4.2"
 du -sh "$D"

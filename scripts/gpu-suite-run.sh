@@ -2,7 +2,8 @@
 # Runs the whole GPU suite on a GPU machine in one go (see `make gpu-suite`):
 # Go cuda and backend tests, the Python tests (host and GPU, vmm and legacy),
 # the demo, and the benchmarks. Logs and JSON go to $OUT (or ./gpu-out).
-# ONLY_BENCH=1 skips the tests, SKIP_BENCH=1 the benchmarks, SKIP_GO_BENCH=1
+# ONLY_BENCH=1 skips the tests, SKIP_GO_TESTS=1 the Go tests, PYTEST_ARGS
+# picks Python tests (default: all), SKIP_BENCH=1 the benchmarks, SKIP_GO_BENCH=1
 # the Go benchmarks, SKIP_WEIGHTS=1 the model-weights benchmark, SKIP_ALLOC=1
 # the allocator comparison, SKIP_HANDOVER=1 the hand-over window; BENCH_MODES and BENCH_N pick backends and samples (a
 # mode ending in -sync runs that backend with --registry-write-behind=false:
@@ -17,6 +18,11 @@ export LD_LIBRARY_PATH=$D/redis/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_
 export REDIS_SERVER=$D/redis/usr/bin/redis-server
 export BIN_DIR=$D/bin MEMCUDA_BIN_DIR=$D/bin
 for f in "$D"/bin/*.gz "$D"/test/*.gz; do [ -f "$f" ] && gunzip -f "$f"; done
+# Pure-Python packages the machine lacks (redis-py): unpacked, not installed.
+if compgen -G "$D/pywheels/*.whl" >/dev/null; then
+  python3 -c 'import sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sys.argv[2:]]' "$D/pyclient" "$D"/pywheels/*.whl
+  export PYTHONPATH=$D/pyclient${PYTHONPATH:+:$PYTHONPATH}
+fi
 status=0
 step() { echo; echo "=== $*"; }
 run() { "$@" || { echo "FAILED: $*"; status=1; }; }
@@ -36,11 +42,13 @@ python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.versio
 "$REDIS_SERVER" --version
 
 if [ -z "${ONLY_BENCH:-}" ]; then
-  step go cuda tests
-  runlog "$OUT/go-cuda.log" "grep -E '^(--- |PASS|FAIL|ok)|\.go:[0-9]+:'" "$D/test/cuda.test" -test.v -test.count=1
-  step go gpu backend tests
-  runlog "$OUT/go-gpu.log" "grep -E '^(--- |PASS|FAIL|ok)|\.go:[0-9]+:'" "$D/test/gpu.test" -test.v -test.count=1
-  if [ -z "${SKIP_GO_BENCH:-}" ]; then
+  if [ -z "${SKIP_GO_TESTS:-}" ]; then
+    step go cuda tests
+    runlog "$OUT/go-cuda.log" "grep -E '^(--- |PASS|FAIL|ok)|\.go:[0-9]+:'" "$D/test/cuda.test" -test.v -test.count=1
+    step go gpu backend tests
+    runlog "$OUT/go-gpu.log" "grep -E '^(--- |PASS|FAIL|ok)|\.go:[0-9]+:'" "$D/test/gpu.test" -test.v -test.count=1
+  fi
+  if [ -z "${SKIP_GO_BENCH:-}${SKIP_GO_TESTS:-}" ]; then
     step go benchmarks: fill, Redis scripts, store create, the agent over its socket
     runlog "$OUT/go-bench.log" "grep -E '^Benchmark'" bash -c "$D/test/cuda.test -test.run '^\$' -test.bench . -test.benchtime 2000x &&
       $D/test/registry.test -test.run '^\$' -test.bench . -test.benchtime 2000x &&
@@ -48,7 +56,7 @@ if [ -z "${ONLY_BENCH:-}" ]; then
       $D/test/agent.test -test.run '^\$' -test.bench Socket -test.benchtime 4000x -test.count 3"
   fi
   step python tests
-  runlog "$OUT/pytest.log" "tail -25" bash -c 'cd python && python3 -m pytest -q -rs -p no:cacheprovider tests'
+  runlog "$OUT/pytest.log" "tail -25" bash -c "cd python && python3 -m pytest -q -rs -p no:cacheprovider ${PYTEST_ARGS:-tests}"
   step demo
   runlog "$OUT/demo.log" "cat" bash scripts/demo.sh
 fi
@@ -69,14 +77,6 @@ if [ -z "${SKIP_BENCH:-}" ]; then
     memcuda_down
     AGENT_PID= REDIS_PID=
   done
-  if [ -z "${SKIP_WEIGHTS:-}" ]; then
-    step "one copy of a model's weights for N processes"
-    RUN=$(mktemp -d)
-    memcuda_up "$RUN" --backend vmm --log-level warn --metrics-addr ""
-    runlog "$OUT/weights.log" "tail -12" python3 bench/weights_bench.py --procs "${WEIGHTS_PROCS:-4,8}" --out "$OUT/weights.json"
-    memcuda_down
-    AGENT_PID= REDIS_PID=
-  fi
   if [ -z "${SKIP_HANDOVER:-}" ]; then
     # Legacy memory cannot be handed over (its handles are the maker's).
     for mode in vmm; do
@@ -84,6 +84,14 @@ if [ -z "${SKIP_BENCH:-}" ]; then
       runlog "$OUT/handover-$mode.log" "tail -4" env HANDOVER_BIN="$D/bin/handover" ROUNDS="${HANDOVER_ROUNDS:-10}" \
         bash bench/handover.sh --backend "$mode"
     done
+  fi
+  if [ -z "${SKIP_WEIGHTS:-}" ]; then
+    step "one copy of a model's weights for N processes"
+    RUN=$(mktemp -d)
+    memcuda_up "$RUN" --backend vmm --log-level warn --metrics-addr ""
+    runlog "$OUT/weights.log" "tail -12" python3 bench/weights_bench.py --procs "${WEIGHTS_PROCS:-4,8}" --out "$OUT/weights.json"
+    memcuda_down
+    AGENT_PID= REDIS_PID=
   fi
   if [ -z "${SKIP_ALLOC:-}" ]; then
     step allocator trace

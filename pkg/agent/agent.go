@@ -158,14 +158,25 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A GPU backend starts CUDA before the hand-over, while the predecessor
+	// still serves (its start is most of a new instance's); the host backend
+	// claims the shared-memory lock the hand-over passes, so it comes after.
+	if mode != v1.ModeHost {
+		if a.be, err = a.openBackend(mode); err != nil {
+			return nil, err
+		}
+	}
 	if err := a.takeOver(mode); err != nil {
+		if a.be != nil {
+			_ = a.be.Close()
+		}
 		return nil, err
 	}
-	be, err := a.openBackend(mode)
-	if err != nil {
-		return nil, err
+	if a.be == nil {
+		if a.be, err = a.openBackend(mode); err != nil {
+			return nil, err
+		}
 	}
-	a.be = be
 	var regOpts []registry.Option
 	if cfg.RegistryWriteBehind {
 		// Answering before Redis must not hide a Redis that is gone: watch it.

@@ -268,6 +268,9 @@ def process_event(ordinal: int, stream: int) -> tuple[ctypes.c_void_p, str]:
     out = (ev, base64.b64encode(bytes(h)).decode())
     with _lock:
         _events[(ordinal, stream)] = out
+        # The driver refuses to open a handle in the process that made it:
+        # a wait on this process's own published event uses the event itself.
+        _opened[out[1]] = ev
     return out
 
 

@@ -19,6 +19,14 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "python"))
 
 
+def child_pythonpath() -> str:
+    """PYTHONPATH for a child interpreter: this package first, then whatever
+    path the tests run with (packages carried beside the interpreter's own)."""
+    pkg = str(Path(__file__).resolve().parents[1])
+    rest = os.environ.get("PYTHONPATH")
+    return pkg + (os.pathsep + rest if rest else "")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

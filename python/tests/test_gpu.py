@@ -12,8 +12,9 @@ import time
 import pytest
 
 import memcuda
+from conftest import child_pythonpath
 
-PKG = os.path.dirname(os.path.dirname(memcuda.__file__))
+PKG = child_pythonpath()
 
 PRELUDE = """
 import hashlib, os, sys, time, torch, memcuda

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 
 import memcuda
+from conftest import child_pythonpath
 
 
 def child(code: str, agent, prefix_cmd: list[str] | None = None) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, MEMCUDA_SOCKET=agent.socket, PYTHONPATH=os.path.dirname(os.path.dirname(memcuda.__file__)))
+    env = dict(os.environ, MEMCUDA_SOCKET=agent.socket, PYTHONPATH=child_pythonpath())
     return subprocess.run([*(prefix_cmd or []), sys.executable, "-c", textwrap.dedent(code)], env=env,
                           capture_output=True, text=True, timeout=60)
 
@@ -270,7 +271,7 @@ def test_received_descriptors_are_close_on_exec(agent) -> None:
 def test_kill9_releases(agent) -> None:
     with memcuda.connect() as s:
         s.create("k", (4,), "f32").release()
-    env = dict(os.environ, MEMCUDA_SOCKET=agent.socket, PYTHONPATH=os.path.dirname(os.path.dirname(memcuda.__file__)))
+    env = dict(os.environ, MEMCUDA_SOCKET=agent.socket, PYTHONPATH=child_pythonpath())
     p = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
         import memcuda, sys, time
         s = memcuda.connect()

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import memcuda
+from conftest import child_pythonpath
 from memcuda import _dlpack
 
 
@@ -228,5 +229,5 @@ def test_redis_only_path_without_redis_py_says_what_to_install(agent, tmp_path: 
     code = ("import sys; sys.modules['redis'] = None; import memcuda\n"
             "try:\n    memcuda.open_from_redis('redis://127.0.0.1:1/0', 'x')\n"
             "except memcuda.FailedPrecondition as e:\n    print(e)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(Path(memcuda.__file__).parents[1])})
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": child_pythonpath()})
     assert "pip install 'memcuda[redis]'" in out.stdout, out.stderr
