@@ -65,6 +65,7 @@ func run(args []string) error {
 	fs.BoolVar(&cfg.ZeroFill, "zero-fill", true, "zero new tensors (a reused block never shows old data)")
 	fs.BoolVar(&cfg.Queue, "queue", true, "serve the Redis command queue")
 	fs.BoolVar(&cfg.RegistryWriteBehind, "registry-write-behind", true, "answer a socket create, or a connection's first get of a tensor, before its Redis script runs (right after; later requests on the name wait for it)")
+	fs.DurationVar(&cfg.RegistryCoalesce, "registry-coalesce", time.Millisecond, "with --registry-write-behind: how long a connection's get waits before its Redis script runs; released within it, neither the get nor the release reaches Redis (Redis sees connections' references up to this late; 0: at once)")
 	fs.BoolVar(&cfg.RedisBlockingIO, "redis-blocking-io", true, "wait for Redis replies in poll(2) on the request's thread, not in Go's network poller (false: the poller)")
 	fs.BoolVar(&cfg.Kubernetes, "kubernetes", false, "run the pod controller, the device plugin and per-namespace access control (in a DaemonSet)")
 	fs.BoolVar(&cfg.AllowHostClients, "allow-host-clients", true, "with --kubernetes: let processes outside any pod use the socket")

@@ -69,8 +69,11 @@ type Config struct {
 	// tensor, is answered once the agent has decided it; its Redis script
 	// runs right after, beside the connection's next requests (store.WithWriteBehind).
 	RegistryWriteBehind bool
-	OpTimeout           time.Duration
-	HeartbeatTTL        time.Duration
+	// RegistryCoalesce: with write-behind, how long a connection's get
+	// script waits for a release that cancels both (store.WithCoalesce).
+	RegistryCoalesce time.Duration
+	OpTimeout        time.Duration
+	HeartbeatTTL     time.Duration
 	// ReattachGrace is how long clients of a previous instance have to
 	// reconnect and take their references (and, on vmm, their segments'
 	// descriptors) over before what they held is dropped.
@@ -187,7 +190,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	a.reg = registry.New(a.rdb, registry.Keys{Prefix: cfg.RedisPrefix, Node: cfg.Node}, regOpts...)
 	a.st = store.New(a.reg, a.be, a.instance, cfg.Node,
 		store.WithLogger(log), store.WithDeviceLimit(cfg.DeviceLimit), store.WithZeroFill(cfg.ZeroFill),
-		store.WithWriteBehind(cfg.RegistryWriteBehind), store.WithLost(a.tensorLost))
+		store.WithWriteBehind(cfg.RegistryWriteBehind), store.WithCoalesce(cfg.RegistryCoalesce), store.WithLost(a.tensorLost))
 	return a, nil
 }
 

@@ -631,9 +631,11 @@ func (cn *conn) release(ctx context.Context, req *v1.Request, _ *v1.Response) ([
 		cn.leases[req.Name]--
 		return nil, nil
 	}
-	if _, err := cn.srv.st.Release(ctx, store.ReleaseParams{Name: req.Name, Holder: cn.holder, Count: registry.AllRefs, Fence: fence}); err != nil {
+	_, commit, err := cn.srv.st.ReleaseBehind(ctx, store.ReleaseParams{Name: req.Name, Holder: cn.holder, Count: registry.AllRefs, Fence: fence})
+	if err != nil {
 		return nil, err
 	}
+	cn.commit = commit
 	delete(cn.leases, req.Name)
 	delete(cn.infos, req.Name)
 	return nil, nil

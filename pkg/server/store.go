@@ -31,7 +31,7 @@ type Leases interface {
 type References interface {
 	Create(ctx context.Context, p store.CreateParams) (v1.Tensor, store.Commit, error)
 	Get(ctx context.Context, p store.GetParams) (v1.Tensor, store.Commit, error)
-	Release(ctx context.Context, p store.ReleaseParams) (registry.ReleaseResult, error)
+	ReleaseBehind(ctx context.Context, p store.ReleaseParams) (registry.ReleaseResult, store.Commit, error)
 }
 
 // Memory is what a connection holding a tensor asks of its memory.

@@ -38,6 +38,7 @@ type Store struct {
 	limit       uint64
 	zeroFill    bool
 	writeBehind bool // socket creates and first gets may be answered before their script
+	coalesce    time.Duration
 	now         func() time.Time
 	bg          context.Context // registry writes retried after their request ended
 	stop        context.CancelFunc
@@ -73,6 +74,13 @@ func WithZeroFill(on bool) Option { return func(s *Store) { s.zeroFill = on } }
 // params) be answered as soon as the agent has decided it, its Redis
 // script following in the returned Commit. Default off.
 func WithWriteBehind(on bool) Option { return func(s *Store) { s.writeBehind = on } }
+
+// WithCoalesce holds a connection's written-behind get script back for d
+// after the answer: a release of that reference within d cancels both, so
+// a get, use and release that short costs Redis nothing, and Redis sees
+// the connection's references up to d late. 0 (the default): the script
+// runs at once (a release can still cancel it before it starts).
+func WithCoalesce(d time.Duration) Option { return func(s *Store) { s.coalesce = d } }
 
 // New returns a store. instance identifies this agent process: records of
 // other instances are stale after a restart.
@@ -199,7 +207,7 @@ func (s *Store) Create(ctx context.Context, p CreateParams) (v1.Tensor, Commit, 
 	if s.writesBehind(p.WriteBehind, p.Holder, p.ReqID) {
 		// Holding the name's turn keeps other creators of it waiting until
 		// the record is in Redis; gets may queue behind it and write behind too.
-		t, ok := s.order.takeBehind(p.Name, func(last *turn) bool { return last == nil && !s.table.hasName(p.Name) })
+		t, ok := s.order.takeCreateBehind(p.Name, func(last *turn) bool { return last == nil && !s.table.hasName(p.Name) })
 		if ok {
 			return s.createBehind(ctx, p, dt, n, dev, t)
 		}
@@ -426,10 +434,10 @@ func (s *Store) Get(ctx context.Context, p GetParams) (v1.Tensor, Commit, error)
 	}
 	if s.writesBehind(p.WriteBehind, p.Holder, p.ReqID) {
 		var info v1.Tensor
-		t, ok := s.order.takeBehind(p.Name, func(last *turn) bool {
+		t, ok := s.order.takeBehind(p.Name, p.Holder, func(last *turn) bool {
 			// Behind a script that may free the tensor (a delete, a
 			// release), only its outcome can say whether the get succeeds.
-			if last != nil && !last.writeBehind {
+			if last != nil && !last.keeps {
 				return false
 			}
 			var ok bool
@@ -446,7 +454,7 @@ func (s *Store) Get(ctx context.Context, p GetParams) (v1.Tensor, Commit, error)
 		}
 	}
 	var info v1.Tensor
-	err := s.order.run(ctx, p.Name, func() (err error) {
+	err := s.order.runKeeping(ctx, p.Name, func() (err error) {
 		info, err = s.get(ctx, p.Name, p.Holder, p.ReqID)
 		return err
 	})
@@ -498,13 +506,77 @@ func (s *Store) Release(ctx context.Context, p ReleaseParams) (registry.ReleaseR
 	if err := tensor.ValidateName(p.Name); err != nil {
 		return registry.ReleaseResult{}, err
 	}
-	if p.Fence != nil {
-		// Attach first: once the reference is gone, the block may be freed.
-		uid, ok := s.table.uidOf(p.Name)
-		if !ok || !s.table.attachFence(uid, p.Fence) {
-			p.Fence.Release()
+	s.attachReleaseFence(p)
+	if res, ok := s.cancelGet(p); ok {
+		return res, nil
+	}
+	return s.release(ctx, p)
+}
+
+// ReleaseBehind is Release for a connection's whole reference, answered
+// before its registry write when that write cannot free the tensor (it is
+// not deleted, and no earlier script on the name may free it) and the
+// tensor's create is in Redis (so a created and released tensor survives
+// the agent from the answer on): the commit
+// runs the write, like a written-behind get's. The commit is nil when the
+// release was answered after its write, or needed none.
+func (s *Store) ReleaseBehind(ctx context.Context, p ReleaseParams) (registry.ReleaseResult, Commit, error) {
+	if err := tensor.ValidateName(p.Name); err != nil {
+		return registry.ReleaseResult{}, nil, err
+	}
+	s.attachReleaseFence(p)
+	if res, ok := s.cancelGet(p); ok {
+		return res, nil, nil
+	}
+	if p.Count == registry.AllRefs && s.writesBehind(true, p.Holder, p.ReqID) {
+		var res registry.ReleaseResult
+		t, ok := s.order.takeBehind(p.Name, "", func(last *turn) bool {
+			if (last != nil && !last.keeps) || s.order.createPending(p.Name) {
+				return false
+			}
+			var ok bool
+			res.UID, res.Refcount, ok = s.table.releaseBehind(p.Name, p.Holder, s.now())
+			return ok
+		})
+		if ok {
+			return res, s.commitFunc(p.Name, t, func(ctx context.Context) error {
+				r, err := s.reg.Release(ctx, p.Name, p.Holder, registry.AllRefs, false, "")
+				s.released(r, err, p.Holder, registry.AllRefs)
+				return err
+			}, func(err error) {
+				s.log.Warn("the registry refused a release already answered", "name", p.Name, "holder", p.Holder, "err", err)
+			}), nil
 		}
 	}
+	res, err := s.release(ctx, p)
+	return res, nil, err
+}
+
+// attachReleaseFence attaches a release's fence first: once the reference
+// is gone, the block may be freed.
+func (s *Store) attachReleaseFence(p ReleaseParams) {
+	if p.Fence == nil {
+		return
+	}
+	uid, ok := s.table.uidOf(p.Name)
+	if !ok || !s.table.attachFence(uid, p.Fence) {
+		p.Fence.Release()
+	}
+}
+
+// cancelGet answers a connection's release of its whole reference whose
+// get was answered and whose get script has not started: neither reaches
+// Redis (order.cancel).
+func (s *Store) cancelGet(p ReleaseParams) (registry.ReleaseResult, bool) {
+	if p.Count != registry.AllRefs || p.ReqID != "" || p.Holder == "" || !s.order.cancel(p.Name, p.Holder) {
+		return registry.ReleaseResult{}, false
+	}
+	uid, refcount := s.table.unreferenceBehind(p.Name, s.now())
+	return registry.ReleaseResult{UID: uid, Refcount: refcount}, true
+}
+
+// release runs a release's registry script in its turn of the name.
+func (s *Store) release(ctx context.Context, p ReleaseParams) (registry.ReleaseResult, error) {
 	var res registry.ReleaseResult
 	err := s.order.run(ctx, p.Name, func() (err error) {
 		if uid, ok := s.table.takeOrphan(p.Holder, p.Name); ok {
@@ -514,17 +586,25 @@ func (s *Store) Release(ctx context.Context, p ReleaseParams) (registry.ReleaseR
 			return nil
 		}
 		res, err = s.reg.Release(ctx, p.Name, p.Holder, p.Count, false, p.ReqID)
-		if err == nil && res.Freed {
-			s.free(res.UID)
-		} else if err == nil {
-			s.table.refcount(res.UID, res.Refcount, s.now())
-			if !res.Dup {
-				s.table.unhold(res.UID, p.Holder, p.Count)
-			}
-		}
+		s.released(res, err, p.Holder, p.Count)
 		return err
 	})
 	return res, err
+}
+
+// released applies a release script's outcome to the table.
+func (s *Store) released(res registry.ReleaseResult, err error, holder string, count int64) {
+	if err != nil {
+		return
+	}
+	if res.Freed {
+		s.free(res.UID)
+		return
+	}
+	s.table.refcount(res.UID, res.Refcount, s.now())
+	if !res.Dup {
+		s.table.unhold(res.UID, holder, count)
+	}
 }
 
 // Publish records the IPC event readers of name should wait on.

@@ -227,6 +227,46 @@ func (t *table) referenceBehind(name string, now time.Time) (v1.Tensor, bool) {
 	return copyRecord(a.record), true
 }
 
+// unreferenceBehind undoes referenceBehind of name for a reference
+// released before its script ran, and returns the uid and count.
+func (t *table) unreferenceBehind(name string, now time.Time) (string, int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	uid := t.byName[name]
+	a, ok := t.byUID[uid]
+	if !ok || a.record.UID != uid {
+		return uid, 0
+	}
+	if a.record.Refcount > 0 {
+		a.record.Refcount--
+	}
+	a.record.Mtime = now.UnixMilli()
+	return uid, a.record.Refcount
+}
+
+// releaseBehind counts a release of holder's references on name answered
+// before its script, when that script cannot free it: the tensor is live
+// here, not deleted, and not an orphan of holder's. It returns the uid and
+// the count once the script ran. The holders change when it ran (after
+// the holder's own get or create script, which adds it).
+func (t *table) releaseBehind(name, holder string, now time.Time) (string, int64, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	uid, ok := t.byName[name]
+	a := t.byUID[uid]
+	if !ok || a == nil || a.deleted || a.zeroing != nil || a.record.UID != uid {
+		return "", 0, false
+	}
+	if _, orphan := t.orphans[orphanKey{holder, name}]; orphan {
+		return "", 0, false
+	}
+	if a.record.Refcount > 1 { // the registry's own reference stays until a delete
+		a.record.Refcount--
+	}
+	a.record.Mtime = now.UnixMilli()
+	return uid, a.record.Refcount, true
+}
+
 // refcount keeps uid's record's count as Redis last reported it, changed at now.
 func (t *table) refcount(uid string, n int64, now time.Time) {
 	t.mu.Lock()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/memcuda/memcuda/pkg/errdefs"
 )
@@ -15,18 +16,44 @@ import (
 // would apply the agent's decisions out of order. Turns of different names
 // do not wait for each other.
 type turn struct {
-	prev        *turn
-	done        chan struct{} // closed once this script and every earlier one ran
-	writeBehind bool          // answered before its script: a create or a get, which never frees
+	prev  *turn
+	done  chan struct{} // closed once this script and every earlier one ran
+	keeps bool          // its script cannot free the tensor (a create, a get, a release of a live tensor): later gets need not wait for it
+	// holder is set on a connection's written-behind get: until its script
+	// starts, a release by the same holder cancels both (coalescing: a
+	// reference taken and dropped before Redis heard of it never goes there).
+	holder string
+	state  atomic.Int32 // turnPending, turnStarted or turnCancelled
 }
+
+const (
+	turnPending int32 = iota
+	turnStarted
+	turnCancelled
+)
 
 // order is the per-name queue of registry scripts.
 type order struct {
 	mu   sync.Mutex
 	last map[string]*turn // name -> its last queued script
+	open map[string]*turn // name and holder -> its get whose script has not started
+	// queued counts each name's turns not yet ended. Past maxBehind no more
+	// requests are answered ahead of their scripts: they wait their turn,
+	// which bounds how far Redis may fall behind the answers.
+	queued map[string]int
+	// creating is each name's written-behind create not yet ended: a
+	// release waits for it, so a tensor created and released is in Redis
+	// (and survives a crash of the agent) once the release is answered.
+	creating map[string]*turn
 }
 
-func newOrder() *order { return &order{last: map[string]*turn{}} }
+const maxBehind = 256
+
+func newOrder() *order {
+	return &order{last: map[string]*turn{}, open: map[string]*turn{}, queued: map[string]int{}, creating: map[string]*turn{}}
+}
+
+func openKey(name, holder string) string { return name + "\x00" + holder }
 
 // take queues a script on name.
 func (o *order) take(name string) *turn {
@@ -35,22 +62,81 @@ func (o *order) take(name string) *turn {
 	return o.takeLocked(name, false)
 }
 
-func (o *order) takeLocked(name string, writeBehind bool) *turn {
-	t := &turn{prev: o.last[name], done: make(chan struct{}), writeBehind: writeBehind}
+func (o *order) takeLocked(name string, keeps bool) *turn {
+	t := &turn{prev: o.last[name], done: make(chan struct{}), keeps: keeps}
 	o.last[name] = t
+	o.queued[name]++
 	return t
 }
 
 // takeBehind queues a write-behind script on name when may, called with
 // the name's last queued turn (nil when none), allows it. may runs under
 // the order's lock: what it checks cannot change before the turn is queued.
-func (o *order) takeBehind(name string, may func(last *turn) bool) (*turn, bool) {
+// A holder's get passes the holder, so that its release can cancel it (see
+// cancel); a create passes "".
+func (o *order) takeBehind(name, holder string, may func(last *turn) bool) (*turn, bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if !may(o.last[name]) {
+	if o.queued[name] >= maxBehind || !may(o.last[name]) {
 		return nil, false
 	}
-	return o.takeLocked(name, true), true
+	t := o.takeLocked(name, true)
+	if holder != "" {
+		t.holder = holder
+		o.open[openKey(name, holder)] = t
+	}
+	return t, true
+}
+
+// takeCreateBehind is takeBehind for a create.
+func (o *order) takeCreateBehind(name string, may func(last *turn) bool) (*turn, bool) {
+	t, ok := o.takeBehind(name, "", may)
+	if ok {
+		o.mu.Lock()
+		o.creating[name] = t
+		o.mu.Unlock()
+	}
+	return t, ok
+}
+
+// createPending reports whether name's create was answered and its script
+// has not ended. Call it with the lock held (from a may function).
+func (o *order) createPending(name string) bool { return o.creating[name] != nil }
+
+// begin reports whether t's script is to run: false once a release
+// cancelled it. From then on it cannot be cancelled.
+func (o *order) begin(name string, t *turn) bool {
+	if t.holder == "" {
+		return true
+	}
+	if !t.state.CompareAndSwap(turnPending, turnStarted) && t.state.Load() != turnStarted {
+		return false
+	}
+	o.forget(name, t)
+	return true
+}
+
+// cancel cancels holder's get on name whose script has not started, and
+// reports whether there was one: then the holder's reference never reached
+// Redis and its release needs no script either.
+func (o *order) cancel(name, holder string) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	k := openKey(name, holder)
+	t := o.open[k]
+	if t == nil || !t.state.CompareAndSwap(turnPending, turnCancelled) {
+		return false
+	}
+	delete(o.open, k)
+	return true
+}
+
+func (o *order) forget(name string, t *turn) {
+	o.mu.Lock()
+	if k := openKey(name, t.holder); o.open[k] == t {
+		delete(o.open, k)
+	}
+	o.mu.Unlock()
 }
 
 // wait returns once every earlier script on the name has run.
@@ -88,12 +174,35 @@ func (o *order) end(name string, t *turn) {
 	if o.last[name] == t {
 		delete(o.last, name)
 	}
+	if o.queued[name]--; o.queued[name] <= 0 {
+		delete(o.queued, name)
+	}
+	if o.creating[name] == t {
+		delete(o.creating, name)
+	}
+	if t.holder != "" {
+		if k := openKey(name, t.holder); o.open[k] == t {
+			delete(o.open, k)
+		}
+	}
 	o.mu.Unlock()
 }
 
 // run runs fn as name's next registry script.
 func (o *order) run(ctx context.Context, name string, fn func() error) error {
-	t := o.take(name)
+	return o.runTurn(ctx, name, false, fn)
+}
+
+// runKeeping is run for a script that cannot free the tensor (a get):
+// written-behind requests after it need not wait for its outcome.
+func (o *order) runKeeping(ctx context.Context, name string, fn func() error) error {
+	return o.runTurn(ctx, name, true, fn)
+}
+
+func (o *order) runTurn(ctx context.Context, name string, keeps bool, fn func() error) error {
+	o.mu.Lock()
+	t := o.takeLocked(name, keeps)
+	o.mu.Unlock()
 	defer o.end(name, t)
 	if err := t.wait(ctx); err != nil {
 		return err

@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -255,5 +256,250 @@ func TestCreateIsSynchronousUntilReconciled(t *testing.T) {
 		t.Fatalf("after reconciling: commit %v, err %v", c != nil, err)
 	} else {
 		c(ctx)
+	}
+}
+
+// releaseAtOnce releases holder's reference on name, which must not wait
+// for a registry script (its get's was cancelled).
+func releaseAtOnce(t *testing.T, f *fixture, name, holder string) registry.ReleaseResult {
+	t.Helper()
+	var res registry.ReleaseResult
+	ch := result(func() (err error) {
+		res, err = f.st.Release(context.Background(), store.ReleaseParams{Name: name, Holder: holder, Count: registry.AllRefs})
+		return err
+	})
+	select {
+	case err := <-ch:
+		if err != nil {
+			t.Fatalf("release: %v", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("the release waited for its get's registry script: the two were not coalesced")
+	}
+	return res
+}
+
+// A connection's reference released before its get's script started never
+// reaches Redis: neither script runs, and the counts stay true.
+func TestReleaseBeforeTheGetScriptCancelsBoth(t *testing.T) {
+	f := newFixture(t, store.WithWriteBehind(true))
+	ctx := context.Background()
+	info, _, err := f.st.Create(ctx, store.CreateParams{Name: "w", DType: "f32", Shape: []int64{4}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, commit, err := f.st.Get(ctx, store.GetParams{Name: "w", Holder: lease, WriteBehind: true})
+	if err != nil || commit == nil || got.Refcount != 2 {
+		t.Fatalf("write-behind get: %+v commit %v err %v", got, commit != nil, err)
+	}
+	res := releaseAtOnce(t, f, "w", lease)
+	if res.Freed || res.UID != info.UID || res.Refcount != 1 {
+		t.Fatalf("release before the get's script: %+v", res)
+	}
+	commit(ctx) // cancelled: writes nothing
+	holders, _ := f.reg.Holders(ctx, "w")
+	if _, ok := holders[lease]; ok || len(holders) != 1 {
+		t.Fatalf("holders in Redis %v: the cancelled reference reached it", holders)
+	}
+	if rec, err := f.reg.Stat(ctx, "w"); err != nil || rec.Refcount != 1 {
+		t.Fatalf("record %+v %v", rec, err)
+	}
+	if st, err := f.st.Stat(ctx, "w"); err != nil || st.Refcount != 1 {
+		t.Fatalf("agent's record %+v %v", st, err)
+	}
+	// Once the get's script started, the release is a script of its own.
+	_, commit, err = f.st.Get(ctx, store.GetParams{Name: "w", Holder: lease, WriteBehind: true})
+	if err != nil || commit == nil {
+		t.Fatalf("second get: commit %v err %v", commit != nil, err)
+	}
+	commit(ctx)
+	if holders, _ := f.reg.Holders(ctx, "w"); holders[lease] != 1 {
+		t.Fatalf("holders after the get's script %v", holders)
+	}
+	if res, err := f.st.Release(ctx, store.ReleaseParams{Name: "w", Holder: lease, Count: registry.AllRefs}); err != nil || res.Refcount != 1 {
+		t.Fatalf("release after the script: %+v %v", res, err)
+	}
+	if holders, _ := f.reg.Holders(ctx, "w"); len(holders) != 1 {
+		t.Fatalf("holders after the release %v", holders)
+	}
+	// Only a connection's whole reference cancels: a queue release of one
+	// reference (a request id) or another holder's release does not.
+	_, commit, _ = f.st.Get(ctx, store.GetParams{Name: "w", Holder: lease, WriteBehind: true})
+	other := result(func() error {
+		_, err := f.st.Release(ctx, store.ReleaseParams{Name: "w", Holder: "conn:inst1:9", Count: registry.AllRefs})
+		return err
+	})
+	pending(t, other, "another holder's release")
+	commit(ctx)
+	if err := <-other; !errors.Is(err, errdefs.ErrFailedPrecondition) && !errors.Is(err, errdefs.ErrNotFound) && err != nil {
+		t.Fatalf("another holder's release: %v", err)
+	}
+	if holders, _ := f.reg.Holders(ctx, "w"); holders[lease] != 1 {
+		t.Fatalf("another holder's release took this one's reference: %v", holders)
+	}
+}
+
+// A delete queued behind a get whose holder then releases it before the
+// get's script ran frees the tensor: Redis never counted that reference.
+func TestDeleteBehindACancelledGetFrees(t *testing.T) {
+	f := newFixture(t, store.WithWriteBehind(true))
+	ctx := context.Background()
+	info, _, err := f.st.Create(ctx, store.CreateParams{Name: "w", DType: "f32", Shape: []int64{4}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, commit, err := f.st.Get(ctx, store.GetParams{Name: "w", Holder: lease, WriteBehind: true})
+	if err != nil || commit == nil {
+		t.Fatalf("write-behind get: commit %v err %v", commit != nil, err)
+	}
+	var res registry.ReleaseResult
+	del := result(func() (err error) { res, err = f.st.Delete(ctx, "w", "", nil); return err })
+	pending(t, del, "delete")
+	releaseAtOnce(t, f, "w", lease)
+	commit(ctx)
+	if err := <-del; err != nil || !res.Freed {
+		t.Fatalf("delete after the cancelled get: %+v %v", res, err)
+	}
+	if _, ok := f.st.Segment(info.UID); ok {
+		t.Fatal("the block outlived its last reference")
+	}
+}
+
+// With a coalescing window the get's script waits for it: a release within
+// it cancels both; a reference held longer reaches Redis once it passed.
+func TestCoalesceWindow(t *testing.T) {
+	const window = 500 * time.Millisecond
+	f := newFixture(t, store.WithWriteBehind(true), store.WithCoalesce(window))
+	ctx := context.Background()
+	if _, _, err := f.st.Create(ctx, store.CreateParams{Name: "w", DType: "f32", Shape: []int64{4}}); err != nil {
+		t.Fatal(err)
+	}
+	_, commit, err := f.st.Get(ctx, store.GetParams{Name: "w", Holder: lease, WriteBehind: true})
+	if err != nil || commit == nil {
+		t.Fatalf("write-behind get: commit %v err %v", commit != nil, err)
+	}
+	done := result(func() error { commit(ctx); return nil })
+	start := time.Now()
+	releaseAtOnce(t, f, "w", lease)
+	if waited := time.Since(start); waited >= window/2 {
+		t.Fatalf("the release took %v: it waited for the get's script instead of cancelling it", waited)
+	}
+	<-done
+	if holders, _ := f.reg.Holders(ctx, "w"); len(holders) != 1 {
+		t.Fatalf("a reference released within the window reached Redis: %v", holders)
+	}
+	_, commit, _ = f.st.Get(ctx, store.GetParams{Name: "w", Holder: lease, WriteBehind: true})
+	start = time.Now()
+	commit(ctx)
+	if waited := time.Since(start); waited < window {
+		t.Fatalf("the get's script ran after %v, inside the window", waited)
+	}
+	if holders, _ := f.reg.Holders(ctx, "w"); holders[lease] != 1 {
+		t.Fatalf("a reference held past the window is not in Redis: %v", holders)
+	}
+}
+
+// A connection's release of a live tensor is answered before its script,
+// and a get behind it need not wait for it: neither can free the tensor.
+func TestReleaseBehindOfALiveTensor(t *testing.T) {
+	f := newFixture(t, store.WithWriteBehind(true))
+	ctx := context.Background()
+	info, commit := earlyCreate(t, f, "w")
+	commit(ctx)
+	res, rc, err := f.st.ReleaseBehind(ctx, store.ReleaseParams{Name: "w", Holder: lease, Count: registry.AllRefs})
+	if err != nil || rc == nil || res.Freed || res.UID != info.UID || res.Refcount != 1 {
+		t.Fatalf("release behind: %+v commit %v err %v", res, rc != nil, err)
+	}
+	if holders, _ := f.reg.Holders(ctx, "w"); holders[lease] != 1 {
+		t.Fatalf("the release reached Redis before its commit: %v", holders)
+	}
+	other := "conn:inst1:2"
+	got, gc, err := f.st.Get(ctx, store.GetParams{Name: "w", Holder: other, WriteBehind: true})
+	if err != nil || gc == nil || got.Refcount != 2 {
+		t.Fatalf("get behind the release: %+v commit %v err %v", got, gc != nil, err)
+	}
+	// The get's script waits for the release's, in the order answered.
+	gdone := result(func() error { gc(ctx); return nil })
+	pending(t, gdone, "the get's script")
+	rc(ctx)
+	<-gdone
+	holders, _ := f.reg.Holders(ctx, "w")
+	if _, ok := holders[lease]; ok || holders[other] != 1 || len(holders) != 2 {
+		t.Fatalf("holders after both scripts %v", holders)
+	}
+	if rec, _ := f.reg.Stat(ctx, "w"); rec.Refcount != 2 {
+		t.Fatalf("refcount %d", rec.Refcount)
+	}
+	// Once deleted, the last release frees at once and in its own turn.
+	if _, err := f.st.Delete(ctx, "w", "", nil); err != nil {
+		t.Fatal(err)
+	}
+	res, rc, err = f.st.ReleaseBehind(ctx, store.ReleaseParams{Name: "w", Holder: other, Count: registry.AllRefs})
+	if err != nil || rc != nil || !res.Freed {
+		t.Fatalf("last release of a deleted tensor: %+v commit %v err %v", res, rc != nil, err)
+	}
+	if _, ok := f.st.Segment(info.UID); ok {
+		t.Fatal("the block outlived its last reference")
+	}
+	// A release right after a create waits for the create's record: from
+	// its answer on, the tensor is in Redis and survives the agent.
+	_, cc := earlyCreate(t, f, "v")
+	var behind bool
+	rel := result(func() error {
+		_, c, err := f.st.ReleaseBehind(ctx, store.ReleaseParams{Name: "v", Holder: lease, Count: registry.AllRefs})
+		behind = c != nil
+		return err
+	})
+	pending(t, rel, "a release behind an unwritten create")
+	cc(ctx)
+	if err := <-rel; err != nil || behind {
+		t.Fatalf("release after the create's script: behind %v err %v", behind, err)
+	}
+	if rec, err := f.reg.Stat(ctx, "v"); err != nil || rec.Refcount != 1 {
+		t.Fatalf("v in Redis: %+v %v", rec, err)
+	}
+}
+
+// Requests answered ahead of their scripts are bounded per name: past the
+// bound a get waits its turn, so Redis never falls far behind.
+func TestWriteBehindIsBoundedPerName(t *testing.T) {
+	f := newFixture(t, store.WithWriteBehind(true))
+	ctx := context.Background()
+	if _, _, err := f.st.Create(ctx, store.CreateParams{Name: "w", DType: "f32", Shape: []int64{4}}); err != nil {
+		t.Fatal(err)
+	}
+	var commits []store.Commit
+	for i := 0; ; i++ {
+		if i > 10000 {
+			t.Fatal("10,000 gets of one name answered ahead of their scripts: no bound")
+		}
+		holder := fmt.Sprintf("conn:inst1:%d", i+10)
+		var c store.Commit
+		ch := result(func() (err error) {
+			_, c, err = f.st.Get(ctx, store.GetParams{Name: "w", Holder: holder, WriteBehind: true})
+			return err
+		})
+		select {
+		case err := <-ch:
+			if err != nil || c == nil {
+				t.Fatalf("get %d: commit %v err %v", i, c != nil, err)
+			}
+			commits = append(commits, c)
+			continue
+		case <-time.After(100 * time.Millisecond):
+		}
+		if len(commits) < 8 {
+			t.Fatalf("only %d gets were answered ahead of their scripts", len(commits))
+		}
+		for _, c := range commits {
+			c(ctx)
+		}
+		if err := <-ch; err != nil || c != nil {
+			t.Fatalf("the get past the bound: commit %v err %v", c != nil, err)
+		}
+		if rec, _ := f.reg.Stat(ctx, "w"); rec.Refcount != int64(len(commits))+2 {
+			t.Fatalf("refcount %d after %d gets", rec.Refcount, len(commits)+1)
+		}
+		return
 	}
 }

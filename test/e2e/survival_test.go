@@ -227,7 +227,11 @@ func TestHandOverToANewInstance(t *testing.T) {
 	if _, err := c.Create(ctx, "y", "f32", []int64{16}); err != nil {
 		t.Fatal(err)
 	}
-	before, _ := e.stat("x")
+	// Through the agent, which answers once x's registry write is done.
+	before, err := c.Stat(ctx, "x")
+	if err != nil || before.UID == "" {
+		t.Fatalf("x before the hand-over: %+v %v", before, err)
+	}
 
 	loop := e.dial()
 	var ops, failures atomic.Int64
