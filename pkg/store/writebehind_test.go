@@ -259,6 +259,28 @@ func TestCreateIsSynchronousUntilReconciled(t *testing.T) {
 	}
 }
 
+// withTensor is a write-behind fixture holding tensor "w" (created by no
+// connection: the registry's reference only).
+func withTensor(t *testing.T, opts ...store.Option) (*fixture, v1.Tensor) {
+	t.Helper()
+	f := newFixture(t, append([]store.Option{store.WithWriteBehind(true)}, opts...)...)
+	info, _, err := f.st.Create(context.Background(), store.CreateParams{Name: "w", DType: "f32", Shape: []int64{4}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f, info
+}
+
+// earlyGet is holder's get of name, which must be answered before its script.
+func earlyGet(t *testing.T, f *fixture, name, holder string) (v1.Tensor, store.Commit) {
+	t.Helper()
+	got, commit, err := f.st.Get(context.Background(), store.GetParams{Name: name, Holder: holder, WriteBehind: true})
+	if err != nil || commit == nil {
+		t.Fatalf("write-behind get of %s: commit %v err %v", name, commit != nil, err)
+	}
+	return got, commit
+}
+
 // releaseAtOnce releases holder's reference on name, which must not wait
 // for a registry script (its get's was cancelled).
 func releaseAtOnce(t *testing.T, f *fixture, name, holder string) registry.ReleaseResult {
@@ -282,15 +304,11 @@ func releaseAtOnce(t *testing.T, f *fixture, name, holder string) registry.Relea
 // A connection's reference released before its get's script started never
 // reaches Redis: neither script runs, and the counts stay true.
 func TestReleaseBeforeTheGetScriptCancelsBoth(t *testing.T) {
-	f := newFixture(t, store.WithWriteBehind(true))
+	f, info := withTensor(t)
 	ctx := context.Background()
-	info, _, err := f.st.Create(ctx, store.CreateParams{Name: "w", DType: "f32", Shape: []int64{4}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, commit, err := f.st.Get(ctx, store.GetParams{Name: "w", Holder: lease, WriteBehind: true})
-	if err != nil || commit == nil || got.Refcount != 2 {
-		t.Fatalf("write-behind get: %+v commit %v err %v", got, commit != nil, err)
+	got, commit := earlyGet(t, f, "w", lease)
+	if got.Refcount != 2 {
+		t.Fatalf("write-behind get: %+v", got)
 	}
 	res := releaseAtOnce(t, f, "w", lease)
 	if res.Freed || res.UID != info.UID || res.Refcount != 1 {
@@ -308,10 +326,7 @@ func TestReleaseBeforeTheGetScriptCancelsBoth(t *testing.T) {
 		t.Fatalf("agent's record %+v %v", st, err)
 	}
 	// Once the get's script started, the release is a script of its own.
-	_, commit, err = f.st.Get(ctx, store.GetParams{Name: "w", Holder: lease, WriteBehind: true})
-	if err != nil || commit == nil {
-		t.Fatalf("second get: commit %v err %v", commit != nil, err)
-	}
+	_, commit = earlyGet(t, f, "w", lease)
 	commit(ctx)
 	if holders, _ := f.reg.Holders(ctx, "w"); holders[lease] != 1 {
 		t.Fatalf("holders after the get's script %v", holders)
@@ -342,16 +357,9 @@ func TestReleaseBeforeTheGetScriptCancelsBoth(t *testing.T) {
 // A delete queued behind a get whose holder then releases it before the
 // get's script ran frees the tensor: Redis never counted that reference.
 func TestDeleteBehindACancelledGetFrees(t *testing.T) {
-	f := newFixture(t, store.WithWriteBehind(true))
+	f, info := withTensor(t)
 	ctx := context.Background()
-	info, _, err := f.st.Create(ctx, store.CreateParams{Name: "w", DType: "f32", Shape: []int64{4}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, commit, err := f.st.Get(ctx, store.GetParams{Name: "w", Holder: lease, WriteBehind: true})
-	if err != nil || commit == nil {
-		t.Fatalf("write-behind get: commit %v err %v", commit != nil, err)
-	}
+	_, commit := earlyGet(t, f, "w", lease)
 	var res registry.ReleaseResult
 	del := result(func() (err error) { res, err = f.st.Delete(ctx, "w", "", nil); return err })
 	pending(t, del, "delete")
@@ -369,15 +377,9 @@ func TestDeleteBehindACancelledGetFrees(t *testing.T) {
 // it cancels both; a reference held longer reaches Redis once it passed.
 func TestCoalesceWindow(t *testing.T) {
 	const window = 500 * time.Millisecond
-	f := newFixture(t, store.WithWriteBehind(true), store.WithCoalesce(window))
+	f, _ := withTensor(t, store.WithCoalesce(window))
 	ctx := context.Background()
-	if _, _, err := f.st.Create(ctx, store.CreateParams{Name: "w", DType: "f32", Shape: []int64{4}}); err != nil {
-		t.Fatal(err)
-	}
-	_, commit, err := f.st.Get(ctx, store.GetParams{Name: "w", Holder: lease, WriteBehind: true})
-	if err != nil || commit == nil {
-		t.Fatalf("write-behind get: commit %v err %v", commit != nil, err)
-	}
+	_, commit := earlyGet(t, f, "w", lease)
 	done := result(func() error { commit(ctx); return nil })
 	start := time.Now()
 	releaseAtOnce(t, f, "w", lease)
@@ -388,7 +390,7 @@ func TestCoalesceWindow(t *testing.T) {
 	if holders, _ := f.reg.Holders(ctx, "w"); len(holders) != 1 {
 		t.Fatalf("a reference released within the window reached Redis: %v", holders)
 	}
-	_, commit, _ = f.st.Get(ctx, store.GetParams{Name: "w", Holder: lease, WriteBehind: true})
+	_, commit = earlyGet(t, f, "w", lease)
 	start = time.Now()
 	commit(ctx)
 	if waited := time.Since(start); waited < window {
@@ -414,9 +416,9 @@ func TestReleaseBehindOfALiveTensor(t *testing.T) {
 		t.Fatalf("the release reached Redis before its commit: %v", holders)
 	}
 	other := "conn:inst1:2"
-	got, gc, err := f.st.Get(ctx, store.GetParams{Name: "w", Holder: other, WriteBehind: true})
-	if err != nil || gc == nil || got.Refcount != 2 {
-		t.Fatalf("get behind the release: %+v commit %v err %v", got, gc != nil, err)
+	got, gc := earlyGet(t, f, "w", other)
+	if got.Refcount != 2 {
+		t.Fatalf("get behind the release: %+v", got)
 	}
 	// The get's script waits for the release's, in the order answered.
 	gdone := result(func() error { gc(ctx); return nil })
@@ -463,11 +465,8 @@ func TestReleaseBehindOfALiveTensor(t *testing.T) {
 // Requests answered ahead of their scripts are bounded per name: past the
 // bound a get waits its turn, so Redis never falls far behind.
 func TestWriteBehindIsBoundedPerName(t *testing.T) {
-	f := newFixture(t, store.WithWriteBehind(true))
+	f, _ := withTensor(t)
 	ctx := context.Background()
-	if _, _, err := f.st.Create(ctx, store.CreateParams{Name: "w", DType: "f32", Shape: []int64{4}}); err != nil {
-		t.Fatal(err)
-	}
 	var commits []store.Commit
 	for i := 0; ; i++ {
 		if i > 10000 {
