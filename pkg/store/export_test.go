@@ -5,7 +5,7 @@ import "context"
 // HoldTurn queues a script on name that lasts until release is closed: a
 // stand-in for a delete or release in flight. started is closed once it runs.
 func (s *Store) HoldTurn(name string, started, release chan struct{}) {
-	t := s.order.take(name)
+	t := s.order.take(name, false)
 	go func() {
 		_ = t.wait(context.Background())
 		close(started)

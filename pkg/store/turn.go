@@ -55,11 +55,11 @@ func newOrder() *order {
 
 func openKey(name, holder string) string { return name + "\x00" + holder }
 
-// take queues a script on name.
-func (o *order) take(name string) *turn {
+// take queues a script on name; keeps: it cannot free the tensor.
+func (o *order) take(name string, keeps bool) *turn {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	return o.takeLocked(name, false)
+	return o.takeLocked(name, keeps)
 }
 
 func (o *order) takeLocked(name string, keeps bool) *turn {
@@ -77,26 +77,31 @@ func (o *order) takeLocked(name string, keeps bool) *turn {
 func (o *order) takeBehind(name, holder string, may func(last *turn) bool) (*turn, bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if o.queued[name] >= maxBehind || !may(o.last[name]) {
-		return nil, false
-	}
-	t := o.takeLocked(name, true)
-	if holder != "" {
+	t, ok := o.takeBehindLocked(name, may)
+	if ok && holder != "" {
 		t.holder = holder
 		o.open[openKey(name, holder)] = t
 	}
-	return t, true
+	return t, ok
 }
 
-// takeCreateBehind is takeBehind for a create.
+// takeCreateBehind is takeBehind for a create, which releases wait for
+// (createPending) from the moment it is queued.
 func (o *order) takeCreateBehind(name string, may func(last *turn) bool) (*turn, bool) {
-	t, ok := o.takeBehind(name, "", may)
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	t, ok := o.takeBehindLocked(name, may)
 	if ok {
-		o.mu.Lock()
 		o.creating[name] = t
-		o.mu.Unlock()
 	}
 	return t, ok
+}
+
+func (o *order) takeBehindLocked(name string, may func(last *turn) bool) (*turn, bool) {
+	if o.queued[name] >= maxBehind || !may(o.last[name]) {
+		return nil, false
+	}
+	return o.takeLocked(name, true), true
 }
 
 // createPending reports whether name's create was answered and its script
@@ -112,7 +117,9 @@ func (o *order) begin(name string, t *turn) bool {
 	if !t.state.CompareAndSwap(turnPending, turnStarted) && t.state.Load() != turnStarted {
 		return false
 	}
-	o.forget(name, t)
+	o.mu.Lock()
+	o.forgetLocked(name, t)
+	o.mu.Unlock()
 	return true
 }
 
@@ -131,12 +138,14 @@ func (o *order) cancel(name, holder string) bool {
 	return true
 }
 
-func (o *order) forget(name string, t *turn) {
-	o.mu.Lock()
+// forgetLocked takes t out of the cancellable gets.
+func (o *order) forgetLocked(name string, t *turn) {
+	if t.holder == "" {
+		return
+	}
 	if k := openKey(name, t.holder); o.open[k] == t {
 		delete(o.open, k)
 	}
-	o.mu.Unlock()
 }
 
 // wait returns once every earlier script on the name has run.
@@ -180,11 +189,7 @@ func (o *order) end(name string, t *turn) {
 	if o.creating[name] == t {
 		delete(o.creating, name)
 	}
-	if t.holder != "" {
-		if k := openKey(name, t.holder); o.open[k] == t {
-			delete(o.open, k)
-		}
-	}
+	o.forgetLocked(name, t)
 	o.mu.Unlock()
 }
 
@@ -200,9 +205,7 @@ func (o *order) runKeeping(ctx context.Context, name string, fn func() error) er
 }
 
 func (o *order) runTurn(ctx context.Context, name string, keeps bool, fn func() error) error {
-	o.mu.Lock()
-	t := o.takeLocked(name, keeps)
-	o.mu.Unlock()
+	t := o.take(name, keeps)
 	defer o.end(name, t)
 	if err := t.wait(ctx); err != nil {
 		return err

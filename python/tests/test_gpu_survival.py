@@ -29,6 +29,18 @@ def _written(c: memcuda.Client, name: str, refcount: int) -> None:
         time.sleep(0.005)
 
 
+def _orphaned_until_released(c: memcuda.Client, d: memcuda.Client, held: memcuda.SharedTensor) -> None:
+    """held (c's) is an orphaned legacy tensor: d gets no new reference, and
+    the record goes with c's release."""
+    assert c.stat(held.name).state == "orphaned"
+    with pytest.raises(memcuda.FailedPrecondition, match="outlived"):
+        d.get(held.name)
+    held.release()
+    c.flush()
+    with pytest.raises(memcuda.NotFound):
+        d.stat(held.name)
+
+
 def _only(agent: Agent, mode: str) -> None:
     if agent.mode != mode:
         pytest.skip(f"a {mode} case")
@@ -64,13 +76,7 @@ def test_planned_restart_hands_over(gpu_agent: Agent) -> None:
         # for its holder only.
         with pytest.raises(memcuda.NotFound):
             d.get("p")
-        assert c.stat("h").state == "orphaned"
-        with pytest.raises(memcuda.FailedPrecondition, match="outlived"):
-            d.get("h")
-        held.release()
-        c.flush()
-        with pytest.raises(memcuda.NotFound):
-            d.stat("h")
+        _orphaned_until_released(c, d, held)
     held.release()
     c.close()
     d.close()
@@ -133,12 +139,6 @@ def test_legacy_crash_leaves_holders_their_memory(gpu_agent: Agent) -> None:
     gpu_agent.kill()
     gpu_agent.restart()
     assert h.torch().sum().item() == 3.0 * 4096  # still mapped in this process
-    assert c.stat("lh").state == "orphaned"  # reconnects and reattaches
     with memcuda.connect() as d:
-        with pytest.raises(memcuda.FailedPrecondition, match="outlived"):
-            d.get("lh")
-        h.release()
-        c.flush()
-        with pytest.raises(memcuda.NotFound):
-            d.stat("lh")
+        _orphaned_until_released(c, d, h)  # c reconnects and reattaches
     c.close()
