@@ -110,10 +110,17 @@ func EncodeRequestFDs(req *Request, numFDs int) ([]byte, error) {
 
 // EncodeResponse encodes a response frame announcing len(resp.FDs) descriptors.
 func EncodeResponse(resp *Response) ([]byte, error) {
+	return AppendResponse(make([]byte, 0, 1024+512*len(resp.Tensors)), resp)
+}
+
+// AppendResponse appends a response frame announcing len(resp.FDs)
+// descriptors to dst (a server reuses one buffer for its answers).
+func AppendResponse(dst []byte, resp *Response) ([]byte, error) {
 	// The body is written after room for the header, and the header in
-	// front of it once the body's length is known: one buffer.
-	if frame, ok := appendPlainResponse(make([]byte, HeaderSize, 1024+512*len(resp.Tensors)), resp); ok {
-		if _, err := appendHeader(frame[:0], KindResponse, len(resp.FDs), len(frame)-HeaderSize); err != nil {
+	// front of it once the body's length is known.
+	start := len(dst)
+	if frame, ok := appendPlainResponse(append(dst, make([]byte, HeaderSize)...), resp); ok {
+		if _, err := appendHeader(frame[start:start], KindResponse, len(resp.FDs), len(frame)-start-HeaderSize); err != nil {
 			return nil, err
 		}
 		return frame, nil
@@ -122,20 +129,31 @@ func EncodeResponse(resp *Response) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return AppendFrame(nil, KindResponse, len(resp.FDs), body)
+	return AppendFrame(dst, KindResponse, len(resp.FDs), body)
 }
 
 // DecodeRequest decodes a request body strictly: unknown, misspelt or
 // repeated keys, wrong types and trailing data are errors.
 func DecodeRequest(body []byte) (*Request, error) {
-	if req, ok := decodePlain(body); ok {
-		return &req, nil
-	}
 	var req Request
-	if err := StrictUnmarshal(body, &req); err != nil {
-		return nil, fmt.Errorf("%w: request body: %w", ErrFrame, err)
+	if err := DecodeRequestInto(body, &req); err != nil {
+		return nil, err
 	}
 	return &req, nil
+}
+
+// DecodeRequestInto is DecodeRequest into req, which it overwrites whole
+// (a server reuses one Request per connection).
+func DecodeRequestInto(body []byte, req *Request) error {
+	var ok bool
+	if *req, ok = decodePlain(body); ok {
+		return nil
+	}
+	*req = Request{}
+	if err := StrictUnmarshal(body, req); err != nil {
+		return fmt.Errorf("%w: request body: %w", ErrFrame, err)
+	}
+	return nil
 }
 
 // DecodeResponse decodes a response body.

@@ -7,6 +7,7 @@ import (
 	"os"
 	"sync"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -51,7 +52,7 @@ func (c *Conn) ReadMsgOnce(p, oob []byte) (n, oobn int, err error) {
 		if c.closed.Load() {
 			return 0, 0, c.opErr("read", os.ErrClosed)
 		}
-		n, oobn, _, _, err := unix.Recvmsg(c.fd, p, oob, unix.MSG_CMSG_CLOEXEC)
+		n, oobn, err := recvmsg(c.fd, p, oob, unix.MSG_CMSG_CLOEXEC)
 		switch {
 		case errors.Is(err, unix.EINTR):
 			continue
@@ -64,6 +65,28 @@ func (c *Conn) ReadMsgOnce(p, oob []byte) (n, oobn int, err error) {
 		}
 		return n, oobn, nil
 	}
+}
+
+// recvmsg is recvmsg(2) without a source address: unix.Recvmsg allocates
+// one (and its message header) on every call, and a connection's reads
+// are the agent's hottest path.
+func recvmsg(fd int, p, oob []byte, flags int) (n, oobn int, err error) {
+	var iov unix.Iovec
+	if len(p) > 0 {
+		iov.Base = &p[0]
+		iov.SetLen(len(p))
+	}
+	msg := unix.Msghdr{Iov: &iov}
+	msg.SetIovlen(1)
+	if len(oob) > 0 {
+		msg.Control = &oob[0]
+		msg.SetControllen(len(oob))
+	}
+	r, _, e := unix.Syscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), uintptr(flags))
+	if e != 0 {
+		return 0, 0, e
+	}
+	return int(r), int(msg.Controllen), nil
 }
 
 func eofOrClosed(c *Conn) error {

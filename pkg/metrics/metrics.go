@@ -6,6 +6,7 @@ package metrics
 import (
 	"context"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -24,6 +25,14 @@ type Metrics struct {
 	ops     *prometheus.CounterVec
 	latency *prometheus.HistogramVec
 	lost    prometheus.Counter
+	series  sync.Map // seriesKey -> *opSeries: Observe is on every request's path
+}
+
+type seriesKey struct{ path, op, code string }
+
+type opSeries struct {
+	count   prometheus.Counter
+	latency prometheus.Observer
 }
 
 // New registers the agent's metrics on reg. queueDepth may be nil.
@@ -49,8 +58,14 @@ func (m *Metrics) TensorLost() { m.lost.Inc() }
 
 // Observe records one operation that started at start.
 func (m *Metrics) Observe(path, op string, err error, start time.Time) {
-	m.ops.WithLabelValues(path, op, errdefs.Code(err)).Inc()
-	m.latency.WithLabelValues(path, op).Observe(time.Since(start).Seconds())
+	k := seriesKey{path, op, errdefs.Code(err)}
+	v, ok := m.series.Load(k)
+	if !ok {
+		v, _ = m.series.LoadOrStore(k, &opSeries{count: m.ops.WithLabelValues(path, op, k.code), latency: m.latency.WithLabelValues(path, op)})
+	}
+	sr := v.(*opSeries)
+	sr.count.Inc()
+	sr.latency.Observe(time.Since(start).Seconds())
 }
 
 var (

@@ -42,16 +42,16 @@ var ownOps = map[string]bool{v1.OpCreate: true, v1.OpDelete: true, v1.OpPublish:
 // scope rewrites req.Name to the registry name the caller may use, or
 // refuses. Pod clients name their namespace's tensors by short name and
 // another namespace's as "<namespace>/<name>".
-func (cn *conn) scope(ctx context.Context, req *v1.Request) error {
+func (cn *conn) scope(req *v1.Request) error {
 	if cn.srv.auth == nil {
 		return nil
 	}
 	if cn.idErr != nil {
-		return cn.deny(ctx, fmt.Sprintf("cannot tell which pod pid %d belongs to: %v", cn.pid, cn.idErr))
+		return cn.deny(fmt.Sprintf("cannot tell which pod pid %d belongs to: %v", cn.pid, cn.idErr))
 	}
 	if cn.id.Namespace == "" {
 		if !cn.srv.allowHost {
-			return cn.deny(ctx, fmt.Sprintf("pid %d is not in a pod and the agent does not allow host clients", cn.pid))
+			return cn.deny(fmt.Sprintf("pid %d is not in a pod and the agent does not allow host clients", cn.pid))
 		}
 		return nil
 	}
@@ -72,14 +72,23 @@ func (cn *conn) scope(ctx context.Context, req *v1.Request) error {
 	owner := k8sapi.Owner(name)
 	if owner != cn.id.Namespace {
 		if ownOps[req.Op] {
-			return cn.deny(ctx, fmt.Sprintf("%s of %s: only pods of namespace %s may do that", req.Op, name, owner))
+			return cn.deny(fmt.Sprintf("%s of %s: only pods of namespace %s may do that", req.Op, name, owner))
 		}
-		if !cn.srv.auth.Shares(ctx, owner, cn.id.Namespace) {
-			return cn.deny(ctx, fmt.Sprintf("namespace %s does not share %s with %s", owner, name, cn.id.Namespace))
+		if !cn.shares(owner) {
+			return cn.deny(fmt.Sprintf("namespace %s does not share %s with %s", owner, name, cn.id.Namespace))
 		}
 	}
 	req.Name = name
 	return nil
+}
+
+// shares reports whether namespace owner shares its tensors with the
+// caller's. Only a name of another namespace asks: warm answers of the
+// caller's own names need no deadline.
+func (cn *conn) shares(owner string) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), cn.srv.timeout)
+	defer cancel()
+	return cn.srv.auth.Shares(ctx, owner, cn.id.Namespace)
 }
 
 // visible reports whether a listed tensor may be shown to the caller.
@@ -91,7 +100,9 @@ func (cn *conn) visible(ctx context.Context, info v1.Tensor) bool {
 	return owner == cn.id.Namespace || cn.srv.auth.Shares(ctx, owner, cn.id.Namespace)
 }
 
-func (cn *conn) deny(ctx context.Context, msg string) error {
+func (cn *conn) deny(msg string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), cn.srv.timeout)
+	defer cancel()
 	cn.srv.log.Warn("request refused", "peer_pid", cn.pid, "namespace", cn.id.Namespace, "pod", cn.id.Pod, "reason", msg)
 	cn.srv.auth.Denied(ctx, cn.id, msg)
 	return fmt.Errorf("%w: %s", errdefs.ErrPermissionDenied, msg)

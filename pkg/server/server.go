@@ -234,7 +234,7 @@ type conn struct {
 	// records one reference for the connection while the count is positive:
 	// further gets and releases on the same connection stay in the agent.
 	leases map[string]int64
-	infos  map[string]v1.Tensor    // record of each leased tensor, as first returned
+	infos  map[string]*v1.Tensor   // record of each leased tensor, as first returned (answers share it)
 	sent   map[string]bool         // segment ids whose descriptor this peer has
 	events map[string]*sharedEvent // IPC events this peer sent, opened here
 	fr     *frameReader            // its request frames, kept across the goroutines that serve it
@@ -247,6 +247,10 @@ type conn struct {
 	// client takes as long as the write); the store orders it before any
 	// later request on the same name.
 	commit store.Commit
+	// req and resp are the request being handled and its answer, reused
+	// (nothing keeps either past its reply).
+	req  v1.Request
+	resp v1.Response
 }
 
 // serve serves the connection until it closes, or until it goes idle on a
@@ -336,9 +340,10 @@ func (cn *conn) serveFrames(log *slog.Logger) (handoff bool) {
 		var resp *v1.Response
 		var fds []int
 		in, whole := cn.fr.takeFDs(int(h.NumFDs))
+		req := &cn.req
 		if h.Kind != v1.KindRequest || !whole {
 			resp = errorResponse(0, errdefs.Invalid("expected a request frame (with the descriptors it announces)"))
-		} else if req, err := v1.DecodeRequest(body); err != nil {
+		} else if err := v1.DecodeRequestInto(body, req); err != nil {
 			resp = errorResponse(0, errdefs.Invalid("%v", err))
 		} else if len(in) > 0 && req.Op != v1.OpOffer {
 			resp = errorResponse(req.ID, errdefs.Invalid("only an offer carries descriptors, not a %s", req.Op))
@@ -346,7 +351,11 @@ func (cn *conn) serveFrames(log *slog.Logger) (handoff bool) {
 			cn.in, in = in, nil
 			start := time.Now()
 			resp, fds, err = cn.handle(req)
-			cn.srv.obs.Observe("socket", req.Op, err, start)
+			op := req.Op
+			if _, known := handlers[op]; !known {
+				op = "unknown" // a client's string: a metric label only for ops that exist
+			}
+			cn.srv.obs.Observe("socket", op, err, start)
 			if err != nil {
 				log.Debug("request failed", "op", req.Op, "name", req.Name, "err", err)
 				resp = errorResponse(req.ID, err)
@@ -383,7 +392,16 @@ func errorResponse(id uint64, err error) *v1.Response {
 }
 
 func (cn *conn) reply(resp *v1.Response, fds []int) error {
-	frame, err := v1.EncodeResponse(resp)
+	buf := replyBufs.Get().(*[]byte)
+	defer func() {
+		if cap(*buf) <= maxPooledReply {
+			replyBufs.Put(buf)
+		}
+	}()
+	frame, err := v1.AppendResponse((*buf)[:0], resp)
+	if err == nil {
+		*buf = frame // grown, when it had to
+	}
 	if errors.Is(err, v1.ErrFrame) {
 		// An answer over the frame cap (a list of too many tensors without
 		// a limit): the peer gets the reason, the connection stays.
@@ -402,6 +420,13 @@ func (cn *conn) reply(resp *v1.Response, fds []int) error {
 	_, err = cn.raw.WriteMsg(frame, oob)
 	return err
 }
+
+// replyBufs hold answers while they are written: most are a few hundred
+// bytes, and a connection keeps none while it idles.
+var replyBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+// maxPooledReply bounds the buffers kept (a long list's answer is not).
+const maxPooledReply = 64 << 10
 
 // handler serves one operation: it fills resp (already carrying the
 // request's id and ok) and returns the descriptors to attach.
@@ -432,12 +457,16 @@ func (cn *conn) handle(req *v1.Request) (*v1.Response, []int, error) {
 		// A newer client may speak ops this agent does not have.
 		return nil, nil, fmt.Errorf("%w: this agent has no op %q (%s)", errdefs.ErrUnimplemented, req.Op, Software)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), cn.srv.timeout)
-	defer cancel()
-	if err := cn.scope(ctx, req); err != nil {
+	if err := cn.scope(req); err != nil {
 		return nil, nil, err
 	}
-	resp := &v1.Response{ID: req.ID, OK: true}
+	cn.resp = v1.Response{ID: req.ID, OK: true}
+	resp := &cn.resp
+	if fds, ok := cn.warm(req, resp); ok {
+		return resp, fds, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cn.srv.timeout)
+	defer cancel()
 	fds, err := h(cn, ctx, req, resp)
 	if err != nil {
 		return nil, nil, err
@@ -461,9 +490,6 @@ func (cn *conn) hello(ctx context.Context, _ *v1.Request, resp *v1.Response) ([]
 }
 
 func (cn *conn) create(ctx context.Context, req *v1.Request, resp *v1.Response) ([]int, error) {
-	if info, ok := cn.warm(req); ok {
-		return cn.lease(req.Name, info, resp), nil
-	}
 	shape := req.Shape
 	if shape == nil {
 		shape = []int64{}
@@ -478,9 +504,6 @@ func (cn *conn) create(ctx context.Context, req *v1.Request, resp *v1.Response) 
 }
 
 func (cn *conn) get(ctx context.Context, req *v1.Request, resp *v1.Response) ([]int, error) {
-	if info, ok := cn.warm(req); ok {
-		return cn.lease(req.Name, info, resp), nil
-	}
 	info, commit, err := cn.srv.st.Get(ctx, store.GetParams{Name: req.Name, Holder: cn.holder, WriteBehind: true})
 	if err != nil {
 		return nil, err
@@ -504,11 +527,11 @@ func (cn *conn) reattach(ctx context.Context, req *v1.Request, resp *v1.Response
 	resp.Tensors = make([]v1.Tensor, 0, len(req.Refs))
 	for _, ref := range req.Refs {
 		r := v1.Request{Op: v1.OpGet, Name: ref.Name}
-		err := cn.scope(ctx, &r)
+		err := cn.scope(&r)
 		if err == nil && cn.leases[r.Name] > 0 {
 			// Named twice: this connection's one reference in Redis covers both.
 			cn.leases[r.Name] += ref.Count
-			resp.Tensors = append(resp.Tensors, cn.infos[r.Name])
+			resp.Tensors = append(resp.Tensors, *cn.infos[r.Name])
 			continue
 		}
 		var info v1.Tensor
@@ -563,20 +586,44 @@ func (cn *conn) offer(ctx context.Context, req *v1.Request, _ *v1.Response) ([]i
 // with the record and, when the peer lacks it, the segment's descriptor.
 func (cn *conn) lease(name string, info v1.Tensor, resp *v1.Response) []int {
 	if cn.leases == nil {
-		cn.leases, cn.infos = map[string]int64{}, map[string]v1.Tensor{}
+		cn.leases, cn.infos = map[string]int64{}, map[string]*v1.Tensor{}
 	}
 	cn.leases[name]++
-	cn.infos[name] = info
+	cn.infos[name] = &info
 	resp.Tensor = &info
-	return cn.attach(resp, info)
+	return cn.attach(resp, &info)
 }
 
-// warm answers a get, or a create of the same dtype and shape, of a tensor
-// this connection already holds, without a Redis round trip.
-func (cn *conn) warm(req *v1.Request) (v1.Tensor, bool) {
-	info, ok := cn.infos[req.Name]
-	if !ok || cn.leases[req.Name] == 0 || !cn.srv.st.Live(info.UID) {
-		return v1.Tensor{}, false
+// warm answers, without a Redis round trip or a deadline, what the
+// references this connection holds answer: a get, or a create of the same
+// dtype and shape, of a tensor it holds, and a release (without an event)
+// that leaves it holding one.
+func (cn *conn) warm(req *v1.Request, resp *v1.Response) (fds []int, ok bool) {
+	switch req.Op {
+	case v1.OpGet, v1.OpCreate:
+		info := cn.held(req)
+		if info == nil {
+			return nil, false
+		}
+		cn.leases[req.Name]++
+		resp.Tensor = info
+		return cn.attach(resp, info), true
+	case v1.OpRelease:
+		if req.Event != "" || cn.leases[req.Name] <= 1 {
+			return nil, false
+		}
+		cn.leases[req.Name]--
+		return nil, true
+	}
+	return nil, false
+}
+
+// held is the record of the live tensor a get or create names when this
+// connection holds it (a create only when its dtype and shape match).
+func (cn *conn) held(req *v1.Request) *v1.Tensor {
+	info := cn.infos[req.Name]
+	if info == nil || cn.leases[req.Name] == 0 || !cn.srv.st.Live(info.UID) {
+		return nil
 	}
 	if req.Op == v1.OpCreate {
 		dt, err := tensor.ParseDType(req.DType)
@@ -585,14 +632,14 @@ func (cn *conn) warm(req *v1.Request) (v1.Tensor, bool) {
 			shape = []int64{}
 		}
 		if err != nil || dt != info.DType || tensor.FormatShape(shape) != tensor.FormatShape(info.Shape) {
-			return v1.Tensor{}, false // let the store give the precise error
+			return nil // let the store give the precise error
 		}
 	}
-	return info, true
+	return info
 }
 
 // attach adds the tensor's segment descriptor when this peer has not had it.
-func (cn *conn) attach(resp *v1.Response, info v1.Tensor) []int {
+func (cn *conn) attach(resp *v1.Response, info *v1.Tensor) []int {
 	if cn.sent[info.SegmentID] {
 		return nil
 	}
@@ -651,9 +698,9 @@ func (cn *conn) publish(ctx context.Context, req *v1.Request, _ *v1.Response) ([
 	if err := cn.srv.st.Publish(ctx, req.Name, req.Event); err != nil {
 		return nil, err
 	}
-	info := cn.infos[req.Name]
+	info := *cn.infos[req.Name] // answers already sent share the old one
 	info.Event = req.Event
-	cn.infos[req.Name] = info
+	cn.infos[req.Name] = &info
 	return nil, nil
 }
 
