@@ -754,39 +754,88 @@ def _drain_frames(sock: Any, count: int) -> None:
 
 # --- throughput --------------------------------------------------------------
 
-def _tput_worker(sock: str, seconds: float, start: float, out: Any) -> None:
+def _tput_worker(sock: str, name: str, held: bool, seconds: float, start: float, out: Any) -> None:
+    """get+release of name in a loop: held, the connection keeps a reference
+    throughout (no Redis on the path); unheld, each get is the connection's
+    first reference. Puts the pair count and every 16th pair's time."""
     os.environ["MEMCUDA_SOCKET"] = sock
     s = memcuda.connect()
-    hold = s.get("b.tput")
+    hold = s.get(name) if held else None
     for _ in range(200):
-        s.get("b.tput").release()
+        s.get(name).release()
     while time.time() < start:
         time.sleep(0.001)
     n = 0
+    sample: list[float] = []
+    clock = time.perf_counter
     end = time.time() + seconds
     while time.time() < end:
-        s.get("b.tput").release()
+        t0 = clock()
+        s.get(name).release()
+        if n & 15 == 0:
+            sample.append(clock() - t0)
         n += 1
-    hold.release()
-    out.put(n)
+    if hold is not None:
+        hold.release()
+    s.flush()
+    out.put((n, sample))
+
+
+def _tput_run(procs: int, held: bool, distinct: bool, seconds: float) -> tuple[float, float]:
+    """Pairs per second of all processes together, and the p50 pair in us."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    start = time.time() + 3.0
+    names = [f"b.tput.{i}" if distinct else "b.tput" for i in range(procs)]
+    ws = [ctx.Process(target=_tput_worker, args=(os.environ["MEMCUDA_SOCKET"], names[i], held, seconds, start, q)) for i in range(procs)]
+    for w in ws:
+        w.start()
+    got = [q.get() for _ in ws]
+    for w in ws:
+        w.join()
+    sample = [x for _, xs in got for x in xs]
+    return sum(n for n, _ in got) / seconds, pct(sample, 50) * 1e6
 
 
 def bench_throughput(procs: list[int], seconds: float) -> None:
     s = memcuda.connect()
     s.create("b.tput", (1024,), "f32").release()
-    ctx = mp.get_context("spawn")
     for p in procs:
-        q = ctx.Queue()
-        start = time.time() + 3.0
-        ws = [ctx.Process(target=_tput_worker, args=(os.environ["MEMCUDA_SOCKET"], seconds, start, q)) for _ in range(p)]
-        for w in ws:
-            w.start()
-        total = sum(q.get() for _ in ws)
-        for w in ws:
-            w.join()
-        rate = total / seconds
+        rate, _ = _tput_run(p, True, False, seconds)
         RESULTS[f"throughput_{p}"] = rate
         ROWS.append((f"warm get+release, {p} client process(es)", f"{rate:,.0f} gets/s", "", "", ">= 100k/s at 16" if p == 16 else ""))
+    s.delete("b.tput")
+    s.close()
+
+
+def bench_unheld(procs: list[int], seconds: float) -> None:
+    """get, use, release: the connection holds no reference between pairs,
+    on one shared name and on a name per process, against the held loop in
+    the same run."""
+    s = memcuda.connect()
+    for i in range(max(procs)):
+        s.create(f"b.tput.{i}", (1024,), "f32").release()
+    s.create("b.tput", (1024,), "f32").release()
+    out: dict[str, Any] = {}
+    held_rate, held_p50 = _tput_run(1, True, False, seconds)
+    out["held_1"] = {"rate": held_rate, "p50_us": held_p50}
+    for distinct in (False, True):
+        for p in procs:
+            if distinct and p == 1:
+                continue  # one process: one name either way
+            rate, p50 = _tput_run(p, False, distinct, seconds)
+            key = f"unheld_{'each' if distinct else 'one'}_{p}"
+            out[key] = {"rate": rate, "p50_us": p50}
+            names = "a name each" if distinct else "one name"
+            if p == 1:
+                ROWS.append(("unheld get+release, 1 process", f"{p50:.1f} (p50 pair), {rate:,.0f} pairs/s",
+                             f"held get+release: {held_p50:.1f}, {held_rate:,.0f} pairs/s", f"{p50 / held_p50:.2f}x", "<= 2x"))
+            else:
+                ROWS.append((f"unheld get+release, {p} processes, {names}", f"{rate:,.0f} pairs/s, p50 pair {p50:.1f}", "", "",
+                             ">= 100k/s at 16" if p == 16 else ""))
+    RESULTS["unheld"] = out
+    for i in range(max(procs)):
+        s.delete(f"b.tput.{i}")
     s.delete("b.tput")
     s.close()
 
@@ -834,6 +883,7 @@ def main() -> None:
     ap.add_argument("--out", default="")
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--skip-unheld", action="store_true", help="leave out the unheld get+release runs")
     args = ap.parse_args()
     import torch
 
@@ -841,6 +891,8 @@ def main() -> None:
     bench_get(args.n)
     bench_create(args.n)
     bench_throughput([1, 16], args.seconds)
+    if not args.skip_unheld:
+        bench_unheld([1, 4, 16], args.seconds)
     bench_bandwidth()
     print(f"\n### {RESULTS['device']} ({os.environ.get('MEMCUDA_BACKEND', 'vmm')} backend)\n")
     print("| measure | mem-cuda p50 / p99 us | baseline p50 / p99 us (same run) | ratio | target |")

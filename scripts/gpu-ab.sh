@@ -5,7 +5,8 @@
 # same session, alternating A B B A per backend so that a drifting machine
 # does not favour either. Each run starts its own Redis and agent.
 #   bash scripts/gpu-ab.sh BASE [modes...]   (default modes: vmm legacy)
-# Env: AB_N samples per measure (default 1000); OUT where logs go.
+# Env: AB_N samples per measure (default 1000); OUT where logs go; this
+# tree's runs leave out the measures the baseline lacks (unheld gets).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BASE=$(cd "${1:?usage: gpu-ab.sh BASE [modes...]}" && pwd)
@@ -25,13 +26,14 @@ mkdir -p "$OUT/ab"
 n=0
 # one LABEL BIN_DIR TREE MODE: the benchmark of TREE's client against BIN_DIR's agent.
 one() {
-  local label=$1 bins=$2 tree=$3 mode=$4
+  local label=$1 bins=$2 tree=$3 mode=$4 extra=()
+  [ "$tree" = "$PWD" ] && extra=(--skip-unheld)
   n=$((n + 1))
   local log=$OUT/ab/$n-$label-$mode
   echo; echo "=== $n: $label $mode"
   RUN=$(mktemp -d)
   BIN_DIR=$bins memcuda_up "$RUN" --backend "$mode" --log-level warn --metrics-addr "" || { status=1; return; }
-  MEMCUDA_BACKEND=$mode python3 "$tree/bench/gpu_bench.py" --n "${AB_N:-1000}" --out "$log.json" \
+  MEMCUDA_BACKEND=$mode python3 "$tree/bench/gpu_bench.py" --n "${AB_N:-1000}" --out "$log.json" "${extra[@]}" \
     >"$log.log" 2>&1 || { echo "FAILED: $label $mode"; tail -20 "$log.log"; status=1; }
   grep -E '^\| (get|create|warm get\+release, 16)' "$log.log"
   memcuda_down
