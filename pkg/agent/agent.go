@@ -307,6 +307,9 @@ func (a *Agent) HandOver(ctx context.Context, req handover.Request) (*handover.S
 	if a.stopWork != nil {
 		a.stopWork()
 	}
+	if err := a.st.FlushBehind(hctx); err != nil {
+		a.log.Warn("references still in their coalescing window may be missing from Redis", "err", err)
+	}
 	st := &handover.State{Instance: a.instance, Listener: ln, Segments: map[string]*os.File{}}
 	if hb, ok := a.be.(*host.Backend); ok && hb.Lock() != nil {
 		if fd, err := unix.Dup(int(hb.Lock().Fd())); err == nil {
@@ -709,6 +712,9 @@ func (a *Agent) heartbeat(ctx context.Context) {
 func (a *Agent) shutdown() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	if err := a.st.FlushBehind(ctx); err != nil {
+		a.log.Warn("references still in their coalescing window may be missing from Redis", "err", err)
+	}
 	a.st.StopWrites()
 	if a.live != nil {
 		a.live.Close()

@@ -48,6 +48,7 @@ type Store struct {
 	order  *order
 	leases *leaseSet
 	zeros  zeroQueue
+	delays *delayLine // connections' gets in their coalescing window
 	uidSeq atomic.Uint64
 	// reconciled: Redis holds no records of a predecessor any more, so the
 	// agent's own table may decide creates (write-behind waits for it).
@@ -78,8 +79,10 @@ func WithWriteBehind(on bool) Option { return func(s *Store) { s.writeBehind = o
 // WithCoalesce holds a connection's written-behind get script back for d
 // after the answer: a release of that reference within d cancels both, so
 // a get, use and release that short costs Redis nothing, and Redis sees
-// the connection's references up to d late. 0 (the default): the script
-// runs at once (a release can still cancel it before it starts).
+// the connection's references up to d late (plus the script's own time).
+// The store then runs the script itself: Get returns no Commit for it.
+// 0 (the default): Get's Commit runs the script at once (a release can
+// still cancel it before it starts).
 func WithCoalesce(d time.Duration) Option { return func(s *Store) { s.coalesce = d } }
 
 // New returns a store. instance identifies this agent process: records of
@@ -92,6 +95,10 @@ func New(reg *registry.Registry, be backend.Backend, instance, node string, opts
 	s.bg, s.stop = context.WithCancel(context.Background())
 	for _, o := range opts {
 		o(s)
+	}
+	s.delays = newDelayLine()
+	if s.writeBehind && s.coalesce > 0 {
+		go s.delays.serve(s.bg, s.startDelayed)
 	}
 	s.pools = &poolSet{
 		source: s.newSegmentSource, limit: s.deviceLimit, granularity: s.be.Granularity,
@@ -427,7 +434,9 @@ type GetParams struct {
 }
 
 // Get takes one reference for p.Holder. The commit is nil unless the
-// answer came before the registry write (p.WriteBehind).
+// answer came before the registry write (p.WriteBehind) and there is no
+// coalescing window: with one, the store runs the write itself once the
+// window passed, unless a release cancelled it (see delay.go).
 func (s *Store) Get(ctx context.Context, p GetParams) (v1.Tensor, Commit, error) {
 	if err := tensor.ValidateName(p.Name); err != nil {
 		return v1.Tensor{}, nil, err
@@ -445,12 +454,18 @@ func (s *Store) Get(ctx context.Context, p GetParams) (v1.Tensor, Commit, error)
 			return ok
 		})
 		if ok {
-			return info, s.commitFunc(p.Name, t, func(ctx context.Context) error {
+			commit := s.commitFunc(p.Name, t, func(ctx context.Context) error {
 				_, err := s.get(ctx, p.Name, p.Holder, "")
 				return err
 			}, func(err error) {
 				s.log.Error("the registry refused a reference already handed out; the registry's count of it is short by one", "name", p.Name, "holder", p.Holder, "err", err)
-			}), nil
+			})
+			if s.coalesce > 0 {
+				// Its window first: a release within it cancels both.
+				s.delays.add(delayed{due: time.Now().Add(s.coalesce), name: p.Name, t: t, run: commit})
+				return info, nil, nil
+			}
+			return info, commit, nil
 		}
 	}
 	var info v1.Tensor

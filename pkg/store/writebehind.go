@@ -39,16 +39,6 @@ func (s *Store) writesBehind(asked bool, holder, reqID string) bool {
 // back or the store closes. refused handles any other failure.
 func (s *Store) commitFunc(name string, t *turn, write func(context.Context) error, refused func(error)) Commit {
 	return func(ctx context.Context) {
-		if t.holder != "" && s.coalesce > 0 {
-			// A get's script waits a moment: a release of the reference
-			// meanwhile cancels both (see order.cancel).
-			timer := time.NewTimer(s.coalesce)
-			select {
-			case <-timer.C:
-			case <-ctx.Done():
-				timer.Stop()
-			}
-		}
 		attempt := func(ctx context.Context) error {
 			if err := t.wait(ctx); err != nil {
 				return err

@@ -373,31 +373,100 @@ func TestDeleteBehindACancelledGetFrees(t *testing.T) {
 	}
 }
 
+// coalescedGet is holder's get of name with a coalescing window: answered
+// at once, its script left to the store's delay line (no Commit).
+func coalescedGet(t *testing.T, f *fixture, name, holder string) v1.Tensor {
+	t.Helper()
+	got, commit, err := f.st.Get(context.Background(), store.GetParams{Name: name, Holder: holder, WriteBehind: true})
+	if err != nil || commit != nil {
+		t.Fatalf("coalesced get of %s: commit %v err %v", name, commit != nil, err)
+	}
+	return got
+}
+
 // With a coalescing window the get's script waits for it: a release within
 // it cancels both; a reference held longer reaches Redis once it passed.
 func TestCoalesceWindow(t *testing.T) {
-	const window = 500 * time.Millisecond
+	const window = 300 * time.Millisecond
 	f, _ := withTensor(t, store.WithCoalesce(window))
 	ctx := context.Background()
-	_, commit := earlyGet(t, f, "w", lease)
-	done := result(func() error { commit(ctx); return nil })
+	coalescedGet(t, f, "w", lease)
 	start := time.Now()
 	releaseAtOnce(t, f, "w", lease)
 	if waited := time.Since(start); waited >= window/2 {
 		t.Fatalf("the release took %v: it waited for the get's script instead of cancelling it", waited)
 	}
-	<-done
+	time.Sleep(2 * window)
 	if holders, _ := f.reg.Holders(ctx, "w"); len(holders) != 1 {
 		t.Fatalf("a reference released within the window reached Redis: %v", holders)
 	}
-	_, commit = earlyGet(t, f, "w", lease)
 	start = time.Now()
-	commit(ctx)
+	coalescedGet(t, f, "w", lease)
+	for {
+		holders, _ := f.reg.Holders(ctx, "w")
+		if holders[lease] == 1 {
+			break
+		}
+		if time.Since(start) > 10*window {
+			t.Fatalf("a reference held past the window is not in Redis: %v", holders)
+		}
+		time.Sleep(window / 20)
+	}
 	if waited := time.Since(start); waited < window {
 		t.Fatalf("the get's script ran after %v, inside the window", waited)
 	}
-	if holders, _ := f.reg.Holders(ctx, "w"); holders[lease] != 1 {
-		t.Fatalf("a reference held past the window is not in Redis: %v", holders)
+	// The line's turns all ended: a delete does not wait for any.
+	if _, err := f.st.Release(ctx, store.ReleaseParams{Name: "w", Holder: lease, Count: registry.AllRefs}); err != nil {
+		t.Fatal(err)
+	}
+	del := result(func() error { _, err := f.st.Delete(ctx, "w", "", nil); return err })
+	select {
+	case err := <-del:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the delete waited: a turn of the delay line never ended")
+	}
+}
+
+// Many gets released within their window leave nothing behind: no script
+// reached Redis and the name's turns all ended.
+func TestCoalescedPairsLeaveNoTurns(t *testing.T) {
+	f, _ := withTensor(t, store.WithCoalesce(20*time.Millisecond))
+	ctx := context.Background()
+	for i := 0; i < 500; i++ {
+		coalescedGet(t, f, "w", lease)
+		releaseAtOnce(t, f, "w", lease)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if holders, _ := f.reg.Holders(ctx, "w"); len(holders) != 1 {
+		t.Fatalf("coalesced references reached Redis: %v", holders)
+	}
+	sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if rec, err := f.st.Stat(sctx, "w"); err != nil || rec.Refcount != 1 {
+		t.Fatalf("stat waits for the name's turns: %+v %v", rec, err)
+	}
+}
+
+// FlushBehind writes the references still in their window at once, before a
+// hand-over or a stop.
+func TestFlushBehindWritesTheWindow(t *testing.T) {
+	f, _ := withTensor(t, store.WithCoalesce(time.Hour))
+	ctx := context.Background()
+	coalescedGet(t, f, "w", lease)
+	coalescedGet(t, f, "w", "conn:inst1:2")
+	if holders, _ := f.reg.Holders(ctx, "w"); len(holders) != 1 {
+		t.Fatalf("references reached Redis inside the window: %v", holders)
+	}
+	fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := f.st.FlushBehind(fctx); err != nil {
+		t.Fatal(err)
+	}
+	if holders, _ := f.reg.Holders(ctx, "w"); holders[lease] != 1 || holders["conn:inst1:2"] != 1 {
+		t.Fatalf("after the flush Redis has %v", holders)
 	}
 }
 
