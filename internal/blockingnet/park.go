@@ -96,16 +96,23 @@ func eofOrClosed(c *Conn) error {
 	return io.EOF
 }
 
-// Parker waits for many idle connections on one thread (epoll), so that a
-// connection with nothing to read holds no thread: its goroutine parks until
-// the connection is readable, closed, or a deadline passes.
+// Parker watches many idle connections on one thread (epoll), so that a
+// connection with nothing to read holds no thread and no goroutine: a
+// callback runs once it is readable, closed, or a deadline passes.
 type Parker struct {
 	epfd int
 	wake int // an eventfd in the set: Close wakes the waiting thread with it
 
 	mu      sync.Mutex
-	waiting map[int32]chan struct{} // descriptor -> its waiter, closed when it is readable
+	waiting map[int32]*watch // descriptor -> its watch
+	peak    int              // most watches since waiting was last made
 	closed  bool
+}
+
+// watch is one Watch: the first of readiness and its deadline runs fn.
+type watch struct {
+	fn    func(error)
+	timer *time.Timer
 }
 
 // NewParker starts a parker and the thread that waits for it.
@@ -122,7 +129,7 @@ func NewParker() (*Parker, error) {
 		unix.Close(epfd)
 		return nil, fmt.Errorf("blockingnet: eventfd: %w", err)
 	}
-	p := &Parker{epfd: epfd, wake: wake, waiting: map[int32]chan struct{}{}}
+	p := &Parker{epfd: epfd, wake: wake, waiting: map[int32]*watch{}}
 	go p.run()
 	return p, nil
 }
@@ -137,71 +144,85 @@ func (p *Parker) run() {
 		if err != nil {
 			return // closed
 		}
-		p.mu.Lock()
 		for _, ev := range events[:n] {
 			if int(ev.Fd) == p.wake {
-				p.mu.Unlock()
 				unix.Close(p.epfd)
 				unix.Close(p.wake)
 				return
 			}
-			if ch, ok := p.waiting[ev.Fd]; ok {
-				delete(p.waiting, ev.Fd)
-				close(ch)
+			if w := p.take(ev.Fd, nil); w != nil {
+				if w.timer != nil {
+					w.timer.Stop()
+				}
+				go w.fn(nil)
 			}
 		}
-		p.mu.Unlock()
 	}
 }
 
-// ErrParkerClosed is the error of a Wait on a closed Parker.
+// ErrParkerClosed is the error of a Watch on a closed Parker.
 var ErrParkerClosed = errors.New("blockingnet: parker closed")
 
-// Wait returns once c is readable (data, end of stream, an error or a
-// shutdown), or with os.ErrDeadlineExceeded once deadline passes (a zero
-// deadline never does). The calling goroutine holds no thread meanwhile.
-func (p *Parker) Wait(c *Conn, deadline time.Time) error {
+// Watch runs fn, on a goroutine of its own, once c is readable (data, end
+// of stream, an error or a shutdown) with nil, or once deadline passes
+// with os.ErrDeadlineExceeded (a zero deadline never does). Until then c
+// costs no thread and no goroutine. One watch per connection at a time.
+func (p *Parker) Watch(c *Conn, deadline time.Time, fn func(error)) error {
 	fd := int32(c.fd)
-	ch := make(chan struct{})
+	w := &watch{fn: fn}
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	if p.closed {
-		p.mu.Unlock()
 		return ErrParkerClosed
 	}
-	p.waiting[fd] = ch
-	p.mu.Unlock()
+	p.waiting[fd] = w
+	p.peak = max(p.peak, len(p.waiting))
+	if !deadline.IsZero() {
+		w.timer = time.AfterFunc(time.Until(deadline), func() {
+			if p.take(fd, w) != nil {
+				fn(os.ErrDeadlineExceeded)
+			}
+		})
+	}
+	// Under the lock: neither the timer nor readiness can take the watch
+	// before the descriptor is in the set.
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: fd}
 	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev); err != nil {
-		p.forget(fd, ch)
+		delete(p.waiting, fd)
+		if w.timer != nil {
+			w.timer.Stop()
+		}
 		return fmt.Errorf("blockingnet: epoll add: %w", err)
 	}
-	// The descriptor leaves the set before Wait returns: its number may be
-	// reused by another connection once the caller closes it.
-	defer unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, int(fd), nil)
-	var timeout <-chan time.Time
-	if !deadline.IsZero() {
-		t := time.NewTimer(time.Until(deadline))
-		defer t.Stop()
-		timeout = t.C
-	}
-	select {
-	case <-ch:
-		return nil
-	case <-timeout:
-		p.forget(fd, ch)
-		return os.ErrDeadlineExceeded
-	}
+	return nil
 }
 
-func (p *Parker) forget(fd int32, ch chan struct{}) {
+// take ends fd's watch (only if it is want, when want is set) and returns
+// it; nil when another path took it first. The descriptor leaves the set
+// before its callback runs: its number may be reused once the connection
+// is closed.
+func (p *Parker) take(fd int32, want *watch) *watch {
 	p.mu.Lock()
-	if p.waiting[fd] == ch {
-		delete(p.waiting, fd)
+	defer p.mu.Unlock()
+	w := p.waiting[fd]
+	if w == nil || (want != nil && w != want) {
+		return nil
 	}
-	p.mu.Unlock()
+	delete(p.waiting, fd)
+	if p.peak > 1024 && len(p.waiting) < p.peak/8 {
+		// A map keeps the room of its peak: once a crowd has gone, a new
+		// one that fits what is left.
+		m := make(map[int32]*watch, len(p.waiting))
+		for k, v := range p.waiting {
+			m[k] = v
+		}
+		p.waiting, p.peak = m, len(m)
+	}
+	unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, int(fd), nil)
+	return w
 }
 
-// Close stops the parker and its thread; waiters still parked stay parked
+// Close stops the parker and its thread; watches still armed never fire
 // (shut their connections down to wake them first).
 func (p *Parker) Close() error {
 	p.mu.Lock()

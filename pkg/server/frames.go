@@ -18,9 +18,10 @@ import (
 // answered waits in a blocking read on its own thread for up to hotWait (a
 // client's next request usually follows within microseconds, and a thread
 // blocked in read wakes fastest). Past that, or when the hot slots are all
-// taken, it parks: its goroutine waits in the server's Parker (one epoll
-// thread for every idle connection) and holds no thread, so ten thousand
-// idle connections cost ten thousand goroutines, not ten thousand threads.
+// taken, it parks: the server's Parker (one epoll thread for every idle
+// connection) watches it and its goroutine ends; a new one carries on when
+// it is readable. Ten thousand idle connections cost no thread and no
+// goroutine each (the runtime never frees a goroutine it once made).
 const hotWait = 50 * time.Millisecond
 
 // bufSize is the read buffer of a connection that is reading; an idle one
@@ -35,6 +36,10 @@ var errReadTimeout = errors.New("a request frame did not arrive whole in time")
 // errHandoff asks the goroutine that holds a thread to let another one
 // wait for the idle connection (see conn.serve).
 var errHandoff = errors.New("idle: continue parked on another goroutine")
+
+// errParked ends the serving goroutine of a connection the Parker now
+// watches: resume carries on when it wakes.
+var errParked = errors.New("idle: parked")
 
 // errIdleTimeout is a connection idle past the idle timeout.
 var errIdleTimeout = errors.New("the connection was idle too long")
@@ -57,6 +62,14 @@ type frameReader struct {
 	// fds are descriptors that arrived and no frame has taken yet.
 	fds []int
 	oob []byte
+	// resume serves the connection again once the Parker woke it (with
+	// its error, nil when readable).
+	resume func(error)
+	// woke is set while a goroutine carries on after a park: the Parker's
+	// outcome is the first thing it reads.
+	woke        bool
+	wokeErr     error
+	parkPartial bool // the park waited for the rest of a frame
 }
 
 // oobSize holds the descriptors of one frame.
@@ -162,6 +175,10 @@ func (f *frameReader) fill() error {
 		f.w = copy(buf, buf[f.r:f.w])
 		f.r = 0
 	}
+	if f.woke {
+		f.woke = false
+		return f.afterPark(f.wokeErr)
+	}
 	if f.parkNext {
 		f.parkNext = false
 		return f.park()
@@ -215,9 +232,9 @@ func (f *frameReader) hot() bool {
 	return true
 }
 
-// park waits in the Parker until the connection is readable, then reads
-// what arrived (a read that cannot block). The goroutine gives its thread
-// back while parked; an empty buffer goes back to the pool.
+// park has the Parker watch the connection until it is readable (or its
+// deadline passes) and ends this goroutine (errParked); afterPark carries
+// on. An empty buffer goes back to the pool meanwhile.
 func (f *frameReader) park() error {
 	if f.locked {
 		f.locked = false // the next goroutine starts without a thread of its own, parked
@@ -228,31 +245,39 @@ func (f *frameReader) park() error {
 		return errHandoff
 	}
 	deadline := time.Time{}
-	partial := f.r < f.w
-	if partial && f.srv.readTimeout > 0 {
+	f.parkPartial = f.r < f.w
+	if f.parkPartial && f.srv.readTimeout > 0 {
 		deadline = f.started.Add(f.srv.readTimeout)
-	} else if !partial {
+	} else if !f.parkPartial {
 		f.release()
 		if f.srv.idleTimeout > 0 && f.idleFor() {
 			deadline = time.Now().Add(f.srv.idleTimeout)
 		}
 	}
-	for {
-		err := f.srv.parker.Wait(f.raw, deadline)
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			if partial {
-				return fmt.Errorf("%w (%s)", errReadTimeout, f.srv.readTimeout)
-			}
-			if f.idleFor() {
-				return fmt.Errorf("%w (%s)", errIdleTimeout, f.srv.idleTimeout)
-			}
-			deadline = time.Now().Add(f.srv.idleTimeout)
-			continue
+	return f.watch(deadline)
+}
+
+func (f *frameReader) watch(deadline time.Time) error {
+	if err := f.srv.parker.Watch(f.raw, deadline, f.resume); err != nil {
+		return err
+	}
+	return errParked
+}
+
+// afterPark is the first step of the goroutine the Parker woke: the read
+// of what arrived (one that cannot block), or the deadline's verdict.
+func (f *frameReader) afterPark(err error) error {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		if f.parkPartial {
+			return fmt.Errorf("%w (%s)", errReadTimeout, f.srv.readTimeout)
 		}
-		if err != nil {
-			return err
+		if f.idleFor() {
+			return fmt.Errorf("%w (%s)", errIdleTimeout, f.srv.idleTimeout)
 		}
-		break
+		return f.watch(time.Now().Add(f.srv.idleTimeout)) // it holds references: not idle
+	}
+	if err != nil {
+		return err
 	}
 	if f.buf == nil {
 		f.buf = bufPool.Get().(*[]byte)

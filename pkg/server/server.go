@@ -169,7 +169,8 @@ func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
 		s.peakConns = max(s.peakConns, len(s.conns))
 		s.mu.Unlock()
 		s.wg.Add(1)
-		cn.fr = &frameReader{raw: cn.raw, srv: s, parkNext: true, idleFor: func() bool { return len(cn.leases) == 0 }}
+		cn.fr = &frameReader{raw: cn.raw, srv: s, parkNext: true, idleFor: func() bool { return len(cn.leases) == 0 },
+			resume: func(err error) { cn.fr.woke, cn.fr.wokeErr = true, err; cn.serve() }}
 		go cn.serve()
 	}
 }
@@ -259,9 +260,12 @@ type conn struct {
 // of busy connections leaves no threads behind once they go quiet.
 func (cn *conn) serve() {
 	log := cn.srv.log.With("peer_pid", cn.pid, "holder", cn.holder)
-	if cn.serveFrames(log) {
+	switch cn.serveFrames(log) {
+	case servedHandoff:
 		go cn.serve()
 		return
+	case servedParked:
+		return // the Parker's callback carries on
 	}
 	cn.close(log)
 	cn.srv.forget(cn)
@@ -318,15 +322,25 @@ func (cn *conn) close(log *slog.Logger) {
 	}
 }
 
-// serveFrames answers requests until the connection ends (false) or goes
-// idle while this goroutine holds a thread (true: park it elsewhere).
-func (cn *conn) serveFrames(log *slog.Logger) (handoff bool) {
+// served is how serveFrames stopped.
+type served int
+
+const (
+	servedClosed  served = iota // the connection ended
+	servedHandoff               // idle while this goroutine holds a thread: park it on another
+	servedParked                // the Parker watches it: its callback serves it again
+)
+
+// serveFrames answers requests until the connection ends or goes idle.
+func (cn *conn) serveFrames(log *slog.Logger) served {
 	for {
 		h, body, err := cn.fr.next()
 		if err != nil {
 			switch {
 			case errors.Is(err, errHandoff):
-				return true
+				return servedHandoff
+			case errors.Is(err, errParked):
+				return servedParked
 			case errors.Is(err, errReadTimeout), errors.Is(err, errIdleTimeout):
 				log.Info("closing connection", "reason", err)
 			case errors.Is(err, v1.ErrFrame):
@@ -335,7 +349,7 @@ func (cn *conn) serveFrames(log *slog.Logger) (handoff bool) {
 			case !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !errors.Is(err, os.ErrClosed) && !errors.Is(err, unix.ECONNRESET):
 				log.Warn("closing connection after a read error", "err", err)
 			}
-			return false
+			return servedClosed
 		}
 		var resp *v1.Response
 		var fds []int
@@ -373,7 +387,7 @@ func (cn *conn) serveFrames(log *slog.Logger) (handoff bool) {
 		}
 		if werr != nil {
 			log.Debug("write failed", "err", werr)
-			return false
+			return servedClosed
 		}
 	}
 }
