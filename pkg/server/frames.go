@@ -279,11 +279,7 @@ func (f *frameReader) afterPark(err error) error {
 	if err != nil {
 		return err
 	}
-	if f.buf == nil {
-		f.buf = bufPool.Get().(*[]byte)
-		f.r, f.w = 0, 0
-	}
-	n, err := f.read((*f.buf)[f.w:])
+	n, err := f.read((*f.buf)[f.w:]) // fill gave the buffer
 	if errors.Is(err, blockingnet.ErrIdle) {
 		return nil // woken with nothing to read after all: wait again
 	}

@@ -364,9 +364,10 @@ func (cn *conn) serveFrames(log *slog.Logger) served {
 		} else {
 			cn.in, in = in, nil
 			start := time.Now()
-			resp, fds, err = cn.handle(req)
+			h, known := handlers[req.Op]
+			resp, fds, err = cn.handle(h, req)
 			op := req.Op
-			if _, known := handlers[op]; !known {
+			if !known {
 				op = "unknown" // a client's string: a metric label only for ops that exist
 			}
 			cn.srv.obs.Observe("socket", op, err, start)
@@ -465,9 +466,9 @@ var handlers = map[string]handler{
 	v1.OpOffer:    (*conn).offer,
 }
 
-func (cn *conn) handle(req *v1.Request) (*v1.Response, []int, error) {
-	h, ok := handlers[req.Op]
-	if !ok {
+// handle serves req with h, its op's handler (nil: an op this agent lacks).
+func (cn *conn) handle(h handler, req *v1.Request) (*v1.Response, []int, error) {
+	if h == nil {
 		// A newer client may speak ops this agent does not have.
 		return nil, nil, fmt.Errorf("%w: this agent has no op %q (%s)", errdefs.ErrUnimplemented, req.Op, Software)
 	}
