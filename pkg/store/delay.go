@@ -89,11 +89,10 @@ func (d *delayLine) serve(ctx context.Context, start func(delayed)) {
 	}
 }
 
-// startDelayed ends a cancelled get's turn (a release came within the
-// window: nothing for Redis) or starts its script.
+// startDelayed starts a get's script, unless a release cancelled it within
+// the window (nothing for Redis; the release ended its turn).
 func (s *Store) startDelayed(e delayed) {
 	if e.t.state.Load() == turnCancelled {
-		s.order.end(e.name, e.t)
 		return
 	}
 	s.delays.writing.Add(1)

@@ -13,3 +13,10 @@ func (s *Store) HoldTurn(name string, started, release chan struct{}) {
 		s.order.end(name, t)
 	}()
 }
+
+// QueuedTurns is the number of name's scripts queued and not ended.
+func (s *Store) QueuedTurns(name string) int {
+	s.order.mu.Lock()
+	defer s.order.mu.Unlock()
+	return s.order.queued[name]
+}

@@ -16,7 +16,10 @@ import (
 // would apply the agent's decisions out of order. Turns of different names
 // do not wait for each other.
 type turn struct {
-	prev  *turn
+	// prev is the name's turn queued before; nil once it ended, so that
+	// ended turns are collected. Atomic: a cancelling release ends a turn
+	// while its commit may be waiting on it.
+	prev  atomic.Pointer[turn]
 	done  chan struct{} // closed once this script and every earlier one ran
 	keeps bool          // its script cannot free the tensor (a create, a get, a release of a live tensor): later gets need not wait for it
 	// holder is set on a connection's written-behind get: until its script
@@ -24,6 +27,7 @@ type turn struct {
 	// reference taken and dropped before Redis heard of it never goes there).
 	holder string
 	state  atomic.Int32 // turnPending, turnStarted or turnCancelled
+	ended  atomic.Bool  // end was called: a cancelled get's turn is ended by its release and again by its window
 }
 
 const (
@@ -63,7 +67,8 @@ func (o *order) take(name string, keeps bool) *turn {
 }
 
 func (o *order) takeLocked(name string, keeps bool) *turn {
-	t := &turn{prev: o.last[name], done: make(chan struct{}), keeps: keeps}
+	t := &turn{done: make(chan struct{}), keeps: keeps}
+	t.prev.Store(o.last[name])
 	o.last[name] = t
 	o.queued[name]++
 	return t
@@ -126,15 +131,21 @@ func (o *order) begin(name string, t *turn) bool {
 // cancel cancels holder's get on name whose script has not started, and
 // reports whether there was one: then the holder's reference never reached
 // Redis and its release needs no script either.
+//
+// The cancelled turn ends here, not when its window passes: it has no script
+// to wait for, and a popular name's released gets would otherwise fill its
+// bound on scripts behind (maxBehind) for the length of the window.
 func (o *order) cancel(name, holder string) bool {
 	o.mu.Lock()
-	defer o.mu.Unlock()
 	k := openKey(name, holder)
 	t := o.open[k]
 	if t == nil || !t.state.CompareAndSwap(turnPending, turnCancelled) {
+		o.mu.Unlock()
 		return false
 	}
 	delete(o.open, k)
+	o.mu.Unlock()
+	o.end(name, t)
 	return true
 }
 
@@ -150,33 +161,40 @@ func (o *order) forgetLocked(name string, t *turn) {
 
 // wait returns once every earlier script on the name has run.
 func (t *turn) wait(ctx context.Context) error {
-	p := t.prev
+	p := t.prev.Load()
 	if p == nil {
 		return nil
 	}
 	select {
 	case <-p.done:
-		t.prev = nil // let finished turns be collected
+		t.prev.Store(nil)
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("%w: an earlier registry write of this tensor is still pending: %w", errdefs.ErrUnavailable, ctx.Err())
 	}
 }
 
-// end lets the next script on name run. A turn whose script never ran (its
-// wait gave up) ends only once its predecessor has.
+// end lets the next script on name run; a second call does nothing. A turn
+// whose script never ran (its wait gave up, or a release cancelled it) ends
+// only once its predecessor has.
 func (o *order) end(name string, t *turn) {
-	if p := t.prev; p != nil {
+	if t.ended.CompareAndSwap(false, true) {
+		o.finish(name, t)
+	}
+}
+
+func (o *order) finish(name string, t *turn) {
+	if p := t.prev.Load(); p != nil {
 		select {
 		case <-p.done:
 		default:
 			go func() {
 				<-p.done
-				o.end(name, t)
+				o.finish(name, t)
 			}()
 			return
 		}
-		t.prev = nil
+		t.prev.Store(nil)
 	}
 	close(t.done)
 	o.mu.Lock()

@@ -450,6 +450,32 @@ func TestCoalescedPairsLeaveNoTurns(t *testing.T) {
 	}
 }
 
+// Pairs released inside the window end their turns at the release, not when
+// the window passes: however long the window, a popular name's gets never
+// pile up past the bound on scripts behind (and fall back to waiting for
+// Redis) because of references already gone.
+func TestCancelledPairsLeaveTheBound(t *testing.T) {
+	f, _ := withTensor(t, store.WithCoalesce(time.Hour))
+	ctx := context.Background()
+	for i := 0; i < 1000; i++ {
+		gctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		_, commit, err := f.st.Get(gctx, store.GetParams{Name: "w", Holder: lease, WriteBehind: true})
+		cancel()
+		if err != nil || commit != nil {
+			t.Fatalf("get %d waited for the turns of released gets: commit %v err %v", i, commit != nil, err)
+		}
+		if i%100 == 0 {
+			if holders, _ := f.reg.Holders(ctx, "w"); holders[lease] != 0 {
+				t.Fatalf("get %d reached Redis before its answer: %v", i, holders)
+			}
+		}
+		releaseAtOnce(t, f, "w", lease)
+	}
+	if n := f.st.QueuedTurns("w"); n != 0 {
+		t.Fatalf("%d turns left after every pair was released", n)
+	}
+}
+
 // FlushBehind writes the references still in their window at once, before a
 // hand-over or a stop.
 func TestFlushBehindWritesTheWindow(t *testing.T) {
