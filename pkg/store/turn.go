@@ -28,6 +28,10 @@ type turn struct {
 	holder string
 	state  atomic.Int32 // turnPending, turnStarted or turnCancelled
 	ended  atomic.Bool  // end was called: a cancelled get's turn is ended by its release and again by its window
+	// Under the order's lock: finished once done is closed; follower is
+	// the next turn of the name, ended before this one, that waits for it.
+	finished bool
+	follower *turn
 }
 
 const (
@@ -184,31 +188,36 @@ func (o *order) end(name string, t *turn) {
 }
 
 func (o *order) finish(name string, t *turn) {
-	if p := t.prev.Load(); p != nil {
-		select {
-		case <-p.done:
-		default:
-			go func() {
-				<-p.done
-				o.finish(name, t)
-			}()
-			return
-		}
-		t.prev.Store(nil)
-	}
-	close(t.done)
 	o.mu.Lock()
-	if o.last[name] == t {
-		delete(o.last, name)
+	defer o.mu.Unlock()
+	for t != nil {
+		if p := t.prev.Load(); p != nil {
+			if !p.finished {
+				// p's end finishes t too, in the same goroutine: turns of a
+				// popular name end out of order (each connection releases
+				// when it likes), and a goroutine per early one would queue
+				// a chain of wake-ups.
+				p.follower = t
+				return
+			}
+			t.prev.Store(nil)
+		}
+		t.finished = true
+		close(t.done)
+		if o.last[name] == t {
+			delete(o.last, name)
+		}
+		if o.queued[name]--; o.queued[name] <= 0 {
+			delete(o.queued, name)
+		}
+		if o.creating[name] == t {
+			delete(o.creating, name)
+		}
+		o.forgetLocked(name, t)
+		next := t.follower
+		t.follower = nil
+		t = next
 	}
-	if o.queued[name]--; o.queued[name] <= 0 {
-		delete(o.queued, name)
-	}
-	if o.creating[name] == t {
-		delete(o.creating, name)
-	}
-	o.forgetLocked(name, t)
-	o.mu.Unlock()
 }
 
 // run runs fn as name's next registry script.
