@@ -22,6 +22,8 @@ type Liveness struct {
 	dial func(context.Context) (net.Conn, error)
 
 	cur     atomic.Pointer[watchConn]
+	epoch   time.Time
+	seenUp  atomic.Int64 // time since epoch of the last peek that found the connection open
 	mu      sync.Mutex
 	dialing bool
 	closed  bool
@@ -35,22 +37,35 @@ type watchConn struct {
 // NewLiveness starts watching the connections dial opens. It dials in the
 // background: Up is false until the first connection stands.
 func NewLiveness(dial func(context.Context) (net.Conn, error)) *Liveness {
-	l := &Liveness{dial: dial}
+	l := &Liveness{dial: dial, epoch: time.Now().Add(-time.Hour)} // seenUp 0: long ago
 	l.redial()
 	return l
 }
 
+// peekEvery is how long a peek that found the connection open stands for
+// the next ones: busy agents ask on every written-behind request, and a
+// peek is a system call. A Redis that goes away in that time is no
+// different from one that goes away right after the peek: the writes
+// already answered are retried until it is back.
+const peekEvery = 100 * time.Microsecond
+
 // Up reports whether the watched connection is open and the server has not
-// closed it.
+// closed it (as seen at most peekEvery ago).
 func (l *Liveness) Up() bool {
 	w := l.cur.Load()
 	if w == nil {
 		l.redial()
 		return false
 	}
-	if peekOpen(w.raw) {
+	now := int64(time.Since(l.epoch))
+	if now-l.seenUp.Load() < int64(peekEvery) {
 		return true
 	}
+	if peekOpen(w.raw) {
+		l.seenUp.Store(now)
+		return true
+	}
+	l.seenUp.Store(0)
 	if l.cur.CompareAndSwap(w, nil) {
 		w.conn.Close()
 	}

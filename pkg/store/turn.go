@@ -43,8 +43,8 @@ const (
 // order is the per-name queue of registry scripts.
 type order struct {
 	mu   sync.Mutex
-	last map[string]*turn // name -> its last queued script
-	open map[string]*turn // name and holder -> its get whose script has not started
+	last map[string]*turn  // name -> its last queued script
+	open map[openKey]*turn // a holder's get of a name whose script has not started
 	// queued counts each name's turns not yet ended. Past maxBehind no more
 	// requests are answered ahead of their scripts: they wait their turn,
 	// which bounds how far Redis may fall behind the answers.
@@ -58,24 +58,27 @@ type order struct {
 const maxBehind = 256
 
 func newOrder() *order {
-	return &order{last: map[string]*turn{}, open: map[string]*turn{}, queued: map[string]int{}, creating: map[string]*turn{}}
+	return &order{last: map[string]*turn{}, open: map[openKey]*turn{}, queued: map[string]int{}, creating: map[string]*turn{}}
 }
 
-func openKey(name, holder string) string { return name + "\x00" + holder }
+// openKey is a holder's cancellable get of a name.
+type openKey struct{ name, holder string }
+
+func newTurn(keeps bool) *turn { return &turn{done: make(chan struct{}), keeps: keeps} }
 
 // take queues a script on name; keeps: it cannot free the tensor.
 func (o *order) take(name string, keeps bool) *turn {
+	t := newTurn(keeps) // made before the lock: every request of the name waits on it
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	return o.takeLocked(name, keeps)
+	o.queueLocked(name, t)
+	return t
 }
 
-func (o *order) takeLocked(name string, keeps bool) *turn {
-	t := &turn{done: make(chan struct{}), keeps: keeps}
+func (o *order) queueLocked(name string, t *turn) {
 	t.prev.Store(o.last[name])
 	o.last[name] = t
 	o.queued[name]++
-	return t
 }
 
 // takeBehind queues a write-behind script on name when may, called with
@@ -84,33 +87,38 @@ func (o *order) takeLocked(name string, keeps bool) *turn {
 // A holder's get passes the holder, so that its release can cancel it (see
 // cancel); a create passes "".
 func (o *order) takeBehind(name, holder string, may func(last *turn) bool) (*turn, bool) {
+	t := newTurn(true)
+	t.holder = holder
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	t, ok := o.takeBehindLocked(name, may)
-	if ok && holder != "" {
-		t.holder = holder
-		o.open[openKey(name, holder)] = t
+	if !o.queueBehindLocked(name, t, may) {
+		return nil, false
 	}
-	return t, ok
+	if holder != "" {
+		o.open[openKey{name, holder}] = t
+	}
+	return t, true
 }
 
 // takeCreateBehind is takeBehind for a create, which releases wait for
 // (createPending) from the moment it is queued.
 func (o *order) takeCreateBehind(name string, may func(last *turn) bool) (*turn, bool) {
+	t := newTurn(true)
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	t, ok := o.takeBehindLocked(name, may)
-	if ok {
-		o.creating[name] = t
-	}
-	return t, ok
-}
-
-func (o *order) takeBehindLocked(name string, may func(last *turn) bool) (*turn, bool) {
-	if o.queued[name] >= maxBehind || !may(o.last[name]) {
+	if !o.queueBehindLocked(name, t, may) {
 		return nil, false
 	}
-	return o.takeLocked(name, true), true
+	o.creating[name] = t
+	return t, true
+}
+
+func (o *order) queueBehindLocked(name string, t *turn, may func(last *turn) bool) bool {
+	if o.queued[name] >= maxBehind || !may(o.last[name]) {
+		return false
+	}
+	o.queueLocked(name, t)
+	return true
 }
 
 // createPending reports whether name's create was answered and its script
@@ -141,15 +149,16 @@ func (o *order) begin(name string, t *turn) bool {
 // bound on scripts behind (maxBehind) for the length of the window.
 func (o *order) cancel(name, holder string) bool {
 	o.mu.Lock()
-	k := openKey(name, holder)
+	defer o.mu.Unlock()
+	k := openKey{name, holder}
 	t := o.open[k]
 	if t == nil || !t.state.CompareAndSwap(turnPending, turnCancelled) {
-		o.mu.Unlock()
 		return false
 	}
 	delete(o.open, k)
-	o.mu.Unlock()
-	o.end(name, t)
+	if t.ended.CompareAndSwap(false, true) {
+		o.finishLocked(name, t)
+	}
 	return true
 }
 
@@ -158,7 +167,7 @@ func (o *order) forgetLocked(name string, t *turn) {
 	if t.holder == "" {
 		return
 	}
-	if k := openKey(name, t.holder); o.open[k] == t {
+	if k := (openKey{name, t.holder}); o.open[k] == t {
 		delete(o.open, k)
 	}
 }
@@ -183,13 +192,13 @@ func (t *turn) wait(ctx context.Context) error {
 // only once its predecessor has.
 func (o *order) end(name string, t *turn) {
 	if t.ended.CompareAndSwap(false, true) {
-		o.finish(name, t)
+		o.mu.Lock()
+		o.finishLocked(name, t)
+		o.mu.Unlock()
 	}
 }
 
-func (o *order) finish(name string, t *turn) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
+func (o *order) finishLocked(name string, t *turn) {
 	for t != nil {
 		if p := t.prev.Load(); p != nil {
 			if !p.finished {
