@@ -28,6 +28,13 @@ const (
 	// made and this client still maps: after a crash, vmm memory survives
 	// only in the processes that hold it.
 	OpOffer = "offer"
+	// OpWatch makes the connection a watch of segments: once answered, it
+	// takes no more requests, and the agent sends it frames of id 0 with
+	// Pushed (each segment its tenant's pools hold, and each new one, the
+	// descriptors attached in FDs' order) and Gone (segments released).
+	// A client maps pushed segments ahead of its gets, so that its first
+	// get of a tensor in one costs what a warm get costs.
+	OpWatch = "watch"
 )
 
 // Features an agent announces in hello beyond version 1's first ops.
@@ -94,6 +101,21 @@ type Response struct {
 	// Lost are the names of a reattach whose references could not be
 	// taken over (the tensor is gone); the others' records are in Tensors.
 	Lost []string `json:"lost,omitempty"`
+	// Pushed and Gone are a watch's news (OpWatch): segments to map, and
+	// ids of segments the agent released.
+	Pushed []SegmentInfo `json:"pushed,omitempty"`
+	Gone   []string      `json:"gone,omitempty"`
+}
+
+// SegmentInfo is what a client needs to map a segment: a vmm segment's
+// descriptor travels with the frame, a legacy one's IPC handle here.
+type SegmentInfo struct {
+	ID         string  `json:"id"`
+	Size       uint64  `json:"size"`
+	Device     int     `json:"device"`
+	DeviceUUID string  `json:"device_uuid,omitempty"`
+	IPCMode    IPCMode `json:"ipc_mode"`
+	IPCHandle  string  `json:"ipc_handle,omitempty"`
 }
 
 // Error carries an errdefs wire code and a message.

@@ -12,7 +12,7 @@ import (
 // would need escaping; those go through json.Marshal (FuzzPlainResponse
 // checks that both write the same bytes).
 func appendPlainResponse(dst []byte, resp *Response) (_ []byte, ok bool) {
-	if resp.Error != nil || resp.Stats != nil || resp.Hello != nil || resp.GC != nil || resp.Trimmed != 0 || resp.Holders != nil || resp.Lost != nil {
+	if resp.Error != nil || resp.Stats != nil || resp.Hello != nil || resp.GC != nil || resp.Trimmed != 0 || resp.Holders != nil || resp.Lost != nil || resp.Pushed != nil || resp.Gone != nil {
 		return dst, false
 	}
 	dst = append(dst, `{"id":`...)

@@ -171,15 +171,26 @@ func (c *Conn) Write(p []byte) (int, error) {
 // WriteMsg writes b with oob (such as descriptors, unix.UnixRights) on its
 // first byte.
 func (c *Conn) WriteMsg(b, oob []byte) (int, error) {
+	return c.writeMsg(b, oob, 0, deadline(&c.wd))
+}
+
+// WriteMsgWithin is WriteMsg that gives up once d has passed (with
+// os.ErrDeadlineExceeded) instead of blocking its thread for as long as
+// the peer reads nothing; it works on a detached Conn too.
+func (c *Conn) WriteMsgWithin(b, oob []byte, d time.Duration) (int, error) {
+	return c.writeMsg(b, oob, unix.MSG_DONTWAIT, time.Now().Add(d))
+}
+
+func (c *Conn) writeMsg(b, oob []byte, flags int, dl time.Time) (int, error) {
 	done := 0
 	for len(b) > 0 {
 		if c.closed.Load() {
 			return done, c.opErr("write", net.ErrClosed)
 		}
-		n, err := unix.SendmsgN(c.fd, b, oob, nil, unix.MSG_NOSIGNAL)
+		n, err := unix.SendmsgN(c.fd, b, oob, nil, unix.MSG_NOSIGNAL|flags)
 		switch {
 		case errors.Is(err, unix.EAGAIN):
-			if err := Wait(c.fd, unix.POLLOUT, deadline(&c.wd)); err != nil {
+			if err := Wait(c.fd, unix.POLLOUT, dl); err != nil {
 				return done, c.opErr("write", err)
 			}
 			continue

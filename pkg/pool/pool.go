@@ -143,6 +143,7 @@ type Pool[S Segment] struct {
 	probe       Block[S]
 	probeSeg    segment[S]
 	oversizeDiv uint64
+	events      func(mem S, added bool)
 }
 
 // Option configures a pool. Options apply to pools of every segment type.
@@ -151,6 +152,7 @@ type Option func(*options)
 type options struct {
 	budget  *Budget
 	granule uint64
+	events  any // func(mem S, added bool) of the pool's S
 }
 
 // WithBudget makes the pool reserve its segments from b, which may be shared by
@@ -160,6 +162,14 @@ func WithBudget(b *Budget) Option { return func(o *options) { o.budget = b } }
 // WithGranularity rounds every segment up to a multiple of g (the backend's
 // allocation granularity, 2 MiB for CUDA VMM).
 func WithGranularity(g uint64) Option { return func(o *options) { o.granule = g } }
+
+// WithSegmentEvents calls fn(mem, true) for each segment the pool adds
+// (grown or adopted) and fn(mem, false) as it releases one, under the
+// pool's lock: fn must not block, and mem is valid during the call. fn is
+// a func(mem S, added bool) of the pool's segment type.
+func WithSegmentEvents[S Segment](fn func(mem S, added bool)) Option {
+	return func(o *options) { o.events = fn }
+}
 
 // New returns an empty pool drawing segments from src.
 func New[S Segment](src Source[S], opts ...Option) *Pool[S] {
@@ -176,6 +186,10 @@ func New[S Segment](src Source[S], opts ...Option) *Pool[S] {
 		granule:     o.granule,
 		oversizeDiv: 8,
 		segments:    make(map[*segment[S]]struct{}),
+		events:      func(S, bool) {},
+	}
+	if fn, ok := o.events.(func(S, bool)); ok && fn != nil {
+		p.events = fn
 	}
 	for i := range p.sets {
 		p.sets[i] = btree.NewG(16, lessBlock[S])
@@ -298,6 +312,7 @@ func (p *Pool[S]) grow(ctx context.Context, size, minSize uint64, class sizeClas
 	seg := &segment[S]{mem: mem, seq: p.seq, size: size, class: class}
 	seg.head = &Block[S]{seg: seg, size: size}
 	p.segments[seg] = struct{}{}
+	p.events(mem, true)
 	p.stats.Reserved += size
 	p.stats.Segments++
 	p.stats.SegmentAllocs++
@@ -385,6 +400,7 @@ func (seg *segment[S]) releasable() bool {
 func (p *Pool[S]) releaseSegment(seg *segment[S]) error {
 	p.setOf(seg).Delete(seg.head)
 	delete(p.segments, seg)
+	p.events(seg.mem, false)
 	err := seg.mem.Release()
 	p.budget.release(seg.size)
 	p.stats.Reserved -= seg.size
@@ -408,6 +424,16 @@ func (p *Pool[S]) trimLocked() (uint64, error) {
 	return released, firstErr
 }
 
+// Segments are the pool's segments now, each passed to fn under the pool's
+// lock (so that no event of WithSegmentEvents comes between).
+func (p *Pool[S]) Segments(fn func(mem S)) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for seg := range p.segments {
+		fn(seg.mem)
+	}
+}
+
 // Close releases every segment, allocated or not. The pool must not be used
 // afterwards.
 func (p *Pool[S]) Close() error {
@@ -415,6 +441,7 @@ func (p *Pool[S]) Close() error {
 	defer p.mu.Unlock()
 	var firstErr error
 	for seg := range p.segments {
+		p.events(seg.mem, false)
 		if err := seg.mem.Release(); err != nil && firstErr == nil {
 			firstErr = err
 		}
@@ -498,6 +525,7 @@ func (p *Pool[S]) Adopt(mem S, ranges []Range) ([]*Block[S], []Span, error) {
 		p.budget.used.Add(size)
 	}
 	p.segments[seg] = struct{}{}
+	p.events(mem, true)
 	set := p.setOf(seg)
 	var free []Span
 	for b := seg.head; b != nil; b = b.next {

@@ -25,8 +25,18 @@ func (p rawPeer) call(req *v1.Request) (*v1.Response, int) {
 	if _, err := p.c.Write(frame); err != nil {
 		p.t.Fatal(err)
 	}
+	resp, fds := p.read()
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+	return resp, len(fds)
+}
+
+// read reads one answer and the descriptors that came with it.
+func (p rawPeer) read() (*v1.Response, []int) {
+	p.t.Helper()
 	var buf []byte
-	fds := 0
+	var fds []int
 	for {
 		b := make([]byte, 64<<10)
 		oob := make([]byte, unix.CmsgSpace(4*v1.MaxFDs))
@@ -38,10 +48,7 @@ func (p rawPeer) call(req *v1.Request) (*v1.Response, int) {
 		msgs, _ := unix.ParseSocketControlMessage(oob[:oobn])
 		for _, m := range msgs {
 			got, _ := unix.ParseUnixRights(&m)
-			for _, fd := range got {
-				unix.Close(fd)
-			}
-			fds += len(got)
+			fds = append(fds, got...)
 		}
 		if len(buf) >= v1.HeaderSize {
 			h, err := v1.ParseHeader(buf)
@@ -53,8 +60,8 @@ func (p rawPeer) call(req *v1.Request) (*v1.Response, int) {
 				if err != nil {
 					p.t.Fatal(err)
 				}
-				if h.NumFDs != fds {
-					p.t.Fatalf("header announces %d descriptors, %d came", h.NumFDs, fds)
+				if h.NumFDs != len(fds) {
+					p.t.Fatalf("header announces %d descriptors, %d came", h.NumFDs, len(fds))
 				}
 				return resp, fds
 			}

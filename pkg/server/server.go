@@ -252,6 +252,9 @@ type conn struct {
 	// (nothing keeps either past its reply).
 	req  v1.Request
 	resp v1.Response
+	// watching: a watch was answered (OpWatch); the connection serves
+	// segment news from now on.
+	watching bool
 }
 
 // serve serves the connection until it closes, or until it goes idle on a
@@ -266,6 +269,9 @@ func (cn *conn) serve() {
 		return
 	case servedParked:
 		return // the Parker's callback carries on
+	case servedWatch:
+		go cn.pushSegments(log) // on a goroutine with no thread of its own
+		return
 	}
 	cn.close(log)
 	cn.srv.forget(cn)
@@ -329,6 +335,7 @@ const (
 	servedClosed  served = iota // the connection ended
 	servedHandoff               // idle while this goroutine holds a thread: park it on another
 	servedParked                // the Parker watches it: its callback serves it again
+	servedWatch                 // it became a watch of segments (pushSegments)
 )
 
 // serveFrames answers requests until the connection ends or goes idle.
@@ -389,6 +396,9 @@ func (cn *conn) serveFrames(log *slog.Logger) served {
 		if werr != nil {
 			log.Debug("write failed", "err", werr)
 			return servedClosed
+		}
+		if cn.watching {
+			return servedWatch
 		}
 	}
 }
@@ -464,6 +474,7 @@ var handlers = map[string]handler{
 	v1.OpHolders:  (*conn).holders,
 	v1.OpReattach: (*conn).reattach,
 	v1.OpOffer:    (*conn).offer,
+	v1.OpWatch:    (*conn).watch,
 }
 
 // handle serves req with h, its op's handler (nil: an op this agent lacks).
@@ -499,7 +510,7 @@ func (cn *conn) hello(ctx context.Context, _ *v1.Request, resp *v1.Response) ([]
 	resp.Hello = &v1.Hello{
 		Version: v1.Version, Agent: st.Instance(), Node: st.Node(), Mode: st.Mode(), Devices: wire,
 		PeerPID: cn.pid, Redis: st.Ping(ctx) == nil, Software: Software, Holder: cn.holder,
-		Features: []string{v1.OpForget, v1.OpHolders, v1.FeatureListPages, v1.OpReattach, v1.OpOffer},
+		Features: []string{v1.OpForget, v1.OpHolders, v1.FeatureListPages, v1.OpReattach, v1.OpOffer, v1.OpWatch},
 	}
 	return nil, nil
 }

@@ -65,8 +65,14 @@ type Survival interface {
 	Offer(ctx context.Context, segmentID string, fd int, tenant string, checkTenant bool) error
 }
 
+// Segments tell a watch connection of its tenant's segments.
+type Segments interface {
+	WatchSegments(tenant string, fn func(store.SegmentEvent)) (stop func())
+}
+
 // Store is everything the server needs.
 type Store interface {
+	Segments
 	Agent
 	Leases
 	References

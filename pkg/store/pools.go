@@ -25,6 +25,8 @@ type poolSet struct {
 	limit func(d backend.Device) uint64
 	// granularity is what a device's segments are a multiple of.
 	granularity func(dev int) uint64
+	// events are the options that report a pool's segments to watchers.
+	events func(k poolKey) pool.Option
 
 	mu      sync.Mutex
 	pools   map[poolKey]*pool.Pool[backend.Segment]
@@ -44,9 +46,29 @@ func (ps *poolSet) of(d backend.Device, tenant string) *pool.Pool[backend.Segmen
 		b = pool.NewBudget(ps.limit(d))
 		ps.budgets[d.Index] = b
 	}
-	p := pool.New(ps.source(d.Index), pool.WithBudget(b), pool.WithGranularity(ps.granularity(d.Index)))
+	p := pool.New(ps.source(d.Index), pool.WithBudget(b), pool.WithGranularity(ps.granularity(d.Index)), ps.events(k))
 	ps.pools[k] = p
 	return p
+}
+
+// keys are the keys of the pools keep selects.
+func (ps *poolSet) keys(keep func(poolKey) bool) []poolKey {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	var out []poolKey
+	for k := range ps.pools {
+		if keep(k) {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// ofKey is the pool of k, nil when there is none.
+func (ps *poolSet) ofKey(k poolKey) *pool.Pool[backend.Segment] {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	return ps.pools[k]
 }
 
 // matching returns the pools keep selects.

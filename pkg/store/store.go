@@ -49,7 +49,9 @@ type Store struct {
 	leases *leaseSet
 	zeros  zeroQueue
 	delays *delayLine // connections' gets in their coalescing window
-	uidSeq atomic.Uint64
+	// segWatch are the watchers of segments (WatchSegments).
+	segWatch segmentWatchers
+	uidSeq   atomic.Uint64
 	// reconciled: Redis holds no records of a predecessor any more, so the
 	// agent's own table may decide creates (write-behind waits for it).
 	reconciled atomic.Bool
@@ -101,7 +103,7 @@ func New(reg *registry.Registry, be backend.Backend, instance, node string, opts
 		go s.delays.serve(s.bg, s.startDelayed)
 	}
 	s.pools = &poolSet{
-		source: s.newSegmentSource, limit: s.deviceLimit, granularity: s.be.Granularity,
+		source: s.newSegmentSource, limit: s.deviceLimit, granularity: s.be.Granularity, events: s.segmentEvents,
 		pools: map[poolKey]*pool.Pool[backend.Segment]{}, budgets: map[int]*pool.Budget{},
 	}
 	return s
