@@ -12,8 +12,15 @@ import (
 // rawPeer speaks frames on a bare connection, keeping what each answer's
 // descriptors were.
 type rawPeer struct {
-	t *testing.T
-	c *net.UnixConn
+	t  *testing.T
+	c  *net.UnixConn
+	st *peerBuf
+}
+
+// peerBuf is what a rawPeer read past the answer it returned.
+type peerBuf struct {
+	buf []byte
+	fds []int
 }
 
 func (p rawPeer) call(req *v1.Request) (*v1.Response, int) {
@@ -32,39 +39,42 @@ func (p rawPeer) call(req *v1.Request) (*v1.Response, int) {
 	return resp, len(fds)
 }
 
-// read reads one answer and the descriptors that came with it.
+// read reads one answer and the descriptors that came with it (bytes and
+// descriptors of the next frames may come in the same read: they are kept).
 func (p rawPeer) read() (*v1.Response, []int) {
 	p.t.Helper()
-	var buf []byte
-	var fds []int
+	st := p.st
 	for {
+		if len(st.buf) >= v1.HeaderSize {
+			h, err := v1.ParseHeader(st.buf)
+			if err != nil {
+				p.t.Fatal(err)
+			}
+			if n := v1.HeaderSize + h.BodyLen; len(st.buf) >= n {
+				resp, err := v1.DecodeResponse(st.buf[v1.HeaderSize:n])
+				if err != nil {
+					p.t.Fatal(err)
+				}
+				st.buf = st.buf[n:]
+				if h.NumFDs > len(st.fds) {
+					p.t.Fatalf("header announces %d descriptors, %d came", h.NumFDs, len(st.fds))
+				}
+				fds := st.fds[:h.NumFDs:h.NumFDs]
+				st.fds = st.fds[h.NumFDs:]
+				return resp, fds
+			}
+		}
 		b := make([]byte, 64<<10)
 		oob := make([]byte, unix.CmsgSpace(4*v1.MaxFDs))
 		n, oobn, _, _, err := p.c.ReadMsgUnix(b, oob)
 		if err != nil {
 			p.t.Fatal(err)
 		}
-		buf = append(buf, b[:n]...)
+		st.buf = append(st.buf, b[:n]...)
 		msgs, _ := unix.ParseSocketControlMessage(oob[:oobn])
 		for _, m := range msgs {
 			got, _ := unix.ParseUnixRights(&m)
-			fds = append(fds, got...)
-		}
-		if len(buf) >= v1.HeaderSize {
-			h, err := v1.ParseHeader(buf)
-			if err != nil {
-				p.t.Fatal(err)
-			}
-			if len(buf) >= v1.HeaderSize+h.BodyLen {
-				resp, err := v1.DecodeResponse(buf[v1.HeaderSize : v1.HeaderSize+h.BodyLen])
-				if err != nil {
-					p.t.Fatal(err)
-				}
-				if h.NumFDs != len(fds) {
-					p.t.Fatalf("header announces %d descriptors, %d came", h.NumFDs, len(fds))
-				}
-				return resp, fds
-			}
+			st.fds = append(st.fds, got...)
 		}
 	}
 }
@@ -78,7 +88,7 @@ func TestForgetSendsTheDescriptorAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	p := rawPeer{t, c}
+	p := rawPeer{t, c, &peerBuf{}}
 	hello, _ := p.call(&v1.Request{ID: 1, Op: v1.OpHello})
 	if hello.Hello == nil || len(hello.Hello.Features) == 0 || hello.Hello.Features[0] != v1.OpForget {
 		t.Fatalf("hello does not announce forget: %+v", hello.Hello)

@@ -18,7 +18,7 @@ func dialPeer(t *testing.T, sock string) rawPeer {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	return rawPeer{t, c}
+	return rawPeer{t, c, &peerBuf{}}
 }
 
 // readNews reads a watch's next frame and checks that each pushed segment
@@ -116,7 +116,7 @@ func TestWatchEndsWithTheServer(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			w = rawPeer{t, c}
+			w = rawPeer{t, c, &peerBuf{}}
 			w.call(&v1.Request{ID: 1, Op: v1.OpHello})
 			if resp, _ := w.call(&v1.Request{ID: 2, Op: v1.OpWatch}); resp.Error != nil {
 				t.Fatal(resp.Error)
