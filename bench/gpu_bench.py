@@ -138,7 +138,7 @@ def bench_get(n: int) -> None:
     # Cold: a fresh connection; each get brings a new segment (32 MiB tensors
     # get their own segments): descriptor over the socket + import + map.
     k = 48
-    for i in range(6 * k):
+    for i in range(7 * k):
         s.create(f"b.cold{i}", (8 << 20,), "f32").release()
     # Let the agent finish what the creates left running (their registry
     # scripts: a get of a name with one pending waits for it; the clears of
@@ -191,7 +191,8 @@ def bench_get(n: int) -> None:
     if vmm:
         cold_breakdown(k)
     floor, floor_import = cold_floor([f"b.cold{i}" for i in range(5 * k, 6 * k)])
-    for i in range(6 * k):
+    ahead = first_gets_pushed_ahead([f"b.cold{i}" for i in range(6 * k, 7 * k)])
+    for i in range(7 * k):
         s.delete(f"b.cold{i}")
 
     # torch.multiprocessing: share a CUDA tensor through a Queue, consumer acks.
@@ -222,11 +223,41 @@ def bench_get(n: int) -> None:
     row(f"get_many, cold, {batch} names per call (time per tensor)", many, base_name, base_first, "")
     row("floor of a cold get: bare Python round trip" + (" passing the descriptor" if vmm else "") + " + the same import",
         floor, "the import alone (same loop)", floor_import, "over 1.2x: no cold get can meet 1.2x here")
+    row("get, cold against its floor (same run)", cold, "floor of a cold get", floor, "<= 1.1x the floor")
+    row("first get of a tensor, segments pushed ahead (watch_segments)", ahead, "raw driver import+map (same calls)", raw,
+        "< 1.0x raw")
+    row("first get of a tensor, segments pushed ahead (watch_segments) ", ahead, "get, warm (connection holds the tensor)",
+        held, "")
     row("Unix-socket round trip passing a descriptor (part of a cold get)", socket_rtt(n, with_fd=True),
         "Python Unix-socket echo round trip", echo, "")
     s.delete("b.get")
     s.delete("b.keep")
     s.close()
+
+
+def first_gets_pushed_ahead(names: list[str]) -> list[float]:
+    """A fresh connection that watches segments (Client.watch_segments):
+    once the agent's pushes are mapped, the first get of each tensor."""
+    c = memcuda.connect()
+    c.max_idle_mappings, c.max_idle_bytes = 1 << 20, 1 << 50
+    sids = {c.stat(n).segment_id for n in names}
+    c.watch_segments()
+    deadline = time.monotonic() + 60
+    while not all(sid in c._segments and c._segments[sid].mapping is not None for sid in sids):
+        if time.monotonic() > deadline:
+            raise SystemExit("the watch did not map the segments within 60 s")
+        time.sleep(0.01)
+    times, held = [], []
+    for n in names:
+        t0 = time.perf_counter()
+        t = c.get(n)
+        times.append(time.perf_counter() - t0)
+        held.append(t)
+    NOTES.append(f"segments pushed ahead: {c.prefetched} mapped by the watch before the gets")
+    for t in held:
+        t.release()
+    c.close()
+    return times
 
 
 def mark_reads(client: Any) -> list[float]:

@@ -16,6 +16,7 @@ from ._segments import IdleMappings, Segment, map_segment, unmap
 from ._tensor import SharedTensor
 from ._transport import Connection, close_fd
 from ._version import __version__
+from ._watch import SegmentWatch
 
 __all__ = ["DEFAULT_SOCKET", "Client", "connect", "shared_client", "socket_path"]
 
@@ -64,14 +65,22 @@ def shared_client(path: Optional[str] = None) -> "Client":
 
 
 def connect(path: Optional[str] = None, timeout: float = 10.0, spin_us: Optional[float] = None,
-            reconnect: Optional[float] = None) -> "Client":
+            reconnect: Optional[float] = None, watch_segments: Optional[bool] = None) -> "Client":
     """Connects to the node agent ($MEMCUDA_SOCKET, else /run/memcuda/agent.sock).
     spin_us: how long to poll for a reply before blocking (default 0, or
     $MEMCUDA_SPIN_US): on machines where waking a blocked thread is slow it
     trades client CPU for latency. reconnect: how many seconds the client
     tries to reach the agent again when the connection breaks (default 30,
-    or $MEMCUDA_RECONNECT_S; 0: never)."""
-    return Client(socket_path(path), timeout=timeout, spin_us=spin_us, reconnect=reconnect)
+    or $MEMCUDA_RECONNECT_S; 0: never). watch_segments: map segments ahead
+    of gets (Client.watch_segments; default off, or $MEMCUDA_WATCH_SEGMENTS=1)."""
+    c = Client(socket_path(path), timeout=timeout, spin_us=spin_us, reconnect=reconnect)
+    if os.environ.get("MEMCUDA_WATCH_SEGMENTS", "") == "1" if watch_segments is None else watch_segments:
+        try:
+            c.watch_segments()
+        except BaseException:
+            c.close()
+            raise
+    return c
 
 
 class Client:
@@ -107,6 +116,8 @@ class Client:
         self.release_errors: list[MemcudaError] = []  # failures of pipelined releases, newest last (at most 64)
         self._closed = False
         self._forked = False
+        self._watch: Optional[SegmentWatch] = None
+        self.prefetched = 0  # segments mapped ahead of a get (watch_segments)
         # A child of fork() shares this socket with the parent: refuse to use it there.
         _clients.add(self)
         resp = self._call("hello", client=f"memcuda-py {__version__}")
@@ -493,6 +504,9 @@ class Client:
 
     def close(self) -> None:
         """Closes the connection: the agent drops every reference it held."""
+        watch, self._watch = self._watch, None
+        if watch is not None and not self._forked:
+            watch.close()  # before the lock: its thread may be waiting for it
         with self._lock:
             if self._closed:
                 return
@@ -516,6 +530,72 @@ class Client:
             self.close()
         except Exception:
             pass
+
+    # -- segments ahead of gets ---------------------------------------------
+
+    def watch_segments(self) -> None:
+        """Maps, in a background thread, every segment the agent has or makes
+        for this client's namespace, before any get needs it: the first get
+        of a tensor in one then costs about what a warm get costs instead of
+        a descriptor import. It opens a second connection to the agent (the
+        watch). Mapped segments count as idle mappings: raise
+        max_idle_mappings and max_idle_bytes to keep more of them, since a
+        mapping keeps its segment's memory allocated until it is unmapped
+        (a segment the agent releases is unmapped here at once while no
+        tensor uses it). Raises Unimplemented when the agent cannot watch."""
+        with self._lock:
+            self._begin()
+            if self._watch is not None:
+                return
+            self._watch = SegmentWatch(self)
+
+    def _take_news(self, pushed: Sequence[dict[str, Any]], fds: dict[str, int], gone: Sequence[str]) -> None:
+        """Maps what the watch pushed and unmaps what the agent released
+        (from the watch's thread). Under the lock, so that no get maps the
+        same segment meanwhile."""
+        for p in pushed:
+            sid = str(p.get("id", ""))
+            fd = fds.pop(sid, -1)
+            with self._lock:
+                seg = self._segments.get(sid)
+                if self._closed or self._forked or (seg is not None and seg.mapping is not None):
+                    if fd >= 0:
+                        close_fd(fd)
+                    continue
+                if seg is None:
+                    seg = self._segments[sid] = Segment(sid, fd)
+                elif seg.fd < 0:
+                    seg.fd = fd
+                elif fd >= 0:
+                    close_fd(fd)
+                info = TensorInfo.from_wire({
+                    "segment_id": sid, "segment_size": int(p.get("size", 0)), "device": int(p.get("device", 0)),
+                    "device_uuid": str(p.get("device_uuid", "")), "ipc_mode": str(p.get("ipc_mode", "")),
+                    "ipc_handle": str(p.get("ipc_handle", "")),
+                })
+                try:
+                    map_segment(seg, info)
+                except MemcudaError as e:
+                    _log.debug("memcuda: could not map pushed segment %s ahead: %s", sid, e)
+                    continue  # its descriptor stays: a get maps it
+                self.prefetched += 1
+                self._keep_idle(seg)
+        for fd in fds.values():
+            close_fd(fd)
+        for sid in gone:
+            with self._lock:
+                seg = self._segments.get(sid)
+                if seg is None or seg.users or self._closed:
+                    continue
+                self._idle.take(sid)
+                unmap(seg)
+                del self._segments[sid]
+                if seg.fd >= 0:
+                    if self._can_forget:
+                        self._unmapped.append(seg)  # closed and forgotten at the next call
+                    else:
+                        close_fd(seg.fd)
+                        seg.fd = -1
 
     # -- mappings ----------------------------------------------------------
 
@@ -572,11 +652,15 @@ class Client:
     def _drop_user(self, seg: Segment) -> None:
         seg.users -= 1
         if seg.users == 0:
-            for old in self._idle.add(seg):
-                if self._can_forget and old.fd >= 0:
-                    # Closed at the next safe point: answers already on
-                    # their way may need it to map the segment again.
-                    self._unmapped.append(old)
+            self._keep_idle(seg)
+
+    def _keep_idle(self, seg: Segment) -> None:
+        # An unused mapped segment stays mapped within the idle bounds.
+        for old in self._idle.add(seg):
+            if self._can_forget and old.fd >= 0:
+                # Closed at the next safe point: answers already on
+                # their way may need it to map the segment again.
+                self._unmapped.append(old)
 
 
 def _record(ans: _wire.Answer) -> TensorInfo:

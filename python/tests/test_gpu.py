@@ -426,3 +426,37 @@ def test_memory_returns_after_trim_while_clients_stay_connected(gpu_agent) -> No
             assert time.time() < deadline, f"{(used() - base) >> 20} MiB still allocated after delete and trim"
             w.trim()
             time.sleep(0.05)
+
+
+def test_segments_pushed_ahead_are_mapped_on_the_gpu(gpu_agent) -> None:
+    """watch_segments maps a writer's new GPU segments in a reader before its
+    get: the get then uses that mapping and sees the writer's bytes."""
+    import torch
+
+    w = Child(gpu_agent, """
+        s = memcuda.connect()
+        say("ready")
+        sys.stdin.readline()
+        t = s.create("gw.a", (8 << 20,), "f32")
+        x = t.torch(); x.fill_(3.25); torch.cuda.synchronize()
+        say(t.info.segment_id)
+        sys.stdin.readline()
+    """)
+    assert w.read() == "ready"
+    with memcuda.connect() as r:
+        r.max_idle_mappings, r.max_idle_bytes = 64, 1 << 40
+        r.watch_segments()
+        w.send("go")
+        sid = w.read()
+        deadline = time.monotonic() + 30
+        while not (sid in r._segments and r._segments[sid].mapping is not None):
+            assert time.monotonic() < deadline, "the writer's segment was never mapped ahead"
+            time.sleep(0.01)
+        mapping = r._segments[sid].mapping
+        with r.get("gw.a") as t:
+            assert r._segments[sid].mapping is mapping, "the get used the mapping made ahead"
+            x = t.torch()
+            assert x.is_cuda and float(x.min()) == 3.25 == float(x.max())
+            torch.cuda.synchronize()
+    w.send("done")
+    w.wait()
