@@ -915,16 +915,22 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--skip-unheld", action="store_true", help="leave out the unheld get+release runs")
+    ap.add_argument("--only", default="", help="comma-separated parts to run: get, create, throughput, unheld, bandwidth")
     args = ap.parse_args()
     import torch
 
     RESULTS["device"] = torch.cuda.get_device_name(0)
-    bench_get(args.n)
-    bench_create(args.n)
-    bench_throughput([1, 16], args.seconds)
-    if not args.skip_unheld:
-        bench_unheld([1, 4, 16], args.seconds)
-    bench_bandwidth()
+    only = set(filter(None, args.only.split(",")))
+    unknown = only - {"get", "create", "throughput", "unheld", "bandwidth"}
+    if unknown:
+        raise SystemExit(f"--only: unknown parts {sorted(unknown)}")
+    parts = [("get", lambda: bench_get(args.n)), ("create", lambda: bench_create(args.n)),
+             ("throughput", lambda: bench_throughput([1, 16], args.seconds)),
+             ("unheld", lambda: None if args.skip_unheld else bench_unheld([1, 4, 16], args.seconds)),
+             ("bandwidth", bench_bandwidth)]
+    for name, fn in parts:
+        if not only or name in only:
+            fn()
     print(f"\n### {RESULTS['device']} ({os.environ.get('MEMCUDA_BACKEND', 'vmm')} backend)\n")
     print("| measure | mem-cuda p50 / p99 us | baseline p50 / p99 us (same run) | ratio | target |")
     print("| --- | --- | --- | --- | --- |")
