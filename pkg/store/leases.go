@@ -15,6 +15,7 @@ type leaseSet struct {
 	seq      atomic.Uint64
 	mu       sync.Mutex
 	open     map[string]struct{}
+	peak     int                 // the most open leases since open was last made
 	failed   map[string][]string // closed leases whose drop failed -> the names they still hold
 }
 
@@ -27,14 +28,24 @@ func (l *leaseSet) add() string {
 	h := registry.ConnHolder(l.instance, l.seq.Add(1))
 	l.mu.Lock()
 	l.open[h] = struct{}{}
+	l.peak = max(l.peak, len(l.open))
 	l.mu.Unlock()
 	return h
 }
 
 func (l *leaseSet) remove(h string) {
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	delete(l.open, h)
-	l.mu.Unlock()
+	if n := len(l.open); l.peak >= 1024 && n < l.peak/2 {
+		// A Go map keeps the room of its peak: once a crowd of
+		// connections has gone, a new one gives it back.
+		open := make(map[string]struct{}, n)
+		for k := range l.open {
+			open[k] = struct{}{}
+		}
+		l.open, l.peak = open, n
+	}
 }
 
 func (l *leaseSet) live(h string) bool {
