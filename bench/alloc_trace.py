@@ -1,11 +1,21 @@
-"""The allocator comparison of docs/benchmarks.md: one mixed alloc/free trace
-(sizes 512 B to 256 MiB, log-uniform, random frees) replayed through the
-original design's candidates: PyTorch's caching allocator, CuPy's pool, the CUDA
+"""The allocator comparison of docs/benchmarks.md: alloc/free traces replayed
+through the original design's candidates: PyTorch's caching allocator (by
+default and with expandable_segments:True), CuPy's pool, the CUDA
 stream-ordered pool (cudaMallocAsync), plain cudaMalloc, and RMM's pool when
 its wheel is importable. mem-cuda's own pool replays the same file with
 bench/pooltrace (Go). Reports time per op and peak reserved / peak live.
 
-  python3 bench/alloc_trace.py gen trace.txt [--ops 20000 --peak-gib 8.2]
+Traces (--kind):
+  mixed   sizes 512 B to 256 MiB, log-uniform, random frees (--peak-gib)
+  llm     LLM serving: a 7B model's bf16 weights loaded once, then steps whose
+          activations are sized by the batch's token count and freed in
+          reverse order layer by layer, and 2 MiB KV blocks that grow per
+          request and are freed when it ends
+  small   90 % of sizes 512 B to 64 KiB, 10 % 1 to 64 MiB, random frees
+  holes   rounds of 1-4 MiB blocks, every other one freed, then 6-12 MiB
+          blocks that fit none of the holes (what splits a pool's segments)
+
+  python3 bench/alloc_trace.py gen trace.txt [--kind mixed --ops 20000 --peak-gib 8.2]
   python3 bench/alloc_trace.py run trace.txt [--out results.json]
 """
 from __future__ import annotations
@@ -41,6 +51,109 @@ def gen(path: str, ops: int, peak_gib: float, seed: int) -> None:
             live[nid] = size
             total += size
             f.write(f"a {nid} {size}\n")
+
+
+class _Writer:
+    """Writes a trace and keeps its live set."""
+
+    def __init__(self, path: str) -> None:
+        self.f = open(path, "w")
+        self.live: dict[int, int] = {}
+        self.total = 0
+        self.ops = 0
+        self._next = 0
+
+    def alloc(self, size: int) -> int:
+        self._next += 1
+        self.live[self._next] = size
+        self.total += size
+        self.ops += 1
+        self.f.write(f"a {self._next} {size}\n")
+        return self._next
+
+    def free(self, i: int) -> None:
+        self.total -= self.live.pop(i)
+        self.ops += 1
+        self.f.write(f"f {i}\n")
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def gen_llm(path: str, ops: int, seed: int) -> None:
+    rng = random.Random(seed)
+    w = _Writer(path)
+    hidden, inter, layers, vocab, bf16 = 4096, 11008, 32, 32000, 2
+    w.alloc(vocab * hidden * bf16)  # embeddings
+    for _ in range(layers):
+        for _ in range(4):
+            w.alloc(hidden * hidden * bf16)  # q, k, v, o
+        for _ in range(3):
+            w.alloc(hidden * inter * bf16)  # gate, up, down
+        for _ in range(2):
+            w.alloc(hidden * bf16)  # norms
+    w.alloc(hidden * bf16)
+    w.alloc(vocab * hidden * bf16)  # lm head
+    block_tokens, block = 16, 2 << 20
+    reqs: list[dict[str, Any]] = []
+    while w.ops < ops:
+        while len(reqs) < 32:
+            prompt = rng.randint(16, 1024)
+            reqs.append({"new": prompt, "done": 0, "left": rng.randint(32, 1024), "blocks": []})
+        tokens = 0
+        for r in reqs:
+            t = r["new"] if r["new"] else 1
+            r["new"] = 0
+            tokens += t
+            for _ in range((r["done"] + t + block_tokens - 1) // block_tokens - len(r["blocks"])):
+                r["blocks"].append(w.alloc(block))
+            r["done"] += t
+        resid = w.alloc(tokens * hidden * bf16)
+        for _ in range(layers):
+            acts = [w.alloc(tokens * hidden * bf16) for _ in range(3)] + [w.alloc(tokens * inter * bf16) for _ in range(2)]
+            for a in reversed(acts):
+                w.free(a)
+        logits = w.alloc(len(reqs) * vocab * 4)
+        w.free(logits)
+        w.free(resid)
+        for r in reqs:
+            r["left"] -= 1
+        for r in [r for r in reqs if r["left"] <= 0]:
+            for b in r["blocks"]:
+                w.free(b)
+            reqs.remove(r)
+    w.close()
+
+
+def gen_small(path: str, ops: int, peak_gib: float, seed: int) -> None:
+    rng = random.Random(seed)
+    w = _Writer(path)
+    cap = int(peak_gib * (1 << 30))
+    while w.ops < ops:
+        if w.live and (rng.random() < 0.45 or w.total > cap * 0.9):
+            w.free(rng.choice(list(w.live)))
+            continue
+        if rng.random() < 0.9:
+            size = int(math.exp(rng.uniform(math.log(512), math.log(64 << 10))))
+        else:
+            size = int(math.exp(rng.uniform(math.log(1 << 20), math.log(64 << 20))))
+        w.alloc(size)
+    w.close()
+
+
+def gen_holes(path: str, ops: int, seed: int) -> None:
+    rng = random.Random(seed)
+    w = _Writer(path)
+    while w.ops < ops:
+        small = [w.alloc(rng.randint(1 << 20, 4 << 20)) for _ in range(200)]
+        for i in small[::2]:
+            w.free(i)
+        big = [w.alloc(rng.randint(6 << 20, 12 << 20)) for _ in range(100)]
+        rest = small[1::2] + big
+        rng.shuffle(rest)
+        for i in rest:
+            w.free(i)
+    w.close()
 
 
 def load(path: str) -> list[tuple[str, int, int]]:
@@ -95,6 +208,24 @@ def run_torch(trace: Any) -> tuple[float, int]:
     peak = torch.cuda.max_memory_reserved()
     torch.cuda.empty_cache()
     return dt, peak
+
+
+def run_torch_expandable(trace: Any) -> tuple[float, int]:
+    """PyTorch with expandable_segments:True, in a process of its own (the
+    setting is read when CUDA starts)."""
+    import os
+    import subprocess
+
+    env = dict(os.environ, PYTORCH_CUDA_ALLOC_CONF="expandable_segments:True")
+    r = subprocess.run([sys.executable, __file__, "run", TRACE_PATH, "--only", "torch"], env=env,
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise OSError(f"the expandable_segments run failed: {r.stderr[-500:]}")
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    return got["dt"], got["peak"]
+
+
+TRACE_PATH = ""
 
 
 def run_cupy(trace: Any) -> tuple[float, int]:
@@ -163,15 +294,31 @@ def main() -> None:
     ap.add_argument("--peak-gib", type=float, default=8.2)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--out", default="")
+    ap.add_argument("--kind", choices=["mixed", "llm", "small", "holes"], default="mixed")
+    ap.add_argument("--only", default="", help="internal: run one allocator (torch) and print its result as JSON")
     args = ap.parse_args()
     if args.cmd == "gen":
-        gen(args.trace, args.ops, args.peak_gib, args.seed)
+        if args.kind == "llm":
+            gen_llm(args.trace, args.ops, args.seed)
+        elif args.kind == "small":
+            gen_small(args.trace, args.ops, args.peak_gib, args.seed)
+        elif args.kind == "holes":
+            gen_holes(args.trace, args.ops, args.seed)
+        else:
+            gen(args.trace, args.ops, args.peak_gib, args.seed)
         return
+    global TRACE_PATH
+    TRACE_PATH = args.trace
     trace = load(args.trace)
+    if args.only == "torch":
+        dt, peak = run_torch(trace)
+        print(json.dumps({"dt": dt, "peak": peak}))
+        return
     live = peak_live(trace)
     results: dict[str, Any] = {"peak_live": live, "ops": len(trace)}
-    for name, fn in [("pytorch caching allocator", run_torch), ("cupy memory pool", run_cupy),
-                     ("cudaMallocAsync pool", run_async), ("cudaMalloc", run_malloc), ("rmm pool", run_rmm)]:
+    for name, fn in [("pytorch caching allocator", run_torch), ("pytorch, expandable_segments:True", run_torch_expandable),
+                     ("cupy memory pool", run_cupy), ("cudaMallocAsync pool", run_async), ("cudaMalloc", run_malloc),
+                     ("rmm pool", run_rmm)]:
         try:
             dt, peak = fn(trace)
         except (ImportError, AttributeError, OSError) as e:  # not installed, or its libraries missing

@@ -5,7 +5,7 @@
 # ONLY_BENCH=1 skips the tests, SKIP_GO_TESTS=1 the Go tests, PYTEST_ARGS
 # picks Python tests (default: all), SKIP_BENCH=1 the benchmarks, SKIP_GO_BENCH=1
 # the Go benchmarks, SKIP_WEIGHTS=1 the model-weights benchmark, SKIP_ALLOC=1
-# the allocator comparison, SKIP_HANDOVER=1 the hand-over window; BENCH_MODES and BENCH_N pick backends and samples (a
+# the allocator comparison (ALLOC_KINDS its traces), SKIP_HANDOVER=1 the hand-over window; BENCH_MODES and BENCH_N pick backends and samples (a
 # mode ending in -sync runs that backend with --registry-write-behind=false:
 # every Redis script before its answer, the baseline of write-behind).
 set -uo pipefail
@@ -94,16 +94,21 @@ if [ -z "${SKIP_BENCH:-}" ]; then
     AGENT_PID= REDIS_PID=
   fi
   if [ -z "${SKIP_ALLOC:-}" ]; then
-    step allocator trace
-    python3 bench/alloc_trace.py gen /tmp/memcuda-trace.txt
-    echo "| allocator | us per op | peak reserved / peak live |"
-    echo "| --- | --- | --- |"
-    run "$D/bin/pooltrace" -backend vmm /tmp/memcuda-trace.txt
     # RMM from the carried wheels (a zip each: unpacked, not installed).
     if compgen -G "$D/wheels/*.whl" >/dev/null; then
       python3 -c 'import sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sys.argv[2:]]' "$D/pylib" "$D"/wheels/*.whl
     fi
-    PYTHONPATH=$D/pylib${PYTHONPATH:+:$PYTHONPATH} run python3 bench/alloc_trace.py run /tmp/memcuda-trace.txt --out "$OUT/alloc.json"
+    # ALLOC_KINDS picks the traces (bench/alloc_trace.py says what each is).
+    for kind in ${ALLOC_KINDS:-mixed llm small holes}; do
+      step "allocator trace: $kind"
+      gen=(--kind "$kind")
+      [ "$kind" = small ] && gen+=(--peak-gib 2)
+      python3 bench/alloc_trace.py gen "/tmp/memcuda-trace-$kind.txt" "${gen[@]}"
+      echo "| allocator | us per op | peak reserved / peak live |"
+      echo "| --- | --- | --- |"
+      run "$D/bin/pooltrace" -backend vmm "/tmp/memcuda-trace-$kind.txt"
+      PYTHONPATH=$D/pylib${PYTHONPATH:+:$PYTHONPATH} run python3 bench/alloc_trace.py run "/tmp/memcuda-trace-$kind.txt" --out "$OUT/alloc-$kind.json"
+    done
   fi
 fi
 step "suite status: $status"
