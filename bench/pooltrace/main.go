@@ -29,6 +29,7 @@ type op struct {
 func main() {
 	mode := flag.String("backend", "vmm", "vmm, legacy or host")
 	zero := flag.Bool("zero", false, "zero-fill each block as the agent does")
+	slack := flag.Float64("slack", pool.DefaultCacheSlack, "free memory kept cached over the allocated bytes when the pool grows")
 	flag.Parse()
 	if flag.NArg() != 1 {
 		fmt.Fprintln(os.Stderr, "usage: pooltrace [-backend vmm] trace.txt")
@@ -50,7 +51,7 @@ func main() {
 	}
 	p := pool.New(pool.SourceFunc[backend.Segment](func(ctx context.Context, size uint64) (backend.Segment, error) {
 		return be.NewSegment(ctx, 0, size)
-	}), pool.WithGranularity(be.Granularity(0)))
+	}), pool.WithGranularity(be.Granularity(0)), pool.WithCacheSlack(*slack))
 	ctx := context.Background()
 	held := map[int]*pool.Block[backend.Segment]{}
 	var live, peakLive uint64
@@ -77,7 +78,11 @@ func main() {
 	}
 	per := time.Since(start) / time.Duration(len(ops))
 	st := p.Stats()
-	fmt.Printf("| mem-cuda pool (%s segments) | %.1f | %.3f |\n", *mode, float64(per.Nanoseconds())/1e3, float64(st.PeakReserved)/float64(peakLive))
+	label := ""
+	if *slack != pool.DefaultCacheSlack {
+		label = fmt.Sprintf(", slack %g", *slack)
+	}
+	fmt.Printf("| mem-cuda pool (%s segments%s) | %.1f | %.3f |\n", *mode, label, float64(per.Nanoseconds())/1e3, float64(st.PeakReserved)/float64(peakLive))
 	fmt.Fprintf(os.Stderr, "segments made %d, peak reserved %d, peak live %d\n", st.SegmentAllocs, st.PeakReserved, peakLive)
 	p.Close()
 }

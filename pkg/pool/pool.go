@@ -24,12 +24,12 @@ import (
 	"github.com/memcuda/memcuda/pkg/errdefs"
 )
 
-// cacheSlack bounds the free memory a pool keeps cached: before it grows,
-// it releases wholly free segments until its reserved bytes stay within
-// (1+cacheSlack) times its allocated bytes after the growth. This keeps
+// DefaultCacheSlack bounds the free memory a pool keeps cached: before it
+// grows, it releases wholly free segments until its reserved bytes stay
+// within (1+slack) times its allocated bytes after the growth. This keeps
 // reserved/live near 1 at the price of more segment creations when the
-// workload swings (PyTorch caches without bound).
-const cacheSlack = 0.05
+// workload swings (PyTorch caches without bound). WithCacheSlack sets it.
+const DefaultCacheSlack = 0.05
 
 // Sizes that shape the pool (PyTorch's constants, except where noted).
 const (
@@ -143,6 +143,7 @@ type Pool[S Segment] struct {
 	probe       Block[S]
 	probeSeg    segment[S]
 	oversizeDiv uint64
+	slack       float64
 	events      func(mem S, added bool)
 }
 
@@ -153,7 +154,12 @@ type options struct {
 	budget  *Budget
 	granule uint64
 	events  any // func(mem S, added bool) of the pool's S
+	slack   float64
 }
+
+// WithCacheSlack sets how much free memory the pool keeps cached over its
+// allocated bytes when it grows (DefaultCacheSlack; 0.25: a quarter more).
+func WithCacheSlack(f float64) Option { return func(o *options) { o.slack = f } }
 
 // WithBudget makes the pool reserve its segments from b, which may be shared by
 // the pools of one device (one per tenant).
@@ -173,7 +179,7 @@ func WithSegmentEvents[S Segment](fn func(mem S, added bool)) Option {
 
 // New returns an empty pool drawing segments from src.
 func New[S Segment](src Source[S], opts ...Option) *Pool[S] {
-	o := options{granule: 1}
+	o := options{granule: 1, slack: DefaultCacheSlack}
 	for _, f := range opts {
 		f(&o)
 	}
@@ -185,6 +191,7 @@ func New[S Segment](src Source[S], opts ...Option) *Pool[S] {
 		budget:      o.budget,
 		granule:     o.granule,
 		oversizeDiv: 8,
+		slack:       max(o.slack, 0),
 		segments:    make(map[*segment[S]]struct{}),
 		events:      func(S, bool) {},
 	}
@@ -288,7 +295,7 @@ func (p *Pool[S]) bestFit(set *btree.BTreeG[*Block[S]], size uint64) *Block[S] {
 // bytes (the request itself) before it gives up. Called with p.mu held.
 func (p *Pool[S]) grow(ctx context.Context, size, minSize uint64, class sizeClass) (*segment[S], error) {
 	// Room for the new segment within the slack over live bytes.
-	if limit := uint64(float64(p.stats.Allocated+size) * (1 + cacheSlack)); limit > size {
+	if limit := uint64(float64(p.stats.Allocated+size) * (1 + p.slack)); limit > size {
 		p.trimTo(limit - size)
 	} else {
 		p.trimTo(0)
