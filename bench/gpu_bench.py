@@ -924,10 +924,11 @@ def main() -> None:
     unknown = only - {"get", "create", "throughput", "unheld", "bandwidth"}
     if unknown:
         raise SystemExit(f"--only: unknown parts {sorted(unknown)}")
-    parts = [("get", lambda: bench_get(args.n)), ("create", lambda: bench_create(args.n)),
-             ("throughput", lambda: bench_throughput([1, 16], args.seconds)),
-             ("unheld", lambda: None if args.skip_unheld else bench_unheld([1, 4, 16], args.seconds)),
-             ("bandwidth", bench_bandwidth)]
+    parts: list[tuple[str, Callable[[], None]]] = [
+        ("get", lambda: bench_get(args.n)), ("create", lambda: bench_create(args.n)),
+        ("throughput", lambda: bench_throughput([1, 16], args.seconds)),
+        ("unheld", lambda: None if args.skip_unheld else bench_unheld([1, 4, 16], args.seconds)),
+        ("bandwidth", bench_bandwidth)]
     for name, fn in parts:
         if not only or name in only:
             fn()
