@@ -28,9 +28,8 @@ type turn struct {
 	holder string
 	state  atomic.Int32 // turnPending, turnStarted or turnCancelled
 	ended  atomic.Bool  // end was called: a cancelled get's turn is ended by its release and again by its window
-	// Under the order's lock: finished once done is closed; follower is
-	// the next turn of the name, ended before this one, that waits for it.
-	finished bool
+	// follower is the next turn of the name, ended before this one, that
+	// waits for it (under the order's lock).
 	follower *turn
 }
 
@@ -156,9 +155,7 @@ func (o *order) cancel(name, holder string) bool {
 		return false
 	}
 	delete(o.open, k)
-	if t.ended.CompareAndSwap(false, true) {
-		o.finishLocked(name, t)
-	}
+	o.endLocked(name, t)
 	return true
 }
 
@@ -191,17 +188,21 @@ func (t *turn) wait(ctx context.Context) error {
 // whose script never ran (its wait gave up, or a release cancelled it) ends
 // only once its predecessor has.
 func (o *order) end(name string, t *turn) {
-	if t.ended.CompareAndSwap(false, true) {
-		o.mu.Lock()
-		o.finishLocked(name, t)
-		o.mu.Unlock()
+	if t.ended.Load() {
+		return // without the lock: a cancelled get's commit ends it again
 	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.endLocked(name, t)
 }
 
-func (o *order) finishLocked(name string, t *turn) {
+func (o *order) endLocked(name string, t *turn) {
+	if !t.ended.CompareAndSwap(false, true) {
+		return
+	}
 	for t != nil {
 		if p := t.prev.Load(); p != nil {
-			if !p.finished {
+			if !closed(p.done) {
 				// p's end finishes t too, in the same goroutine: turns of a
 				// popular name end out of order (each connection releases
 				// when it likes), and a goroutine per early one would queue
@@ -211,8 +212,7 @@ func (o *order) finishLocked(name string, t *turn) {
 			}
 			t.prev.Store(nil)
 		}
-		t.finished = true
-		close(t.done)
+		close(t.done) // under the lock: a follower's check of it cannot race it
 		if o.last[name] == t {
 			delete(o.last, name)
 		}
@@ -226,6 +226,15 @@ func (o *order) finishLocked(name string, t *turn) {
 		next := t.follower
 		t.follower = nil
 		t = next
+	}
+}
+
+func closed(ch chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
 	}
 }
 
