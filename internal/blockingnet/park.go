@@ -10,6 +10,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/memcuda/memcuda/internal/peakmap"
 )
 
 // ErrIdle is a ReadOnce that found no data within the read timeout
@@ -104,8 +106,7 @@ type Parker struct {
 	wake int // an eventfd in the set: Close wakes the waiting thread with it
 
 	mu      sync.Mutex
-	waiting map[int32]*watch // descriptor -> its watch
-	peak    int              // most watches since waiting was last made
+	waiting peakmap.Map[int32, *watch] // descriptor -> its watch
 	closed  bool
 }
 
@@ -129,7 +130,7 @@ func NewParker() (*Parker, error) {
 		unix.Close(epfd)
 		return nil, fmt.Errorf("blockingnet: eventfd: %w", err)
 	}
-	p := &Parker{epfd: epfd, wake: wake, waiting: map[int32]*watch{}}
+	p := &Parker{epfd: epfd, wake: wake}
 	go p.run()
 	return p, nil
 }
@@ -175,8 +176,7 @@ func (p *Parker) Watch(c *Conn, deadline time.Time, fn func(error)) error {
 	if p.closed {
 		return ErrParkerClosed
 	}
-	p.waiting[fd] = w
-	p.peak = max(p.peak, len(p.waiting))
+	p.waiting.Set(fd, w)
 	if !deadline.IsZero() {
 		w.timer = time.AfterFunc(time.Until(deadline), func() {
 			if p.take(fd, w) != nil {
@@ -188,7 +188,7 @@ func (p *Parker) Watch(c *Conn, deadline time.Time, fn func(error)) error {
 	// before the descriptor is in the set.
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: fd}
 	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev); err != nil {
-		delete(p.waiting, fd)
+		p.waiting.Delete(fd)
 		if w.timer != nil {
 			w.timer.Stop()
 		}
@@ -204,20 +204,11 @@ func (p *Parker) Watch(c *Conn, deadline time.Time, fn func(error)) error {
 func (p *Parker) take(fd int32, want *watch) *watch {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	w := p.waiting[fd]
+	w, _ := p.waiting.Get(fd)
 	if w == nil || (want != nil && w != want) {
 		return nil
 	}
-	delete(p.waiting, fd)
-	if p.peak > 1024 && len(p.waiting) < p.peak/8 {
-		// A map keeps the room of its peak: once a crowd has gone, a new
-		// one that fits what is left.
-		m := make(map[int32]*watch, len(p.waiting))
-		for k, v := range p.waiting {
-			m[k] = v
-		}
-		p.waiting, p.peak = m, len(m)
-	}
+	p.waiting.Delete(fd)
 	unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, int(fd), nil)
 	return w
 }

@@ -17,6 +17,8 @@ import (
 
 	v1 "github.com/memcuda/memcuda/api/v1"
 	"github.com/memcuda/memcuda/internal/blockingnet"
+	"github.com/memcuda/memcuda/internal/osthread"
+	"github.com/memcuda/memcuda/internal/peakmap"
 	"github.com/memcuda/memcuda/internal/procinfo"
 	"github.com/memcuda/memcuda/pkg/errdefs"
 	"github.com/memcuda/memcuda/pkg/registry"
@@ -52,11 +54,14 @@ type Server struct {
 	hot         hotSlots
 	parker      *blockingnet.Parker
 
-	mu        sync.Mutex
-	ln        *net.UnixListener
-	conns     map[*conn]struct{}
-	peakConns int // the most connections open at once since memory was last given back
-	wg        sync.WaitGroup
+	mu    sync.Mutex
+	ln    *net.UnixListener
+	conns peakmap.Map[*conn, struct{}]
+	wg    sync.WaitGroup
+	// calmThreads is the runtime's thread count when serving began: what
+	// it is trimmed back to once a crowd of connections has gone.
+	calmThreads int
+	trimming    atomic.Bool
 	// handingOver: connections close without dropping their references
 	// (their clients reattach to the next instance).
 	handingOver atomic.Bool
@@ -94,7 +99,7 @@ func WithHotConnections(n int) Option { return func(s *Server) { s.hot = make(ho
 
 // New returns a server over st.
 func New(st Store, opts ...Option) *Server {
-	s := &Server{st: st, log: slog.Default(), obs: noObserver{}, timeout: 10 * time.Second, conns: map[*conn]struct{}{},
+	s := &Server{st: st, log: slog.Default(), obs: noObserver{}, timeout: 10 * time.Second,
 		maxConns: 16384, readTimeout: 10 * time.Second, hot: make(hotSlots, 512)}
 	for _, o := range opts {
 		o(s)
@@ -113,12 +118,13 @@ func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
 	defer parker.Close()
 	s.mu.Lock()
 	s.ln = l
+	s.calmThreads = osthread.Count()
 	s.mu.Unlock()
 	go func() {
 		<-ctx.Done()
 		l.Close()
 		s.mu.Lock()
-		for c := range s.conns {
+		for c := range s.conns.All() {
 			c.raw.Shutdown() // wakes its thread; the serving goroutine closes it
 		}
 		s.mu.Unlock()
@@ -138,7 +144,7 @@ func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
 			return err
 		}
 		s.mu.Lock()
-		full := len(s.conns) >= s.maxConns
+		full := s.conns.Len() >= s.maxConns
 		s.mu.Unlock()
 		if full {
 			s.refuse(c)
@@ -165,8 +171,7 @@ func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
 			cn.id, cn.idErr = s.auth.Identify(ctx, cn.pid)
 		}
 		s.mu.Lock()
-		s.conns[cn] = struct{}{}
-		s.peakConns = max(s.peakConns, len(s.conns))
+		s.conns.Set(cn, struct{}{})
 		s.mu.Unlock()
 		s.wg.Add(1)
 		cn.fr = &frameReader{raw: cn.raw, srv: s, parkNext: true, idleFor: func() bool { return len(cn.leases) == 0 },
@@ -195,7 +200,7 @@ func (s *Server) HandOver(ctx context.Context) (*os.File, error) {
 	l.SetUnlinkOnClose(false) // the path is the successor's now
 	l.Close()
 	s.mu.Lock()
-	for c := range s.conns {
+	for c := range s.conns.All() {
 		c.raw.ShutdownRead() // a request being served still gets its answer
 	}
 	s.mu.Unlock()
@@ -279,29 +284,36 @@ func (cn *conn) serve() {
 }
 
 // forget drops a closed connection. When a crowd of connections has gone
-// (fewer than half of the most there were, and at least 1024 fewer), the
-// memory they used goes back to the system now rather than over minutes.
+// (the map of them was made anew), the memory and threads they used go back
+// to the system now rather than over minutes (memory) or never (threads).
 func (s *Server) forget(cn *conn) {
 	s.mu.Lock()
-	delete(s.conns, cn)
-	n := len(s.conns)
-	release := s.peakConns >= 1024 && n < s.peakConns/2
-	if release {
-		s.peakConns = n
-		// A Go map keeps its buckets when it shrinks: a new one.
-		conns := make(map[*conn]struct{}, n)
-		for c := range s.conns {
-			conns[c] = struct{}{}
-		}
-		s.conns = conns
-	}
+	crowdGone := s.conns.Delete(cn)
 	s.mu.Unlock()
-	if release {
-		go func() {
-			debug.FreeOSMemory()
-			debug.FreeOSMemory() // the second collection drops what pools kept through the first
-		}()
+	if crowdGone && s.trimming.CompareAndSwap(false, true) {
+		go s.giveBack()
 	}
+}
+
+// giveBack returns what a crowd of connections left: the heap it grew and
+// the threads the runtime started for it (as many as there are now over
+// the count when serving began, less those the hot connections hold).
+func (s *Server) giveBack() {
+	defer s.trimming.Store(false)
+	debug.FreeOSMemory()
+	debug.FreeOSMemory() // the second collection drops what pools kept through the first
+	s.mu.Lock()
+	keep := s.calmThreads
+	s.mu.Unlock()
+	had := osthread.Count()
+	left := osthread.Trim(keep + len(s.hot))
+	s.log.Debug("a crowd of connections has gone: memory and threads given back", "threads", had, "threads_left", left, "calm", keep, "hot", len(s.hot), "connections", s.connections())
+}
+
+func (s *Server) connections() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.conns.Len()
 }
 
 // close drops the connection's leases and events.

@@ -4,6 +4,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/memcuda/memcuda/internal/peakmap"
 	"github.com/memcuda/memcuda/pkg/registry"
 )
 
@@ -14,21 +15,19 @@ type leaseSet struct {
 	instance string
 	seq      atomic.Uint64
 	mu       sync.Mutex
-	open     map[string]struct{}
-	peak     int                 // the most open leases since open was last made
+	open     peakmap.Map[string, struct{}]
 	failed   map[string][]string // closed leases whose drop failed -> the names they still hold
 }
 
 func newLeaseSet(instance string) *leaseSet {
-	return &leaseSet{instance: instance, open: map[string]struct{}{}, failed: map[string][]string{}}
+	return &leaseSet{instance: instance, failed: map[string][]string{}}
 }
 
 // add returns a new connection holder.
 func (l *leaseSet) add() string {
 	h := registry.ConnHolder(l.instance, l.seq.Add(1))
 	l.mu.Lock()
-	l.open[h] = struct{}{}
-	l.peak = max(l.peak, len(l.open))
+	l.open.Set(h, struct{}{})
 	l.mu.Unlock()
 	return h
 }
@@ -36,22 +35,13 @@ func (l *leaseSet) add() string {
 func (l *leaseSet) remove(h string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	delete(l.open, h)
-	if n := len(l.open); l.peak >= 1024 && n < l.peak/2 {
-		// A Go map keeps the room of its peak: once a crowd of
-		// connections has gone, a new one gives it back.
-		open := make(map[string]struct{}, n)
-		for k := range l.open {
-			open[k] = struct{}{}
-		}
-		l.open, l.peak = open, n
-	}
+	l.open.Delete(h)
 }
 
 func (l *leaseSet) live(h string) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	_, ok := l.open[h]
+	_, ok := l.open.Get(h)
 	return ok
 }
 
