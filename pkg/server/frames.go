@@ -24,11 +24,21 @@ import (
 // goroutine each (the runtime never frees a goroutine it once made).
 const hotWait = 50 * time.Millisecond
 
-// bufSize is the read buffer of a connection that is reading; an idle one
-// gives it back to the pool.
-const bufSize = 64 << 10
+// Read buffers: a connection that is reading holds one, an idle one gives
+// it back to its pool. A connection starts with a small one (a request
+// frame is usually a few hundred bytes, and a slow sender's partial frame
+// is held for as long as it takes) and moves to a large one for a frame
+// that does not fit, or once a read filled the small one (frames pipelined
+// back to back).
+const (
+	smallBufSize = 4 << 10
+	bufSize      = 64 << 10
+)
 
-var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
+var (
+	smallBufPool = sync.Pool{New: func() any { b := make([]byte, smallBufSize); return &b }}
+	bufPool      = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
+)
 
 // errReadTimeout is a frame that did not arrive whole within the read timeout.
 var errReadTimeout = errors.New("a request frame did not arrive whole in time")
@@ -150,6 +160,10 @@ func (f *frameReader) parse() (v1.Header, []byte, bool, error) {
 	}
 	f.r += end
 	f.started = time.Time{}
+	if f.r < f.w {
+		// The next frame began in the same read: its time runs from now.
+		f.started = time.Now()
+	}
 	return h, b[v1.HeaderSize:end], true, nil
 }
 
@@ -157,21 +171,28 @@ func (f *frameReader) parse() (v1.Header, []byte, bool, error) {
 // parked otherwise.
 func (f *frameReader) fill() error {
 	if f.buf == nil {
-		f.buf = bufPool.Get().(*[]byte)
+		f.buf = smallBufPool.Get().(*[]byte)
 		f.r, f.w = 0, 0
 	}
 	buf := *f.buf
 	if f.r == f.w {
 		f.r, f.w = 0, 0
 	}
-	if need := f.need(); need > len(buf)-f.r {
-		// A frame larger than the buffer: a buffer of its own.
-		nb := make([]byte, max(need, 2*len(buf)))
-		f.w = copy(nb, buf[f.r:f.w])
+	if need := f.need(); need > len(buf) || (f.w == len(buf) && len(buf) == smallBufSize) {
+		// A frame larger than the buffer, or a small buffer filled: a
+		// large one (of its own past the pool's size).
+		var nb *[]byte
+		if need <= bufSize && len(buf) < bufSize {
+			nb = bufPool.Get().(*[]byte)
+		} else {
+			b := make([]byte, max(need, 2*len(buf)))
+			nb = &b
+		}
+		f.w = copy(*nb, buf[f.r:f.w])
 		f.r = 0
-		f.release()
-		f.buf, buf = &nb, nb
-	} else if f.w == len(buf) {
+		f.putBuf()
+		f.buf, buf = nb, *nb
+	} else if need > len(buf)-f.r || f.w == len(buf) {
 		f.w = copy(buf, buf[f.r:f.w])
 		f.r = 0
 	}
@@ -295,7 +316,15 @@ func (f *frameReader) release() {
 	if f.buf == nil || f.r < f.w {
 		return
 	}
-	if len(*f.buf) == bufSize {
+	f.putBuf()
+}
+
+// putBuf gives the buffer to its pool (one of its own is dropped).
+func (f *frameReader) putBuf() {
+	switch len(*f.buf) {
+	case smallBufSize:
+		smallBufPool.Put(f.buf)
+	case bufSize:
 		bufPool.Put(f.buf)
 	}
 	f.buf = nil

@@ -267,18 +267,17 @@ type conn struct {
 // returns with its thread still locked, which ends the thread. So a burst
 // of busy connections leaves no threads behind once they go quiet.
 func (cn *conn) serve() {
-	log := cn.srv.log.With("peer_pid", cn.pid, "holder", cn.holder)
-	switch cn.serveFrames(log) {
+	switch cn.serveFrames() {
 	case servedHandoff:
 		go cn.serve()
 		return
 	case servedParked:
 		return // the Parker's callback carries on
 	case servedWatch:
-		go cn.pushSegments(log) // on a goroutine with no thread of its own
+		go cn.pushSegments() // on a goroutine with no thread of its own
 		return
 	}
-	cn.close(log)
+	cn.close()
 	cn.srv.forget(cn)
 	cn.srv.wg.Done()
 }
@@ -317,7 +316,11 @@ func (s *Server) connections() int {
 }
 
 // close drops the connection's leases and events.
-func (cn *conn) close(log *slog.Logger) {
+// log is the connection's logger. Made when something is logged, not per
+// wake: a parked connection wakes for every byte a slow client sends.
+func (cn *conn) log() *slog.Logger { return cn.srv.log.With("peer_pid", cn.pid, "holder", cn.holder) }
+
+func (cn *conn) close() {
 	cn.fr.release()
 	cn.fr.closeFDs()
 	cn.raw.Close()
@@ -334,9 +337,9 @@ func (cn *conn) close(log *slog.Logger) {
 		return // its client reattaches its references to the successor
 	}
 	if err := cn.srv.st.CloseLease(ctx, cn.holder, names); err != nil {
-		log.Warn("could not drop the leases of a closed connection now; GC will", "err", err)
+		cn.log().Warn("could not drop the leases of a closed connection now; GC will", "err", err)
 	} else if len(names) > 0 {
-		log.Debug("dropped leases of a closed connection", "tensors", len(names))
+		cn.log().Debug("dropped leases of a closed connection", "tensors", len(names))
 	}
 }
 
@@ -351,7 +354,7 @@ const (
 )
 
 // serveFrames answers requests until the connection ends or goes idle.
-func (cn *conn) serveFrames(log *slog.Logger) served {
+func (cn *conn) serveFrames() served {
 	for {
 		h, body, err := cn.fr.next()
 		if err != nil {
@@ -361,12 +364,12 @@ func (cn *conn) serveFrames(log *slog.Logger) served {
 			case errors.Is(err, errParked):
 				return servedParked
 			case errors.Is(err, errReadTimeout), errors.Is(err, errIdleTimeout):
-				log.Info("closing connection", "reason", err)
+				cn.log().Info("closing connection", "reason", err)
 			case errors.Is(err, v1.ErrFrame):
-				log.Warn("closing connection after a bad frame", "err", err)
+				cn.log().Warn("closing connection after a bad frame", "err", err)
 				cn.reply(&v1.Response{Error: &v1.Error{Code: errdefs.CodeInvalidArgument, Message: err.Error()}}, nil)
 			case !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !errors.Is(err, os.ErrClosed) && !errors.Is(err, unix.ECONNRESET):
-				log.Warn("closing connection after a read error", "err", err)
+				cn.log().Warn("closing connection after a read error", "err", err)
 			}
 			return servedClosed
 		}
@@ -391,7 +394,7 @@ func (cn *conn) serveFrames(log *slog.Logger) served {
 			}
 			cn.srv.obs.Observe("socket", op, err, start)
 			if err != nil {
-				log.Debug("request failed", "op", req.Op, "name", req.Name, "err", err)
+				cn.log().Debug("request failed", "op", req.Op, "name", req.Name, "err", err)
 				resp = errorResponse(req.ID, err)
 			}
 			in, cn.in = cn.in, nil // what the handler did not take
@@ -406,7 +409,7 @@ func (cn *conn) serveFrames(log *slog.Logger) served {
 			go cn.runCommit(c)
 		}
 		if werr != nil {
-			log.Debug("write failed", "err", werr)
+			cn.log().Debug("write failed", "err", werr)
 			return servedClosed
 		}
 		if cn.watching {

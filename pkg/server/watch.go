@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"sync"
 	"time"
 
@@ -108,10 +107,10 @@ func (cn *conn) watch(_ context.Context, _ *v1.Request, _ *v1.Response) ([]int, 
 }
 
 // pushSegments serves a watch connection until it closes.
-func (cn *conn) pushSegments(log *slog.Logger) {
+func (cn *conn) pushSegments() {
 	defer cn.srv.wg.Done()
 	defer cn.srv.forget(cn)
-	defer cn.close(log)
+	defer cn.close()
 	news := &segmentNews{kick: make(chan struct{}, 1)}
 	defer news.closeAll()
 	stop := cn.srv.st.WatchSegments(cn.id.Namespace, news.add)
@@ -121,7 +120,7 @@ func (cn *conn) pushSegments(log *slog.Logger) {
 	// also makes it readable.
 	ended := make(chan struct{})
 	if err := cn.srv.parker.Watch(cn.raw, time.Time{}, func(error) { close(ended) }); err != nil {
-		log.Debug("watch not kept", "err", err)
+		cn.log().Debug("watch not kept", "err", err)
 		return
 	}
 	for {
@@ -130,11 +129,11 @@ func (cn *conn) pushSegments(log *slog.Logger) {
 		closePushed(p)
 		switch {
 		case overflow:
-			log.Warn("closing a watch that fell too far behind", "news", maxNews)
+			cn.log().Warn("closing a watch that fell too far behind", "news", maxNews)
 			return
 		case err != nil:
 			if !errors.Is(err, unix.EPIPE) && !errors.Is(err, unix.ECONNRESET) {
-				log.Info("closing a watch", "err", err)
+				cn.log().Info("closing a watch", "err", err)
 			}
 			return
 		}
