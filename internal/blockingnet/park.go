@@ -107,7 +107,9 @@ type Parker struct {
 
 	mu      sync.Mutex
 	waiting peakmap.Map[int32, *watch] // descriptor -> its watch
-	closed  bool
+	// starting holds a token for each callback started and not yet run.
+	starting chan struct{}
+	closed   bool
 }
 
 // watch is one Watch: the first of readiness and its deadline runs fn.
@@ -130,10 +132,13 @@ func NewParker() (*Parker, error) {
 		unix.Close(epfd)
 		return nil, fmt.Errorf("blockingnet: eventfd: %w", err)
 	}
-	p := &Parker{epfd: epfd, wake: wake}
+	p := &Parker{epfd: epfd, wake: wake, starting: make(chan struct{}, maxStarting)}
 	go p.run()
 	return p, nil
 }
+
+// maxStarting bounds the callbacks started and not yet run.
+const maxStarting = 64
 
 func (p *Parker) run() {
 	events := make([]unix.EpollEvent, 256)
@@ -155,7 +160,15 @@ func (p *Parker) run() {
 				if w.timer != nil {
 					w.timer.Stop()
 				}
-				go w.fn(nil)
+				// At most maxStarting callbacks wait to be run: a crowd
+				// that closes at once would otherwise start a goroutine
+				// for each of thousands of connections before the first
+				// runs, and the runtime keeps every goroutine it made.
+				p.starting <- struct{}{}
+				go func() {
+					<-p.starting
+					w.fn(nil)
+				}()
 			}
 		}
 	}

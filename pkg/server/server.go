@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -60,8 +61,8 @@ type Server struct {
 	wg    sync.WaitGroup
 	// calmThreads is the runtime's thread count when serving began: what
 	// it is trimmed back to once a crowd of connections has gone.
-	calmThreads int
-	trimming    atomic.Bool
+	calmThreads   int
+	giveBackTimer *time.Timer // runs giveBack once a crowd has gone
 	// handingOver: connections close without dropping their references
 	// (their clients reattach to the next instance).
 	handingOver atomic.Bool
@@ -126,6 +127,9 @@ func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
 		s.mu.Lock()
 		for c := range s.conns.All() {
 			c.raw.Shutdown() // wakes its thread; the serving goroutine closes it
+		}
+		if s.giveBackTimer != nil {
+			s.giveBackTimer.Stop()
 		}
 		s.mu.Unlock()
 	}()
@@ -284,21 +288,29 @@ func (cn *conn) serve() {
 
 // forget drops a closed connection. When a crowd of connections has gone
 // (the map of them was made anew), the memory and threads they used go back
-// to the system now rather than over minutes (memory) or never (threads).
+// to the system soon rather than over minutes (memory) or never (threads):
+// once the crowd has stopped shrinking for giveBackAfter.
 func (s *Server) forget(cn *conn) {
 	s.mu.Lock()
-	crowdGone := s.conns.Delete(cn)
-	s.mu.Unlock()
-	if crowdGone && s.trimming.CompareAndSwap(false, true) {
-		go s.giveBack()
+	defer s.mu.Unlock()
+	if !s.conns.Delete(cn) {
+		return
+	}
+	if s.giveBackTimer == nil {
+		s.giveBackTimer = time.AfterFunc(giveBackAfter, s.giveBack)
+	} else {
+		s.giveBackTimer.Reset(giveBackAfter)
 	}
 }
+
+// giveBackAfter is how long after a crowd's last step its memory and
+// threads are given back: a crowd that closes at once takes a while.
+const giveBackAfter = time.Second
 
 // giveBack returns what a crowd of connections left: the heap it grew and
 // the threads the runtime started for it (as many as there are now over
 // the count when serving began, less those the hot connections hold).
 func (s *Server) giveBack() {
-	defer s.trimming.Store(false)
 	debug.FreeOSMemory()
 	debug.FreeOSMemory() // the second collection drops what pools kept through the first
 	s.mu.Lock()
@@ -306,7 +318,7 @@ func (s *Server) giveBack() {
 	s.mu.Unlock()
 	had := osthread.Count()
 	left := osthread.Trim(keep + len(s.hot))
-	s.log.Debug("a crowd of connections has gone: memory and threads given back", "threads", had, "threads_left", left, "calm", keep, "hot", len(s.hot), "connections", s.connections())
+	s.log.Debug("a crowd of connections has gone: memory and threads given back", "threads", had, "threads_left", left, "calm", keep, "hot", len(s.hot), "connections", s.connections(), "goroutines", runtime.NumGoroutine())
 }
 
 func (s *Server) connections() int {
