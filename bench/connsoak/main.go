@@ -1,8 +1,11 @@
 // Command connsoak holds many idle connections and slowloris clients on an
 // agent while a well-behaved client measures its warm gets, and reads the
 // agent's threads and memory before, during and after: the figures of
-// docs/benchmarks.md's hostile-load table. Bounded in count and time; Unix
-// sockets only.
+// docs/benchmarks.md's hostile-load table. The idle connections and the
+// slowloris clients are each held by a process of their own, as other
+// clients would be: the timed client's process stays small (its own
+// garbage collector would otherwise scan the crowd's connections while it
+// is timed). Bounded in count and time; Unix sockets only.
 //
 //	connsoak -socket PATH -agent-pid PID [-idle 18900 -slowloris 1000 -gets 20000]
 package main
@@ -31,12 +34,17 @@ func main() {
 	idle := flag.Int("idle", 18900, "idle connections (half say hello first)")
 	slow := flag.Int("slowloris", 1000, "slowloris clients, in a process of their own: one byte of a frame every -drip")
 	drip := flag.Duration("drip", 500*time.Millisecond, "slowloris pace")
-	gets := flag.Int("gets", 20000, "warm gets timed in each phase")
+	gets := flag.Int("gets", 50000, "warm gets timed in each phase")
 	hold := flag.Duration("hold", 10*time.Second, "how long the load is held before the timed gets")
-	role := flag.String("role", "", "internal: slowloris")
+	rounds := flag.Int("rounds", 2, "crowds, one after the other (what one leaves must not add up)")
+	role := flag.String("role", "", "internal: idle or slowloris")
 	flag.Parse()
-	if *role == "slowloris" {
+	switch *role {
+	case "slowloris":
 		slowloris(*socket, *slow, *drip)
+		return
+	case "idle":
+		holdIdle(*socket, *idle)
 		return
 	}
 	if *socket == "" || *pid == 0 {
@@ -67,62 +75,89 @@ func main() {
 	}
 	// The idle figures are the most of before and after the idle gets:
 	// serving one client is part of what an idle agent needs.
-	thr0, rss0 := status(*pid)
+	st0 := status(*pid)
 	b50, b99 := warm()
-	thrA, rssA := status(*pid)
-	thr0, rss0 = max(thr0, thrA), max(rss0, rssA)
-	fmt.Printf("idle agent: %d threads, %d MiB RSS; warm get p50 %v, p99 %v\n", thr0, rss0>>10, b50, b99)
+	st0 = st0.max(status(*pid))
+	fmt.Printf("idle agent: %s; warm get p50 %v, p99 %v\n", st0, b50, b99)
+	rows := []string{fmt.Sprintf("| idle | 1 | %d | %d | %d | %.1f | %.1f | 1.00 |", st0.threads, st0.rss>>10, st0.anon>>10, us(b50), us(b99))}
+	self, _ := os.Executable()
+	for round := 1; round <= *rounds; round++ {
+		start := time.Now()
+		idlers := exec.Command(self, "-role", "idle", "-socket", *socket, "-idle", strconv.Itoa(*idle))
+		idlers.Stderr = os.Stderr
+		ready, err := idlers.StdoutPipe()
+		must(err)
+		must(idlers.Start())
+		var opened int
+		if _, err := fmt.Fscan(ready, &opened); err != nil {
+			must(fmt.Errorf("the idle connections' process: %w", err))
+		}
+		fmt.Printf("round %d: %d idle connections open after %v\n", round, opened, time.Since(start).Round(time.Millisecond))
+		var sl *exec.Cmd
+		if *slow > 0 {
+			sl = exec.Command(self, "-role", "slowloris", "-socket", *socket, "-slowloris", strconv.Itoa(*slow), "-drip", drip.String())
+			sl.Stderr = os.Stderr
+			must(sl.Start())
+		}
+		time.Sleep(*hold)
+		st1 := status(*pid)
+		l50, l99 := warm()
+		st1 = st1.max(status(*pid))
+		fmt.Printf("round %d: loaded agent: %s; warm get p50 %v, p99 %v\n", round, st1, l50, l99)
+		if sl != nil {
+			sl.Process.Signal(syscall.SIGTERM)
+			sl.Wait()
+		}
+		idlers.Process.Signal(syscall.SIGTERM) // it closes them all and exits
+		idlers.Wait()
+		// The agent notices every close, drops the leases and gives
+		// memory back: wait up to 30 s for threads and anonymous memory
+		// to be within 10 % of the idle agent's. (The rest of RSS is the
+		// agent's program text as read from its file, which grows once
+		// code is first run and is not memory the crowd holds.)
+		closed := time.Now()
+		st2 := status(*pid)
+		for time.Since(closed) < 30*time.Second && (float64(st2.threads) > 1.1*float64(st0.threads) || float64(st2.anon) > 1.1*float64(st0.anon)) {
+			time.Sleep(time.Second)
+			st2 = status(*pid)
+		}
+		fmt.Printf("round %d: after closing: %s, %v after the last close\n", round, st2, time.Since(closed).Round(time.Second))
+		rows = append(rows,
+			fmt.Sprintf("| loaded, round %d | %d idle + %d slowloris + 1 | %d | %d | %d | %.1f | %.1f | %.2f |", round, opened, *slow, st1.threads, st1.rss>>10, st1.anon>>10, us(l50), us(l99), us(l99)/us(b99)),
+			fmt.Sprintf("| after round %d | 1 | %d (%+.0f%%) | %d (%+.0f%%) | %d (%+.0f%%) | | | |", round, st2.threads, pctOf(st2.threads, st0.threads), st2.rss>>10, pctOf(st2.rss, st0.rss), st2.anon>>10, pctOf(st2.anon, st0.anon)))
+	}
+	fmt.Println()
+	fmt.Println("| phase | connections | agent threads | agent RSS MiB | of it anonymous MiB | warm get p50 us | warm get p99 us | p99 / idle p99 |")
+	fmt.Println("| --- | --- | --- | --- | --- | --- | --- | --- |")
+	for _, r := range rows {
+		fmt.Println(r)
+	}
+}
 
+// holdIdle opens n idle connections (half say hello first), prints how
+// many it opened, and holds them until told to stop.
+func holdIdle(socket string, n int) {
+	stop := make(chan os.Signal, 1)
+	signalNotify(stop)
 	hello, _ := v1.EncodeRequest(&v1.Request{ID: 1, Op: v1.OpHello})
-	conns := make([]*net.UnixConn, 0, *idle)
-	start := time.Now()
-	for i := 0; i < *idle; i++ {
-		u, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: *socket, Net: "unix"})
+	conns := make([]*net.UnixConn, 0, n)
+	for i := 0; i < n; i++ {
+		u, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: socket, Net: "unix"})
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "connsoak: idle connection %d: %v\n", i, err)
 			break
 		}
 		if i%2 == 0 {
 			u.Write(hello)
-			buf := make([]byte, 4096)
-			u.Read(buf)
+			u.Read(make([]byte, 4096))
 		}
 		conns = append(conns, u)
 	}
-	fmt.Printf("%d idle connections open after %v\n", len(conns), time.Since(start).Round(time.Millisecond))
-	var sl *exec.Cmd
-	if *slow > 0 {
-		self, _ := os.Executable()
-		sl = exec.Command(self, "-role", "slowloris", "-socket", *socket, "-slowloris", strconv.Itoa(*slow), "-drip", drip.String())
-		sl.Stderr = os.Stderr
-		must(sl.Start())
-	}
-	time.Sleep(*hold)
-	thr1, rss1 := status(*pid)
-	l50, l99 := warm()
-	thr2, rss2 := status(*pid)
-	fmt.Printf("loaded agent: %d-%d threads, %d-%d MiB RSS; warm get p50 %v, p99 %v\n", thr1, thr2, rss1>>10, rss2>>10, l50, l99)
-	if sl != nil {
-		sl.Process.Signal(syscall.SIGTERM)
-		sl.Wait()
-	}
+	fmt.Println(len(conns))
+	<-stop
 	for _, u := range conns {
 		u.Close()
 	}
-	// The agent notices every close, drops the leases and gives memory back:
-	// wait up to 30 s for both to be within 10 % of the idle agent's.
-	closed := time.Now()
-	thr3, rss3 := status(*pid)
-	for time.Since(closed) < 30*time.Second && (float64(thr3) > 1.1*float64(thr0) || float64(rss3) > 1.1*float64(rss0)) {
-		time.Sleep(time.Second)
-		thr3, rss3 = status(*pid)
-	}
-	fmt.Printf("after closing: %d threads, %d MiB RSS, %v after the last close\n\n", thr3, rss3>>10, time.Since(closed).Round(time.Second))
-	fmt.Println("| phase | connections | agent threads | agent RSS MiB | warm get p50 us | warm get p99 us | p99 / idle p99 |")
-	fmt.Println("| --- | --- | --- | --- | --- | --- | --- |")
-	fmt.Printf("| idle | 1 | %d | %d | %.1f | %.1f | 1.00 |\n", thr0, rss0>>10, us(b50), us(b99))
-	fmt.Printf("| loaded | %d idle + %d slowloris + 1 | %d | %d | %.1f | %.1f | %.2f |\n", len(conns), *slow, max(thr1, thr2), max(rss1, rss2)>>10, us(l50), us(l99), us(l99)/us(b99))
-	fmt.Printf("| after closing | 1 | %d (%+.0f%%) | %d (%+.0f%%) | | | |\n", thr3, pctOf(thr3, thr0), rss3>>10, pctOf(rss3, rss0))
 }
 
 // slowloris keeps n connections sending a frame one byte at a time; a
@@ -167,10 +202,22 @@ func slowloris(socket string, n int, drip time.Duration) {
 
 func signalNotify(c chan os.Signal) { signalNotifyFunc(c) }
 
-// status is the agent's thread count and RSS in KiB.
-func status(pid int) (threads, rssKiB int) {
+// agentStatus is what the agent holds: threads, and resident memory in
+// KiB, all of it and its anonymous part.
+type agentStatus struct{ threads, rss, anon int }
+
+func (a agentStatus) max(b agentStatus) agentStatus {
+	return agentStatus{max(a.threads, b.threads), max(a.rss, b.rss), max(a.anon, b.anon)}
+}
+
+func (a agentStatus) String() string {
+	return fmt.Sprintf("%d threads, %d MiB RSS (%d MiB anonymous)", a.threads, a.rss>>10, a.anon>>10)
+}
+
+func status(pid int) agentStatus {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	must(err)
+	var a agentStatus
 	for _, line := range strings.Split(string(b), "\n") {
 		f := strings.Fields(line)
 		if len(f) < 2 {
@@ -178,12 +225,14 @@ func status(pid int) (threads, rssKiB int) {
 		}
 		switch f[0] {
 		case "Threads:":
-			threads, _ = strconv.Atoi(f[1])
+			a.threads, _ = strconv.Atoi(f[1])
 		case "VmRSS:":
-			rssKiB, _ = strconv.Atoi(f[1])
+			a.rss, _ = strconv.Atoi(f[1])
+		case "RssAnon:":
+			a.anon, _ = strconv.Atoi(f[1])
 		}
 	}
-	return threads, rssKiB
+	return a
 }
 
 func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
