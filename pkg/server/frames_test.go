@@ -10,21 +10,11 @@ import (
 	v1 "github.com/memcuda/memcuda/api/v1"
 )
 
-func dialRaw(t *testing.T, sock string) rawPeer {
-	t.Helper()
-	c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: sock, Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return rawPeer{t, c, &peerBuf{}}
-}
-
 // Frames of every size arrive whole, however they are cut: many pipelined
 // in one write, one larger than any read buffer, and one sent in pieces.
 func TestFramesOfEverySize(t *testing.T) {
 	sock, _ := startServer(t, nil, true)
-	p := dialRaw(t, sock)
+	p := dialPeer(t, sock)
 	var pipelined []byte
 	const n = 300
 	for i := range n {
