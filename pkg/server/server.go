@@ -444,10 +444,14 @@ func errorResponse(id uint64, err error) *v1.Response {
 }
 
 func (cn *conn) reply(resp *v1.Response, fds []int) error {
-	buf := replyBufs.Get().(*[]byte)
+	pool := &replyBufs
+	if len(resp.Tensors) > 64 {
+		pool = &listReplyBufs // a page of a list: up to the frame cap
+	}
+	buf := pool.Get().(*[]byte)
 	defer func() {
-		if cap(*buf) <= maxPooledReply {
-			replyBufs.Put(buf)
+		if cap(*buf) <= maxPooledReply || pool == &listReplyBufs {
+			pool.Put(buf)
 		}
 	}()
 	frame, err := v1.AppendResponse((*buf)[:0], resp)
@@ -477,8 +481,13 @@ func (cn *conn) reply(resp *v1.Response, fds []int) error {
 // bytes, and a connection keeps none while it idles.
 var replyBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
 
-// maxPooledReply bounds the buffers kept (a long list's answer is not).
+// maxPooledReply bounds the buffers kept in replyBufs.
 const maxPooledReply = 64 << 10
+
+// listReplyBufs hold the answers of list pages: paging through a large
+// registry would otherwise make a buffer of hundreds of KiB per page, and
+// the collections that garbage causes scan every tensor's record.
+var listReplyBufs = sync.Pool{New: func() any { b := make([]byte, 0, 256<<10); return &b }}
 
 // handler serves one operation: it fills resp (already carrying the
 // request's id and ok) and returns the descriptors to attach.
@@ -785,11 +794,15 @@ func (cn *conn) list(ctx context.Context, req *v1.Request, resp *v1.Response) ([
 	if err != nil {
 		return nil, err
 	}
+	// Filtered in place: the page is this answer's own copy, and a page
+	// of a large registry is big enough that each copy costs collections.
+	visible := list[:0]
 	for _, t := range list {
 		if cn.visible(ctx, t) {
-			resp.Tensors = append(resp.Tensors, t)
+			visible = append(visible, t)
 		}
 	}
+	resp.Tensors = visible
 	resp.Next = next
 	return nil, nil
 }
