@@ -24,6 +24,7 @@ export PYTHONUNBUFFERED=1
 export LD_LIBRARY_PATH=$D/redis/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export REDIS_SERVER=$D/redis/usr/bin/redis-server
 for f in "$D"/bin/*.gz "$BASE"/bin/*.gz; do [ -f "$f" ] && gunzip -f "$f"; done
+chmod +x "$D"/bin/* "$BASE"/bin/* # gunzip keeps the .gz file's mode, which may have lost it
 [ -x "$BASE/bin/memcuda" ] || cp "$D/bin/memcuda" "$BASE/bin/memcuda"
 BASE_TREE=$BASE
 [ -f "$BASE/bench/gpu_bench.py" ] || BASE_TREE=$PWD

@@ -7,7 +7,7 @@
 // garbage collector would otherwise scan the crowd's connections while it
 // is timed). Bounded in count and time; Unix sockets only.
 //
-//	connsoak -socket PATH -agent-pid PID [-idle 18900 -slowloris 1000 -gets 20000]
+//	connsoak -socket PATH -agent-pid PID [-idle 18900 -slowloris 1000 -gets 50000 -rounds 2]
 package main
 
 import (

@@ -327,11 +327,11 @@ func (s *Server) connections() int {
 	return s.conns.Len()
 }
 
-// close drops the connection's leases and events.
 // log is the connection's logger. Made when something is logged, not per
 // wake: a parked connection wakes for every byte a slow client sends.
 func (cn *conn) log() *slog.Logger { return cn.srv.log.With("peer_pid", cn.pid, "holder", cn.holder) }
 
+// close drops the connection's leases and events.
 func (cn *conn) close() {
 	cn.fr.release()
 	cn.fr.closeFDs()
