@@ -27,7 +27,8 @@ type op struct {
 }
 
 func main() {
-	mode := flag.String("backend", "vmm", "vmm, legacy or host")
+	mode := flag.String("backend", "vmm", "vmm, legacy, host, or sim (no memory: segment counts and sizes alone, for policy studies without a GPU)")
+	simGranule := flag.Uint64("sim-granularity", 2<<20, "segment granularity of the sim backend (CUDA VMM's is 2 MiB)")
 	zero := flag.Bool("zero", false, "zero-fill each block as the agent does")
 	slack := flag.Float64("slack", pool.DefaultCacheSlack, "free memory kept cached over the allocated bytes when the pool grows")
 	flag.Parse()
@@ -41,7 +42,9 @@ func main() {
 		os.Exit(1)
 	}
 	var be backend.Backend
-	if *mode == "host" {
+	if *mode == "sim" {
+		be = simBackend{granule: *simGranule}
+	} else if *mode == "host" {
 		dir, _ := os.MkdirTemp("", "pooltrace")
 		defer os.RemoveAll(dir)
 		be = host.New("pooltrace", "bench", host.WithDir(dir))
@@ -109,3 +112,27 @@ func load(path string) ([]op, error) {
 	}
 	return ops, sc.Err()
 }
+
+// simBackend hands out segments that own no memory: the pool's decisions
+// (how many segments, of which sizes) without a device or page faults.
+type simBackend struct {
+	backend.Backend // only NewSegment and Granularity are called
+	granule         uint64
+}
+
+func (b simBackend) NewSegment(_ context.Context, _ int, size uint64) (backend.Segment, error) {
+	return simSegment(size), nil
+}
+
+func (b simBackend) Granularity(int) uint64 { return b.granule }
+
+func (b simBackend) Close() error { return nil }
+
+type simSegment uint64
+
+func (s simSegment) Size() uint64                               { return uint64(s) }
+func (s simSegment) Release() error                             { return nil }
+func (s simSegment) ID() string                                 { return "sim" }
+func (s simSegment) Handle() string                             { return "" }
+func (s simSegment) FD() int                                    { return -1 }
+func (s simSegment) Zero(context.Context, uint64, uint64) error { return nil }
