@@ -65,6 +65,17 @@ func BenchmarkSocket(b *testing.B) {
 			timeRoundTrips(b, c, func(int) []byte { return get }, func(int) { c.roundTrip(b, rel) })
 			c.roundTrip(b, mustFrame(b, &v1.Request{ID: 4, Op: v1.OpDelete, Name: "b.get"}))
 		})
+		b.Run(string(mode)+"/get-first", func(b *testing.B) {
+			// The connection's first reference each time (a get, use,
+			// release loop), its segment's descriptor already sent.
+			c := dialRaw(b, sock)
+			c.roundTrip(b, mustFrame(b, &v1.Request{ID: 1, Op: v1.OpCreate, Name: "b.first", DType: "f32", Shape: []int64{1024}}))
+			get := mustFrame(b, &v1.Request{ID: 2, Op: v1.OpGet, Name: "b.first"})
+			rel := mustFrame(b, &v1.Request{ID: 3, Op: v1.OpRelease, Name: "b.first"})
+			c.roundTrip(b, rel)
+			timeRoundTrips(b, c, func(int) []byte { return get }, func(int) { c.roundTrip(b, rel) })
+			c.roundTrip(b, mustFrame(b, &v1.Request{ID: 4, Op: v1.OpDelete, Name: "b.first"}))
+		})
 	}
 }
 
