@@ -369,13 +369,13 @@ def _fetch_answers(c: Any, names: list[str]) -> "list[tuple[Any, list[int]]]":
     import socket as so
 
     from memcuda import _wire
-    from memcuda import TensorInfo
 
     out = []
     for n in names:
         c._conn.sock.sendall(_wire.encode_request(1 << 40, "get", name=n))
         data, anc, _, _ = c._conn.sock.recvmsg(65536, so.CMSG_SPACE(4 * _wire.MAX_FDS))
-        info = TensorInfo.from_wire(json.loads(data[12:])["tensor"])
+        info = _wire.decode_answer(data[12:], False).record
+        assert info is not None
         fds = _passed_fds(anc)
         assert len(fds) == (info.ipc_mode != "legacy"), f"{n}: {len(fds)} descriptors (each tensor should have its own segment)"
         out.append((info, fds))
@@ -727,13 +727,15 @@ class _ReplayedSocket:
 
         self.client, self.wire = client, _wire
         body = frame[12:]
-        self.tail = body[body.index(b","):]
+        # The id runs to the first separator: "," in JSON, \x1f in a compact record.
+        self.head = body[:1] if body[:1] == b"R" else b'{"id":'
+        self.tail = body[body.index(b"\x1f" if body[:1] == b"R" else b","):]
 
     def sendall(self, b: bytes) -> None:
         pass
 
     def recvmsg(self, size: int, cmsg: int, flags: int = 0) -> tuple[bytes, list[Any], int, Any]:
-        body = b'{"id":%d' % self.client._next_id + self.tail
+        body = self.head + b"%d" % self.client._next_id + self.tail
         return self.wire.frame(self.wire.KIND_RESPONSE, body), [], 0, None
 
 

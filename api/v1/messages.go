@@ -35,6 +35,12 @@ const (
 	// A client maps pushed segments ahead of its gets, so that its first
 	// get of a tensor in one costs what a warm get costs.
 	OpWatch = "watch"
+	// OpCompactRecords asks for this connection's answers of one tensor
+	// record (create, get, stat) in the compact record layout
+	// (AppendCompactResponse) from the next answer on; every other answer
+	// stays JSON. A client may send it right behind hello without waiting:
+	// an agent without it answers unimplemented, and the answers stay JSON.
+	OpCompactRecords = "compact-records"
 )
 
 // Features an agent announces in hello beyond version 1's first ops.

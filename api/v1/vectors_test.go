@@ -72,6 +72,7 @@ func vectorMessages() []struct {
 		{"gc response", &Response{ID: 11, OK: true, GC: &GCResult{Holders: 2, Freed: []string{"a", "b"}}}},
 		{"trim response", &Response{ID: 12, OK: true, Trimmed: 2097152}},
 		{"watch request", &Request{ID: 19, Op: OpWatch}},
+		{"compact-records request", &Request{ID: 20, Op: OpCompactRecords}},
 		{"watch news", &Response{OK: true, Pushed: []SegmentInfo{
 			{ID: "vmm.a1b2c3d4e5f6.3", Size: 33554432, Device: 0, DeviceUUID: "GPU-5a4b2e1c-0000-1111-2222-333344445555", IPCMode: ModeVMM},
 			{ID: "legacy.a1b2c3d4e5f6.4", Size: 2097152, Device: 1, IPCMode: ModeLegacy, IPCHandle: "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4vMDEyMzQ1Njc4OTo7PD0+Pw=="},

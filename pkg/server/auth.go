@@ -62,8 +62,8 @@ func (cn *conn) scope(req *v1.Request) error {
 			req.Prefix = cn.id.Namespace + "/" + req.Prefix
 		}
 		return nil
-	case v1.OpHello, v1.OpStats, v1.OpGC, v1.OpTrim, v1.OpForget, v1.OpOffer, v1.OpReattach:
-		return nil // a reattach scopes each of its names
+	case v1.OpHello, v1.OpStats, v1.OpGC, v1.OpTrim, v1.OpForget, v1.OpOffer, v1.OpReattach, v1.OpWatch, v1.OpCompactRecords:
+		return nil // a reattach scopes each of its names, a watch sees its tenant's segments
 	}
 	if err := tensor.ValidateName(req.Name); err != nil {
 		return err

@@ -19,8 +19,9 @@ type rawPeer struct {
 
 // peerBuf is what a rawPeer read past the answer it returned.
 type peerBuf struct {
-	buf []byte
-	fds []int
+	buf  []byte
+	fds  []int
+	body []byte // of the last answer read
 }
 
 func (p rawPeer) call(req *v1.Request) (*v1.Response, int) {
@@ -51,7 +52,12 @@ func (p rawPeer) read() (*v1.Response, []int) {
 				p.t.Fatal(err)
 			}
 			if n := v1.HeaderSize + h.BodyLen; len(st.buf) >= n {
-				resp, err := v1.DecodeResponse(st.buf[v1.HeaderSize:n])
+				decode := v1.DecodeResponse
+				if v1.IsCompact(st.buf[v1.HeaderSize:n]) {
+					decode = v1.DecodeCompactResponse
+				}
+				st.body = append(st.body[:0], st.buf[v1.HeaderSize:n]...)
+				resp, err := decode(st.body)
 				if err != nil {
 					p.t.Fatal(err)
 				}

@@ -244,10 +244,12 @@ type conn struct {
 	// records one reference for the connection while the count is positive:
 	// further gets and releases on the same connection stay in the agent.
 	leases map[string]int64
-	infos  map[string]*v1.Tensor   // record of each leased tensor, as first returned (answers share it)
-	sent   map[string]bool         // segment ids whose descriptor this peer has
-	events map[string]*sharedEvent // IPC events this peer sent, opened here
-	fr     *frameReader            // its request frames, kept across the goroutines that serve it
+	infos  map[string]*v1.Tensor // record of each leased tensor, as first returned (answers share it)
+	sent   map[string]bool       // segment ids whose descriptor this peer has
+	// compact: answers of one tensor record go in the compact layout (OpCompactRecords).
+	compact bool
+	events  map[string]*sharedEvent // IPC events this peer sent, opened here
+	fr      *frameReader            // its request frames, kept across the goroutines that serve it
 	// in are the descriptors the request being handled came with (an
 	// offer's); a handler that keeps them sets it to nil.
 	in []int
@@ -454,7 +456,14 @@ func (cn *conn) reply(resp *v1.Response, fds []int) error {
 			pool.Put(buf)
 		}
 	}()
-	frame, err := v1.AppendResponse((*buf)[:0], resp)
+	var frame []byte
+	ok, err := false, error(nil)
+	if cn.compact {
+		frame, ok = v1.AppendCompactResponse((*buf)[:0], resp)
+	}
+	if !ok {
+		frame, err = v1.AppendResponse((*buf)[:0], resp)
+	}
 	if err == nil {
 		*buf = frame // grown, when it had to
 	}
@@ -495,22 +504,23 @@ type handler func(cn *conn, ctx context.Context, req *v1.Request, resp *v1.Respo
 
 // handlers has one method per operation.
 var handlers = map[string]handler{
-	v1.OpHello:    (*conn).hello,
-	v1.OpCreate:   (*conn).create,
-	v1.OpGet:      (*conn).get,
-	v1.OpRelease:  (*conn).release,
-	v1.OpPublish:  (*conn).publish,
-	v1.OpDelete:   (*conn).delete,
-	v1.OpStat:     (*conn).stat,
-	v1.OpList:     (*conn).list,
-	v1.OpStats:    (*conn).stats,
-	v1.OpGC:       (*conn).gc,
-	v1.OpTrim:     (*conn).trim,
-	v1.OpForget:   (*conn).forget,
-	v1.OpHolders:  (*conn).holders,
-	v1.OpReattach: (*conn).reattach,
-	v1.OpOffer:    (*conn).offer,
-	v1.OpWatch:    (*conn).watch,
+	v1.OpHello:          (*conn).hello,
+	v1.OpCreate:         (*conn).create,
+	v1.OpGet:            (*conn).get,
+	v1.OpRelease:        (*conn).release,
+	v1.OpPublish:        (*conn).publish,
+	v1.OpDelete:         (*conn).delete,
+	v1.OpStat:           (*conn).stat,
+	v1.OpList:           (*conn).list,
+	v1.OpStats:          (*conn).stats,
+	v1.OpGC:             (*conn).gc,
+	v1.OpTrim:           (*conn).trim,
+	v1.OpForget:         (*conn).forget,
+	v1.OpHolders:        (*conn).holders,
+	v1.OpReattach:       (*conn).reattach,
+	v1.OpOffer:          (*conn).offer,
+	v1.OpWatch:          (*conn).watch,
+	v1.OpCompactRecords: (*conn).compactRecords,
 }
 
 // handle serves req with h, its op's handler (nil: an op this agent lacks).
@@ -546,8 +556,15 @@ func (cn *conn) hello(ctx context.Context, _ *v1.Request, resp *v1.Response) ([]
 	resp.Hello = &v1.Hello{
 		Version: v1.Version, Agent: st.Instance(), Node: st.Node(), Mode: st.Mode(), Devices: wire,
 		PeerPID: cn.pid, Redis: st.Ping(ctx) == nil, Software: Software, Holder: cn.holder,
-		Features: []string{v1.OpForget, v1.OpHolders, v1.FeatureListPages, v1.OpReattach, v1.OpOffer, v1.OpWatch},
+		Features: []string{v1.OpForget, v1.OpHolders, v1.FeatureListPages, v1.OpReattach, v1.OpOffer, v1.OpWatch, v1.OpCompactRecords},
 	}
+	return nil, nil
+}
+
+// compactRecords makes reply write this connection's answers of one
+// tensor record in the compact layout, from the next answer on.
+func (cn *conn) compactRecords(context.Context, *v1.Request, *v1.Response) ([]int, error) {
+	cn.compact = true
 	return nil, nil
 }
 

@@ -120,8 +120,28 @@ class Client:
         self.prefetched = 0  # segments mapped ahead of a get (watch_segments)
         # A child of fork() shares this socket with the parent: refuse to use it there.
         _clients.add(self)
-        resp = self._call("hello", client=f"memcuda-py {__version__}")
-        self._greet(resp["hello"])
+        with self._lock:
+            self._greet(self._hello())
+
+    def _hello(self) -> dict[str, Any]:
+        """Says hello on a new connection and, in the same write, asks for
+        compact records (an agent without them answers unimplemented, and
+        its answers stay JSON: the client reads both). Under the lock."""
+        hid = self._next_id = self._next_id + 1
+        cid = self._next_id = self._next_id + 1
+        self._conn.send(_wire.encode_request(hid, "hello", client=f"memcuda-py {__version__}") +
+                        _wire.encode_request(cid, _wire.COMPACT_REQUEST))
+        answers: list[Any] = []
+        for rid in (hid, cid):
+            try:
+                answers.append(self._read_answer(rid))
+            except (Disconnected, ProtocolError):
+                raise
+            except MemcudaError as e:
+                answers.append(e)  # read on: the connection stays in step
+        if isinstance(answers[0], MemcudaError):
+            raise answers[0]
+        return dict(answers[0].body["hello"])
 
     def _greet(self, hello: dict[str, Any]) -> None:
         self.hello: dict[str, Any] = hello
@@ -197,9 +217,7 @@ class Client:
         while True:
             try:
                 self._conn = Connection(self.path, self._timeout, self._spin)
-                self._next_id += 1
-                self._conn.send(_wire.encode_request(self._next_id, "hello", client=f"memcuda-py {__version__}"))
-                hello = self._read_answer(self._next_id).body["hello"]
+                hello = self._hello()
                 break
             except Disconnected as e:
                 if time.monotonic() + delay > deadline:

@@ -219,8 +219,10 @@ _OK_BODY: dict[str, Any] = {"ok": True}
 
 
 def decode_answer(body: bytes, cache: bool = True) -> Answer:
-    """A response body. cache=False for answers unlikely to repeat (a
-    create's): they are decoded but not kept."""
+    """A response body, JSON or a compact record. cache=False for answers
+    unlikely to repeat (a create's): they are decoded but not kept."""
+    if body[:1] == b"R":
+        return _decode_compact(body, cache)
     # A bare success ({"id":N,"ok":true}: releases, publishes) needs no parser.
     if body.endswith(_OK_TAIL) and body.startswith(b'{"id":') and body[6:-11].isdigit():
         return Answer(int(body[6:-11]), _OK_BODY, None)
@@ -238,6 +240,48 @@ def decode_answer(body: bytes, cache: bool = True) -> Answer:
         return Answer(int(body[6:comma]), hit[0], hit[1])
     d = decode_body(body)
     return Answer(d.get("id"), d, _record_of(d))
+
+
+# The compact record layout (api/v1/compact.go): "R", then the id, the
+# record's fields in TensorInfo's wire order (shape as dimensions joined by
+# ","), and the attached descriptors' segment ids joined by ",", separated
+# by \x1f. One split and a few int() calls instead of a JSON parse: the
+# answers of creates and first gets come to a process the wait left with
+# cold caches, and the parse was most of what the client did then.
+COMPACT_REQUEST = "compact-records"
+_COMPACT_FIELDS = 23
+
+
+def _decode_compact(body: bytes, cache: bool) -> Answer:
+    sep = body.find(b"\x1f", 1, 22)
+    if sep < 0:
+        raise FrameError("compact record without fields")
+    rest = body[sep:]
+    hit = _ANSWERS.get(rest) if cache else None
+    if hit is not None and body[1:sep].isdigit():
+        return Answer(int(body[1:sep]), hit[0], hit[1])
+    try:
+        f = body.decode("utf-8").split("\x1f")
+    except UnicodeDecodeError as e:
+        raise FrameError(f"compact record is not UTF-8: {e}") from None
+    if len(f) != _COMPACT_FIELDS:
+        raise FrameError(f"compact record of {len(f)} fields, want {_COMPACT_FIELDS}")
+    info = object.__new__(TensorInfo)
+    try:
+        rid = int(f[0][1:])
+        info.__dict__.update(
+            name=f[1], uid=f[2], dtype=f[3], shape=tuple(map(int, f[4].split(","))) if f[4] else (),
+            device=int(f[5]), device_uuid=f[6], bytes=int(f[7]), ipc_mode=f[8], ipc_handle=f[9], offset=int(f[10]),
+            segment_id=f[11], segment_size=int(f[12]), owner_pid=int(f[13]), refcount=int(f[14]), state=f[15],
+            agent=f[16], node=f[17], tenant=f[18], event=f[19], ctime=int(f[20]), mtime=int(f[21]))
+    except ValueError as e:
+        raise FrameError(f"compact record: {e}") from None
+    d = {"ok": True, "fds": f[22].split(",")} if f[22] else _OK_BODY
+    if cache and len(rest) <= _MAX_CACHED_BODY:
+        if len(_ANSWERS) >= _MAX_ANSWERS:
+            _ANSWERS.clear()
+        _ANSWERS[rest] = (d, info)
+    return Answer(rid, d, info)
 
 
 def _record_of(d: dict[str, Any]) -> Optional[TensorInfo]:

@@ -455,3 +455,80 @@ def test_list_by_prefix_in_pages_and_holders(agent) -> None:
             c.holders("lp.missing")
         for t in made + [other]:
             t.release()
+
+
+def test_answers_of_one_record_come_compact(agent) -> None:
+    with memcuda.connect() as s:
+        bodies: list[bytes] = []
+        read = s._conn.read_frame
+
+        def spy() -> tuple[int, bytes]:
+            nfd, body = read()
+            bodies.append(body)
+            return nfd, body
+
+        s._conn.read_frame = spy  # type: ignore[method-assign]
+        t = s.create("cr.a", (3, 5), "i16")
+        t.numpy()[:] = 7
+        g = s.get("cr.a")
+        info = s.stat("cr.a")
+        names = [x.name for x in s.list("cr.")]
+        assert [b[:1] for b in bodies] == [b"R", b"R", b"R", b"{"]
+        assert names == ["cr.a"] and info.shape == (3, 5) and info.dtype == "i16" and info.bytes == 30
+        assert g.info.uid == t.info.uid == info.uid and int(g.numpy().sum()) == 7 * 15
+        with pytest.raises(memcuda.NotFound):
+            s.get("cr.missing")  # errors stay JSON
+        g.release()
+        t.release()
+
+
+def test_an_agent_without_compact_records(tmp_path) -> None:
+    """A client newer than its agent: the agent answers the compact-records
+    request unimplemented, and the client goes on with JSON answers."""
+    import json
+    import socket
+    import threading
+
+    from memcuda import _wire
+
+    path = str(tmp_path / "old.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(1)
+    seen: list[str] = []
+    record = {"name": "old.t", "uid": "u-1", "dtype": "f32", "shape": [2], "device": 0, "bytes": 8, "ipc_mode": "host",
+              "ipc_handle": "/x", "offset": 0, "segment_id": "s", "segment_size": 4096, "owner_pid": 1, "refcount": 1,
+              "state": "ready", "agent": "old", "node": "n", "ctime": 1, "mtime": 1}
+
+    def serve() -> None:
+        c, _ = srv.accept()
+        buf = b""
+        while True:
+            while len(buf) < _wire.HEADER_SIZE or len(buf) < _wire.HEADER_SIZE + _wire.parse_header(buf[:12]).body_len:
+                got = c.recv(65536)
+                if not got:
+                    return
+                buf += got
+            n = _wire.HEADER_SIZE + _wire.parse_header(buf[:12]).body_len
+            req, buf = json.loads(buf[_wire.HEADER_SIZE:n]), buf[n:]
+            seen.append(req["op"])
+            ans: dict[str, Any] = {"id": req["id"], "ok": True}
+            if req["op"] == "hello":
+                ans["hello"] = {"version": 1, "agent": "old", "node": "n", "mode": "host", "features": ["forget"]}
+            elif req["op"] == "stat":
+                ans["tensor"] = record
+            else:
+                ans = {"id": req["id"], "ok": False, "error": {"code": "unimplemented", "message": f"no op {req['op']}"}}
+            c.sendall(_wire.frame(_wire.KIND_RESPONSE, json.dumps(ans).encode()))
+
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    try:
+        c = memcuda.connect(path, reconnect=0)
+        assert c.hello["agent"] == "old"
+        for _ in range(2):
+            assert c.stat("old.t").name == "old.t"
+        assert seen == ["hello", "compact-records", "stat", "stat"]
+        c.close()
+    finally:
+        srv.close()

@@ -121,3 +121,45 @@ def test_tensor_info_from_the_wire_is_a_normal_frozen_record() -> None:
     assert info.shape == (256, 1024) and info.device_uuid == "" and info.tenant == ""
     with pytest.raises(dataclasses.FrozenInstanceError):
         info.name = "x"  # type: ignore[misc]
+
+
+COMPACT = json.loads((Path(__file__).resolve().parents[2] / "api/v1/testdata/compact.json").read_text())
+
+
+@pytest.mark.parametrize("vec", COMPACT, ids=lambda v: v["name"])
+@pytest.mark.parametrize("cache", [False, True])
+def test_compact_vectors_decode_to_the_json_record(vec: dict, cache: bool) -> None:
+    frame = bytes.fromhex(vec["frame_hex"])
+    h = _wire.parse_header(frame)
+    body = frame[_wire.HEADER_SIZE:]
+    want = vec["message"]
+    assert h.num_fds == len(want.get("fds") or [])
+    for _ in range(2):  # the second is a cache hit when cache is on
+        ans = _wire.decode_answer(body, cache)
+        assert ans.id == want["id"]
+        assert ans.record == _wire.decode_answer(json.dumps(want).encode(), False).record
+        assert (ans.body.get("fds") or []) == (want.get("fds") or []) and not ans.body.get("error")
+
+
+def _compact_fields() -> list[str]:
+    return bytes.fromhex(COMPACT[0]["frame_hex"])[_wire.HEADER_SIZE + 1:].decode().split("\x1f")
+
+
+@pytest.mark.parametrize("edit", [
+    lambda f: f[:22],  # a field short
+    lambda f: f + [""],  # one too many
+    lambda f: [f[0]] + f[1:4] + ["2,,3"] + f[5:],  # a bad shape
+    lambda f: f[:7] + ["12a"] + f[8:],  # a bad number
+    lambda f: ["x"] + f[1:],  # a bad id
+])
+def test_bad_compact_records_are_frame_errors(edit) -> None:
+    body = b"R" + "\x1f".join(edit(_compact_fields())).encode()
+    with pytest.raises(_wire.FrameError):
+        _wire.decode_answer(body, False)
+
+
+def test_compact_record_that_is_not_utf8() -> None:
+    f = _compact_fields()
+    body = b"R" + "\x1f".join(f[:1]).encode() + b"\x1f\xff" + ("\x1f" + "\x1f".join(f[2:])).encode()
+    with pytest.raises(_wire.FrameError, match="UTF-8"):
+        _wire.decode_answer(body, False)
