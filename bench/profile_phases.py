@@ -152,7 +152,55 @@ def main() -> None:
     c.close()
     for i in range(3 * k):
         s.delete(f"cold{i}")
+    compact_against_json(s, n)
     s.close()
+
+
+def compact_against_json(s: Any, n: int) -> None:
+    """The same calls on two connections of this process, alternating call
+    by call: one reading JSON answers, one compact records (p50 us each)."""
+    memcuda.Client._compact_records = False
+    cj = memcuda.connect()
+    memcuda.Client._compact_records = True
+    cc = memcuda.connect()
+    out: dict[str, tuple[list[float], list[float]]] = {}
+
+    def timed(key: str, which: int, fn: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        r = fn()
+        out.setdefault(key, ([], []))[which].append(time.perf_counter() - t0)
+        return r
+
+    for j in range(n):
+        for which, c in enumerate((cj, cc)):
+            name = f"ab.c.{which}.{j}"
+            t = timed("create", which, functools.partial(c.create, name, (256, 1024), "bf16"))
+            t.release()
+            c.delete(name)
+    k = 48
+    for i in range(2 * k):
+        s.create(f"ab.cold{i}", (8 << 20,), "f32").release()
+    s.list()
+    time.sleep(0.2)
+    held: list[Any] = []
+    for i in range(k):
+        for which, c in enumerate((cj, cc)):
+            held.append(timed("cold get", which, functools.partial(c.get, f"ab.cold{2 * i + which}")))
+    for t in held:
+        t.release()
+    cj.flush()
+    cc.flush()
+    for _ in range(3):
+        for i in range(k):
+            for which, c in enumerate((cj, cc)):
+                timed("first get, segment mapped", which, functools.partial(c.get, f"ab.cold{2 * i + which}")).release()
+                c.flush()
+    for key, (tj, tc) in out.items():
+        print(f"interleaved {key}: JSON {p50(tj):.1f}, compact {p50(tc):.1f} ({p50(tc) / p50(tj):.2f}x)", flush=True)
+    cj.close()
+    cc.close()
+    for i in range(2 * k):
+        s.delete(f"ab.cold{i}")
 
 
 if __name__ == "__main__":

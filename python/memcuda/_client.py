@@ -94,6 +94,8 @@ class Client:
     tensors held stay usable. A call in flight is sent again when doing it
     twice is harmless; otherwise it raises Disconnected."""
 
+    _compact_records = True  # ask for compact records at hello (off: JSON answers, for A/B benchmarks)
+
     def __init__(self, path: str, timeout: float = 10.0, spin_us: Optional[float] = None,
                  reconnect: Optional[float] = None) -> None:
         self.path = path
@@ -128,11 +130,15 @@ class Client:
         compact records (an agent without them answers unimplemented, and
         its answers stay JSON: the client reads both). Under the lock."""
         hid = self._next_id = self._next_id + 1
-        cid = self._next_id = self._next_id + 1
-        self._conn.send(_wire.encode_request(hid, "hello", client=f"memcuda-py {__version__}") +
-                        _wire.encode_request(cid, _wire.COMPACT_REQUEST))
+        frames = _wire.encode_request(hid, "hello", client=f"memcuda-py {__version__}")
+        ids = [hid]
+        if self._compact_records:
+            ids.append(self._next_id + 1)
+            self._next_id += 1
+            frames += _wire.encode_request(self._next_id, _wire.COMPACT_REQUEST)
+        self._conn.send(frames)
         answers: list[Any] = []
-        for rid in (hid, cid):
+        for rid in ids:
             try:
                 answers.append(self._read_answer(rid))
             except (Disconnected, ProtocolError):
