@@ -235,9 +235,9 @@ def bench_get(n: int) -> None:
     s.close()
 
 
-def first_gets_pushed_ahead(names: list[str]) -> list[float]:
-    """A fresh connection that watches segments (Client.watch_segments):
-    once the agent's pushes are mapped, the first get of each tensor."""
+def watching_client(names: list[str]) -> Any:
+    """A fresh connection that watches segments (Client.watch_segments),
+    once the agent's pushes of the segments of names are mapped."""
     c = memcuda.connect()
     c.max_idle_mappings, c.max_idle_bytes = 1 << 20, 1 << 50
     sids = {c.stat(n).segment_id for n in names}
@@ -247,6 +247,12 @@ def first_gets_pushed_ahead(names: list[str]) -> list[float]:
         if time.monotonic() > deadline:
             raise SystemExit("the watch did not map the segments within 60 s")
         time.sleep(0.01)
+    return c
+
+
+def first_gets_pushed_ahead(names: list[str]) -> list[float]:
+    """The first get of each tensor on a watching connection (watching_client)."""
+    c = watching_client(names)
     times, held = [], []
     for n in names:
         t0 = time.perf_counter()

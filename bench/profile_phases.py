@@ -13,6 +13,7 @@ from typing import Any, Callable
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 import memcuda  # noqa: E402
 from memcuda import _cuda, _wire  # noqa: E402
+from gpu_bench import watching_client  # noqa: E402
 
 
 def p50(xs: list[float]) -> float:
@@ -129,16 +130,8 @@ def main() -> None:
         for t in keep:
             t.release()
         c.close()
-    c = memcuda.connect()
-    c.max_idle_mappings, c.max_idle_bytes = 1 << 20, 1 << 50
     names = [f"cold{i}" for i in range(2 * k, 3 * k)]
-    sids = {c.stat(nm).segment_id for nm in names}
-    c.watch_segments()
-    deadline = time.monotonic() + 60
-    while not all(sid in c._segments and c._segments[sid].mapping is not None for sid in sids):
-        if time.monotonic() > deadline:
-            raise SystemExit("the watch did not map the segments in 60 s")
-        time.sleep(0.01)
+    c = watching_client(names)
     keep = []
     phased("first get, pushed ahead", c, [functools.partial(c.get, nm) for nm in names], after=keep.append)
     for t in keep:

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/hex"
 	"encoding/json"
-	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -56,23 +55,9 @@ func TestCompactVectors(t *testing.T) {
 			msg, _ := json.Marshal(v.resp)
 			out = append(out, CompactVector{Name: v.name, Message: msg, FrameHex: hex.EncodeToString(frame)})
 		}
-		b, _ := json.MarshalIndent(out, "", "  ")
-		if err := os.WriteFile("testdata/compact.json", append(b, '\n'), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		writeVectors(t, "testdata/compact.json", out)
 	}
-	b, err := os.ReadFile("testdata/compact.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var vecs []CompactVector
-	if err := json.Unmarshal(b, &vecs); err != nil {
-		t.Fatal(err)
-	}
-	if len(vecs) != len(compactMessages()) {
-		t.Fatalf("%d vectors on file, %d in the test: run go test -update", len(vecs), len(compactMessages()))
-	}
-	for _, v := range vecs {
+	for _, v := range readVectors[CompactVector](t, "testdata/compact.json", len(compactMessages())) {
 		t.Run(v.Name, func(t *testing.T) {
 			frame, _ := hex.DecodeString(v.FrameHex)
 			h, body, err := ReadFrame(bytes.NewReader(frame))

@@ -99,6 +99,32 @@ func encode(t *testing.T, msg any) ([]byte, string, int) {
 	return nil, "", 0
 }
 
+// writeVectors rewrites a vector file (go test -update).
+func writeVectors[V any](t *testing.T, path string, vecs []V) {
+	t.Helper()
+	b, _ := json.MarshalIndent(vecs, "", "  ")
+	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// readVectors reads a vector file, which must hold want vectors.
+func readVectors[V any](t *testing.T, path string, want int) []V {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vecs []V
+	if err := json.Unmarshal(b, &vecs); err != nil {
+		t.Fatal(err)
+	}
+	if len(vecs) != want {
+		t.Fatalf("%s: %d vectors on file, %d in the test: run go test -update", path, len(vecs), want)
+	}
+	return vecs
+}
+
 func TestVectors(t *testing.T) {
 	if *update {
 		var out []Vector
@@ -107,23 +133,9 @@ func TestVectors(t *testing.T) {
 			body, _ := json.Marshal(v.msg)
 			out = append(out, Vector{Name: v.name, Kind: kind, Message: body, NumFDs: nfd, FrameHex: hex.EncodeToString(frame)})
 		}
-		b, _ := json.MarshalIndent(out, "", "  ")
-		if err := os.WriteFile("testdata/vectors.json", append(b, '\n'), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		writeVectors(t, "testdata/vectors.json", out)
 	}
-	b, err := os.ReadFile("testdata/vectors.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var vecs []Vector
-	if err := json.Unmarshal(b, &vecs); err != nil {
-		t.Fatal(err)
-	}
-	if len(vecs) != len(vectorMessages()) {
-		t.Fatalf("%d vectors on file, %d in the test: run go test -update", len(vecs), len(vectorMessages()))
-	}
-	for _, v := range vecs {
+	for _, v := range readVectors[Vector](t, "testdata/vectors.json", len(vectorMessages())) {
 		t.Run(v.Name, func(t *testing.T) {
 			frame, err := hex.DecodeString(v.FrameHex)
 			if err != nil {
