@@ -124,6 +124,13 @@ func (c *Client) dialLocked(ctx context.Context) error {
 		return err
 	}
 	c.hello = *resp.Hello
+	if slices.Contains(c.hello.Features, v1.OpCompactRecords) {
+		// Records then come in a layout that decodes without reflection.
+		if _, err := c.exchange(ctx, &v1.Request{Op: v1.OpCompactRecords}, nil); err != nil {
+			c.conn.Close()
+			return err
+		}
+	}
 	return nil
 }
 
@@ -317,7 +324,11 @@ func (c *Client) exchange(ctx context.Context, req *v1.Request, fds []int) (*v1.
 	if err := c.readFull(body); err != nil {
 		return nil, err
 	}
-	resp, err := v1.DecodeResponse(body)
+	decode := v1.DecodeResponse
+	if v1.IsCompact(body) {
+		decode = v1.DecodeCompactResponse
+	}
+	resp, err := decode(body)
 	if err != nil {
 		return nil, err
 	}
