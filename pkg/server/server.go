@@ -537,8 +537,8 @@ func (cn *conn) handle(h handler, req *v1.Request) (*v1.Response, []int, error) 
 	if fds, ok := cn.warm(req, resp); ok {
 		return resp, fds, nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), cn.srv.timeout)
-	defer cancel()
+	ctx := newRequestContext(cn.srv.timeout)
+	defer ctx.end()
 	fds, err := h(cn, ctx, req, resp)
 	if err != nil {
 		return nil, nil, err
