@@ -111,15 +111,22 @@ func main() {
 		idlers.Process.Signal(syscall.SIGTERM) // it closes them all and exits
 		idlers.Wait()
 		// The agent notices every close, drops the leases and gives
-		// memory back: wait up to 30 s for threads and anonymous memory
-		// to be within 10 % of the idle agent's. (The rest of RSS is the
-		// agent's program text as read from its file, which grows once
-		// code is first run and is not memory the crowd holds.)
+		// memory back (a second after the crowd stopped shrinking): wait,
+		// up to 30 s, until threads are within 10 % of the idle agent's
+		// and anonymous memory has stopped falling. (The rest of RSS is
+		// the agent's program text as read from its file, which grows once
+		// code is first run and is not memory the crowd holds; the runtime
+		// keeps a few MiB of span records and goroutine stacks for good.)
 		closed := time.Now()
 		st2 := status(*pid)
-		for time.Since(closed) < 30*time.Second && (float64(st2.threads) > 1.1*float64(st0.threads) || float64(st2.anon) > 1.1*float64(st0.anon)) {
+		for time.Since(closed) < 30*time.Second {
 			time.Sleep(time.Second)
+			prev := st2
 			st2 = status(*pid)
+			settled := float64(st2.anon) >= 0.99*float64(prev.anon) && time.Since(closed) >= 3*time.Second
+			if float64(st2.threads) <= 1.1*float64(st0.threads) && settled {
+				break
+			}
 		}
 		fmt.Printf("round %d: after closing: %s, %v after the last close\n", round, st2, time.Since(closed).Round(time.Second))
 		rows = append(rows,
