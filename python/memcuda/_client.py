@@ -129,12 +129,12 @@ class Client:
         """Says hello on a new connection and, in the same write, asks for
         compact records (an agent without them answers unimplemented, and
         its answers stay JSON: the client reads both). Under the lock."""
-        hid = self._next_id = self._next_id + 1
-        frames = _wire.encode_request(hid, "hello", client=f"memcuda-py {__version__}")
-        ids = [hid]
+        self._next_id += 1
+        ids = [self._next_id]
+        frames = _wire.encode_request(self._next_id, "hello", client=f"memcuda-py {__version__}")
         if self._compact_records:
-            ids.append(self._next_id + 1)
             self._next_id += 1
+            ids.append(self._next_id)
             frames += _wire.encode_request(self._next_id, _wire.COMPACT_REQUEST)
         self._conn.send(frames)
         answers: list[Any] = []
