@@ -270,7 +270,10 @@ class Client:
 
     def _read_answer(self, rid: int, cache: bool = False) -> _wire.Answer:
         nfd, body = self._conn.read_frame()
-        ans = _wire.decode_answer(body, cache)
+        try:
+            ans = _wire.decode_answer(body, cache)
+        except _wire.FrameError as e:
+            raise ProtocolError(f"malformed answer from the agent: {e}") from e
         resp = ans.body
         if nfd or "fds" in resp:
             fd_ids = resp.get("fds") or []

@@ -482,23 +482,19 @@ def test_answers_of_one_record_come_compact(agent) -> None:
         t.release()
 
 
-def test_an_agent_without_compact_records(tmp_path) -> None:
-    """A client newer than its agent: the agent answers the compact-records
-    request unimplemented, and the client goes on with JSON answers."""
+def _fake_agent(path: str, answer: "Any") -> "list[str]":
+    """A socket at path that speaks frames: answer(request) gives each
+    answer's body (bytes). Returns the ops it was sent, as they come."""
     import json
     import socket
     import threading
 
     from memcuda import _wire
 
-    path = str(tmp_path / "old.sock")
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(path)
     srv.listen(1)
     seen: list[str] = []
-    record = {"name": "old.t", "uid": "u-1", "dtype": "f32", "shape": [2], "device": 0, "bytes": 8, "ipc_mode": "host",
-              "ipc_handle": "/x", "offset": 0, "segment_id": "s", "segment_size": 4096, "owner_pid": 1, "refcount": 1,
-              "state": "ready", "agent": "old", "node": "n", "ctime": 1, "mtime": 1}
 
     def serve() -> None:
         c, _ = srv.accept()
@@ -507,28 +503,56 @@ def test_an_agent_without_compact_records(tmp_path) -> None:
             while len(buf) < _wire.HEADER_SIZE or len(buf) < _wire.HEADER_SIZE + _wire.parse_header(buf[:12]).body_len:
                 got = c.recv(65536)
                 if not got:
+                    srv.close()
                     return
                 buf += got
             n = _wire.HEADER_SIZE + _wire.parse_header(buf[:12]).body_len
             req, buf = json.loads(buf[_wire.HEADER_SIZE:n]), buf[n:]
             seen.append(req["op"])
-            ans: dict[str, Any] = {"id": req["id"], "ok": True}
-            if req["op"] == "hello":
-                ans["hello"] = {"version": 1, "agent": "old", "node": "n", "mode": "host", "features": ["forget"]}
-            elif req["op"] == "stat":
-                ans["tensor"] = record
-            else:
-                ans = {"id": req["id"], "ok": False, "error": {"code": "unimplemented", "message": f"no op {req['op']}"}}
-            c.sendall(_wire.frame(_wire.KIND_RESPONSE, json.dumps(ans).encode()))
+            c.sendall(_wire.frame(_wire.KIND_RESPONSE, answer(req)))
 
-    th = threading.Thread(target=serve, daemon=True)
-    th.start()
-    try:
-        c = memcuda.connect(path, reconnect=0)
-        assert c.hello["agent"] == "old"
-        for _ in range(2):
-            assert c.stat("old.t").name == "old.t"
-        assert seen == ["hello", "compact-records", "stat", "stat"]
-        c.close()
-    finally:
-        srv.close()
+    threading.Thread(target=serve, daemon=True).start()
+    return seen
+
+
+_OLD_RECORD = {"name": "old.t", "uid": "u-1", "dtype": "f32", "shape": [2], "device": 0, "bytes": 8, "ipc_mode": "host",
+               "ipc_handle": "/x", "offset": 0, "segment_id": "s", "segment_size": 4096, "owner_pid": 1, "refcount": 1,
+               "state": "ready", "agent": "old", "node": "n", "ctime": 1, "mtime": 1}
+
+
+def _old_agent_answer(req: dict[str, Any], stat: bytes = b"") -> bytes:
+    import json
+
+    ans: dict[str, Any] = {"id": req["id"], "ok": True}
+    if req["op"] == "hello":
+        ans["hello"] = {"version": 1, "agent": "old", "node": "n", "mode": "host", "features": ["forget"]}
+    elif req["op"] == "stat":
+        if stat:
+            return stat
+        ans["tensor"] = _OLD_RECORD
+    else:
+        ans = {"id": req["id"], "ok": False, "error": {"code": "unimplemented", "message": f"no op {req['op']}"}}
+    return json.dumps(ans).encode()
+
+
+def test_an_agent_without_compact_records(tmp_path) -> None:
+    """A client newer than its agent: the agent answers the compact-records
+    request unimplemented, and the client goes on with JSON answers."""
+    path = str(tmp_path / "old.sock")
+    seen = _fake_agent(path, _old_agent_answer)
+    c = memcuda.connect(path, reconnect=0)
+    assert c.hello["agent"] == "old"
+    for _ in range(2):
+        assert c.stat("old.t").name == "old.t"
+    assert seen == ["hello", "compact-records", "stat", "stat"]
+    c.close()
+
+
+@pytest.mark.parametrize("body", [b"R7\x1fshort", b"{not json", b"R\x1f" * 22 + b"x"])
+def test_a_malformed_answer_is_a_protocol_error(tmp_path, body: bytes) -> None:
+    path = str(tmp_path / "bad.sock")
+    _fake_agent(path, lambda req: _old_agent_answer(req, stat=body))
+    c = memcuda.connect(path, reconnect=0)
+    with pytest.raises(memcuda.ProtocolError, match="malformed answer"):
+        c.stat("old.t")
+    c.close()
