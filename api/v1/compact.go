@@ -31,8 +31,8 @@ const (
 // AppendCompactResponse appends resp as a response frame in the compact
 // record layout. ok is false, and dst is returned as it was, when resp is
 // not a successful answer of one tensor record (and descriptors), or when
-// a string holds the separator or a segment id a ','; such answers go
-// through AppendResponse.
+// a string holds the separator or is not UTF-8, or a segment id holds a
+// ','; such answers go through AppendResponse.
 func AppendCompactResponse(dst []byte, resp *Response) (_ []byte, ok bool) {
 	t := resp.Tensor
 	if t == nil || !resp.OK || resp.Error != nil || resp.Tensors != nil || resp.Stats != nil || resp.Hello != nil ||
@@ -47,8 +47,8 @@ func AppendCompactResponse(dst []byte, resp *Response) (_ []byte, ok bool) {
 	ok = true
 	str := func(s string) {
 		out = append(out, CompactSep)
-		if strings.IndexByte(s, CompactSep) >= 0 {
-			ok = false
+		if strings.IndexByte(s, CompactSep) >= 0 || !utf8.ValidString(s) {
+			ok = false // JSON writes what UTF-8 cannot hold as U+FFFD
 		}
 		out = append(out, s...)
 	}

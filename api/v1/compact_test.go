@@ -92,12 +92,15 @@ func TestCompactDeclines(t *testing.T) {
 	rec := compactMessages()[0].resp.Tensor
 	sep := *rec
 	sep.Node = "a\x1fb"
+	bad := *rec
+	bad.Agent = "a\xffb"
 	for name, resp := range map[string]*Response{
 		"no tensor":              {ID: 1, OK: true},
 		"error":                  {ID: 1, Error: &Error{Code: "not_found", Message: "x"}},
 		"a list":                 {ID: 1, OK: true, Tensors: []Tensor{*rec}},
 		"a list page's tail":     {ID: 1, OK: true, Tensor: rec, Next: "x"},
 		"a separator in a field": {ID: 1, OK: true, Tensor: &sep},
+		"a field not UTF-8":      {ID: 1, OK: true, Tensor: &bad},
 		"a ',' in a segment id":  {ID: 1, OK: true, Tensor: rec, FDs: []string{"a,b"}},
 		"an empty segment id":    {ID: 1, OK: true, Tensor: rec, FDs: []string{""}},
 		"hello":                  {ID: 1, OK: true, Hello: &Hello{}},
