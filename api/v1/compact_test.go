@@ -75,6 +75,9 @@ func TestCompactVectors(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			if read, err := DecodeResponse(body); err != nil || !reflect.DeepEqual(read, got) {
+				t.Fatalf("DecodeResponse read %+v (%v), not the compact record", read, err)
+			}
 			if !reflect.DeepEqual(*got, want) {
 				t.Fatalf("decoded %+v\nwant %+v", *got, want)
 			}

@@ -156,8 +156,12 @@ func DecodeRequestInto(body []byte, req *Request) error {
 	return nil
 }
 
-// DecodeResponse decodes a response body.
+// DecodeResponse decodes a response body: JSON, or a compact record
+// (DecodeCompactResponse), told apart by the first byte.
 func DecodeResponse(body []byte) (*Response, error) {
+	if IsCompact(body) {
+		return DecodeCompactResponse(body)
+	}
 	if resp, ok := decodePlainResponse(body); ok {
 		return &resp, nil
 	}

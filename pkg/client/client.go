@@ -324,11 +324,7 @@ func (c *Client) exchange(ctx context.Context, req *v1.Request, fds []int) (*v1.
 	if err := c.readFull(body); err != nil {
 		return nil, err
 	}
-	decode := v1.DecodeResponse
-	if v1.IsCompact(body) {
-		decode = v1.DecodeCompactResponse
-	}
-	resp, err := decode(body)
+	resp, err := v1.DecodeResponse(body)
 	if err != nil {
 		return nil, err
 	}

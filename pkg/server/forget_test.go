@@ -52,12 +52,8 @@ func (p rawPeer) read() (*v1.Response, []int) {
 				p.t.Fatal(err)
 			}
 			if n := v1.HeaderSize + h.BodyLen; len(st.buf) >= n {
-				decode := v1.DecodeResponse
-				if v1.IsCompact(st.buf[v1.HeaderSize:n]) {
-					decode = v1.DecodeCompactResponse
-				}
 				st.body = append(st.body[:0], st.buf[v1.HeaderSize:n]...)
-				resp, err := decode(st.body)
+				resp, err := v1.DecodeResponse(st.body)
 				if err != nil {
 					p.t.Fatal(err)
 				}

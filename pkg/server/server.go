@@ -456,11 +456,11 @@ func (cn *conn) reply(resp *v1.Response, fds []int) error {
 			pool.Put(buf)
 		}
 	}()
-	var frame []byte
-	ok, err := false, error(nil)
+	frame, ok := []byte(nil), false
 	if cn.compact {
 		frame, ok = v1.AppendCompactResponse((*buf)[:0], resp)
 	}
+	var err error
 	if !ok {
 		frame, err = v1.AppendResponse((*buf)[:0], resp)
 	}
