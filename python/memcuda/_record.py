@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 __all__ = ["TensorInfo"]
 
@@ -44,6 +44,21 @@ class TensorInfo:
         fields.update(_DEFAULTS)
         fields.update(d)
         fields["shape"] = tuple(d.get("shape") or ())
+        return info
+
+    @classmethod
+    def from_compact(cls, f: Sequence[str]) -> "TensorInfo":
+        """The record of a compact record's 21 fields (api/v1/compact.go), in
+        order. Raises ValueError for a number field that holds no number."""
+        (name, uid, dtype, shape, device, device_uuid, nbytes, ipc_mode, ipc_handle, offset, segment_id,
+         segment_size, owner_pid, refcount, state, agent, node, tenant, event, ctime, mtime) = f
+        info = object.__new__(cls)
+        info.__dict__.update(
+            name=name, uid=uid, dtype=dtype, shape=tuple(map(int, shape.split(","))) if shape else (),
+            device=int(device), device_uuid=device_uuid, bytes=int(nbytes), ipc_mode=ipc_mode, ipc_handle=ipc_handle,
+            offset=int(offset), segment_id=segment_id, segment_size=int(segment_size), owner_pid=int(owner_pid),
+            refcount=int(refcount), state=state, agent=agent, node=node, tenant=tenant, event=event,
+            ctime=int(ctime), mtime=int(mtime))
         return info
 
     @classmethod

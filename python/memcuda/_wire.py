@@ -233,10 +233,7 @@ def decode_answer(body: bytes, cache: bool = True) -> Answer:
         if hit is None:
             d = decode_body(body)
             hit = (d, _record_of(d))
-            if len(rest) <= _MAX_CACHED_BODY:
-                if len(_ANSWERS) >= _MAX_ANSWERS:
-                    _ANSWERS.clear()
-                _ANSWERS[rest] = hit
+            _remember(rest, hit)
         return Answer(int(body[6:comma]), hit[0], hit[1])
     d = decode_body(body)
     return Answer(d.get("id"), d, _record_of(d))
@@ -266,22 +263,23 @@ def _decode_compact(body: bytes, cache: bool) -> Answer:
         raise FrameError(f"compact record is not UTF-8: {e}") from None
     if len(f) != _COMPACT_FIELDS:
         raise FrameError(f"compact record of {len(f)} fields, want {_COMPACT_FIELDS}")
-    info = object.__new__(TensorInfo)
     try:
         rid = int(f[0][1:])
-        info.__dict__.update(
-            name=f[1], uid=f[2], dtype=f[3], shape=tuple(map(int, f[4].split(","))) if f[4] else (),
-            device=int(f[5]), device_uuid=f[6], bytes=int(f[7]), ipc_mode=f[8], ipc_handle=f[9], offset=int(f[10]),
-            segment_id=f[11], segment_size=int(f[12]), owner_pid=int(f[13]), refcount=int(f[14]), state=f[15],
-            agent=f[16], node=f[17], tenant=f[18], event=f[19], ctime=int(f[20]), mtime=int(f[21]))
+        info = TensorInfo.from_compact(f[1:22])
     except ValueError as e:
         raise FrameError(f"compact record: {e}") from None
     d = {"ok": True, "fds": f[22].split(",")} if f[22] else _OK_BODY
-    if cache and len(rest) <= _MAX_CACHED_BODY:
+    if cache:
+        _remember(rest, (d, info))
+    return Answer(rid, d, info)
+
+
+def _remember(rest: bytes, hit: tuple[dict[str, Any], Optional[TensorInfo]]) -> None:
+    """Keeps a decoded answer under the bytes after its id (see _ANSWERS)."""
+    if len(rest) <= _MAX_CACHED_BODY:
         if len(_ANSWERS) >= _MAX_ANSWERS:
             _ANSWERS.clear()
-        _ANSWERS[rest] = (d, info)
-    return Answer(rid, d, info)
+        _ANSWERS[rest] = hit
 
 
 def _record_of(d: dict[str, Any]) -> Optional[TensorInfo]:
