@@ -10,9 +10,9 @@ import (
 // request starts, but the timer behind Done is made only when something
 // asks for Done (a Redis call does). Most requests are answered from the
 // agent's own table and never ask, and context.WithTimeout's timer, made
-// and stopped for each of them, was about a third of the agent's work on
-// a first get. end cancels it; the handler's caller calls it once the
-// handler returned.
+// and stopped for each of them, was a large part of the agent's work on a
+// first get (docs/benchmarks.md). end cancels it; the handler's caller
+// calls it once the handler returned.
 type requestContext struct {
 	deadline time.Time
 	mu       sync.Mutex
