@@ -31,6 +31,7 @@ func main() {
 	simGranule := flag.Uint64("sim-granularity", 2<<20, "segment granularity of the sim backend (CUDA VMM's is 2 MiB)")
 	zero := flag.Bool("zero", false, "zero-fill each block as the agent does")
 	slack := flag.Float64("slack", pool.DefaultCacheSlack, "free memory kept cached over the allocated bytes when the pool grows")
+	pieces := flag.Int("pieces", 1, "most pieces one allocation may be assembled from (1: one block each)")
 	flag.Parse()
 	if flag.NArg() != 1 {
 		fmt.Fprintln(os.Stderr, "usage: pooltrace [-backend vmm] trace.txt")
@@ -56,27 +57,35 @@ func main() {
 		return be.NewSegment(ctx, 0, size)
 	}), pool.WithGranularity(be.Granularity(0)), pool.WithCacheSlack(*slack))
 	ctx := context.Background()
-	held := map[int]*pool.Block[backend.Segment]{}
+	held := map[int][]*pool.Block[backend.Segment]{}
+	var pieced, npieces int
 	var live, peakLive uint64
 	start := time.Now()
 	for _, o := range ops {
 		if o.alloc {
-			b, err := p.Alloc(ctx, o.size)
+			bs, err := p.AllocPieces(ctx, o.size, *pieces)
 			if err != nil {
 				fmt.Fprintln(os.Stderr, err)
 				os.Exit(1)
 			}
 			if *zero {
-				b.Segment().(backend.Segment).Zero(ctx, b.Offset(), b.Size())
+				for _, b := range bs {
+					b.Segment().Zero(ctx, b.Offset(), b.Size())
+				}
 			}
-			held[o.id] = b
+			if len(bs) > 1 {
+				pieced++
+				npieces += len(bs)
+			}
+			held[o.id] = bs
 			live += o.size
 			peakLive = max(peakLive, live)
 		} else {
-			b := held[o.id]
+			for _, b := range held[o.id] {
+				live -= b.Requested()
+				p.Free(b)
+			}
 			delete(held, o.id)
-			live -= b.Requested()
-			p.Free(b)
 		}
 	}
 	per := time.Since(start) / time.Duration(len(ops))
@@ -86,7 +95,7 @@ func main() {
 		label = fmt.Sprintf(", slack %g", *slack)
 	}
 	fmt.Printf("| mem-cuda pool (%s segments%s) | %.1f | %.3f |\n", *mode, label, float64(per.Nanoseconds())/1e3, float64(st.PeakReserved)/float64(peakLive))
-	fmt.Fprintf(os.Stderr, "segments made %d, peak reserved %d, peak live %d\n", st.SegmentAllocs, st.PeakReserved, peakLive)
+	fmt.Fprintf(os.Stderr, "segments made %d, peak reserved %d, peak live %d, %d allocations in %d pieces\n", st.SegmentAllocs, st.PeakReserved, peakLive, pieced, npieces)
 	p.Close()
 }
 

@@ -343,6 +343,12 @@ func (p *Pool[S]) Free(b *Block[S]) {
 	p.stats.ActiveBlocks--
 	p.stats.Frees++
 	b.requested = 0
+	p.merge(b)
+}
+
+// merge puts a free block back in its set, joined with free neighbours.
+// Called with p.mu held.
+func (p *Pool[S]) merge(b *Block[S]) {
 	set := p.setOf(b.seg)
 	if prev := b.prev; prev != nil && !prev.allocated {
 		set.Delete(prev)

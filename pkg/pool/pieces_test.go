@@ -1,0 +1,201 @@
+package pool
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+)
+
+const gran = 2 << 20
+
+// checkPieces verifies what a mapping of pieces side by side needs: at most
+// max pieces, each starting on a granule of its segment, every one but the
+// last whole granules, their requests summing to n.
+func checkPieces(t *testing.T, bs []*Block[Segment], n uint64, max int) {
+	t.Helper()
+	if len(bs) == 0 || len(bs) > max {
+		t.Fatalf("%d pieces for %d bytes, bound %d", len(bs), n, max)
+	}
+	var asked, have uint64
+	for i, b := range bs {
+		if !b.allocated {
+			t.Fatalf("piece %d is not allocated", i)
+		}
+		if len(bs) > 1 {
+			if b.offset%gran != 0 {
+				t.Fatalf("piece %d starts at %d, not on a granule", i, b.offset)
+			}
+			if i < len(bs)-1 && b.size%gran != 0 {
+				t.Fatalf("piece %d of %d bytes is not whole granules", i, b.size)
+			}
+		}
+		asked += b.requested
+		have += b.size
+	}
+	if asked != n || have < n {
+		t.Fatalf("pieces ask %d and hold %d bytes for a request of %d", asked, have, n)
+	}
+}
+
+func TestAllocPiecesFromHoles(t *testing.T) {
+	src := &fakeSource{}
+	p := New(src, WithGranularity(gran), WithCacheSlack(10))
+	ctx := context.Background()
+	var blocks [][]*Block[Segment]
+	for i := 0; i < 4; i++ {
+		bs, err := p.AllocPieces(ctx, 12<<20, 8)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkPieces(t, bs, 12<<20, 8)
+		blocks = append(blocks, bs)
+	}
+	if src.made != 4 {
+		t.Fatalf("%d segments for four 12 MiB tensors, want 4", src.made)
+	}
+	// Free the first and third: two 12 MiB holes, neither holding 20 MiB.
+	for _, i := range []int{0, 2} {
+		for _, b := range blocks[i] {
+			p.Free(b)
+		}
+	}
+	bs, err := p.AllocPieces(ctx, 20<<20, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkPieces(t, bs, 20<<20, 8)
+	check(t, p)
+	if len(bs) != 2 || src.made != 4 {
+		t.Fatalf("20 MiB over two 12 MiB holes: %d pieces, %d segments made; want 2 pieces and no new segment", len(bs), src.made)
+	}
+	if bs[0].seg == bs[1].seg {
+		t.Fatal("both pieces in one segment")
+	}
+	// Everything freed: every segment is whole again and trim gives it all back.
+	for _, b := range append(bs, append(blocks[1], blocks[3]...)...) {
+		p.Free(b)
+	}
+	check(t, p)
+	if _, err := p.Trim(); err != nil {
+		t.Fatal(err)
+	}
+	if st := p.Stats(); st.Reserved != 0 || src.released != src.made {
+		t.Fatalf("after freeing all and trimming: reserved %d, %d of %d segments released", st.Reserved, src.released, src.made)
+	}
+}
+
+func TestAllocPiecesBoundGrowsTheRest(t *testing.T) {
+	src := &fakeSource{}
+	p := New(src, WithGranularity(gran), WithCacheSlack(10))
+	ctx := context.Background()
+	// Ten 4 MiB holes in 20 MiB medium segments: 4 MiB blocks, every other freed.
+	var all [][]*Block[Segment]
+	for i := 0; i < 20; i++ {
+		bs, err := p.AllocPieces(ctx, 4<<20, 4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, bs)
+	}
+	for i := 0; i < 20; i += 2 {
+		for _, b := range all[i] {
+			p.Free(b)
+		}
+	}
+	made := src.made
+	bs, err := p.AllocPieces(ctx, 30<<20, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkPieces(t, bs, 30<<20, 4)
+	check(t, p)
+	if len(bs) != 4 || src.made != made+1 {
+		t.Fatalf("30 MiB over small holes, bound 4: %d pieces, %d new segments; want 4 pieces, one new segment for the rest", len(bs), src.made-made)
+	}
+	last := bs[len(bs)-1]
+	if got, want := last.seg.size, uint64(30<<20)-(bs[0].size+bs[1].size+bs[2].size); got != want {
+		t.Fatalf("the rest's segment is %d bytes, want %d", got, want)
+	}
+}
+
+func TestAllocPiecesSmallAndOneFit(t *testing.T) {
+	src := &fakeSource{}
+	p := New(src, WithGranularity(gran))
+	ctx := context.Background()
+	bs, err := p.AllocPieces(ctx, 4096, 8)
+	if err != nil || len(bs) != 1 || bs[0].seg.class != classSmall {
+		t.Fatalf("a small request: %v, %d pieces", err, len(bs))
+	}
+	big, err := p.AllocPieces(ctx, 40<<20, 8)
+	if err != nil || len(big) != 1 {
+		t.Fatalf("a large request into an empty pool: %v, %d pieces", err, len(big))
+	}
+	p.Free(big[0])
+	// A smaller large request fits the freed 40 MiB: one piece, and the rest
+	// split off at a granule so that it stays usable.
+	one, err := p.AllocPieces(ctx, 15<<20+1000, 8)
+	if err != nil || len(one) != 1 || src.made != 2 {
+		t.Fatalf("one fitting block: %v, %d pieces, %d segments", err, len(one), src.made)
+	}
+	if one[0].size != 16<<20 {
+		t.Fatalf("the fitting block is %d bytes, want it cut at the next granule (16 MiB)", one[0].size)
+	}
+	check(t, p)
+	if _, err := p.AllocPieces(ctx, 1<<63, 8); err == nil {
+		t.Fatal("a request past 2^62 bytes was accepted")
+	}
+}
+
+func TestAllocPiecesRandomOps(t *testing.T) {
+	for seed := uint64(1); seed <= 20; seed++ {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(seed, 11))
+			src := &fakeSource{}
+			p := New(src, WithGranularity(gran))
+			ctx := context.Background()
+			var live [][]*Block[Segment]
+			for i := 0; i < 3000; i++ {
+				if len(live) > 0 && rng.IntN(100) < 45 {
+					j := rng.IntN(len(live))
+					for _, b := range live[j] {
+						p.Free(b)
+					}
+					live[j] = live[len(live)-1]
+					live = live[:len(live)-1]
+				} else {
+					n := uint64(rng.IntN(1 << (9 + rng.IntN(18))))
+					bs, err := p.AllocPieces(ctx, n, 1+rng.IntN(8))
+					if err != nil {
+						t.Fatal(err)
+					}
+					checkPieces(t, bs, n, 8)
+					live = append(live, bs)
+				}
+				if i%100 == 0 {
+					check(t, p)
+					var all []*Block[Segment]
+					for _, bs := range live {
+						all = append(all, bs...)
+					}
+					assertNoOverlap(t, all)
+				}
+			}
+			for _, bs := range live {
+				for _, b := range bs {
+					p.Free(b)
+				}
+			}
+			check(t, p)
+			if st := p.Stats(); st.FreeBlocks != st.Segments || st.Allocated != 0 || st.Requested != 0 || st.ActiveBlocks != 0 {
+				t.Fatalf("after freeing all: %+v", st)
+			}
+			if _, err := p.Trim(); err != nil {
+				t.Fatal(err)
+			}
+			if st := p.Stats(); st.Reserved != 0 {
+				t.Fatalf("reserved %d after trimming an empty pool", st.Reserved)
+			}
+		})
+	}
+}
