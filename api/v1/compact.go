@@ -32,12 +32,12 @@ const (
 // record layout. ok is false, and dst is returned as it was, when resp is
 // not a successful answer of one tensor record (and descriptors), or when
 // a string holds the separator or is not UTF-8, or a segment id holds a
-// ','; such answers go through AppendResponse.
+// ',', or the tensor is in pieces; such answers go through AppendResponse.
 func AppendCompactResponse(dst []byte, resp *Response) (_ []byte, ok bool) {
 	t := resp.Tensor
 	if t == nil || !resp.OK || resp.Error != nil || resp.Tensors != nil || resp.Stats != nil || resp.Hello != nil ||
 		resp.GC != nil || resp.Trimmed != 0 || resp.Next != "" || resp.Holders != nil || resp.Lost != nil ||
-		resp.Pushed != nil || resp.Gone != nil || len(resp.FDs) > MaxFDs {
+		resp.Pushed != nil || resp.Gone != nil || len(resp.FDs) > MaxFDs || len(t.Pieces) > 0 {
 		return dst, false
 	}
 	start := len(dst)

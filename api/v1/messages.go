@@ -41,6 +41,12 @@ const (
 	// stays JSON. A client may send it right behind hello without waiting:
 	// an agent without it answers unimplemented, and the answers stay JSON.
 	OpCompactRecords = "compact-records"
+	// OpPieces says that this connection's client maps a tensor stored in
+	// pieces (Tensor.Pieces): its creates may be given pieces, and its gets
+	// of such tensors are answered. A connection that never sent it gets
+	// tensors of one piece only, and FailedPrecondition for a get of a
+	// tensor in pieces. Like OpCompactRecords, it may go right behind hello.
+	OpPieces = "pieces"
 )
 
 // Features an agent announces in hello beyond version 1's first ops.

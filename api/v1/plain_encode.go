@@ -75,6 +75,9 @@ func appendPlainInfo(dst []byte, t *Tensor) (_ []byte, ok bool) {
 	unum := func(key string, v uint64) {
 		dst = strconv.AppendUint(append(dst, key...), v, 10)
 	}
+	if len(t.Pieces) > 0 {
+		return dst, false // rare (large tensors): encoding/json writes them
+	}
 	ok = true
 	str(`{"name":`, t.Name, false)
 	str(`,"uid":`, t.UID, false)

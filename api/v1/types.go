@@ -1,5 +1,12 @@
 package v1
 
+import (
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+)
+
 // DType is an element type as it travels and as the registry stores it:
 // the short canonical names (f32, bf16, ...).
 type DType string
@@ -82,6 +89,92 @@ type Tensor struct {
 	Event       string  `json:"event,omitempty"` // base64 CUipcEventHandle of the last publish
 	Ctime       int64   `json:"ctime"`
 	Mtime       int64   `json:"mtime"`
+	// Pieces, when the tensor's bytes lie in more than one place: the
+	// parts of segments that, mapped one after another into one virtual
+	// range, hold it (its first is Offset in SegmentID). Empty for a tensor
+	// of one piece, which lies at Offset in SegmentID alone.
+	Pieces []Piece `json:"pieces,omitempty"`
+}
+
+// Piece is Size bytes at Offset of a segment, one part of a tensor in
+// pieces. Every piece starts on a multiple of its backend's granularity,
+// and every one but the last is a multiple of it in size, so that mapped
+// side by side they abut.
+type Piece struct {
+	SegmentID   string `json:"segment_id"`
+	SegmentSize uint64 `json:"segment_size"`
+	Offset      uint64 `json:"offset"`
+	Size        uint64 `json:"size"`
+}
+
+// MaxPieces bounds the pieces of one tensor: the descriptors one answer
+// can carry (MaxFDs), so that a client gets every segment it needs to map
+// a tensor with the tensor's record.
+const MaxPieces = MaxFDs
+
+// FormatPieces writes pieces as the registry's hash holds them:
+// segment_id:segment_size:offset:size, joined by ','.
+func FormatPieces(pieces []Piece) string {
+	var b []byte
+	for i, p := range pieces {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, p.SegmentID...)
+		b = append(b, ':')
+		b = strconv.AppendUint(b, p.SegmentSize, 10)
+		b = append(b, ':')
+		b = strconv.AppendUint(b, p.Offset, 10)
+		b = append(b, ':')
+		b = strconv.AppendUint(b, p.Size, 10)
+	}
+	return string(b)
+}
+
+// ParsePieces reads FormatPieces' text ("" is no pieces).
+func ParsePieces(s string) ([]Piece, error) {
+	if s == "" {
+		return nil, nil
+	}
+	parts := strings.Split(s, ",")
+	if len(parts) > MaxPieces {
+		return nil, fmt.Errorf("%d pieces, at most %d", len(parts), MaxPieces)
+	}
+	out := make([]Piece, len(parts))
+	for i, part := range parts {
+		f := strings.Split(part, ":")
+		if len(f) != 4 || f[0] == "" {
+			return nil, fmt.Errorf("piece %q is not segment_id:segment_size:offset:size", part)
+		}
+		var nums [3]uint64
+		for j := range nums {
+			v, err := strconv.ParseUint(f[j+1], 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("piece %q: %w", part, err)
+			}
+			nums[j] = v
+		}
+		if nums[2] == 0 || nums[1]+nums[2] > nums[0] || nums[1]+nums[2] < nums[1] {
+			return nil, fmt.Errorf("piece %q lies outside its segment or is empty", part)
+		}
+		out[i] = Piece{SegmentID: f[0], SegmentSize: nums[0], Offset: nums[1], Size: nums[2]}
+	}
+	return out, nil
+}
+
+// Segments are the ids of the segments a tensor lies in, its first
+// piece's first, each once.
+func (t *Tensor) Segments() []string {
+	if len(t.Pieces) == 0 {
+		return []string{t.SegmentID}
+	}
+	out := make([]string, 0, len(t.Pieces))
+	for _, p := range t.Pieces {
+		if !slices.Contains(out, p.SegmentID) {
+			out = append(out, p.SegmentID)
+		}
+	}
+	return out
 }
 
 // Device is one memory device an agent serves.

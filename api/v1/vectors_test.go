@@ -35,10 +35,18 @@ func vectorMessages() []struct {
 	host := info
 	host.Name, host.DType, host.Shape, host.Bytes, host.IPCMode = "demo", F32, []int64{2, 3}, 24, ModeHost
 	host.IPCHandle, host.DeviceUUID, host.SegmentID, host.SegmentSize, host.Offset = "/memcuda.e10bbc3a.a1b2c3d4e5f6.1", "", "memcuda.e10bbc3a.a1b2c3d4e5f6.1", 2097152, 1024
+	pieced := info
+	pieced.Name, pieced.Shape, pieced.Bytes, pieced.Offset, pieced.SegmentID = "kv/cache", []int64{9, 1024, 1024}, 18874368, 4194304, "vmm.a1b2c3d4e5f6.5"
+	pieced.SegmentSize = 20971520
+	pieced.Pieces = []Piece{{SegmentID: "vmm.a1b2c3d4e5f6.5", SegmentSize: 20971520, Offset: 4194304, Size: 8388608},
+		{SegmentID: "vmm.a1b2c3d4e5f6.9", SegmentSize: 20971520, Offset: 0, Size: 6291456},
+		{SegmentID: "vmm.a1b2c3d4e5f6.12", SegmentSize: 4194304, Offset: 0, Size: 4194304}}
 	return []struct {
 		name string
 		msg  any
 	}{
+		{"pieces request", &Request{ID: 21, Op: OpPieces}},
+		{"get response of a tensor in pieces", &Response{ID: 5, OK: true, Tensor: &pieced, FDs: []string{"vmm.a1b2c3d4e5f6.5", "vmm.a1b2c3d4e5f6.12"}}},
 		{"hello request", &Request{ID: 1, Op: OpHello, Client: "memcuda-py 0.1.0"}},
 		{"create request", &Request{ID: 2, Op: OpCreate, Name: "llama.layers.0.wq", DType: "bf16", Shape: []int64{4096, 4096}, Device: "0"}},
 		{"create scalar request", &Request{ID: 3, Op: OpCreate, Name: "step", DType: "i64"}},

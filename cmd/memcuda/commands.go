@@ -62,6 +62,10 @@ through the Redis queue (pid:PID:START) and pods (pod:NAMESPACE/NAME/UID).`,
 				{"Created", time.UnixMilli(info.Ctime).UTC().Format(time.RFC3339Nano)},
 				{"Modified", time.UnixMilli(info.Mtime).UTC().Format(time.RFC3339Nano)},
 			}
+			for i, pc := range info.Pieces {
+				rows = append(rows, [2]string{fmt.Sprintf("Piece %d", i), fmt.Sprintf("%s (%s) at %d, %s",
+					pc.SegmentID, HumanBytes(pc.SegmentSize), pc.Offset, HumanBytes(pc.Size))})
+			}
 			for _, r := range rows {
 				fmt.Fprintf(tw, "%s:\t%s\n", r[0], r[1])
 			}

@@ -61,7 +61,10 @@ type Config struct {
 	GCInterval time.Duration
 	ReplyTTL   time.Duration
 	ZeroFill   bool
-	Queue      bool // run the command-queue worker
+	// MaxPieces bounds the pieces one tensor may be assembled from
+	// (store.WithMaxPieces).
+	MaxPieces int
+	Queue     bool // run the command-queue worker
 	// RedisBlockingIO: Redis replies are awaited in poll(2) on the calling
 	// thread rather than in Go's network poller (internal/blockingnet).
 	RedisBlockingIO bool
@@ -189,7 +192,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	}
 	a.reg = registry.New(a.rdb, registry.Keys{Prefix: cfg.RedisPrefix, Node: cfg.Node}, regOpts...)
 	a.st = store.New(a.reg, a.be, a.instance, cfg.Node,
-		store.WithLogger(log), store.WithDeviceLimit(cfg.DeviceLimit), store.WithZeroFill(cfg.ZeroFill),
+		store.WithLogger(log), store.WithDeviceLimit(cfg.DeviceLimit), store.WithZeroFill(cfg.ZeroFill), store.WithMaxPieces(cfg.MaxPieces),
 		store.WithWriteBehind(cfg.RegistryWriteBehind), store.WithCoalesce(cfg.RegistryCoalesce), store.WithLost(a.tensorLost))
 	return a, nil
 }

@@ -492,9 +492,15 @@ func (p *Pool[S]) Adopt(mem S, ranges []Range) ([]*Block[S], []Span, error) {
 		order[i] = i
 	}
 	slices.SortFunc(order, func(a, b int) int { return cmp.Compare(ranges[a].Offset, ranges[b].Offset) })
-	class := classOf(RoundSize(ranges[order[0]].Requested))
+	// A segment's class is its blocks' largest. Pieces of tensors
+	// (AllocPieces) may share medium and large segments; small ones hold
+	// small blocks alone.
+	class := classSmall
+	for _, r := range ranges {
+		class = max(class, classOf(RoundSize(r.Requested)))
+	}
 	for _, i := range order {
-		if c := classOf(RoundSize(ranges[i].Requested)); c != class {
+		if c := classOf(RoundSize(ranges[i].Requested)); (c == classSmall) != (class == classSmall) {
 			return nil, nil, errdefs.Invalid("segment holds blocks of different size classes (%d and %d bytes)", ranges[order[0]].Requested, ranges[i].Requested)
 		}
 	}
@@ -514,11 +520,21 @@ func (p *Pool[S]) Adopt(mem S, ranges []Range) ([]*Block[S], []Span, error) {
 		}
 		last = b
 	}
-	for _, i := range order {
+	for k, i := range order {
 		r := ranges[i]
 		bsize := RoundSize(r.Requested)
-		if class == classLarge {
-			bsize = size - r.Offset // a large block is its whole segment
+		if classOf(bsize) == classLarge {
+			// A large block reaches to the next granule (AllocPieces), or
+			// is its whole segment (Alloc): up to the next block at most.
+			end := size
+			if k+1 < len(order) {
+				end = min(end, ranges[order[k+1]].Offset)
+			}
+			if k+1 == len(order) {
+				bsize = max(bsize, end-r.Offset)
+			} else {
+				bsize = max(bsize, min(roundUp(r.Offset+bsize, p.granule), end)-r.Offset)
+			}
 		}
 		if r.Offset < at || r.Offset%Alignment != 0 || r.Offset+bsize > size || r.Offset+bsize < r.Offset {
 			return nil, nil, errdefs.Invalid("block [%d,+%d) overlaps another or lies outside the segment of %d bytes", r.Offset, bsize, size)

@@ -633,7 +633,7 @@ func toFields(info v1.Tensor) ([]any, error) {
 	if info.Shape == nil {
 		shape = []byte("[]")
 	}
-	return []any{
+	fields := []any{
 		"name", info.Name, "uid", info.UID, "dtype", string(info.DType), "shape", string(shape),
 		"device", info.Device, "device_uuid", info.DeviceUUID, "bytes", info.Bytes,
 		"ipc_mode", string(info.IPCMode), "ipc_handle", info.IPCHandle, "offset", info.Offset,
@@ -641,7 +641,11 @@ func toFields(info v1.Tensor) ([]any, error) {
 		"owner_pid", info.OwnerPID, "state", string(info.State), "agent", info.Agent, "node", info.Node,
 		"tenant", info.Tenant, "event", info.Event, "ctime", info.Ctime, "mtime", info.Mtime,
 		"refcount", info.Refcount,
-	}, nil
+	}
+	if len(info.Pieces) > 0 {
+		fields = append(fields, "pieces", v1.FormatPieces(info.Pieces))
+	}
+	return fields, nil
 }
 
 func fromReply(v any) (v1.Tensor, error) {
@@ -664,7 +668,7 @@ func fromMap(m map[string]string) (v1.Tensor, error) {
 
 // recordFields are the hash fields a list reads (HMGET), in this order.
 var recordFields = []string{"name", "uid", "dtype", "shape", "device", "device_uuid", "bytes", "ipc_mode", "ipc_handle",
-	"offset", "segment_id", "segment_size", "owner_pid", "refcount", "state", "agent", "node", "tenant", "event", "ctime", "mtime"}
+	"offset", "segment_id", "segment_size", "owner_pid", "refcount", "state", "agent", "node", "tenant", "event", "ctime", "mtime", "pieces"}
 
 var recordField = func() map[string]int {
 	m := make(map[string]int, len(recordFields))
@@ -725,6 +729,12 @@ func fromFields(get func(field string) string) (v1.Tensor, error) {
 	info.Event = get("event")
 	info.Ctime = num("ctime")
 	info.Mtime = num("mtime")
+	if p := get("pieces"); p != "" {
+		var err error
+		if info.Pieces, err = v1.ParsePieces(p); err != nil {
+			errs = append(errs, fmt.Errorf("field pieces=%q: %w", p, err))
+		}
+	}
 	if len(errs) > 0 {
 		return info, fmt.Errorf("%w: corrupt record of %q: %w", errdefs.ErrInternal, info.Name, errors.Join(errs...))
 	}

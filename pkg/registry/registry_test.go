@@ -274,3 +274,32 @@ func TestListPagesByPrefix(t *testing.T) {
 		t.Fatalf("deleted tensor still listed: %v", l)
 	}
 }
+
+func TestPiecesRoundTrip(t *testing.T) {
+	r := newRegistry(t)
+	ctx := context.Background()
+	rec := record("pieced")
+	rec.Bytes, rec.Shape = 6<<20, []int64{3, 1 << 19}
+	rec.Pieces = []v1.Piece{{SegmentID: "seg1", SegmentSize: 2 << 20, Offset: 0, Size: 2 << 20},
+		{SegmentID: "seg2", SegmentSize: 8 << 20, Offset: 2 << 20, Size: 4 << 20}}
+	rec.Offset = 0
+	if res, err := r.Create(ctx, rec, "", ""); err != nil || !res.Created || !reflect.DeepEqual(res.Info.Pieces, rec.Pieces) {
+		t.Fatalf("create: %+v %v", res, err)
+	}
+	if _, err := r.Create(ctx, record("whole"), "", ""); err != nil {
+		t.Fatal(err)
+	}
+	got, err := r.Stat(ctx, "pieced")
+	if err != nil || !reflect.DeepEqual(got.Pieces, rec.Pieces) {
+		t.Fatalf("stat: pieces %v, %v; want %v", got.Pieces, err, rec.Pieces)
+	}
+	list, _, err := r.List(ctx, "", "", 0)
+	if err != nil || len(list) != 2 || !reflect.DeepEqual(list[0].Pieces, rec.Pieces) || list[1].Pieces != nil {
+		t.Fatalf("list: %+v %v", list, err)
+	}
+	// A hash whose pieces were damaged is refused, not mapped wrong.
+	r.Client().HSet(ctx, r.Keys().Meta("pieced"), "pieces", "seg1:2097152:0")
+	if _, err := r.Stat(ctx, "pieced"); err == nil || !strings.Contains(err.Error(), "pieces") {
+		t.Fatalf("stat of damaged pieces: %v", err)
+	}
+}

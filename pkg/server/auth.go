@@ -62,7 +62,7 @@ func (cn *conn) scope(req *v1.Request) error {
 			req.Prefix = cn.id.Namespace + "/" + req.Prefix
 		}
 		return nil
-	case v1.OpHello, v1.OpStats, v1.OpGC, v1.OpTrim, v1.OpForget, v1.OpOffer, v1.OpReattach, v1.OpWatch, v1.OpCompactRecords:
+	case v1.OpHello, v1.OpStats, v1.OpGC, v1.OpTrim, v1.OpForget, v1.OpOffer, v1.OpReattach, v1.OpWatch, v1.OpCompactRecords, v1.OpPieces:
 		return nil // a reattach scopes each of its names, a watch sees its tenant's segments
 	}
 	if err := tensor.ValidateName(req.Name); err != nil {

@@ -248,8 +248,10 @@ type conn struct {
 	sent   map[string]bool       // segment ids whose descriptor this peer has
 	// compact: answers of one tensor record go in the compact layout (OpCompactRecords).
 	compact bool
-	events  map[string]*sharedEvent // IPC events this peer sent, opened here
-	fr      *frameReader            // its request frames, kept across the goroutines that serve it
+	// pieces: the client maps tensors in pieces (OpPieces).
+	pieces bool
+	events map[string]*sharedEvent // IPC events this peer sent, opened here
+	fr     *frameReader            // its request frames, kept across the goroutines that serve it
 	// in are the descriptors the request being handled came with (an
 	// offer's); a handler that keeps them sets it to nil.
 	in []int
@@ -521,6 +523,7 @@ var handlers = map[string]handler{
 	v1.OpOffer:          (*conn).offer,
 	v1.OpWatch:          (*conn).watch,
 	v1.OpCompactRecords: (*conn).compactRecords,
+	v1.OpPieces:         (*conn).takePieces,
 }
 
 // handle serves req with h, its op's handler (nil: an op this agent lacks).
@@ -556,7 +559,7 @@ func (cn *conn) hello(ctx context.Context, _ *v1.Request, resp *v1.Response) ([]
 	resp.Hello = &v1.Hello{
 		Version: v1.Version, Agent: st.Instance(), Node: st.Node(), Mode: st.Mode(), Devices: wire,
 		PeerPID: cn.pid, Redis: st.Ping(ctx) == nil, Software: Software, Holder: cn.holder,
-		Features: []string{v1.OpForget, v1.OpHolders, v1.FeatureListPages, v1.OpReattach, v1.OpOffer, v1.OpWatch, v1.OpCompactRecords},
+		Features: []string{v1.OpForget, v1.OpHolders, v1.FeatureListPages, v1.OpReattach, v1.OpOffer, v1.OpWatch, v1.OpCompactRecords, v1.OpPieces},
 	}
 	return nil, nil
 }
@@ -568,13 +571,34 @@ func (cn *conn) compactRecords(context.Context, *v1.Request, *v1.Response) ([]in
 	return nil, nil
 }
 
+// takePieces marks the connection's client as one that maps tensors in
+// pieces: its creates may be given pieces, and it may get such tensors.
+func (cn *conn) takePieces(context.Context, *v1.Request, *v1.Response) ([]int, error) {
+	cn.pieces = true
+	return nil, nil
+}
+
+// mappable refuses a tensor in pieces to a client that cannot map it
+// (before any reference is taken: such a client's create of an existing
+// name is a get too).
+func (cn *conn) mappable(name string) error {
+	if !cn.pieces && cn.srv.st.Pieced(name) {
+		return fmt.Errorf("%w: tensor %q lies in pieces, which this client cannot map: use a client that sends %q",
+			errdefs.ErrFailedPrecondition, name, v1.OpPieces)
+	}
+	return nil
+}
+
 func (cn *conn) create(ctx context.Context, req *v1.Request, resp *v1.Response) ([]int, error) {
 	shape := req.Shape
 	if shape == nil {
 		shape = []int64{}
 	}
+	if err := cn.mappable(req.Name); err != nil {
+		return nil, err
+	}
 	info, commit, err := cn.srv.st.Create(ctx, store.CreateParams{Name: req.Name, DType: req.DType, Shape: shape, Device: req.Device,
-		OwnerPID: cn.pid, Holder: cn.holder, Tenant: cn.id.Namespace, WriteBehind: true, Who: cn.who()})
+		OwnerPID: cn.pid, Holder: cn.holder, Tenant: cn.id.Namespace, WriteBehind: true, Pieces: cn.pieces, Who: cn.who()})
 	if err != nil {
 		return nil, err
 	}
@@ -583,6 +607,9 @@ func (cn *conn) create(ctx context.Context, req *v1.Request, resp *v1.Response) 
 }
 
 func (cn *conn) get(ctx context.Context, req *v1.Request, resp *v1.Response) ([]int, error) {
+	if err := cn.mappable(req.Name); err != nil {
+		return nil, err
+	}
 	info, commit, err := cn.srv.st.Get(ctx, store.GetParams{Name: req.Name, Holder: cn.holder, WriteBehind: true})
 	if err != nil {
 		return nil, err
@@ -717,21 +744,29 @@ func (cn *conn) held(req *v1.Request) *v1.Tensor {
 	return info
 }
 
-// attach adds the tensor's segment descriptor when this peer has not had it.
+// attach adds the descriptors of the tensor's segments this peer has not
+// had (a tensor in pieces may lie in several).
 func (cn *conn) attach(resp *v1.Response, info *v1.Tensor) []int {
-	if cn.sent[info.SegmentID] {
+	if len(info.Pieces) == 0 && cn.sent[info.SegmentID] {
 		return nil
 	}
-	seg, ok := cn.srv.st.Segment(info.UID)
-	if !ok || seg.FD() < 0 {
+	segs, ok := cn.srv.st.SegmentsOf(info.UID)
+	if !ok {
 		return nil
 	}
-	if cn.sent == nil {
-		cn.sent = map[string]bool{}
+	var fds []int
+	for _, seg := range segs {
+		if seg.FD() < 0 || cn.sent[seg.ID()] {
+			continue
+		}
+		if cn.sent == nil {
+			cn.sent = map[string]bool{}
+		}
+		cn.sent[seg.ID()] = true
+		resp.FDs = append(resp.FDs, seg.ID())
+		fds = append(fds, seg.FD())
 	}
-	cn.sent[info.SegmentID] = true
-	resp.FDs = []string{info.SegmentID}
-	return []int{seg.FD()}
+	return fds
 }
 
 func (cn *conn) release(ctx context.Context, req *v1.Request, _ *v1.Response) ([]int, error) {

@@ -38,8 +38,11 @@ type References interface {
 type Memory interface {
 	// Live reports whether a tensor uid still has memory and is not deleted.
 	Live(uid string) bool
-	// Segment is the segment of a tensor uid, for its descriptor.
-	Segment(uid string) (backend.Segment, bool)
+	// SegmentsOf are the segments a tensor uid lies in, for their
+	// descriptors (more than one for a tensor in pieces).
+	SegmentsOf(uid string) ([]backend.Segment, bool)
+	// Pieced reports whether name's live tensor lies in pieces.
+	Pieced(name string) bool
 	AttachFence(uid string, f store.Fence) bool
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -53,19 +54,46 @@ type AdoptReport struct {
 // survival is what a new instance still waits for from its predecessors.
 type survival struct {
 	mu        sync.Mutex
-	awaiting  map[string]*segmentRecords // segment id -> its records, until a descriptor comes
-	inherited []string                   // names whose predecessors' connection references wait for reattach
+	awaiting  map[string]*adoptGroup // segment id -> its group, until a descriptor comes
+	inherited []string               // names whose predecessors' connection references wait for reattach
 	ended     bool
 }
 
-// segmentRecords are the records of one segment of a predecessor.
-type segmentRecords struct {
-	id      string
-	device  int
-	size    uint64
+// adoptGroup is what a predecessor left in segments that are taken over
+// together: one segment, or several that tensors in pieces link (a tensor
+// lives only when all of its segments do), with their records.
+type adoptGroup struct {
+	segs    []groupSegment // by id
 	tenant  string
 	records []v1.Tensor
 	holders map[string]map[string]int64 // name -> its reference holders
+	// got are the segments obtained while others of the group wait for a
+	// client's descriptor (vmm after a crash), by id.
+	got map[string]backend.Segment
+}
+
+type groupSegment struct {
+	id     string
+	device int
+	size   uint64
+}
+
+func (g *adoptGroup) ids() string {
+	ids := make([]string, len(g.segs))
+	for i, gs := range g.segs {
+		ids[i] = gs.id
+	}
+	return strings.Join(ids, ",")
+}
+
+// release gives back the segments obtained for a group that is not adopted.
+func (s *Store) releaseGot(g *adoptGroup) {
+	for id, seg := range g.got {
+		if err := seg.Release(); err != nil {
+			s.log.Warn("releasing a segment that could not be adopted", "segment", id, "err", err)
+		}
+	}
+	g.got = nil
 }
 
 // Adopt takes over the records of other instances of this node's agent (see
@@ -93,21 +121,15 @@ func (s *Store) Adopt(ctx context.Context, handed map[string]int) (AdoptReport, 
 		imp = nil // a legacy allocation cannot be passed on: its handle is its maker's
 	}
 	for _, g := range groups {
-		var seg backend.Segment
-		var err error
-		switch fd, ok := handed[g.id]; {
-		case g.records[0].IPCMode != s.be.Mode():
-			err = fmt.Errorf("%w: a %s segment, and this agent runs the %s backend", errdefs.ErrFailedPrecondition, g.records[0].IPCMode, s.be.Mode())
-		case ok && imp != nil:
-			delete(handed, g.id)
-			seg, err = imp.ImportSegment(ctx, g.device, g.id, g.size, fd)
-		case reopen != nil:
-			seg, err = reopen.OpenSegment(ctx, g.device, g.id, g.size)
-		case imp != nil:
-			s.await(g)
-			rep.Awaiting += len(g.records)
+		if g.records[0].IPCMode != s.be.Mode() {
+			err := fmt.Errorf("%w: a %s segment, and this agent runs the %s backend", errdefs.ErrFailedPrecondition, g.records[0].IPCMode, s.be.Mode())
+			rep.Removed += len(g.records)
+			if rerr := s.removeLost(ctx, g.records, err.Error()); rerr != nil {
+				return rep, rerr
+			}
 			continue
-		default:
+		}
+		if imp == nil && reopen == nil {
 			n, err := s.orphan(ctx, g)
 			rep.Orphaned += n
 			rep.Removed += len(g.records) - n
@@ -116,9 +138,36 @@ func (s *Store) Adopt(ctx context.Context, handed map[string]int) (AdoptReport, 
 			}
 			continue
 		}
-		if err == nil {
+		g.got = map[string]backend.Segment{}
+		var err error
+		waits := false
+		for _, gs := range g.segs {
+			var seg backend.Segment
+			switch fd, ok := handed[gs.id]; {
+			case ok && imp != nil:
+				delete(handed, gs.id)
+				seg, err = imp.ImportSegment(ctx, gs.device, gs.id, gs.size, fd)
+			case reopen != nil:
+				seg, err = reopen.OpenSegment(ctx, gs.device, gs.id, gs.size)
+			default:
+				waits = true
+				continue
+			}
+			if err != nil {
+				break
+			}
+			g.got[gs.id] = seg
+		}
+		switch {
+		case err != nil:
+			s.releaseGot(g)
+		case waits:
+			s.await(g)
+			rep.Awaiting += len(g.records)
+			continue
+		default:
 			var n int
-			n, err = s.adoptSegment(ctx, seg, g)
+			n, err = s.adoptGroup(ctx, g)
 			rep.Adopted += n
 		}
 		if err != nil {
@@ -136,15 +185,25 @@ func (s *Store) Adopt(ctx context.Context, handed map[string]int) (AdoptReport, 
 }
 
 // predecessors reads every record and returns those of other instances
-// grouped by segment; index entries without a record are removed.
-func (s *Store) predecessors(ctx context.Context) ([]*segmentRecords, error) {
+// in adoption groups: segments linked by a tensor in pieces go together.
+// Index entries without a record are removed.
+func (s *Store) predecessors(ctx context.Context) ([]*adoptGroup, error) {
 	names, err := s.reg.Names(ctx)
 	if err != nil {
 		return nil, err
 	}
 	listed := make(map[string]bool, len(names))
-	bySeg := map[string]*segmentRecords{}
-	var order []string
+	var records []v1.Tensor
+	segs := map[string]groupSegment{}
+	parent := map[string]string{} // union-find over segment ids
+	var root func(id string) string
+	root = func(id string) string {
+		for parent[id] != id {
+			parent[id] = parent[parent[id]]
+			id = parent[id]
+		}
+		return id
+	}
 	cursor := ""
 	for {
 		page, next, err := s.reg.List(ctx, "", cursor, v1.MaxListLimit)
@@ -156,13 +215,16 @@ func (s *Store) predecessors(ctx context.Context) ([]*segmentRecords, error) {
 			if rec.Agent == s.instance {
 				continue
 			}
-			g := bySeg[rec.SegmentID]
-			if g == nil {
-				g = &segmentRecords{id: rec.SegmentID, device: rec.Device, size: rec.SegmentSize, tenant: rec.Tenant}
-				bySeg[rec.SegmentID] = g
-				order = append(order, rec.SegmentID)
+			records = append(records, rec)
+			for i, id := range rec.Segments() {
+				if _, ok := parent[id]; !ok {
+					parent[id] = id
+					segs[id] = groupSegment{id: id, device: rec.Device, size: segmentSizeOf(rec, id)}
+				}
+				if i > 0 {
+					parent[root(id)] = root(rec.SegmentID)
+				}
 			}
-			g.records = append(g.records, rec)
 		}
 		if next == "" {
 			break
@@ -176,7 +238,23 @@ func (s *Store) predecessors(ctx context.Context) ([]*segmentRecords, error) {
 			}
 		}
 	}
-	for _, g := range bySeg {
+	byRoot := map[string]*adoptGroup{}
+	for _, rec := range records {
+		r := root(rec.SegmentID)
+		g := byRoot[r]
+		if g == nil {
+			g = &adoptGroup{tenant: rec.Tenant}
+			byRoot[r] = g
+		}
+		g.records = append(g.records, rec)
+	}
+	for id := range segs {
+		g := byRoot[root(id)]
+		g.segs = append(g.segs, segs[id])
+	}
+	out := make([]*adoptGroup, 0, len(byRoot))
+	for _, g := range byRoot {
+		slices.SortFunc(g.segs, func(a, b groupSegment) int { return strings.Compare(a.id, b.id) })
 		names := make([]string, len(g.records))
 		for i, rec := range g.records {
 			names[i] = rec.Name
@@ -184,50 +262,97 @@ func (s *Store) predecessors(ctx context.Context) ([]*segmentRecords, error) {
 		if g.holders, err = s.reg.HoldersOf(ctx, names); err != nil {
 			return nil, err
 		}
+		out = append(out, g)
 	}
-	slices.Sort(order)
-	out := make([]*segmentRecords, len(order))
-	for i, id := range order {
-		out[i] = bySeg[id]
-	}
+	slices.SortFunc(out, func(a, b *adoptGroup) int { return strings.Compare(a.segs[0].id, b.segs[0].id) })
 	return out, nil
 }
 
-// adoptSegment rebuilds seg's blocks from its records in the pool of their
-// device and tenant, and makes the records this instance's. It returns how
-// many were adopted; on an error seg is released and nothing is adopted.
-func (s *Store) adoptSegment(ctx context.Context, seg backend.Segment, g *segmentRecords) (int, error) {
-	fail := func(err error) (int, error) {
-		if rerr := seg.Release(); rerr != nil {
-			s.log.Warn("releasing a segment that could not be adopted", "segment", g.id, "err", rerr)
+// segmentSizeOf is the size rec gives segment id.
+func segmentSizeOf(rec v1.Tensor, id string) uint64 {
+	for _, p := range rec.Pieces {
+		if p.SegmentID == id {
+			return p.SegmentSize
 		}
+	}
+	return rec.SegmentSize
+}
+
+// adoptGroup rebuilds the blocks of g's records in g.got's segments, in
+// the pool of their device and tenant, and makes the records this
+// instance's. It returns how many were adopted; on an error the segments
+// are released and nothing is adopted.
+func (s *Store) adoptGroup(ctx context.Context, g *adoptGroup) (int, error) {
+	fail := func(err error) (int, error) {
+		s.releaseGot(g)
 		return 0, err
 	}
-	dev, err := s.ResolveDevice(strconv.Itoa(g.device))
+	device := g.segs[0].device
+	dev, err := s.ResolveDevice(strconv.Itoa(device))
 	if err != nil {
 		return fail(err)
 	}
-	ranges := make([]pool.Range, len(g.records))
+	// Each record's ranges, by segment; where each range's block goes.
+	type place struct{ rec, piece int }
+	ranges := map[string][]pool.Range{}
+	places := map[string][]place{}
+	size := map[string]uint64{}
+	for _, gs := range g.segs {
+		size[gs.id] = gs.size
+	}
+	blocks := make([][]*pool.Block[backend.Segment], len(g.records))
 	for i, rec := range g.records {
-		if rec.Tenant != g.tenant || rec.Device != g.device || rec.SegmentSize != g.size {
-			return fail(fmt.Errorf("%w: the records of segment %s disagree on its device, size or tenant", errdefs.ErrInternal, g.id))
+		if rec.Tenant != g.tenant || rec.Device != device {
+			return fail(fmt.Errorf("%w: the records of segments %s disagree on their device or tenant", errdefs.ErrInternal, g.ids()))
 		}
-		ranges[i] = pool.Range{Offset: rec.Offset, Requested: rec.Bytes}
+		pieces := rec.Pieces
+		if len(pieces) == 0 {
+			pieces = []v1.Piece{{SegmentID: rec.SegmentID, SegmentSize: rec.SegmentSize, Offset: rec.Offset, Size: rec.Bytes}}
+		}
+		blocks[i] = make([]*pool.Block[backend.Segment], len(pieces))
+		for j, pc := range pieces {
+			if pc.SegmentSize != size[pc.SegmentID] {
+				return fail(fmt.Errorf("%w: the records of segment %s disagree on its size", errdefs.ErrInternal, pc.SegmentID))
+			}
+			ranges[pc.SegmentID] = append(ranges[pc.SegmentID], pool.Range{Offset: pc.Offset, Requested: pc.Size})
+			places[pc.SegmentID] = append(places[pc.SegmentID], place{i, j})
+		}
 	}
 	pl := s.pools.of(dev, g.tenant)
-	blocks, free, err := pl.Adopt(seg, ranges)
-	if err != nil {
-		return fail(err)
-	}
-	if s.zeroFill {
-		// Free bytes are zero in a pool; a crash may have come between a
-		// free and its zero-fill.
-		for _, sp := range free {
-			if err := s.zero(dev.Index, seg, sp.Offset, sp.Size); err != nil {
-				s.log.Warn("zero-filling the free part of an adopted segment", "segment", g.id, "err", err)
+	var adoptedBlocks []*pool.Block[backend.Segment]
+	for n, gs := range g.segs {
+		seg := g.got[gs.id]
+		bs, free, err := pl.Adopt(seg, ranges[gs.id])
+		if err != nil {
+			// The segments adopted so far hold only free blocks then; the
+			// rest are released.
+			for _, b := range adoptedBlocks {
+				pl.Free(b)
+			}
+			for _, later := range g.segs[n:] {
+				if rerr := g.got[later.id].Release(); rerr != nil {
+					s.log.Warn("releasing a segment that could not be adopted", "segment", later.id, "err", rerr)
+				}
+			}
+			g.got = nil
+			return 0, err
+		}
+		adoptedBlocks = append(adoptedBlocks, bs...)
+		for k, b := range bs {
+			pc := places[gs.id][k]
+			blocks[pc.rec][pc.piece] = b
+		}
+		if s.zeroFill {
+			// Free bytes are zero in a pool; a crash may have come between a
+			// free and its zero-fill.
+			for _, sp := range free {
+				if err := s.zero(dev.Index, seg, sp.Offset, sp.Size); err != nil {
+					s.log.Warn("zero-filling the free part of an adopted segment", "segment", gs.id, "err", err)
+				}
 			}
 		}
 	}
+	g.got = nil
 	byAgent := map[string][]string{}
 	for _, rec := range g.records {
 		byAgent[rec.Agent] = append(byAgent[rec.Agent], rec.Name)
@@ -246,24 +371,26 @@ func (s *Store) adoptSegment(ctx context.Context, seg backend.Segment, g *segmen
 	n := 0
 	for i, rec := range g.records {
 		if !adopted[rec.Name] {
-			pl.Free(blocks[i]) // changed meanwhile: not the predecessor's any more
+			for _, b := range blocks[i] {
+				pl.Free(b) // changed meanwhile: not the predecessor's any more
+			}
 			continue
 		}
 		rec.Agent = s.instance
-		a := &allocation{name: rec.Name, block: blocks[i], pool: pl, dev: dev.Index, deleted: rec.State != v1.StateReady, record: rec,
+		a := &allocation{name: rec.Name, blocks: blocks[i], pool: pl, dev: dev.Index, deleted: rec.State != v1.StateReady, record: rec,
 			holders: g.holders[rec.Name]}
 		s.table.add(rec.UID, a, true)
 		s.inherit(rec.Name)
 		n++
 	}
-	s.log.Info("adopted a segment of a previous agent instance", "segment", g.id, "device", g.device, "bytes", g.size, "tensors", n)
+	s.log.Info("adopted segments of a previous agent instance", "segments", g.ids(), "device", device, "tensors", n)
 	return n, nil
 }
 
 // withdrawAdopted undoes a half-done adoption whose registry write failed:
 // the records already adopted are handed back (they stay in Redis, for the
 // next attempt), the blocks freed.
-func (s *Store) withdrawAdopted(pl *pool.Pool[backend.Segment], g *segmentRecords, blocks []*pool.Block[backend.Segment], adopted map[string]bool) {
+func (s *Store) withdrawAdopted(pl *pool.Pool[backend.Segment], g *adoptGroup, blocks [][]*pool.Block[backend.Segment], adopted map[string]bool) {
 	ctx, cancel := context.WithTimeout(s.bg, 5*time.Second)
 	defer cancel()
 	for i, rec := range g.records {
@@ -272,13 +399,15 @@ func (s *Store) withdrawAdopted(pl *pool.Pool[backend.Segment], g *segmentRecord
 				s.log.Warn("could not hand an adopted record back", "name", rec.Name, "err", err)
 			}
 		}
-		pl.Free(blocks[i])
+		for _, b := range blocks[i] {
+			pl.Free(b)
+		}
 	}
 }
 
 // orphan makes a legacy segment's records orphaned and returns how many
 // are (the rest had no holder and are gone).
-func (s *Store) orphan(ctx context.Context, g *segmentRecords) (int, error) {
+func (s *Store) orphan(ctx context.Context, g *adoptGroup) (int, error) {
 	n := 0
 	for _, rec := range g.records {
 		removed, err := s.reg.Orphan(ctx, rec.Name, rec.Agent, s.instance)
@@ -297,13 +426,17 @@ func (s *Store) orphan(ctx context.Context, g *segmentRecords) (int, error) {
 	return n, nil
 }
 
-func (s *Store) await(g *segmentRecords) {
+func (s *Store) await(g *adoptGroup) {
 	s.surv.mu.Lock()
 	defer s.surv.mu.Unlock()
 	if s.surv.awaiting == nil {
-		s.surv.awaiting = map[string]*segmentRecords{}
+		s.surv.awaiting = map[string]*adoptGroup{}
 	}
-	s.surv.awaiting[g.id] = g
+	for _, gs := range g.segs {
+		if g.got[gs.id] == nil {
+			s.surv.awaiting[gs.id] = g
+		}
+	}
 	for _, rec := range g.records {
 		s.surv.inherited = append(s.surv.inherited, rec.Name)
 	}
@@ -323,7 +456,9 @@ func (s *Store) SegmentIDs() map[string]bool {
 	defer s.table.mu.Unlock()
 	out := make(map[string]bool, len(s.table.byUID))
 	for _, a := range s.table.byUID {
-		out[a.block.Segment().ID()] = true
+		for _, seg := range a.segments() {
+			out[seg.ID()] = true
+		}
 	}
 	return out
 }
@@ -335,8 +470,10 @@ func (s *Store) SegmentFDs() map[string]int {
 	defer s.table.mu.Unlock()
 	out := map[string]int{}
 	for _, a := range s.table.byUID {
-		if seg := a.block.Segment(); seg.FD() >= 0 && s.be.Mode() == v1.ModeVMM {
-			out[seg.ID()] = seg.FD()
+		for _, seg := range a.segments() {
+			if seg.FD() >= 0 && s.be.Mode() == v1.ModeVMM {
+				out[seg.ID()] = seg.FD()
+			}
 		}
 	}
 	return out
@@ -374,13 +511,39 @@ func (s *Store) Offer(ctx context.Context, segmentID string, fd int, tenant stri
 		unix.Close(fd)
 		return fmt.Errorf("%w: the %s backend takes no segment descriptors", errdefs.ErrFailedPrecondition, s.be.Mode())
 	}
-	seg, err := imp.ImportSegment(ctx, g.device, g.id, g.size, fd)
-	if err == nil {
-		_, err = s.adoptSegment(ctx, seg, g)
+	var gs groupSegment
+	for _, c := range g.segs {
+		if c.id == segmentID {
+			gs = c
+		}
+	}
+	seg, err := imp.ImportSegment(ctx, gs.device, gs.id, gs.size, fd)
+	s.surv.mu.Lock()
+	complete := false
+	if err == nil && !s.surv.ended {
+		if g.got == nil {
+			g.got = map[string]backend.Segment{}
+		}
+		// The group's segments arrive one offer at a time; the group is
+		// adopted with its last (offers of one group come from one client,
+		// in turn, so only one completes it).
+		g.got[segmentID] = seg
+		complete = len(g.got) == len(g.segs)
+	} else if err == nil {
+		seg.Release()
+	}
+	s.surv.mu.Unlock()
+	if complete {
+		_, err = s.adoptGroup(ctx, g)
 	}
 	s.surv.mu.Lock()
 	if err != nil && !s.surv.ended {
-		s.surv.awaiting[segmentID] = g // another holder may offer a good one
+		// Another holder may offer good ones.
+		for _, c := range g.segs {
+			if g.got[c.id] == nil {
+				s.surv.awaiting[c.id] = g
+			}
+		}
 	}
 	done := len(s.surv.awaiting) == 0
 	s.surv.mu.Unlock()
@@ -405,7 +568,15 @@ func (s *Store) EndGrace(ctx context.Context) error {
 	s.surv.inherited = nil
 	s.surv.mu.Unlock()
 	var errs []error
+	seen := map[*adoptGroup]bool{}
 	for _, g := range awaiting {
+		if seen[g] {
+			continue
+		}
+		seen[g] = true
+		s.surv.mu.Lock()
+		s.releaseGot(g)
+		s.surv.mu.Unlock()
 		errs = append(errs, s.removeLost(ctx, g.records, "no process kept a descriptor or a mapping of its segment"))
 	}
 	s.reconciled.Store(true)

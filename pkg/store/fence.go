@@ -28,7 +28,7 @@ func (s *Store) retire(a *allocation) {
 		s.log.Debug("fences already done at free", "name", a.name, "fences", len(a.fences))
 	}
 	releaseFences(a.fences)
-	s.recycle(a.pool, a.dev, a.block)
+	s.recycle(a.pool, a.dev, a.blocks...)
 }
 
 func fencesDone(fs []Fence) bool {
@@ -52,7 +52,7 @@ func (s *Store) ReapPending() int {
 	ready, waiting := s.table.unpark()
 	for _, a := range ready {
 		releaseFences(a.fences)
-		s.recycle(a.pool, a.dev, a.block)
+		s.recycle(a.pool, a.dev, a.blocks...)
 	}
 	return waiting
 }

@@ -39,6 +39,7 @@ type Store struct {
 	zeroFill    bool
 	writeBehind bool // socket creates and first gets may be answered before their script
 	coalesce    time.Duration
+	maxPieces   int // most pieces of one tensor (1: every tensor one block)
 	now         func() time.Time
 	bg          context.Context // registry writes retried after their request ended
 	stop        context.CancelFunc
@@ -87,16 +88,26 @@ func WithWriteBehind(on bool) Option { return func(s *Store) { s.writeBehind = o
 // still cancel it before it starts).
 func WithCoalesce(d time.Duration) Option { return func(s *Store) { s.coalesce = d } }
 
+// WithMaxPieces lets a create that asks for it (CreateParams.Pieces) be
+// given up to n pieces of free memory instead of a new segment (pool's
+// AllocPieces). 1 turns it off; the legacy backend is always 1 (a CUDA IPC
+// handle maps one whole allocation). Default v1.MaxPieces.
+func WithMaxPieces(n int) Option { return func(s *Store) { s.maxPieces = n } }
+
 // New returns a store. instance identifies this agent process: records of
 // other instances are stale after a restart.
 func New(reg *registry.Registry, be backend.Backend, instance, node string, opts ...Option) *Store {
 	s := &Store{
-		reg: reg, be: be, instance: instance, node: node, log: slog.Default(), zeroFill: true, now: time.Now,
+		reg: reg, be: be, instance: instance, node: node, log: slog.Default(), zeroFill: true, maxPieces: v1.MaxPieces, now: time.Now,
 		table: newTable(), order: newOrder(), leases: newLeaseSet(instance), zeros: zeroQueue{last: map[int]*queuedZero{}},
 	}
 	s.bg, s.stop = context.WithCancel(context.Background())
 	for _, o := range opts {
 		o(s)
+	}
+	s.maxPieces = min(max(s.maxPieces, 1), v1.MaxPieces)
+	if be.Mode() == v1.ModeLegacy {
+		s.maxPieces = 1
 	}
 	s.delays = newDelayLine()
 	if s.writeBehind && s.coalesce > 0 {
@@ -175,6 +186,9 @@ type CreateParams struct {
 	// WriteBehind asks for the answer before the registry write (see
 	// WithWriteBehind); the store decides whether it may.
 	WriteBehind bool
+	// Pieces: the requester maps tensors in pieces (v1.OpPieces), so the
+	// tensor may be given up to the store's bound of them.
+	Pieces bool
 	// Who asked, for the audit log: slog attributes (pid, pod, namespace...).
 	Who Who
 }
@@ -234,26 +248,36 @@ func (s *Store) Create(ctx context.Context, p CreateParams) (v1.Tensor, Commit, 
 func (s *Store) allocate(ctx context.Context, p CreateParams, dt v1.DType, n uint64, dev backend.Device) (a *allocation, info v1.Tensor, zeroed func() error, err error) {
 	pl := s.pools.of(dev, p.Tenant)
 	s.ReapPending()
-	blk, err := pl.Alloc(ctx, n)
+	most := 1
+	if p.Pieces {
+		most = s.maxPieces
+	}
+	blocks, err := pl.AllocPieces(ctx, n, most)
 	if errors.Is(err, errdefs.ErrOutOfMemory) {
 		// Other tenants' pools of the device may cache free segments.
 		if _, terr := s.pools.trim(func(k poolKey) bool { return k.device == dev.Index }); terr != nil {
 			s.log.Warn("trim failed", "device", dev.Index, "err", terr)
 		}
-		blk, err = pl.Alloc(ctx, n)
+		blocks, err = pl.AllocPieces(ctx, n, most)
 	}
 	if err != nil {
 		return nil, v1.Tensor{}, nil, err
 	}
-	seg := blk.Segment()
+	seg := blocks[0].Segment()
 	now := s.now().UnixMilli()
 	info = v1.Tensor{
 		Name: p.Name, UID: s.instance + "-" + strconv.FormatUint(s.uidSeq.Add(1), 10), DType: dt, Shape: append([]int64{}, p.Shape...),
 		Device: dev.Index, DeviceUUID: dev.UUID, Bytes: n, IPCMode: s.be.Mode(), IPCHandle: seg.Handle(),
-		Offset: blk.Offset(), SegmentID: seg.ID(), SegmentSize: seg.Size(), OwnerPID: p.OwnerPID,
+		Offset: blocks[0].Offset(), SegmentID: seg.ID(), SegmentSize: seg.Size(), OwnerPID: p.OwnerPID,
 		State: v1.StateReady, Agent: s.instance, Node: s.node, Tenant: p.Tenant, Ctime: now, Mtime: now,
 	}
-	return &allocation{name: p.Name, block: blk, pool: pl, dev: dev.Index}, info, s.zeroed(dev.Index), nil
+	if len(blocks) > 1 {
+		info.Pieces = make([]v1.Piece, len(blocks))
+		for i, b := range blocks {
+			info.Pieces[i] = v1.Piece{SegmentID: b.Segment().ID(), SegmentSize: b.Segment().Size(), Offset: b.Offset(), Size: b.Requested()}
+		}
+	}
+	return &allocation{name: p.Name, blocks: blocks, pool: pl, dev: dev.Index}, info, s.zeroed(dev.Index), nil
 }
 
 // create is Create's synchronous path, in the name's turn: the answer
@@ -327,7 +351,7 @@ func (s *Store) createBehind(ctx context.Context, p CreateParams, dt v1.DType, n
 	a, info, zeroed, err := s.allocate(ctx, p, dt, n, dev)
 	if err == nil {
 		if err = zeroed(); err != nil {
-			s.recycle(a.pool, a.dev, a.block)
+			s.recycle(a.pool, a.dev, a.blocks...)
 		}
 	}
 	if err != nil {
@@ -681,7 +705,11 @@ func (s *Store) audit(ctx context.Context, msg string, who Who, t v1.Tensor) {
 func (s *Store) Live(uid string) bool { return s.table.live(uid) }
 
 // Segment returns the segment of a tensor uid of this instance.
-func (s *Store) Segment(uid string) (backend.Segment, bool) { return s.table.segment(uid) }
+func (s *Store) SegmentsOf(uid string) ([]backend.Segment, bool) { return s.table.segmentsOf(uid) }
+
+// Pieced reports whether the live tensor of name on this agent lies in
+// pieces (see WithMaxPieces).
+func (s *Store) Pieced(name string) bool { return s.table.pieced(name) }
 
 // Stat returns one record.
 func (s *Store) Stat(ctx context.Context, name string) (v1.Tensor, error) {

@@ -44,11 +44,11 @@ func newFixture(t *testing.T, opts ...store.Option) *fixture {
 }
 
 func (f *fixture) segment(t *testing.T, info v1.Tensor) *host.Segment {
-	seg, ok := f.st.Segment(info.UID)
+	segs, ok := f.st.SegmentsOf(info.UID)
 	if !ok {
 		t.Fatalf("no segment for %s", info.Name)
 	}
-	return seg.(*host.Segment)
+	return segs[0].(*host.Segment)
 }
 
 func TestCreateGetReleaseDelete(t *testing.T) {
@@ -346,11 +346,11 @@ func TestAdoptTakesOverHostSegments(t *testing.T) {
 		if err != nil || rec.UID != want.UID || rec.Agent != "inst2" || rec.Offset != want.Offset || rec.SegmentID != want.SegmentID {
 			t.Fatalf("record of %s after adoption: %+v %v", want.Name, rec, err)
 		}
-		seg, ok := next.Segment(want.UID)
+		segs, ok := next.SegmentsOf(want.UID)
 		if !ok {
 			t.Fatalf("no memory for %s after adoption", want.Name)
 		}
-		data := seg.(*host.Segment).Bytes()[want.Offset : want.Offset+want.Bytes]
+		data := segs[0].(*host.Segment).Bytes()[want.Offset : want.Offset+want.Bytes]
 		for j := range data {
 			if data[j] != byte(i+j) {
 				t.Fatalf("%s byte %d is %d after adoption, want %d", want.Name, j, data[j], byte(i+j))

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -12,10 +13,11 @@ import (
 	"github.com/memcuda/memcuda/pkg/pool"
 )
 
-// allocation is a tensor's block and the pool it returns to.
+// allocation is a tensor's blocks (one, or its pieces in order) and the
+// pool they return to.
 type allocation struct {
 	name    string
-	block   *pool.Block[backend.Segment]
+	blocks  []*pool.Block[backend.Segment]
 	pool    *pool.Pool[backend.Segment]
 	dev     int          // device index of the pool
 	deleted bool         // delete ran: no new references, even from connections that hold one
@@ -161,6 +163,14 @@ func (t *table) hasName(name string) bool {
 	return ok
 }
 
+// pieced reports whether name's live tensor lies in more than one block.
+func (t *table) pieced(name string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	a := t.byUID[t.byName[name]]
+	return a != nil && len(a.blocks) > 1
+}
+
 func (t *table) uidOf(name string) (string, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -176,15 +186,30 @@ func (t *table) live(uid string) bool {
 	return ok && !a.deleted
 }
 
-// segment is uid's backend segment.
-func (t *table) segment(uid string) (backend.Segment, bool) {
+// segmentsOf are the backend segments uid lies in, its first piece's
+// first, each once.
+func (t *table) segmentsOf(uid string) ([]backend.Segment, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	a, ok := t.byUID[uid]
 	if !ok {
 		return nil, false
 	}
-	return a.block.Segment(), true
+	return a.segments(), true
+}
+
+// segments are the backend segments of a's blocks, in order, each once.
+func (a *allocation) segments() []backend.Segment {
+	if len(a.blocks) == 1 {
+		return []backend.Segment{a.blocks[0].Segment()}
+	}
+	out := make([]backend.Segment, 0, len(a.blocks))
+	for _, b := range a.blocks {
+		if seg := b.Segment(); !slices.Contains(out, seg) {
+			out = append(out, seg)
+		}
+	}
+	return out
 }
 
 // zeroing returns the zero-fill wait of a uid still being created (nil

@@ -136,7 +136,7 @@ func TestGetEarlyIsOrderedBeforeALaterDelete(t *testing.T) {
 	if err := <-del; err != nil || res.Freed || res.Refcount != 1 {
 		t.Fatalf("delete: %+v %v", res, err)
 	}
-	if _, ok := f.st.Segment(info.UID); !ok {
+	if _, ok := f.st.SegmentsOf(info.UID); !ok {
 		t.Fatal("block freed under the write-behind get")
 	}
 	// Behind the delete, gets are refused by the agent at once.
@@ -219,7 +219,7 @@ func TestRefusedCreateIsWithdrawn(t *testing.T) {
 	rdb.HSet(ctx, keys.Meta("w"), "name", "w", "uid", "other-1", "state", "ready", "agent", "other", "refcount", 1)
 	rdb.ZAdd(ctx, keys.Index(), redisZ("w"))
 	commit(ctx)
-	if _, ok := f.st.Segment(info.UID); !ok {
+	if _, ok := f.st.SegmentsOf(info.UID); !ok {
 		t.Fatal("memory freed while its creator holds it")
 	}
 	if _, _, err := f.st.Get(ctx, store.GetParams{Name: "w", Holder: "conn:inst1:2", WriteBehind: true}); !errors.Is(err, errdefs.ErrUnavailable) {
@@ -229,7 +229,7 @@ func TestRefusedCreateIsWithdrawn(t *testing.T) {
 	if err != nil || !r.Freed || r.UID != info.UID {
 		t.Fatalf("creator's release: %+v %v", r, err)
 	}
-	if _, ok := f.st.Segment(info.UID); ok {
+	if _, ok := f.st.SegmentsOf(info.UID); ok {
 		t.Fatal("withdrawn tensor's memory not freed")
 	}
 	if rec, err := f.reg.Stat(ctx, "w"); err != nil || rec.UID != "other-1" || rec.Refcount != 1 {
@@ -368,7 +368,7 @@ func TestDeleteBehindACancelledGetFrees(t *testing.T) {
 	if err := <-del; err != nil || !res.Freed {
 		t.Fatalf("delete after the cancelled get: %+v %v", res, err)
 	}
-	if _, ok := f.st.Segment(info.UID); ok {
+	if _, ok := f.st.SegmentsOf(info.UID); ok {
 		t.Fatal("the block outlived its last reference")
 	}
 }
@@ -535,7 +535,7 @@ func TestReleaseBehindOfALiveTensor(t *testing.T) {
 	if err != nil || rc != nil || !res.Freed {
 		t.Fatalf("last release of a deleted tensor: %+v commit %v err %v", res, rc != nil, err)
 	}
-	if _, ok := f.st.Segment(info.UID); ok {
+	if _, ok := f.st.SegmentsOf(info.UID); ok {
 		t.Fatal("the block outlived its last reference")
 	}
 	// A release right after a create waits for the create's record: from

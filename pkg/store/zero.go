@@ -61,14 +61,16 @@ func (s *Store) zeroed(dev int) func() error {
 	}
 }
 
-// recycle returns a block to its pool, zero-filled. A block that cannot be
+// recycle returns blocks to their pool, zero-filled. A block that cannot be
 // zero-filled is never reused.
-func (s *Store) recycle(p *pool.Pool[backend.Segment], dev int, blk *pool.Block[backend.Segment]) {
-	if s.zeroFill {
-		if err := s.zero(dev, blk.Segment(), blk.Offset(), blk.Size()); err != nil {
-			s.log.Error("could not zero-fill a freed block; it is not reused", "device", dev, "bytes", blk.Size(), "err", err)
-			return
+func (s *Store) recycle(p *pool.Pool[backend.Segment], dev int, blocks ...*pool.Block[backend.Segment]) {
+	for _, blk := range blocks {
+		if s.zeroFill {
+			if err := s.zero(dev, blk.Segment(), blk.Offset(), blk.Size()); err != nil {
+				s.log.Error("could not zero-fill a freed block; it is not reused", "device", dev, "bytes", blk.Size(), "err", err)
+				continue
+			}
 		}
+		p.Free(blk)
 	}
-	p.Free(blk)
 }
