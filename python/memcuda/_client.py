@@ -12,6 +12,7 @@ from typing import Any, Iterator, Optional, Sequence
 from . import _dtypes, _wire
 from ._errors import Disconnected, FailedPrecondition, InvalidArgument, MemcudaError, ProtocolError, Unavailable, from_code
 from ._record import TensorInfo
+from ._pieces import map_pieces
 from ._segments import IdleMappings, Segment, map_segment, unmap
 from ._tensor import SharedTensor
 from ._transport import Connection, close_fd
@@ -31,6 +32,7 @@ _RETRY_SAFE = frozenset({"hello", "create", "get", "stat", "list", "holders", "s
 # Ops the reattach covers: the references they drop are not reattached.
 _COVERED = frozenset({"release", "forget"})
 _log = logging.getLogger("memcuda")
+_PIECES = "pieces:"  # id prefix of a tensor in pieces mapped here (Segment.parts)
 
 _clients: "weakref.WeakSet[Client]" = weakref.WeakSet()
 
@@ -95,6 +97,7 @@ class Client:
     twice is harmless; otherwise it raises Disconnected."""
 
     _compact_records = True  # ask for compact records at hello (off: JSON answers, for A/B benchmarks)
+    _pieces = True  # say at hello that this client maps tensors in pieces (off: an older client, for tests)
 
     def __init__(self, path: str, timeout: float = 10.0, spin_us: Optional[float] = None,
                  reconnect: Optional[float] = None) -> None:
@@ -127,15 +130,17 @@ class Client:
 
     def _hello(self) -> dict[str, Any]:
         """Says hello on a new connection and, in the same write, asks for
-        compact records (an agent without them answers unimplemented, and
-        its answers stay JSON: the client reads both). Under the lock."""
+        compact records and says it maps tensors in pieces (an agent without
+        them answers unimplemented: its answers stay JSON, its tensors one
+        piece each). Under the lock."""
         self._next_id += 1
         ids = [self._next_id]
         frames = _wire.encode_request(self._next_id, "hello", client=f"memcuda-py {__version__}")
-        if self._compact_records:
-            self._next_id += 1
-            ids.append(self._next_id)
-            frames += _wire.encode_request(self._next_id, _wire.COMPACT_REQUEST)
+        for op, on in ((_wire.COMPACT_REQUEST, self._compact_records), (_wire.PIECES_REQUEST, self._pieces)):
+            if on:
+                self._next_id += 1
+                ids.append(self._next_id)
+                frames += _wire.encode_request(self._next_id, op)
         self._conn.send(frames)
         answers: list[Any] = []
         for rid in ids:
@@ -611,6 +616,11 @@ class Client:
             close_fd(fd)
         for sid in gone:
             with self._lock:
+                for sp in [x for x in self._segments.values() if sid in x.parts and not x.users]:
+                    # An idle mapping of a tensor in pieces keeps the released segment's memory.
+                    self._idle.take(sp.id)
+                    unmap(sp)
+                    del self._segments[sp.id]
                 seg = self._segments.get(sid)
                 if seg is None or seg.users or self._closed:
                     continue
@@ -629,14 +639,19 @@ class Client:
     def _open(self, ans: _wire.Answer) -> SharedTensor:
         info = _record(ans)
         with self._lock:
-            seg = self._segments.get(info.segment_id)
-            if seg is None and info.ipc_mode == "legacy":
-                # Legacy segments travel as the record's IPC handle, not as a descriptor.
-                seg = self._segments[info.segment_id] = Segment(info.segment_id, -1)
+            if info.pieces:
+                seg = self._segments.get(_PIECES + info.uid)
+            else:
+                seg = self._segments.get(info.segment_id)
+                if seg is None and info.ipc_mode == "legacy":
+                    # Legacy segments travel as the record's IPC handle, not as a descriptor.
+                    seg = self._segments[info.segment_id] = Segment(info.segment_id, -1)
             try:
-                if seg is None:
+                if info.pieces and (seg is None or seg.mapping is None):
+                    seg = self._map_pieces(info)
+                elif seg is None:
                     raise ProtocolError(f"no descriptor for segment {info.segment_id}")
-                if seg.mapping is None:
+                elif seg.mapping is None:
                     map_segment(seg, info)
                 self._idle.take(seg.id)
                 seg.users += 1
@@ -645,6 +660,21 @@ class Client:
                 raise
             self._held[info.name] = self._held.get(info.name, 0) + 1
         return SharedTensor(self, info, seg)
+
+    def _map_pieces(self, info: TensorInfo) -> Segment:
+        """Maps a tensor in pieces from the descriptors of its segments, as a
+        segment of its own (see Segment.parts). Under the lock."""
+        parts = []
+        for p in info.pieces:
+            part = self._segments.get(p.segment_id)
+            if part is None or part.fd < 0:
+                raise ProtocolError(f"no descriptor for segment {p.segment_id} of tensor {info.name!r}, which lies in pieces")
+            parts.append((part.fd, p.offset, p.size))
+        m = map_pieces(info.ipc_mode, info.device_uuid, parts)
+        seg = self._segments[_PIECES + info.uid] = Segment(
+            _PIECES + info.uid, -1, mapping=m, ptr=m.ptr - info.offset, size=m.size, ordinal=getattr(m, "ordinal", -1),
+            mode=info.ipc_mode, parts=tuple(p.segment_id for p in info.pieces))
+        return seg
 
     def _release(self, t: SharedTensor, event: str = "") -> None:
         with self._lock:
@@ -684,7 +714,9 @@ class Client:
     def _keep_idle(self, seg: Segment) -> None:
         # An unused mapped segment stays mapped within the idle bounds.
         for old in self._idle.add(seg):
-            if self._can_forget and old.fd >= 0:
+            if old.parts:
+                self._segments.pop(old.id, None)  # a tensor in pieces: mapped again, whole, if needed
+            elif self._can_forget and old.fd >= 0:
                 # Closed at the next safe point: answers already on
                 # their way may need it to map the segment again.
                 self._unmapped.append(old)

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from ._pieces import Piece, parse_pieces
+
 __all__ = ["TensorInfo"]
 
 
@@ -32,6 +34,9 @@ class TensorInfo:
     ctime: int
     mtime: int
     event: str = ""  # base64 IPC event of the last publish
+    # Where a tensor in pieces lies, in order (its first at offset in
+    # segment_id); () for a tensor of one piece.
+    pieces: tuple[Piece, ...] = ()
 
     @classmethod
     def from_wire(cls, d: dict[str, Any]) -> "TensorInfo":
@@ -44,6 +49,9 @@ class TensorInfo:
         fields.update(_DEFAULTS)
         fields.update(d)
         fields["shape"] = tuple(d.get("shape") or ())
+        if "pieces" in d:
+            fields["pieces"] = tuple(Piece(str(p["segment_id"]), int(p["segment_size"]), int(p["offset"]), int(p["size"]))
+                                     for p in d["pieces"] or ())
         return info
 
     @classmethod
@@ -58,7 +66,7 @@ class TensorInfo:
             device=int(device), device_uuid=device_uuid, bytes=int(nbytes), ipc_mode=ipc_mode, ipc_handle=ipc_handle,
             offset=int(offset), segment_id=segment_id, segment_size=int(segment_size), owner_pid=int(owner_pid),
             refcount=int(refcount), state=state, agent=agent, node=node, tenant=tenant, event=event,
-            ctime=int(ctime), mtime=int(mtime))
+            ctime=int(ctime), mtime=int(mtime), pieces=())
         return info
 
     @classmethod
@@ -75,12 +83,12 @@ class TensorInfo:
             "segment_size": int(g("segment_size") or 0), "owner_pid": int(g("owner_pid") or 0),
             "refcount": int(g("refcount") or 0), "state": g("state", ""), "agent": g("agent", ""),
             "node": g("node", ""), "tenant": g("tenant", ""), "ctime": int(g("ctime") or 0), "mtime": int(g("mtime") or 0),
-            "event": g("event", ""),
+            "event": g("event", ""), "pieces": parse_pieces(g("pieces") or ""),
         })
         return info
 
 
 _INT_FIELDS = ("device", "bytes", "offset", "segment_size", "owner_pid", "refcount", "ctime", "mtime")
 _DEFAULTS: dict[str, Any] = {
-    f: (0 if f in _INT_FIELDS else () if f == "shape" else "") for f in TensorInfo.__dataclass_fields__
+    f: (0 if f in _INT_FIELDS else () if f in ("shape", "pieces") else "") for f in TensorInfo.__dataclass_fields__
 }

@@ -13,6 +13,7 @@ import uuid
 from typing import Any, Optional
 
 from ._errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable, from_code
+from ._pieces import HostPieces
 from ._record import TensorInfo
 from ._views import TensorViews
 
@@ -54,7 +55,23 @@ class RedisTensor(TensorViews):
         self._mapping: Any = None
         self._seg_ptr = 0
         self._ordinal = -1
-        if info.ipc_mode == "host":
+        if info.pieces and info.ipc_mode == "host":
+            # Each piece's segment is the shared-memory object of its id.
+            fds: dict[str, int] = {}
+            try:
+                for p in info.pieces:
+                    if p.segment_id not in fds:
+                        if not p.segment_id or "/" in p.segment_id:
+                            raise InvalidArgument(f"bad host segment id {p.segment_id!r}")
+                        fds[p.segment_id] = os.open(os.path.join("/dev/shm", p.segment_id), os.O_RDWR)
+                self._mapping = HostPieces([(fds[p.segment_id], p.offset, p.size) for p in info.pieces])
+            finally:
+                for fd in fds.values():
+                    os.close(fd)
+            self._seg_ptr = self._mapping.ptr - info.offset  # data_ptr adds the first piece's offset
+        elif info.pieces:
+            raise FailedPrecondition(f"tensor {info.name!r} lies in pieces of {info.ipc_mode} memory: open it over the agent socket (memcuda.connect())")
+        elif info.ipc_mode == "host":
             name = info.ipc_handle.lstrip("/")
             if not name or "/" in name:
                 raise InvalidArgument(f"bad host ipc_handle {info.ipc_handle!r}")

@@ -24,6 +24,11 @@ class Segment:
     size: int = 0  # bytes mapped
     ordinal: int = -1  # CUDA ordinal of the segment's GPU here
     mode: str = ""  # ipc_mode of the tensors in it, once mapped
+    # A tensor in pieces is mapped as its own "segment" (id "pieces:" and its
+    # uid, no descriptor): parts are the ids of the segments it lies in, and
+    # ptr is where its first byte is less the first piece's offset, so that a
+    # view's ptr + offset is its first byte as for a tensor of one piece.
+    parts: tuple[str, ...] = ()
 
 
 def map_segment(seg: Segment, info: TensorInfo) -> None:

@@ -246,6 +246,8 @@ def decode_answer(body: bytes, cache: bool = True) -> Answer:
 # answers of creates and first gets come to a process the wait left with
 # cold caches, and the parse was most of what the client did then.
 COMPACT_REQUEST = "compact-records"
+# Says that this client maps tensors in pieces (api/v1 OpPieces).
+PIECES_REQUEST = "pieces"
 _COMPACT_FIELDS = 23
 
 
@@ -284,7 +286,12 @@ def _remember(rest: bytes, hit: tuple[dict[str, Any], Optional[TensorInfo]]) -> 
 
 def _record_of(d: dict[str, Any]) -> Optional[TensorInfo]:
     t = d.get("tensor")
-    return TensorInfo.from_wire(t) if isinstance(t, dict) else None
+    if not isinstance(t, dict):
+        return None
+    try:
+        return TensorInfo.from_wire(t)
+    except (KeyError, TypeError, ValueError) as e:
+        raise FrameError(f"bad tensor record: {e!r}") from None
 
 
 def decode_body(body: bytes) -> dict[str, Any]:

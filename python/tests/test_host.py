@@ -537,14 +537,15 @@ def _old_agent_answer(req: dict[str, Any], stat: bytes = b"") -> bytes:
 
 def test_an_agent_without_compact_records(tmp_path) -> None:
     """A client newer than its agent: the agent answers the compact-records
-    request unimplemented, and the client goes on with JSON answers."""
+    and pieces requests unimplemented, and the client goes on with JSON
+    answers (and tensors of one piece, all such an agent makes)."""
     path = str(tmp_path / "old.sock")
     seen = _fake_agent(path, _old_agent_answer)
     c = memcuda.connect(path, reconnect=0)
     assert c.hello["agent"] == "old"
     for _ in range(2):
         assert c.stat("old.t").name == "old.t"
-    assert seen == ["hello", "compact-records", "stat", "stat"]
+    assert seen == ["hello", "compact-records", "pieces", "stat", "stat"]
     c.close()
 
 

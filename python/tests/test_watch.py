@@ -58,7 +58,7 @@ def test_segments_are_mapped_before_the_get(agent) -> None:
 def test_segments_there_at_the_watch_are_mapped(agent) -> None:
     with memcuda.connect() as w:
         ts = [w.create(f"wb.{i}", (8 << 20,), "u8") for i in range(3)]
-        sids = {t.info.segment_id for t in ts}
+        sids = {p.segment_id for t in ts for p in t.info.pieces} | {t.info.segment_id for t in ts}
         assert len(sids) >= 2
         with memcuda.connect() as r:
             r.max_idle_mappings, r.max_idle_bytes = 64, 1 << 40
@@ -76,7 +76,7 @@ def test_mappings_made_ahead_stay_within_the_idle_bounds(agent) -> None:
         r.max_idle_mappings = 2
         r.watch_segments()
         ts = [w.create(f"wc.{i}", (32 << 20,), "u8") for i in range(5)]
-        sids = {t.info.segment_id for t in ts}
+        sids = {p.segment_id for t in ts for p in t.info.pieces} | {t.info.segment_id for t in ts}
         assert len(sids) >= 3
         eventually(lambda: r.prefetched >= len(sids), "every segment pushed")
         assert sum(1 for s in r._segments.values() if s.mapping is not None) <= 2
