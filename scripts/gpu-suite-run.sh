@@ -107,6 +107,7 @@ if [ -z "${SKIP_BENCH:-}" ]; then
       echo "| allocator | us per op | peak reserved / peak live |"
       echo "| --- | --- | --- |"
       run "$D/bin/pooltrace" -backend vmm "/tmp/memcuda-trace-$kind.txt"
+      run "$D/bin/pooltrace" -backend vmm -pieces 8 "/tmp/memcuda-trace-$kind.txt"
       PYTHONPATH=$D/pylib${PYTHONPATH:+:$PYTHONPATH} run python3 bench/alloc_trace.py run "/tmp/memcuda-trace-$kind.txt" --out "$OUT/alloc-$kind.json"
     done
   fi

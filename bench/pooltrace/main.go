@@ -94,6 +94,9 @@ func main() {
 	if *slack != pool.DefaultCacheSlack {
 		label = fmt.Sprintf(", slack %g", *slack)
 	}
+	if *pieces > 1 {
+		label += fmt.Sprintf(", up to %d pieces", *pieces)
+	}
 	fmt.Printf("| mem-cuda pool (%s segments%s) | %.1f | %.3f |\n", *mode, label, float64(per.Nanoseconds())/1e3, float64(st.PeakReserved)/float64(peakLive))
 	fmt.Fprintf(os.Stderr, "segments made %d, peak reserved %d, peak live %d, %d allocations in %d pieces\n", st.SegmentAllocs, st.PeakReserved, peakLive, pieced, npieces)
 	p.Close()

@@ -64,7 +64,7 @@ func run(args []string) error {
 	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", 0, "close connections that hold no tensor and sent nothing for this long (0: never; connections holding tensors are leases and stay)")
 	fs.IntVar(&cfg.HotConnections, "hot-connections", 512, "connections that wait for their next request on a thread of their own (the fastest wake-up); the rest wait together on one")
 	fs.BoolVar(&cfg.ZeroFill, "zero-fill", true, "zero new tensors (a reused block never shows old data)")
-	fs.IntVar(&cfg.MaxPieces, "max-pieces", v1.MaxPieces, "most pieces of free memory one tensor may be assembled from instead of a new segment, for clients that map pieces (vmm and host; 1: off; legacy is always 1)")
+	fs.IntVar(&cfg.MaxPieces, "max-pieces", v1.MaxPieces, "most pieces of free memory one tensor may be assembled from instead of a new segment, for clients that map pieces (host backend only: a GPU maps whole allocations; 1: off)")
 	fs.BoolVar(&cfg.Queue, "queue", true, "serve the Redis command queue")
 	fs.BoolVar(&cfg.RegistryWriteBehind, "registry-write-behind", true, "answer a socket create, or a connection's first get of a tensor, before its Redis script runs (right after; later requests on the name wait for it)")
 	fs.DurationVar(&cfg.RegistryCoalesce, "registry-coalesce", time.Millisecond, "with --registry-write-behind: how long a connection's get waits before its Redis script runs; released within it, neither the get nor the release reaches Redis (Redis sees connections' references up to this late; 0: at once)")

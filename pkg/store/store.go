@@ -90,8 +90,8 @@ func WithCoalesce(d time.Duration) Option { return func(s *Store) { s.coalesce =
 
 // WithMaxPieces lets a create that asks for it (CreateParams.Pieces) be
 // given up to n pieces of free memory instead of a new segment (pool's
-// AllocPieces). 1 turns it off; the legacy backend is always 1 (a CUDA IPC
-// handle maps one whole allocation). Default v1.MaxPieces.
+// AllocPieces). 1 turns it off. Only the host backend's segments can be
+// mapped in parts; on the GPU backends it is always 1. Default v1.MaxPieces.
 func WithMaxPieces(n int) Option { return func(s *Store) { s.maxPieces = n } }
 
 // New returns a store. instance identifies this agent process: records of
@@ -106,7 +106,10 @@ func New(reg *registry.Registry, be backend.Backend, instance, node string, opts
 		o(s)
 	}
 	s.maxPieces = min(max(s.maxPieces, 1), v1.MaxPieces)
-	if be.Mode() == v1.ModeLegacy {
+	if be.Mode() != v1.ModeHost {
+		// A GPU maps whole allocations only: cuMemMap of part of a VMM
+		// allocation answers CUDA_ERROR_NOT_SUPPORTED (docs/benchmarks.md),
+		// and a legacy IPC handle opens its whole allocation.
 		s.maxPieces = 1
 	}
 	s.delays = newDelayLine()

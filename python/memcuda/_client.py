@@ -670,7 +670,7 @@ class Client:
             if part is None or part.fd < 0:
                 raise ProtocolError(f"no descriptor for segment {p.segment_id} of tensor {info.name!r}, which lies in pieces")
             parts.append((part.fd, p.offset, p.size))
-        m = map_pieces(info.ipc_mode, info.device_uuid, parts)
+        m = map_pieces(info.ipc_mode, parts)
         seg = self._segments[_PIECES + info.uid] = Segment(
             _PIECES + info.uid, -1, mapping=m, ptr=m.ptr - info.offset, size=m.size, ordinal=getattr(m, "ordinal", -1),
             mode=info.ipc_mode, parts=tuple(p.segment_id for p in info.pieces))

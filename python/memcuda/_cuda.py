@@ -7,13 +7,13 @@ import base64
 import ctypes
 import sys
 import threading
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from ._errors import FailedPrecondition, MemcudaError
 
 __all__ = [
-    "CudaError", "Mapping", "PiecesMapping", "current_stream", "device_copy", "format_uuid", "free_device", "granularity",
-    "host_copy", "import_pieces", "import_segment", "open_legacy", "ordinal_of", "process_event", "record", "record_always", "stream_wait",
+    "CudaError", "Mapping", "current_stream", "device_copy", "format_uuid", "free_device", "host_copy", "import_segment",
+    "open_legacy", "ordinal_of", "process_event", "record", "record_always", "stream_wait",
 ]
 
 CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR = 1
@@ -220,96 +220,6 @@ def import_segment(fd: int, info: Any) -> Mapping:
             # The mapping holds the physical memory; the handle is not needed.
             _fn("cuMemRelease")(handle)
     return Mapping(ptr.value, size, ordinal, legacy=False)
-
-
-class _AllocFlags(ctypes.Structure):
-    _fields_ = [("compression_type", ctypes.c_ubyte), ("gpu_direct_rdma_capable", ctypes.c_ubyte),
-                ("usage", ctypes.c_ushort), ("reserved", ctypes.c_ubyte * 4)]
-
-
-class _AllocProp(ctypes.Structure):
-    _fields_ = [("type", ctypes.c_int), ("requested_handle_types", ctypes.c_int), ("location", _MemLocation),
-                ("win32_handle_meta_data", ctypes.c_void_p), ("alloc_flags", _AllocFlags)]
-
-
-CU_MEM_ALLOCATION_TYPE_PINNED = 1
-CU_MEM_ALLOC_GRANULARITY_MINIMUM = 0
-_granularities: dict[int, int] = {}
-
-
-def granularity(ordinal: int) -> int:
-    """The device's VMM mapping granularity (what offsets and sizes of a
-    mapping are multiples of)."""
-    g = _granularities.get(ordinal)
-    if g is None:
-        prop = _AllocProp(CU_MEM_ALLOCATION_TYPE_PINNED, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
-                          _MemLocation(CU_MEM_LOCATION_TYPE_DEVICE, ordinal))
-        n = ctypes.c_size_t()
-        _check("cuMemGetAllocationGranularity", _fn("cuMemGetAllocationGranularity")(
-            ctypes.byref(n), ctypes.byref(prop), ctypes.c_int(CU_MEM_ALLOC_GRANULARITY_MINIMUM)))
-        g = _granularities[ordinal] = int(n.value)
-    return g
-
-
-class PiecesMapping:
-    """Parts of several VMM segments mapped one after another into one
-    reserved range: a tensor in pieces."""
-
-    def __init__(self, ptr: int, size: int, ordinal: int, maps: list[tuple[int, int]]) -> None:
-        self.ptr = ptr
-        self.size = size
-        self.ordinal = ordinal
-        self.maps = maps  # (address, bytes) of each cuMemMap: each is unmapped on its own
-        self.closed = False
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        with _Current(self.ordinal):
-            for va, n in self.maps:
-                _check("cuMemUnmap", _fn("cuMemUnmap")(ctypes.c_uint64(va), ctypes.c_size_t(n)))
-            _check("cuMemAddressFree", _fn("cuMemAddressFree")(ctypes.c_uint64(self.ptr), ctypes.c_size_t(self.size)))
-
-
-def import_pieces(parts: Sequence[tuple[int, int, int]], ordinal: int) -> PiecesMapping:
-    """Maps (fd, offset, bytes) parts of VMM segments side by side into one
-    new range, in order. Each offset, and each size but the last, is a
-    multiple of the granularity (the agent's pieces are); the last is
-    mapped up to the next multiple."""
-    g = granularity(ordinal)
-    lens = [-(-n // g) * g for _, _, n in parts]
-    total = sum(lens)
-    zero = ctypes.c_uint64(0)
-    maps: list[tuple[int, int]] = []
-    with _Current(ordinal):
-        handles: dict[int, ctypes.c_uint64] = {}
-        ptr = ctypes.c_uint64()
-        _check("cuMemAddressReserve", _fn("cuMemAddressReserve")(
-            ctypes.byref(ptr), ctypes.c_size_t(total), ctypes.c_size_t(g), zero, zero))
-        try:
-            at = ptr.value
-            for (fd, off, _), n in zip(parts, lens):
-                h = handles.get(fd)
-                if h is None:
-                    h = handles[fd] = ctypes.c_uint64()
-                    _check("cuMemImportFromShareableHandle", _fn("cuMemImportFromShareableHandle")(
-                        ctypes.byref(h), ctypes.c_void_p(fd), CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR))
-                _check("cuMemMap", _fn("cuMemMap")(ctypes.c_uint64(at), ctypes.c_size_t(n), ctypes.c_size_t(off), h, zero))
-                maps.append((at, n))
-                _check("cuMemSetAccess", _fn("cuMemSetAccess")(
-                    ctypes.c_uint64(at), ctypes.c_size_t(n), ctypes.byref(_access(ordinal)), _SIZE1))
-                at += n
-        except BaseException:
-            for va, n in maps:
-                _fn("cuMemUnmap")(ctypes.c_uint64(va), ctypes.c_size_t(n))
-            _fn("cuMemAddressFree")(ptr, ctypes.c_size_t(total))
-            raise
-        finally:
-            # The mappings hold the physical memory; the handles are not needed.
-            for h in handles.values():
-                _fn("cuMemRelease")(h)
-    return PiecesMapping(ptr.value, total, ordinal, maps)
 
 
 def open_legacy(handle_b64: str, size: int, ordinal: int) -> Mapping:

@@ -91,13 +91,10 @@ class HostPieces:
             _mmap_fn().munmap(self.ptr, self.size)
 
 
-def map_pieces(ipc_mode: str, device_uuid: str, parts: Sequence[tuple[int, int, int]]) -> Any:
+def map_pieces(ipc_mode: str, parts: Sequence[tuple[int, int, int]]) -> Any:
     """Maps (fd, offset, bytes) parts, in order, into one range; the result
-    has ptr, size, close() and, on a GPU, ordinal."""
+    has ptr, size and close(). Host memory only: the agent never puts GPU
+    tensors in pieces (a GPU maps whole allocations, not parts of them)."""
     if ipc_mode == "host":
         return HostPieces(parts)
-    if ipc_mode == "vmm":
-        from . import _cuda
-
-        return _cuda.import_pieces(parts, _cuda.ordinal_of(device_uuid))
-    raise FailedPrecondition(f"a tensor in pieces in {ipc_mode!r} memory: only vmm and host tensors lie in pieces")
+    raise FailedPrecondition(f"a tensor in pieces in {ipc_mode!r} memory: only host tensors lie in pieces")

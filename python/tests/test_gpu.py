@@ -460,3 +460,24 @@ def test_segments_pushed_ahead_are_mapped_on_the_gpu(gpu_agent) -> None:
             torch.cuda.synchronize()
     w.send("done")
     w.wait()
+
+
+
+def test_gpu_tensors_never_come_in_pieces(gpu_agent) -> None:
+    """The agent assembles tensors from freed memory only where clients can
+    map parts of segments (host memory): a GPU maps whole allocations, so a
+    20 MiB tensor over two freed 12 MiB holes gets a segment of its own, and
+    reads and writes as one tensor."""
+    import torch
+
+    mib, m = 1 << 20, gpu_agent.mode
+    with memcuda.connect() as s:
+        for n in "abcd":
+            s.create(f"gp.{m}.{n}", (12 * mib,), "u8").release()
+        s.delete(f"gp.{m}.a")
+        s.delete(f"gp.{m}.c")
+        with s.create(f"gp.{m}.big", (5 * mib,), "f32") as t:
+            assert t.info.pieces == (), t.info
+            x = t.torch()
+            x.copy_(torch.arange(5 * mib, device=x.device, dtype=torch.float32))
+            assert float(x[-1]) == 5 * mib - 1
