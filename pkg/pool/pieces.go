@@ -5,12 +5,15 @@ import (
 	"context"
 	"slices"
 
+	"github.com/google/btree"
+
 	"github.com/memcuda/memcuda/pkg/errdefs"
 )
 
 // AllocPieces returns memory for n bytes as at most max blocks, to be
-// mapped one after another into one virtual range (CUDA VMM can map parts
-// of several physical allocations side by side). When one free block fits,
+// mapped one after another into one virtual range (clients of the host
+// backend do, with mmap; a GPU maps whole allocations only, so the agent
+// asks for one piece there). When one free block fits,
 // it is the only piece, as with Alloc. Otherwise the request is assembled
 // from the granule-aligned parts of free medium and large blocks, largest
 // first, and only what they lack comes from a new segment: a freed hole
@@ -163,16 +166,22 @@ func (p *Pool[S]) carve(b *Block[S], off, n uint64) *Block[S] {
 		b.offset = off
 		set.ReplaceOrInsert(head)
 	}
-	if rest := b.size - n; rest > 0 {
-		r := &Block[S]{seg: b.seg, offset: b.offset + n, size: rest, prev: b, next: b.next}
-		if b.next != nil {
-			b.next.prev = r
-		}
-		b.next = r
-		b.size = n
-		set.ReplaceOrInsert(r)
+	if b.size > n {
+		p.splitOff(set, b, n)
 	}
 	return b
+}
+
+// splitOff leaves b n bytes and makes the rest a free block after it, in
+// set. Called with p.mu held.
+func (p *Pool[S]) splitOff(set *btree.BTreeG[*Block[S]], b *Block[S], n uint64) {
+	r := &Block[S]{seg: b.seg, offset: b.offset + n, size: b.size - n, prev: b, next: b.next}
+	if b.next != nil {
+		b.next.prev = r
+	}
+	b.next = r
+	b.size = n
+	set.ReplaceOrInsert(r)
 }
 
 // account marks b allocated for req bytes asked; allocs counts the request

@@ -255,13 +255,7 @@ func (p *Pool[S]) Alloc(ctx context.Context, n uint64) (*Block[S], error) {
 		set.Delete(b)
 	}
 	if rest := b.size - size; class != classLarge && rest >= Alignment {
-		r := &Block[S]{seg: b.seg, offset: b.offset + size, size: rest, prev: b, next: b.next}
-		if b.next != nil {
-			b.next.prev = r
-		}
-		b.next = r
-		b.size = size
-		set.ReplaceOrInsert(r)
+		p.splitOff(set, b, size)
 	}
 	b.allocated = true
 	b.requested = n

@@ -131,3 +131,33 @@ func TestCreateInPiecesAndAdopt(t *testing.T) {
 		t.Fatalf("create without pieces: %d pieces, %d new segments, %v", len(whole.Pieces), next.Stats().Pools[0].SegmentAllocs-made, err)
 	}
 }
+
+// gpuLike is the host backend under a GPU backend's mode: what the store
+// decides from the mode alone.
+type gpuLike struct{ *host.Backend }
+
+func (gpuLike) Mode() v1.IPCMode { return v1.ModeVMM }
+
+// A GPU maps whole allocations only: whatever a create asks, a store on a
+// GPU backend gives it one piece.
+func TestGPUBackendsNeverGivePieces(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	st := store.New(f.reg, gpuLike{host.New("t:", "inst9", host.WithDir(t.TempDir()))}, "inst9", "n1", store.WithMaxPieces(8))
+	defer st.Close()
+	const mib = 1 << 20
+	for _, n := range []string{"g.a", "g.b", "g.c", "g.d"} {
+		if _, _, err := st.Create(ctx, store.CreateParams{Name: n, DType: "u8", Shape: []int64{12 * mib}, Pieces: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, n := range []string{"g.a", "g.c"} {
+		if _, err := st.Delete(ctx, n, "", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	big, _, err := st.Create(ctx, store.CreateParams{Name: "g.big", DType: "u8", Shape: []int64{20 * mib}, Pieces: true})
+	if err != nil || len(big.Pieces) != 0 || st.Pieced("g.big") {
+		t.Fatalf("a create on a GPU backend: %d pieces, %v", len(big.Pieces), err)
+	}
+}
