@@ -485,6 +485,11 @@ func (c *Client) open(ctx context.Context, req *v1.Request) (*Tensor, error) {
 }
 
 func (c *Client) mapTensorLocked(t *Tensor) error {
+	if len(t.Info.Pieces) > 0 {
+		// The agent gives such tensors only to clients that sent pieces,
+		// which this one never does.
+		return fmt.Errorf("%w: tensor %q lies in pieces, which this client does not map", errdefs.ErrFailedPrecondition, t.Info.Name)
+	}
 	s := c.segs[t.Info.SegmentID]
 	if s == nil && t.Info.IPCMode == v1.ModeLegacy {
 		s = &segment{id: t.Info.SegmentID, fd: -1}

@@ -109,6 +109,10 @@ func MapHost(info v1.Tensor) (*HostMapping, error) {
 	if info.IPCMode != v1.ModeHost {
 		return nil, errdefs.Invalid("tensor %q is %s, not host", info.Name, info.IPCMode)
 	}
+	if len(info.Pieces) > 0 {
+		return nil, fmt.Errorf("%w: tensor %q lies in %d pieces, which this client does not map (the Python client does)",
+			errdefs.ErrFailedPrecondition, info.Name, len(info.Pieces))
+	}
 	name := strings.TrimPrefix(info.IPCHandle, "/")
 	if name == "" || strings.Contains(name, "/") {
 		return nil, errdefs.Invalid("bad host ipc_handle %q", info.IPCHandle)

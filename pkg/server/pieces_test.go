@@ -3,11 +3,13 @@ package server_test
 import (
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
 
 	v1 "github.com/memcuda/memcuda/api/v1"
+	"github.com/memcuda/memcuda/pkg/client"
 	"github.com/memcuda/memcuda/pkg/errdefs"
 )
 
@@ -94,6 +96,15 @@ func TestPieces(t *testing.T) {
 	}
 	if resp, _ := q.call(&v1.Request{ID: 6, Op: v1.OpStat, Name: "big"}); resp.Error != nil || len(resp.Tensor.Pieces) != 2 {
 		t.Fatalf("stat is a record, not a mapping: %+v", resp)
+	}
+	// The Go client never sends pieces: refused the same way.
+	gc, err := client.Dial(t.Context(), sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gc.Close()
+	if _, err := gc.Get(t.Context(), "big"); !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "pieces") {
+		t.Fatalf("the Go client's get of a tensor in pieces: %v", err)
 	}
 	// q's own create of the same size gets one piece: a new segment.
 	own, _ := q.call(&v1.Request{ID: 7, Op: v1.OpCreate, Name: "own", DType: "u8", Shape: []int64{20 * mib}})
