@@ -30,14 +30,16 @@ func systemThreads(t *testing.T) int {
 }
 
 // blockThreads makes the runtime start threads: n goroutines each block
-// in a system call at once.
+// in a system call at once. The call lasts long enough for the runtime's
+// monitor, which hands a blocked thread's processor on and is slow to wake
+// on a loaded machine, to start a thread for each.
 func blockThreads(n int) {
 	var wg sync.WaitGroup
 	for range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ts := syscall.Timespec{Nsec: int64(50 * time.Millisecond)}
+			ts := syscall.Timespec{Nsec: int64(250 * time.Millisecond)}
 			syscall.Nanosleep(&ts, nil)
 		}()
 	}
