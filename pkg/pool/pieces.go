@@ -54,16 +54,10 @@ func (p *Pool[S]) AllocPieces(ctx context.Context, n uint64, max int) ([]*Block[
 	if len(spans) == 0 {
 		// Nothing free to piece together: a segment of the request's own
 		// class, as Alloc makes.
-		seg, err := p.grow(ctx, p.segmentSize(size), roundUp(size, p.granule), class)
+		b, err := p.take(ctx, nil, size, n, class)
 		if err != nil {
 			return nil, err
 		}
-		cut := size
-		if class == classLarge {
-			cut = seg.size // a large segment is its block's alone, as in Alloc
-		}
-		b := p.carve(seg.head, 0, cut)
-		p.account(b, n, 1)
 		return []*Block[S]{b}, nil
 	}
 	var pieces []*Block[S]

@@ -245,27 +245,27 @@ func (p *Pool[S]) Alloc(ctx context.Context, n uint64) (*Block[S], error) {
 		// of the right size (the slack policy releases the free one).
 		b = nil
 	}
+	return p.take(ctx, b, size, n, class)
+}
+
+// take hands out the free block b, or a new segment of class's size when
+// b is nil, for a request of n bytes (size, rounded): a large block keeps
+// its whole segment, any other gives the rest back as a free block.
+// Called with p.mu held.
+func (p *Pool[S]) take(ctx context.Context, b *Block[S], size, n uint64, class sizeClass) (*Block[S], error) {
 	if b == nil {
 		seg, err := p.grow(ctx, p.segmentSize(size), roundUp(size, p.granule), class)
 		if err != nil {
 			return nil, err
 		}
 		b = seg.head
-	} else {
-		set.Delete(b)
 	}
-	if rest := b.size - size; class != classLarge && rest >= Alignment {
-		p.splitOff(set, b, size)
+	cut := size
+	if class == classLarge {
+		cut = b.size
 	}
-	b.allocated = true
-	b.requested = n
-	p.stats.Allocated += b.size
-	p.stats.Requested += n
-	p.stats.ActiveBlocks++
-	p.stats.Allocs++
-	if p.stats.Allocated > p.stats.PeakAllocated {
-		p.stats.PeakAllocated = p.stats.Allocated
-	}
+	b = p.carve(b, b.offset, cut)
+	p.account(b, n, 1)
 	return b, nil
 }
 
