@@ -86,7 +86,7 @@ func (g *adoptGroup) ids() string {
 	return strings.Join(ids, ",")
 }
 
-// release gives back the segments obtained for a group that is not adopted.
+// releaseGot gives back the segments obtained for a group that is not adopted.
 func (s *Store) releaseGot(g *adoptGroup) {
 	for id, seg := range g.got {
 		if err := seg.Release(); err != nil {
@@ -324,18 +324,15 @@ func (s *Store) adoptGroup(ctx context.Context, g *adoptGroup) (int, error) {
 		seg := g.got[gs.id]
 		bs, free, err := pl.Adopt(seg, ranges[gs.id])
 		if err != nil {
-			// The segments adopted so far hold only free blocks then; the
-			// rest are released.
+			// The segments adopted so far stay in the pool, holding only
+			// free blocks then; the rest are released.
 			for _, b := range adoptedBlocks {
 				pl.Free(b)
 			}
-			for _, later := range g.segs[n:] {
-				if rerr := g.got[later.id].Release(); rerr != nil {
-					s.log.Warn("releasing a segment that could not be adopted", "segment", later.id, "err", rerr)
-				}
+			for _, done := range g.segs[:n] {
+				delete(g.got, done.id)
 			}
-			g.got = nil
-			return 0, err
+			return fail(err)
 		}
 		adoptedBlocks = append(adoptedBlocks, bs...)
 		for k, b := range bs {
@@ -429,6 +426,15 @@ func (s *Store) orphan(ctx context.Context, g *adoptGroup) (int, error) {
 func (s *Store) await(g *adoptGroup) {
 	s.surv.mu.Lock()
 	defer s.surv.mu.Unlock()
+	s.awaitMissing(g)
+	for _, rec := range g.records {
+		s.surv.inherited = append(s.surv.inherited, rec.Name)
+	}
+}
+
+// awaitMissing makes g wait for a descriptor of each of its segments not
+// obtained yet. Called with s.surv.mu held.
+func (s *Store) awaitMissing(g *adoptGroup) {
 	if s.surv.awaiting == nil {
 		s.surv.awaiting = map[string]*adoptGroup{}
 	}
@@ -436,9 +442,6 @@ func (s *Store) await(g *adoptGroup) {
 		if g.got[gs.id] == nil {
 			s.surv.awaiting[gs.id] = g
 		}
-	}
-	for _, rec := range g.records {
-		s.surv.inherited = append(s.surv.inherited, rec.Name)
 	}
 }
 
@@ -538,12 +541,7 @@ func (s *Store) Offer(ctx context.Context, segmentID string, fd int, tenant stri
 	}
 	s.surv.mu.Lock()
 	if err != nil && !s.surv.ended {
-		// Another holder may offer good ones.
-		for _, c := range g.segs {
-			if g.got[c.id] == nil {
-				s.surv.awaiting[c.id] = g
-			}
-		}
+		s.awaitMissing(g) // another holder may offer good ones
 	}
 	done := len(s.surv.awaiting) == 0
 	s.surv.mu.Unlock()

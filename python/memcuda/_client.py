@@ -672,8 +672,8 @@ class Client:
             parts.append((part.fd, p.offset, p.size))
         m = map_pieces(info.ipc_mode, parts)
         seg = self._segments[_PIECES + info.uid] = Segment(
-            _PIECES + info.uid, -1, mapping=m, ptr=m.ptr - info.offset, size=m.size, ordinal=getattr(m, "ordinal", -1),
-            mode=info.ipc_mode, parts=tuple(p.segment_id for p in info.pieces))
+            _PIECES + info.uid, -1, mapping=m, ptr=m.ptr - info.offset, size=m.size, mode=info.ipc_mode,
+            parts=tuple(p.segment_id for p in info.pieces))
         return seg
 
     def _release(self, t: SharedTensor, event: str = "") -> None:
