@@ -99,7 +99,7 @@ func WithMaxPieces(n int) Option { return func(s *Store) { s.maxPieces = n } }
 func New(reg *registry.Registry, be backend.Backend, instance, node string, opts ...Option) *Store {
 	s := &Store{
 		reg: reg, be: be, instance: instance, node: node, log: slog.Default(), zeroFill: true, maxPieces: v1.MaxPieces, now: time.Now,
-		table: newTable(), order: newOrder(), leases: newLeaseSet(instance), zeros: zeroQueue{last: map[int]*queuedZero{}},
+		table: newTable(), order: newOrder(), leases: newLeaseSet(instance), zeros: zeroQueue{devices: map[int]*deviceZeros{}},
 	}
 	s.bg, s.stop = context.WithCancel(context.Background())
 	for _, o := range opts {
@@ -817,6 +817,7 @@ func (s *Store) StopWrites() { s.stop() }
 // are given up.
 func (s *Store) Close() error {
 	s.stop()
+	s.zeros.stopWatchers()
 	for _, a := range s.table.drain() {
 		releaseFences(a.fences)
 	}

@@ -3,8 +3,10 @@ package store_test
 import (
 	"context"
 	"errors"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/memcuda/memcuda/internal/redistest"
 	"github.com/memcuda/memcuda/pkg/backend"
@@ -15,11 +17,13 @@ import (
 )
 
 // queuedZero is the host backend with the GPU backends' queued zero-fill:
-// the zero-fill happens when wait is called, and wait can fail.
+// the fill happens once, at the first wait for it; waits fail while fail
+// is set, and block while gate holds a channel, until it is closed.
 type queuedZero struct {
 	*host.Backend
 	waits atomic.Int32
 	fail  atomic.Pointer[error]
+	gate  atomic.Pointer[chan struct{}]
 }
 
 type queuedSegment struct {
@@ -36,12 +40,18 @@ func (q *queuedZero) NewSegment(ctx context.Context, device int, size uint64) (b
 }
 
 func (s queuedSegment) ZeroAsync(ctx context.Context, off, n uint64) (func() error, error) {
+	var once sync.Once
+	var err error
 	return func() error {
 		s.b.waits.Add(1)
+		if g := s.b.gate.Load(); g != nil {
+			<-*g
+		}
 		if e := s.b.fail.Load(); e != nil {
 			return *e
 		}
-		return s.Segment.Zero(ctx, off, n)
+		once.Do(func() { err = s.Segment.Zero(ctx, off, n) })
+		return err
 	}, nil
 }
 
@@ -99,15 +109,25 @@ func TestQueuedZeroFill(t *testing.T) {
 	if got, _, err := st.Get(ctx, store.GetParams{Name: "a", Holder: "conn:2"}); err != nil || got.Refcount != 3 || got.UID != a.UID {
 		t.Fatalf("get after create: %+v %v", got, err)
 	}
-	// Freeing queues a zero-fill; the next create from that memory waits for it.
+	// Freeing queues a zero-fill, which the device's watcher waits for:
+	// the next create from that memory finds it done and waits for nothing.
 	before := be.waits.Load()
-	for _, h := range []string{"conn:1", "conn:2"} {
-		if _, err := st.Release(ctx, store.ReleaseParams{Name: "a", Holder: h, Count: registry.AllRefs}); err != nil {
+	free := func(name string, holders ...string) {
+		t.Helper()
+		for _, h := range holders {
+			if _, err := st.Release(ctx, store.ReleaseParams{Name: name, Holder: h, Count: registry.AllRefs}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := st.Delete(ctx, name, "", nil); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := st.Delete(ctx, "a", "", nil); err != nil {
-		t.Fatal(err)
+	free("a", "conn:1", "conn:2")
+	for deadline := time.Now().Add(10 * time.Second); be.waits.Load() == before; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no watcher waited for the zero-fill of a freed block")
+		}
 	}
 	small.Name = "c"
 	c, _, err := st.Create(ctx, small)
@@ -118,6 +138,27 @@ func TestQueuedZeroFill(t *testing.T) {
 		t.Fatalf("c did not reuse a's block")
 	}
 	if n := be.waits.Load() - before; n != 1 {
-		t.Fatalf("a create of a freed block waited for %d zero-fills, want 1", n)
+		t.Fatalf("a create of a freed block whose fill the watcher saw done waited %d times in all, want the watcher's 1", n)
+	}
+
+	// A fill still running when the create comes: the create waits for it.
+	gate := make(chan struct{})
+	be.gate.Store(&gate)
+	free("c", "conn:1")
+	small.Name = "d"
+	created := make(chan error, 1)
+	go func() {
+		_, _, err := st.Create(ctx, small)
+		created <- err
+	}()
+	select {
+	case err := <-created:
+		t.Fatalf("a create returned (%v) while the zero-fill of its block was still running", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	be.gate.Store(nil)
+	close(gate)
+	if err := <-created; err != nil {
+		t.Fatal(err)
 	}
 }
