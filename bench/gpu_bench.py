@@ -717,6 +717,7 @@ def bench_create(n: int) -> None:
         for p in frees:
             lib.cuMemFree_v2(ctypes.c_uint64(p))
     row("create bf16 256x1024 (warm pool, zero-filled)", times, "torch.empty (caching allocator)", te, "<= 60 us p50")
+    row("create bf16 256x1024 against the socket's floor", times, "Python Unix-socket echo round trip", socket_rtt(n), "<= 3x")
     row("create bf16 256x1024 (warm pool, zero-filled) ", times, "cuMemAlloc + cuIpcGetMemHandle", mi, "<= 60 us p50")
     row(f"create_many, {batch} per call (time per tensor)", many, "create (Python client)", times, "")
     row("create, precomputed frame read raw (socket + agent, no client work)", raw_create, "create (Python client)", times, "")

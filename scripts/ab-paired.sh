@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Paired A/B of two agent builds (bench/ab_paired.py): agent A from the
+# binaries in A_BIN and agent B from B_BIN run side by side, each with its
+# own Redis, on the same backend; one client process alternates every call
+# between them. Runs here (host backend) or on the GPU machine (vmm, legacy:
+# .device/redis is used when present, gzipped binaries are unpacked).
+#   bash scripts/ab-paired.sh A_BIN B_BIN [modes...]   (default: vmm legacy)
+# Env: AB_N pairs per call (default 2000), AB_ONLY calls (default all),
+# OUT where the JSON summaries go (default gpu-out).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+A_BIN=$(cd "${1:?usage: ab-paired.sh A_BIN B_BIN [modes...]}" && pwd)
+B_BIN=$(cd "${2:?usage: ab-paired.sh A_BIN B_BIN [modes...]}" && pwd)
+shift 2
+modes=("$@")
+[ ${#modes[@]} -gt 0 ] || modes=(vmm legacy)
+OUT=${OUT:-$PWD/gpu-out}
+mkdir -p "$OUT"
+D=$PWD/.device
+if [ -d "$D/redis/usr/bin" ]; then
+  export LD_LIBRARY_PATH=$D/redis/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  export REDIS_SERVER=$D/redis/usr/bin/redis-server
+fi
+for f in "$A_BIN"/*.gz "$B_BIN"/*.gz; do [ -f "$f" ] && gunzip -f "$f"; done
+chmod +x "$A_BIN"/* "$B_BIN"/*
+. scripts/lib.sh
+pids=()
+down() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
+  pids=()
+}
+trap down EXIT
+status=0
+for mode in "${modes[@]}"; do
+  RUN_A=$(mktemp -d) RUN_B=$(mktemp -d)
+  BIN_DIR=$A_BIN memcuda_up "$RUN_A" --backend "$mode" --log-level warn --redis-prefix "memcuda-ab-a:" || { status=1; continue; }
+  pids+=("$AGENT_PID" "$REDIS_PID")
+  BIN_DIR=$B_BIN memcuda_up "$RUN_B" --backend "$mode" --log-level warn --redis-prefix "memcuda-ab-b:" || { status=1; down; continue; }
+  pids+=("$AGENT_PID" "$REDIS_PID")
+  AB_SOCKET_A=$RUN_A/agent.sock AB_SOCKET_B=$RUN_B/agent.sock python3 bench/ab_paired.py --n "${AB_N:-2000}" \
+    ${AB_ONLY:+--only "$AB_ONLY"} --label "$mode" --out "$OUT/ab-paired-$mode.json" || status=1
+  down
+  rm -rf "$RUN_A" "$RUN_B"
+done
+exit $status
