@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Paired A/B of two agent builds (bench/ab_paired.py): agent A from the
 # binaries in A_BIN and agent B from B_BIN run side by side, each with its
-# own Redis, on the same backend; one client process alternates every call
-# between them. Runs here (host backend) or on the GPU machine (vmm, legacy:
+# own Redis, on the same backend; one client process alternates blocks of
+# calls between them. Runs here (host backend) or on the GPU machine (vmm, legacy:
 # .device/redis is used when present, gzipped binaries are unpacked).
 #   bash scripts/ab-paired.sh A_BIN B_BIN [modes...]   (default: vmm legacy)
-# Env: AB_N pairs per call (default 2000), AB_ONLY calls (default all),
+# Env: AB_N timed calls per agent and call (default 2000), AB_ONLY calls (default all),
 # OUT where the JSON summaries go (default gpu-out).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-A_BIN=$(cd "${1:?usage: ab-paired.sh A_BIN B_BIN [modes...]}" && pwd)
-B_BIN=$(cd "${2:?usage: ab-paired.sh A_BIN B_BIN [modes...]}" && pwd)
+A_BIN=$(cd "${1:?usage: ab-paired.sh A_BIN B_BIN [modes...]}" && pwd) || exit 2
+B_BIN=$(cd "${2:?usage: ab-paired.sh A_BIN B_BIN [modes...]}" && pwd) || exit 2
 shift 2
 modes=("$@")
 [ ${#modes[@]} -gt 0 ] || modes=(vmm legacy)
@@ -33,10 +33,16 @@ trap down EXIT
 status=0
 for mode in "${modes[@]}"; do
   RUN_A=$(mktemp -d) RUN_B=$(mktemp -d)
-  BIN_DIR=$A_BIN memcuda_up "$RUN_A" --backend "$mode" --log-level warn --redis-prefix "memcuda-ab-a:" || { status=1; continue; }
-  pids+=("$AGENT_PID" "$REDIS_PID")
-  BIN_DIR=$B_BIN memcuda_up "$RUN_B" --backend "$mode" --log-level warn --redis-prefix "memcuda-ab-b:" || { status=1; down; continue; }
-  pids+=("$AGENT_PID" "$REDIS_PID")
+  up=0
+  for side in a b; do
+    [ $side = a ] && bins=$A_BIN run=$RUN_A || bins=$B_BIN run=$RUN_B
+    BIN_DIR=$bins memcuda_up "$run" --backend "$mode" --log-level warn --redis-prefix "memcuda-ab-$side:" || up=1
+    pids+=("$AGENT_PID" "$REDIS_PID") # Redis runs even when its agent did not start
+    [ $up = 0 ] || break
+  done
+  if [ $up != 0 ]; then
+    status=1; down; rm -rf "$RUN_A" "$RUN_B"; continue
+  fi
   AB_SOCKET_A=$RUN_A/agent.sock AB_SOCKET_B=$RUN_B/agent.sock python3 bench/ab_paired.py --n "${AB_N:-2000}" \
     ${AB_ONLY:+--only "$AB_ONLY"} --label "$mode" --out "$OUT/ab-paired-$mode.json" || status=1
   down

@@ -343,7 +343,7 @@ func (s *Store) adoptGroup(ctx context.Context, g *adoptGroup) (int, error) {
 			// Free bytes are zero in a pool; a crash may have come between a
 			// free and its zero-fill.
 			for _, sp := range free {
-				if err := s.zero(dev.Index, seg, sp.Offset, sp.Size, false); err != nil {
+				if err := s.zero(dev.Index, seg, sp.Offset, sp.Size); err != nil {
 					s.log.Warn("zero-filling the free part of an adopted segment", "segment", gs.id, "err", err)
 				}
 			}

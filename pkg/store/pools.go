@@ -138,7 +138,7 @@ func (s *Store) newSegmentSource(dev int) pool.Source[backend.Segment] {
 		if err != nil || !s.zeroFill {
 			return seg, err
 		}
-		if err := s.zero(dev, seg, 0, seg.Size(), false); err != nil {
+		if err := s.zero(dev, seg, 0, seg.Size()); err != nil {
 			seg.Release()
 			return nil, fmt.Errorf("zero-fill: %w", err)
 		}

@@ -31,7 +31,7 @@ type zeroQueue struct {
 // fill queued before it on the device, so one number says what is done:
 // the highest sequence number whose wait returned.
 type deviceZeros struct {
-	last     *queuedZero // under zeroQueue.mu; nil once waited for
+	last     *queuedZero // under zeroQueue.mu: the latest fill queued
 	seq      uint64      // under zeroQueue.mu: the last fill's number
 	finished atomic.Uint64
 	kick     chan struct{} // wakes the watcher; nil until it starts
@@ -65,9 +65,8 @@ func (q *zeroQueue) device(dev int) *deviceZeros {
 }
 
 // zero zero-fills n bytes at off of seg on device dev: queued when the
-// backend can, else now. watched hands a queued fill to the device's
-// watcher (frees: the next create should not wait for it).
-func (s *Store) zero(dev int, seg backend.Segment, off, n uint64, watched bool) error {
+// backend can, else now.
+func (s *Store) zero(dev int, seg backend.Segment, off, n uint64) error {
 	if az, ok := seg.(backend.AsyncZeroer); ok {
 		wait, err := az.ZeroAsync(context.Background(), off, n)
 		if err == nil {
@@ -75,23 +74,35 @@ func (s *Store) zero(dev int, seg backend.Segment, off, n uint64, watched bool) 
 			d := s.zeros.device(dev)
 			d.seq++
 			d.last = &queuedZero{wait: wait, seq: d.seq}
-			if watched && d.kick == nil && s.bg.Err() == nil {
-				d.kick = make(chan struct{}, 1)
-				s.zeros.watch.Add(1)
-				go s.watchZeros(d)
-			}
-			kick := d.kick
 			s.zeros.mu.Unlock()
-			if watched && kick != nil {
-				select {
-				case kick <- struct{}{}:
-				default: // already woken: it takes the latest fill
-				}
-			}
 			return nil
 		}
 	}
 	return seg.Zero(context.Background(), off, n)
+}
+
+// watchZeros hands dev's latest queued fill, if any, to its watcher,
+// started on the first one: frees call it, so the next create need not wait.
+func (s *Store) watchZeros(dev int) {
+	s.zeros.mu.Lock()
+	d := s.zeros.device(dev)
+	if d.last == nil || d.done(d.last) {
+		s.zeros.mu.Unlock()
+		return // nothing queued (a backend that fills at once), or seen done
+	}
+	if d.kick == nil && s.bg.Err() == nil {
+		d.kick = make(chan struct{}, 1)
+		s.zeros.watch.Add(1)
+		go s.watchDevice(d)
+	}
+	kick := d.kick
+	s.zeros.mu.Unlock()
+	if kick != nil {
+		select {
+		case kick <- struct{}{}:
+		default: // already woken: it takes the latest fill
+		}
+	}
 }
 
 // stopWatchers waits for the watchers to end; call it once the store's
@@ -105,10 +116,10 @@ func (q *zeroQueue) stopWatchers() {
 	q.watch.Wait()
 }
 
-// watchZeros waits for a device's latest queued fill each time a free
+// watchDevice waits for a device's latest queued fill each time a free
 // queues one, until the store closes. A fill that fails is left to the
 // create that needs it, which reports the error.
-func (s *Store) watchZeros(d *deviceZeros) {
+func (s *Store) watchDevice(d *deviceZeros) {
 	defer s.zeros.watch.Done()
 	for {
 		select {
@@ -147,11 +158,6 @@ func (s *Store) zeroed(dev int) func() error {
 			return fmt.Errorf("zero-fill: %w", err)
 		}
 		d.finish(z)
-		s.zeros.mu.Lock()
-		if d.last == z {
-			d.last = nil
-		}
-		s.zeros.mu.Unlock()
 		return nil
 	}
 }
@@ -161,11 +167,14 @@ func (s *Store) zeroed(dev int) func() error {
 func (s *Store) recycle(p *pool.Pool[backend.Segment], dev int, blocks ...*pool.Block[backend.Segment]) {
 	for _, blk := range blocks {
 		if s.zeroFill {
-			if err := s.zero(dev, blk.Segment(), blk.Offset(), blk.Size(), true); err != nil {
+			if err := s.zero(dev, blk.Segment(), blk.Offset(), blk.Size()); err != nil {
 				s.log.Error("could not zero-fill a freed block; it is not reused", "device", dev, "bytes", blk.Size(), "err", err)
 				continue
 			}
 		}
 		p.Free(blk)
+	}
+	if s.zeroFill {
+		s.watchZeros(dev)
 	}
 }
