@@ -107,7 +107,8 @@ if [ -z "${SKIP_BENCH:-}" ]; then
       echo "| allocator | us per op | peak reserved / peak live |"
       echo "| --- | --- | --- |"
       run "$D/bin/pooltrace" -backend vmm "/tmp/memcuda-trace-$kind.txt"
-      run "$D/bin/pooltrace" -backend vmm -pieces 8 "/tmp/memcuda-trace-$kind.txt"
+      run "$D/bin/pooltrace" -backend vmm -pieces 8 -whole-maps "/tmp/memcuda-trace-$kind.txt"
+      run "$D/bin/pooltrace" -backend sim -pieces 8 "/tmp/memcuda-trace-$kind.txt"
       PYTHONPATH=$D/pylib${PYTHONPATH:+:$PYTHONPATH} run python3 bench/alloc_trace.py run "/tmp/memcuda-trace-$kind.txt" --out "$OUT/alloc-$kind.json"
     done
   fi

@@ -32,6 +32,7 @@ func main() {
 	zero := flag.Bool("zero", false, "zero-fill each block as the agent does")
 	slack := flag.Float64("slack", pool.DefaultCacheSlack, "free memory kept cached over the allocated bytes when the pool grows")
 	pieces := flag.Int("pieces", 1, "most pieces one allocation may be assembled from (1: one block each)")
+	whole := flag.Bool("whole-maps", false, "pieces that abut when their segments are mapped whole, as CUDA VMM maps them (pool.WithWholeMaps)")
 	flag.Parse()
 	if flag.NArg() != 1 {
 		fmt.Fprintln(os.Stderr, "usage: pooltrace [-backend vmm] trace.txt")
@@ -53,9 +54,13 @@ func main() {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	opts := []pool.Option{pool.WithGranularity(be.Granularity(0)), pool.WithCacheSlack(*slack)}
+	if *whole {
+		opts = append(opts, pool.WithWholeMaps())
+	}
 	p := pool.New(pool.SourceFunc[backend.Segment](func(ctx context.Context, size uint64) (backend.Segment, error) {
 		return be.NewSegment(ctx, 0, size)
-	}), pool.WithGranularity(be.Granularity(0)), pool.WithCacheSlack(*slack))
+	}), opts...)
 	ctx := context.Background()
 	held := map[int][]*pool.Block[backend.Segment]{}
 	var pieced, npieces int
@@ -96,6 +101,9 @@ func main() {
 	}
 	if *pieces > 1 {
 		label += fmt.Sprintf(", up to %d pieces", *pieces)
+		if *whole {
+			label += ", whole maps"
+		}
 	}
 	fmt.Printf("| mem-cuda pool (%s segments%s) | %.1f | %.3f |\n", *mode, label, float64(per.Nanoseconds())/1e3, float64(st.PeakReserved)/float64(peakLive))
 	fmt.Fprintf(os.Stderr, "segments made %d, peak reserved %d, peak live %d, %d allocations in %d pieces\n", st.SegmentAllocs, st.PeakReserved, peakLive, pieced, npieces)

@@ -50,7 +50,12 @@ func (p *Pool[S]) AllocPieces(ctx context.Context, n uint64, max int) ([]*Block[
 		p.account(b, n, 1)
 		return []*Block[S]{b}, nil
 	}
-	spans := p.alignedFree(max)
+	var spans []freeSpan[S]
+	if p.wholeMaps {
+		spans = p.edgeChain(size, max)
+	} else {
+		spans = p.alignedFree(max)
+	}
 	if len(spans) == 0 {
 		// Nothing free to piece together: a segment of the request's own
 		// class, as Alloc makes.
@@ -139,6 +144,63 @@ func (p *Pool[S]) alignedFree(max int) []freeSpan[S] {
 			}
 			return true
 		})
+	}
+	return out
+}
+
+// edgeChain picks, for WithWholeMaps, free blocks that abut once their
+// segments are mapped whole side by side: first the largest free block
+// that reaches its segment's end (its part from a granule boundary on),
+// then whole free segments, largest first, and last the smallest free
+// block at a segment's start that holds what is still missing. Without
+// such a last block the chain ends at a segment's end, and the rest comes
+// from a new segment, whose start is the last piece. At most max blocks.
+// Called with p.mu held.
+func (p *Pool[S]) edgeChain(size uint64, max int) []freeSpan[S] {
+	var tail freeSpan[S]
+	var wholes, heads []freeSpan[S]
+	for _, c := range []sizeClass{classLarge, classMedium} {
+		p.sets[c].Ascend(func(b *Block[S]) bool {
+			end := b.offset + b.size
+			switch {
+			case b.offset == 0 && end == b.seg.size:
+				wholes = append(wholes, freeSpan[S]{b: b, usable: b.size})
+			case end == b.seg.size:
+				if start := roundUp(b.offset, p.granule); start < end && end-start > tail.usable {
+					tail = freeSpan[S]{b: b, start: start, usable: end - start}
+				}
+			case b.offset == 0:
+				heads = append(heads, freeSpan[S]{b: b, usable: b.size})
+			}
+			return true
+		})
+	}
+	slices.SortStableFunc(wholes, func(a, b freeSpan[S]) int { return cmp.Compare(b.usable, a.usable) })
+	var out []freeSpan[S]
+	var have uint64
+	if tail.b != nil {
+		out, have = append(out, tail), tail.usable
+	}
+	used := 0
+	for _, w := range wholes {
+		if len(out) >= max-1 || have+w.usable >= size {
+			break
+		}
+		out, have = append(out, w), have+w.usable
+		used++
+	}
+	// The last piece: the smallest block at a segment's start that holds
+	// the rest (a whole segment not taken above may be one).
+	var last *freeSpan[S]
+	for _, c := range [][]freeSpan[S]{heads, wholes[used:]} {
+		for i := range c {
+			if c[i].usable >= size-have && (last == nil || c[i].usable < last.usable) {
+				last = &c[i]
+			}
+		}
+	}
+	if last != nil && len(out) < max {
+		out = append(out, *last)
 	}
 	return out
 }

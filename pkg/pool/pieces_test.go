@@ -147,12 +147,86 @@ func TestAllocPiecesSmallAndOneFit(t *testing.T) {
 	}
 }
 
+// checkWholeMaps verifies what WithWholeMaps promises: the pieces abut
+// when their segments are mapped whole one after another.
+func checkWholeMaps(t *testing.T, bs []*Block[Segment]) {
+	t.Helper()
+	for i, b := range bs {
+		if i > 0 && b.offset != 0 {
+			t.Fatalf("piece %d of %d starts at %d of its segment, not at its start", i, len(bs), b.offset)
+		}
+		if i < len(bs)-1 && b.offset+b.size != b.seg.size {
+			t.Fatalf("piece %d of %d ends at %d of its %d-byte segment, not at its end", i, len(bs), b.offset+b.size, b.seg.size)
+		}
+	}
+}
+
+func TestAllocPiecesWholeMaps(t *testing.T) {
+	src := &fakeSource{}
+	p := New(src, WithGranularity(gran), WithCacheSlack(10), WithWholeMaps())
+	ctx := context.Background()
+	alloc := func(n uint64) []*Block[Segment] {
+		t.Helper()
+		bs, err := p.AllocPieces(ctx, n, 8)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkPieces(t, bs, n, 8)
+		checkWholeMaps(t, bs)
+		return bs
+	}
+	free := func(bs []*Block[Segment]) {
+		for _, b := range bs {
+			p.Free(b)
+		}
+	}
+	// Three segments: A holds 8 MiB then 8 MiB, B 12 MiB, C 10 MiB then 6 MiB.
+	a, b, c := alloc(16<<20), alloc(12<<20), alloc(16<<20)
+	free(a)
+	free(c)
+	a1, a2 := alloc(8<<20), alloc(8<<20)
+	c1, c2 := alloc(10<<20), alloc(6<<20)
+	if a1[0].seg != a2[0].seg || c1[0].seg != c2[0].seg || src.made != 3 {
+		t.Fatalf("setup: %d segments, want 3 with two tensors in the first and last", src.made)
+	}
+	// Free A's tail, all of B and C's head: 8 + 12 + 10 MiB free, in no
+	// single block, and the middle of A or the tail of C cannot be used.
+	free(a2)
+	free(b)
+	free(c1)
+	got := alloc(28 << 20)
+	if len(got) != 3 || src.made != 3 || got[0].seg != a1[0].seg || got[1].seg != b[0].seg || got[2].seg != c1[0].seg {
+		t.Fatalf("28 MiB over A's tail, B and C's head: %d pieces, %d segments made", len(got), src.made)
+	}
+	check(t, p)
+	// A head that is too small is left out: the rest comes from a new segment.
+	free(got)
+	free(c2)
+	got = alloc(40 << 20) // A's tail 8, B 12, C whole 16: 36, so 4 MiB more
+	if src.made != 4 || got[len(got)-1].seg.size != 4<<20 {
+		t.Fatalf("40 MiB over 36 free: %d segments made, last piece's segment %d bytes; want a 4 MiB fourth", src.made, got[len(got)-1].seg.size)
+	}
+	check(t, p)
+	free(got)
+	free(a1)
+	check(t, p)
+}
+
 func TestAllocPiecesRandomOps(t *testing.T) {
+	t.Run("parts", func(t *testing.T) { randomPieces(t, false) })
+	t.Run("whole-maps", func(t *testing.T) { randomPieces(t, true) })
+}
+
+func randomPieces(t *testing.T, whole bool) {
 	for seed := uint64(1); seed <= 20; seed++ {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(seed, 11))
 			src := &fakeSource{}
-			p := New(src, WithGranularity(gran))
+			opts := []Option{WithGranularity(gran)}
+			if whole {
+				opts = append(opts, WithWholeMaps())
+			}
+			p := New(src, opts...)
 			ctx := context.Background()
 			var live [][]*Block[Segment]
 			for i := 0; i < 3000; i++ {
@@ -170,6 +244,9 @@ func TestAllocPiecesRandomOps(t *testing.T) {
 						t.Fatal(err)
 					}
 					checkPieces(t, bs, n, 8)
+					if whole {
+						checkWholeMaps(t, bs)
+					}
 					live = append(live, bs)
 				}
 				if i%100 == 0 {

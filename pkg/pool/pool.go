@@ -144,6 +144,7 @@ type Pool[S Segment] struct {
 	probeSeg    segment[S]
 	oversizeDiv uint64
 	slack       float64
+	wholeMaps   bool
 	events      func(mem S, added bool)
 }
 
@@ -155,6 +156,7 @@ type options struct {
 	granule uint64
 	events  any // func(mem S, added bool) of the pool's S
 	slack   float64
+	whole   bool
 }
 
 // WithCacheSlack sets how much free memory the pool keeps cached over its
@@ -168,6 +170,12 @@ func WithBudget(b *Budget) Option { return func(o *options) { o.budget = b } }
 // WithGranularity rounds every segment up to a multiple of g (the backend's
 // allocation granularity, 2 MiB for CUDA VMM).
 func WithGranularity(g uint64) Option { return func(o *options) { o.granule = g } }
+
+// WithWholeMaps says that clients map whole segments only (CUDA VMM maps
+// a physical allocation whole): AllocPieces then chains pieces that abut
+// when their segments are mapped side by side, the tail of one segment,
+// whole free segments, the head of another (see AllocPieces).
+func WithWholeMaps() Option { return func(o *options) { o.whole = true } }
 
 // WithSegmentEvents calls fn(mem, true) for each segment the pool adds
 // (grown or adopted) and fn(mem, false) as it releases one, under the
@@ -192,6 +200,7 @@ func New[S Segment](src Source[S], opts ...Option) *Pool[S] {
 		granule:     o.granule,
 		oversizeDiv: 8,
 		slack:       max(o.slack, 0),
+		wholeMaps:   o.whole,
 		segments:    make(map[*segment[S]]struct{}),
 		events:      func(S, bool) {},
 	}

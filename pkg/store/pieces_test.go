@@ -134,30 +134,58 @@ func TestCreateInPiecesAndAdopt(t *testing.T) {
 
 // gpuLike is the host backend under a GPU backend's mode: what the store
 // decides from the mode alone.
-type gpuLike struct{ *host.Backend }
+type gpuLike struct {
+	*host.Backend
+	mode v1.IPCMode
+}
 
-func (gpuLike) Mode() v1.IPCMode { return v1.ModeVMM }
+func (g gpuLike) Mode() v1.IPCMode { return g.mode }
 
-// A GPU maps whole allocations only: whatever a create asks, a store on a
-// GPU backend gives it one piece.
-func TestGPUBackendsNeverGivePieces(t *testing.T) {
-	f := newFixture(t)
-	ctx := context.Background()
-	st := store.New(f.reg, gpuLike{host.New("t:", "inst9", host.WithDir(t.TempDir()))}, "inst9", "n1", store.WithMaxPieces(8))
-	defer st.Close()
-	const mib = 1 << 20
-	for _, n := range []string{"g.a", "g.b", "g.c", "g.d"} {
-		if _, _, err := st.Create(ctx, store.CreateParams{Name: n, DType: "u8", Shape: []int64{12 * mib}, Pieces: true}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, n := range []string{"g.a", "g.c"} {
-		if _, err := st.Delete(ctx, n, "", nil); err != nil {
-			t.Fatal(err)
-		}
-	}
-	big, _, err := st.Create(ctx, store.CreateParams{Name: "g.big", DType: "u8", Shape: []int64{20 * mib}, Pieces: true})
-	if err != nil || len(big.Pieces) != 0 || st.Pieced("g.big") {
-		t.Fatalf("a create on a GPU backend: %d pieces, %v", len(big.Pieces), err)
+// A GPU maps whole allocations only. On vmm a tensor's pieces abut when
+// their segments are mapped whole side by side: a freed segment whole,
+// then the head of another (pool's tests check the rule at random). On
+// legacy, where a handle opens wherever the driver puts it, a create gets
+// one piece whatever it asks.
+func TestGPUBackendsGiveWholeSegmentPieces(t *testing.T) {
+	for _, mode := range []v1.IPCMode{v1.ModeVMM, v1.ModeLegacy} {
+		t.Run(string(mode), func(t *testing.T) {
+			f := newFixture(t)
+			ctx := context.Background()
+			st := store.New(f.reg, gpuLike{host.New("t:", "inst9", host.WithDir(t.TempDir())), mode}, "inst9", "n1", store.WithMaxPieces(8))
+			defer st.Close()
+			const mib = 1 << 20
+			create := func(name string, n int64) v1.Tensor {
+				t.Helper()
+				info, _, err := st.Create(ctx, store.CreateParams{Name: name, DType: "u8", Shape: []int64{n}, Pieces: true})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return info
+			}
+			for _, n := range []string{"g.a", "g.b", "g.c", "g.d"} {
+				create(n, 12*mib)
+			}
+			for _, n := range []string{"g.a", "g.c"} {
+				if _, err := st.Delete(ctx, n, "", nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			made := st.Stats().Pools[0].SegmentAllocs
+			big := create("g.big", 20*mib)
+			grown := st.Stats().Pools[0].SegmentAllocs - made
+			if mode == v1.ModeLegacy {
+				if len(big.Pieces) != 0 || st.Pieced("g.big") || grown != 1 {
+					t.Fatalf("legacy: %d pieces, %d new segments; want one piece in a new segment", len(big.Pieces), grown)
+				}
+				return
+			}
+			if len(big.Pieces) != 2 || grown != 0 {
+				t.Fatalf("vmm: %d pieces, %d new segments; want 2 over the freed segments", len(big.Pieces), grown)
+			}
+			first, last := big.Pieces[0], big.Pieces[1]
+			if first.Offset != 0 || first.Size != first.SegmentSize || last.Offset != 0 || last.Size != 8*mib {
+				t.Fatalf("vmm pieces %+v: want a whole segment, then the first 8 MiB of another", big.Pieces)
+			}
+		})
 	}
 }

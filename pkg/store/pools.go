@@ -27,6 +27,8 @@ type poolSet struct {
 	granularity func(dev int) uint64
 	// events are the options that report a pool's segments to watchers.
 	events func(k poolKey) pool.Option
+	// shape are the options every pool takes for the backend's maps.
+	shape []pool.Option
 
 	mu      sync.Mutex
 	pools   map[poolKey]*pool.Pool[backend.Segment]
@@ -46,7 +48,8 @@ func (ps *poolSet) of(d backend.Device, tenant string) *pool.Pool[backend.Segmen
 		b = pool.NewBudget(ps.limit(d))
 		ps.budgets[d.Index] = b
 	}
-	p := pool.New(ps.source(d.Index), pool.WithBudget(b), pool.WithGranularity(ps.granularity(d.Index)), ps.events(k))
+	opts := append([]pool.Option{pool.WithBudget(b), pool.WithGranularity(ps.granularity(d.Index)), ps.events(k)}, ps.shape...)
+	p := pool.New(ps.source(d.Index), opts...)
 	ps.pools[k] = p
 	return p
 }

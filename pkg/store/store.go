@@ -90,8 +90,10 @@ func WithCoalesce(d time.Duration) Option { return func(s *Store) { s.coalesce =
 
 // WithMaxPieces lets a create that asks for it (CreateParams.Pieces) be
 // given up to n pieces of free memory instead of a new segment (pool's
-// AllocPieces). 1 turns it off. Only the host backend's segments can be
-// mapped in parts; on the GPU backends it is always 1. Default v1.MaxPieces.
+// AllocPieces). 1 turns it off. Host segments are mapped in parts; vmm
+// segments only whole, so there the pieces are cut to abut when their
+// segments are mapped side by side (pool.WithWholeMaps); legacy is always
+// 1. Default v1.MaxPieces.
 func WithMaxPieces(n int) Option { return func(s *Store) { s.maxPieces = n } }
 
 // New returns a store. instance identifies this agent process: records of
@@ -106,10 +108,14 @@ func New(reg *registry.Registry, be backend.Backend, instance, node string, opts
 		o(s)
 	}
 	s.maxPieces = min(max(s.maxPieces, 1), v1.MaxPieces)
-	if be.Mode() != v1.ModeHost {
-		// A GPU maps whole allocations only: cuMemMap of part of a VMM
-		// allocation answers CUDA_ERROR_NOT_SUPPORTED (docs/benchmarks.md),
-		// and a legacy IPC handle opens its whole allocation.
+	var shape []pool.Option
+	switch be.Mode() {
+	case v1.ModeVMM:
+		// cuMemMap maps a VMM allocation whole (part of one answers
+		// CUDA_ERROR_NOT_SUPPORTED, docs/benchmarks.md).
+		shape = append(shape, pool.WithWholeMaps())
+	case v1.ModeLegacy:
+		// An IPC handle opens its whole allocation wherever the driver puts it.
 		s.maxPieces = 1
 	}
 	s.delays = newDelayLine()
@@ -117,7 +123,7 @@ func New(reg *registry.Registry, be backend.Backend, instance, node string, opts
 		go s.delays.serve(s.bg, s.startDelayed)
 	}
 	s.pools = &poolSet{
-		source: s.newSegmentSource, limit: s.deviceLimit, granularity: s.be.Granularity, events: s.segmentEvents,
+		source: s.newSegmentSource, limit: s.deviceLimit, granularity: s.be.Granularity, events: s.segmentEvents, shape: shape,
 		pools: map[poolKey]*pool.Pool[backend.Segment]{}, budgets: map[int]*pool.Budget{},
 	}
 	return s

@@ -243,7 +243,11 @@ class Client:
         if "offer" in features and hello.get("agent") != old_agent:
             # vmm memory of a crashed agent survives only in processes that
             # hold it: hand the new one our descriptors of what we map.
-            segs = [sg for sg in self._segments.values() if sg.mode == "vmm" and sg.fd >= 0 and sg.mapping is not None]
+            # (a tensor in pieces maps its segments inside a mapping of its own).
+            inside = {pid for sg in self._segments.values()
+                      if sg.parts and sg.mode == "vmm" and sg.mapping is not None for pid in sg.parts}
+            segs = [sg for sg in self._segments.values()
+                    if sg.fd >= 0 and ((sg.mode == "vmm" and sg.mapping is not None) or sg.id in inside)]
             for i in range(0, len(segs), _wire.MAX_FDS):
                 chunk = segs[i:i + _wire.MAX_FDS]
                 self._next_id += 1
@@ -669,11 +673,11 @@ class Client:
             part = self._segments.get(p.segment_id)
             if part is None or part.fd < 0:
                 raise ProtocolError(f"no descriptor for segment {p.segment_id} of tensor {info.name!r}, which lies in pieces")
-            parts.append((part.fd, p.offset, p.size))
-        m = map_pieces(info.ipc_mode, parts)
+            parts.append((part.fd, p))
+        m = map_pieces(info.ipc_mode, parts, info.device_uuid)
         seg = self._segments[_PIECES + info.uid] = Segment(
             _PIECES + info.uid, -1, mapping=m, ptr=m.ptr - info.offset, size=m.size, mode=info.ipc_mode,
-            parts=tuple(p.segment_id for p in info.pieces))
+            ordinal=getattr(m, "ordinal", -1), parts=tuple(p.segment_id for p in info.pieces))
         return seg
 
     def _release(self, t: SharedTensor, event: str = "") -> None:

@@ -7,7 +7,7 @@ import base64
 import ctypes
 import sys
 import threading
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from ._errors import FailedPrecondition, MemcudaError
 
@@ -220,6 +220,70 @@ def import_segment(fd: int, info: Any) -> Mapping:
             # The mapping holds the physical memory; the handle is not needed.
             _fn("cuMemRelease")(handle)
     return Mapping(ptr.value, size, ordinal, legacy=False)
+
+
+class PiecesMapping:
+    """Whole VMM segments mapped side by side in one reserved range: a
+    tensor in pieces. ptr is the tensor's first byte (offset into the first
+    segment); size is the whole range."""
+
+    def __init__(self, base: int, sizes: Sequence[int], offset: int, ordinal: int) -> None:
+        self.base = base
+        self.sizes = list(sizes)
+        self.size = sum(self.sizes)
+        self.ptr = base + offset
+        self.ordinal = ordinal
+        self.legacy = False
+        self.closed = False
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        with _Current(self.ordinal):
+            _unmap_all(self.base, self.sizes)
+            _check("cuMemAddressFree", _fn("cuMemAddressFree")(ctypes.c_uint64(self.base), ctypes.c_size_t(self.size)))
+
+
+def _unmap_all(base: int, sizes: Sequence[int]) -> None:
+    at = base
+    for n in sizes:
+        _check("cuMemUnmap", _fn("cuMemUnmap")(ctypes.c_uint64(at), ctypes.c_size_t(n)))
+        at += n
+
+
+def import_pieces(segments: Sequence[tuple[int, int]], offset: int, ordinal: int) -> PiecesMapping:
+    """Maps whole VMM segments, (descriptor, size) each, one after another
+    into one new range (cuMemMap maps an allocation whole, so a tensor in
+    pieces is its segments side by side); the tensor starts offset bytes
+    into the first."""
+    total = sum(n for _, n in segments)
+    zero = ctypes.c_uint64(0)
+    base = ctypes.c_uint64()
+    mapped: list[int] = []
+    with _Current(ordinal):
+        _check("cuMemAddressReserve", _fn("cuMemAddressReserve")(ctypes.byref(base), ctypes.c_size_t(total), _SIZE0, zero, zero))
+        try:
+            at = base.value
+            for fd, n in segments:
+                handle = ctypes.c_uint64()
+                _check("cuMemImportFromShareableHandle", _fn("cuMemImportFromShareableHandle")(
+                    ctypes.byref(handle), ctypes.c_void_p(fd), CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR))
+                try:
+                    _check("cuMemMap", _fn("cuMemMap")(ctypes.c_uint64(at), ctypes.c_size_t(n), _SIZE0, handle, zero))
+                finally:
+                    _fn("cuMemRelease")(handle)  # the mapping holds the memory
+                mapped.append(n)
+                _check("cuMemSetAccess", _fn("cuMemSetAccess")(ctypes.c_uint64(at), ctypes.c_size_t(n),
+                                                                ctypes.byref(_access(ordinal)), _SIZE1))
+                at += n
+        except BaseException:
+            try:
+                _unmap_all(base.value, mapped)
+            finally:
+                _fn("cuMemAddressFree")(base, ctypes.c_size_t(total))
+            raise
+    return PiecesMapping(base.value, [n for _, n in segments], offset, ordinal)
 
 
 def open_legacy(handle_b64: str, size: int, ordinal: int) -> Mapping:

@@ -91,10 +91,26 @@ class HostPieces:
             _mmap_fn().munmap(self.ptr, self.size)
 
 
-def map_pieces(ipc_mode: str, parts: Sequence[tuple[int, int, int]]) -> Any:
-    """Maps (fd, offset, bytes) parts, in order, into one range; the result
-    has ptr, size and close(). Host memory only: the agent never puts GPU
-    tensors in pieces (a GPU maps whole allocations, not parts of them)."""
+def map_pieces(ipc_mode: str, parts: Sequence[tuple[int, Piece]], device_uuid: str = "") -> Any:
+    """Maps a tensor's pieces, (descriptor, piece) each in order, into one
+    range; the result has ptr (the tensor's first byte), size and close().
+    Host memory maps the pieces' parts; a GPU maps allocations whole, so on
+    vmm the agent cuts pieces that abut once their segments are mapped
+    whole side by side (the first runs to its segment's end, the middle
+    ones are whole segments, the last starts its segment), and that is
+    checked here. Legacy tensors never lie in pieces: an IPC handle opens
+    its allocation wherever the driver puts it."""
     if ipc_mode == "host":
-        return HostPieces(parts)
-    raise FailedPrecondition(f"a tensor in pieces in {ipc_mode!r} memory: only host tensors lie in pieces")
+        return HostPieces([(fd, p.offset, p.size) for fd, p in parts])
+    if ipc_mode == "vmm":
+        last = len(parts) - 1
+        for i, (_, p) in enumerate(parts):
+            if (i > 0 and p.offset != 0) or (i < last and p.offset + p.size != p.segment_size):
+                raise FailedPrecondition(
+                    f"piece {i} ({p.size} bytes at offset {p.offset} of segment {p.segment_id}, {p.segment_size} bytes) "
+                    "does not abut its neighbours when segments are mapped whole")
+        from . import _cuda
+
+        return _cuda.import_pieces([(fd, p.segment_size) for fd, p in parts], parts[0][1].offset,
+                                   _cuda.ordinal_of(device_uuid))
+    raise FailedPrecondition(f"a tensor in pieces in {ipc_mode!r} memory: only host and vmm tensors lie in pieces")

@@ -463,21 +463,53 @@ def test_segments_pushed_ahead_are_mapped_on_the_gpu(gpu_agent) -> None:
 
 
 
-def test_gpu_tensors_never_come_in_pieces(gpu_agent) -> None:
-    """The agent assembles tensors from freed memory only where clients can
-    map parts of segments (host memory): a GPU maps whole allocations, so a
-    20 MiB tensor over two freed 12 MiB holes gets a segment of its own, and
-    reads and writes as one tensor."""
+def test_vmm_tensors_in_pieces_map_whole_segments(gpu_agent) -> None:
+    """On vmm a 20 MiB tensor over two freed 12 MiB segments lies in two
+    pieces (the first segment whole, the head of the second), which a
+    client maps as the two segments side by side: it reads and writes as
+    one tensor across the seam, in this process and in another. legacy
+    handles open their allocation where the driver puts it, so there the
+    tensor gets a segment of its own."""
     import torch
 
     mib, m = 1 << 20, gpu_agent.mode
+    big = f"gp.{m}.big"
     with memcuda.connect() as s:
         for n in "abcd":
             s.create(f"gp.{m}.{n}", (12 * mib,), "u8").release()
         s.delete(f"gp.{m}.a")
         s.delete(f"gp.{m}.c")
-        with s.create(f"gp.{m}.big", (5 * mib,), "f32") as t:
-            assert t.info.pieces == (), t.info
+        before = s.stats()["pools"][0]["segment_allocs"]
+        t = s.create(big, (5 * mib,), "f32")
+        made = s.stats()["pools"][0]["segment_allocs"] - before
+        if m == "legacy":
+            assert t.info.pieces == () and made == 1, (t.info, made)
+        else:
+            assert len(t.info.pieces) == 2 and made == 0, (t.info, made)
+            first, second = t.info.pieces
+            assert first.offset == 0 and first.size == first.segment_size == 12 * mib
+            assert second.offset == 0 and second.size == 8 * mib and second.segment_size == 12 * mib
+        x = t.torch()
+        assert x.is_cuda and x.shape == (5 * mib,) and int(torch.count_nonzero(x)) == 0  # zero-filled, both pieces
+        x.copy_(torch.arange(5 * mib, device=x.device, dtype=torch.float32))
+        torch.cuda.synchronize()
+        t.release()
+    seam = 3 * mib  # f32 index of the first byte of the second piece
+    r = subprocess.run([sys.executable, "-c", PRELUDE + textwrap.dedent(f"""
+        with memcuda.connect() as s, s.get("{big}") as t:
             x = t.torch()
-            x.copy_(torch.arange(5 * mib, device=x.device, dtype=torch.float32))
-            assert float(x[-1]) == 5 * mib - 1
+            assert len(t.info.pieces) == {2 if m == "vmm" else 0}
+            want = torch.arange(5 << 20, device=x.device, dtype=torch.float32)
+            assert torch.equal(x, want), "another process reads other values"
+            x[{seam} - 1 : {seam} + 1] = -1.0  # one write over the seam
+            torch.cuda.synchronize()
+    """)], env=dict(os.environ, MEMCUDA_SOCKET=gpu_agent.socket, PYTHONPATH=PKG), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    with memcuda.connect() as s:
+        s.max_idle_mappings = 0
+        for _ in range(2):  # mapped again after its mapping was dropped
+            with s.get(big) as t:
+                x = t.torch()
+                assert float(x[seam - 2]) == seam - 2 and float(x[seam - 1]) == -1.0 and float(x[seam]) == -1.0
+                assert float(x[seam + 1]) == seam + 1 and float(x[-1]) == 5 * mib - 1
+        s.delete(big)

@@ -106,6 +106,37 @@ def test_vmm_crash_with_a_reader_is_adopted_back(gpu_agent: Agent) -> None:
     c.close()
 
 
+@pytest.mark.agent_args("--reattach-grace", "2s")
+def test_vmm_crash_with_a_reader_of_a_tensor_in_pieces_is_adopted_back(gpu_agent: Agent) -> None:
+    """A tensor in pieces lives in segments its reader maps only inside the
+    tensor's own mapping: the reader offers them all, and the new agent
+    adopts them as one group."""
+    _only(gpu_agent, "vmm")
+    mib = 1 << 20
+    c = memcuda.connect()
+    for n in "abcd":
+        c.create(f"q.{n}", (12 * mib,), "u8").release()
+    c.delete("q.a")
+    c.delete("q.c")
+    r = c.create("q.big", (5 * mib,), "f32")
+    assert len(r.info.pieces) == 2, r.info
+    want = torch.arange(5 * mib, dtype=torch.float32, device="cuda")
+    r.torch().copy_(want)
+    torch.cuda.synchronize()
+    _written(c, "q.big", 2)
+    gpu_agent.kill()
+    gpu_agent.restart()
+    assert c.stat("q.big").pieces == r.info.pieces  # reconnects and offers both segments
+    assert c.reconnects == 1
+    with memcuda.connect() as d, d.get("q.big") as t:
+        assert torch.equal(t.torch(), want)
+        t.torch()[3 * mib - 1:3 * mib + 1] = -1.0  # over the seam
+        torch.cuda.synchronize()
+    assert float(r.torch()[3 * mib - 1]) == -1.0 and float(r.torch()[3 * mib]) == -1.0
+    r.release()
+    c.close()
+
+
 @pytest.mark.agent_args("--reattach-grace", "1s")
 def test_vmm_crash_with_nobody_mapping_is_reported_lost(gpu_agent: Agent) -> None:
     _only(gpu_agent, "vmm")
