@@ -154,13 +154,18 @@ class _Current:
 
 
 class Mapping:
-    """A segment mapped into this process's address space."""
+    """A segment mapped into this process's address space. A tensor in
+    pieces maps several vmm segments whole, one after another, from base
+    (parts: their sizes); ptr is then the tensor's first byte."""
 
-    def __init__(self, ptr: int, size: int, ordinal: int, legacy: bool) -> None:
+    def __init__(self, ptr: int, size: int, ordinal: int, legacy: bool, base: int = 0,
+                 parts: Optional[Sequence[int]] = None) -> None:
         self.ptr = ptr
         self.size = size
         self.ordinal = ordinal
         self.legacy = legacy
+        self.base = base or ptr
+        self.parts = list(parts) if parts else [size]
         self.closed = False
 
     def close(self) -> None:
@@ -171,8 +176,15 @@ class Mapping:
             if self.legacy:
                 _check("cuIpcCloseMemHandle", _fn("cuIpcCloseMemHandle")(ctypes.c_uint64(self.ptr)))
             else:
-                _check("cuMemUnmap", _fn("cuMemUnmap")(ctypes.c_uint64(self.ptr), ctypes.c_size_t(self.size)))
-                _check("cuMemAddressFree", _fn("cuMemAddressFree")(ctypes.c_uint64(self.ptr), ctypes.c_size_t(self.size)))
+                _unmap_all(self.base, self.parts)
+                _check("cuMemAddressFree", _fn("cuMemAddressFree")(ctypes.c_uint64(self.base), ctypes.c_size_t(self.size)))
+
+
+def _unmap_all(base: int, sizes: Sequence[int]) -> None:
+    at = base
+    for n in sizes:
+        _check("cuMemUnmap", _fn("cuMemUnmap")(ctypes.c_uint64(at), ctypes.c_size_t(n)))
+        at += n
 
 
 _SIZE0 = ctypes.c_size_t(0)
@@ -222,37 +234,7 @@ def import_segment(fd: int, info: Any) -> Mapping:
     return Mapping(ptr.value, size, ordinal, legacy=False)
 
 
-class PiecesMapping:
-    """Whole VMM segments mapped side by side in one reserved range: a
-    tensor in pieces. ptr is the tensor's first byte (offset into the first
-    segment); size is the whole range."""
-
-    def __init__(self, base: int, sizes: Sequence[int], offset: int, ordinal: int) -> None:
-        self.base = base
-        self.sizes = list(sizes)
-        self.size = sum(self.sizes)
-        self.ptr = base + offset
-        self.ordinal = ordinal
-        self.legacy = False
-        self.closed = False
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        with _Current(self.ordinal):
-            _unmap_all(self.base, self.sizes)
-            _check("cuMemAddressFree", _fn("cuMemAddressFree")(ctypes.c_uint64(self.base), ctypes.c_size_t(self.size)))
-
-
-def _unmap_all(base: int, sizes: Sequence[int]) -> None:
-    at = base
-    for n in sizes:
-        _check("cuMemUnmap", _fn("cuMemUnmap")(ctypes.c_uint64(at), ctypes.c_size_t(n)))
-        at += n
-
-
-def import_pieces(segments: Sequence[tuple[int, int]], offset: int, ordinal: int) -> PiecesMapping:
+def import_pieces(segments: Sequence[tuple[int, int]], offset: int, ordinal: int) -> Mapping:
     """Maps whole VMM segments, (descriptor, size) each, one after another
     into one new range (cuMemMap maps an allocation whole, so a tensor in
     pieces is its segments side by side); the tensor starts offset bytes
@@ -283,7 +265,7 @@ def import_pieces(segments: Sequence[tuple[int, int]], offset: int, ordinal: int
             finally:
                 _fn("cuMemAddressFree")(base, ctypes.c_size_t(total))
             raise
-    return PiecesMapping(base.value, [n for _, n in segments], offset, ordinal)
+    return Mapping(base.value + offset, total, ordinal, legacy=False, base=base.value, parts=[n for _, n in segments])
 
 
 def open_legacy(handle_b64: str, size: int, ordinal: int) -> Mapping:
