@@ -27,8 +27,9 @@ type poolSet struct {
 	granularity func(dev int) uint64
 	// events are the options that report a pool's segments to watchers.
 	events func(k poolKey) pool.Option
-	// shape are the options every pool takes for the backend's maps.
-	shape []pool.Option
+	// mapOpts are the options every pool takes for how clients map the
+	// backend's segments (pool.WithWholeMaps on vmm).
+	mapOpts []pool.Option
 
 	mu      sync.Mutex
 	pools   map[poolKey]*pool.Pool[backend.Segment]
@@ -48,7 +49,7 @@ func (ps *poolSet) of(d backend.Device, tenant string) *pool.Pool[backend.Segmen
 		b = pool.NewBudget(ps.limit(d))
 		ps.budgets[d.Index] = b
 	}
-	opts := append([]pool.Option{pool.WithBudget(b), pool.WithGranularity(ps.granularity(d.Index)), ps.events(k)}, ps.shape...)
+	opts := append([]pool.Option{pool.WithBudget(b), pool.WithGranularity(ps.granularity(d.Index)), ps.events(k)}, ps.mapOpts...)
 	p := pool.New(ps.source(d.Index), opts...)
 	ps.pools[k] = p
 	return p

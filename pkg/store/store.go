@@ -108,12 +108,12 @@ func New(reg *registry.Registry, be backend.Backend, instance, node string, opts
 		o(s)
 	}
 	s.maxPieces = min(max(s.maxPieces, 1), v1.MaxPieces)
-	var shape []pool.Option
+	var mapOpts []pool.Option
 	switch be.Mode() {
 	case v1.ModeVMM:
 		// cuMemMap maps a VMM allocation whole (part of one answers
 		// CUDA_ERROR_NOT_SUPPORTED, docs/benchmarks.md).
-		shape = append(shape, pool.WithWholeMaps())
+		mapOpts = append(mapOpts, pool.WithWholeMaps())
 	case v1.ModeLegacy:
 		// An IPC handle opens its whole allocation wherever the driver puts it.
 		s.maxPieces = 1
@@ -123,7 +123,7 @@ func New(reg *registry.Registry, be backend.Backend, instance, node string, opts
 		go s.delays.serve(s.bg, s.startDelayed)
 	}
 	s.pools = &poolSet{
-		source: s.newSegmentSource, limit: s.deviceLimit, granularity: s.be.Granularity, events: s.segmentEvents, shape: shape,
+		source: s.newSegmentSource, limit: s.deviceLimit, granularity: s.be.Granularity, events: s.segmentEvents, mapOpts: mapOpts,
 		pools: map[poolKey]*pool.Pool[backend.Segment]{}, budgets: map[int]*pool.Budget{},
 	}
 	return s

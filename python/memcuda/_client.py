@@ -677,7 +677,7 @@ class Client:
         m = map_pieces(info.ipc_mode, parts, info.device_uuid)
         seg = self._segments[_PIECES + info.uid] = Segment(
             _PIECES + info.uid, -1, mapping=m, ptr=m.ptr - info.offset, size=m.size, mode=info.ipc_mode,
-            ordinal=getattr(m, "ordinal", -1), parts=tuple(p.segment_id for p in info.pieces))
+            ordinal=m.ordinal, parts=tuple(p.segment_id for p in info.pieces))
         return seg
 
     def _release(self, t: SharedTensor, event: str = "") -> None:

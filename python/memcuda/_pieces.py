@@ -62,6 +62,8 @@ class HostPieces:
     """Parts of shared-memory segments mapped side by side: an anonymous
     reservation first, each part mapped over its place in it."""
 
+    ordinal = -1  # no GPU: host memory
+
     def __init__(self, parts: Sequence[tuple[int, int, int]]) -> None:
         libc = _mmap_fn()
         page = mmap.PAGESIZE
