@@ -30,7 +30,7 @@ func main() {
 	mode := flag.String("backend", "vmm", "vmm, legacy, host, or sim (no memory: segment counts and sizes alone, for policy studies without a GPU)")
 	simGranule := flag.Uint64("sim-granularity", 2<<20, "segment granularity of the sim backend (CUDA VMM's is 2 MiB)")
 	zero := flag.Bool("zero", false, "zero-fill each block as the agent does")
-	slack := flag.Float64("slack", pool.DefaultCacheSlack, "free memory kept cached over the allocated bytes when the pool grows")
+	slack := flag.Float64("slack", -1, "free memory kept cached over the allocated bytes when the pool grows (default: the pool's, pool.DefaultCacheSlack or with -whole-maps pool.WholeMapsCacheSlack)")
 	pieces := flag.Int("pieces", 1, "most pieces one allocation may be assembled from (1: one block each)")
 	whole := flag.Bool("whole-maps", false, "pieces that abut when their segments are mapped whole, as CUDA VMM maps them (pool.WithWholeMaps)")
 	flag.Parse()
@@ -54,11 +54,16 @@ func main() {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	opts := []pool.Option{pool.WithGranularity(be.Granularity(0)), pool.WithCacheSlack(*slack)}
+	opts := []pool.Option{pool.WithGranularity(be.Granularity(0))}
+	if *slack >= 0 {
+		opts = append(opts, pool.WithCacheSlack(*slack))
+	}
 	if *whole {
 		opts = append(opts, pool.WithWholeMaps())
 	}
+	var madeBytes uint64
 	p := pool.New(pool.SourceFunc[backend.Segment](func(ctx context.Context, size uint64) (backend.Segment, error) {
+		madeBytes += size
 		return be.NewSegment(ctx, 0, size)
 	}), opts...)
 	ctx := context.Background()
@@ -96,7 +101,7 @@ func main() {
 	per := time.Since(start) / time.Duration(len(ops))
 	st := p.Stats()
 	label := ""
-	if *slack != pool.DefaultCacheSlack {
+	if *slack >= 0 {
 		label = fmt.Sprintf(", slack %g", *slack)
 	}
 	if *pieces > 1 {
@@ -106,7 +111,8 @@ func main() {
 		}
 	}
 	fmt.Printf("| mem-cuda pool (%s segments%s) | %.1f | %.3f |\n", *mode, label, float64(per.Nanoseconds())/1e3, float64(st.PeakReserved)/float64(peakLive))
-	fmt.Fprintf(os.Stderr, "segments made %d, peak reserved %d, peak live %d, %d allocations in %d pieces\n", st.SegmentAllocs, st.PeakReserved, peakLive, pieced, npieces)
+	fmt.Fprintf(os.Stderr, "segments made %d (%.1f GiB), peak reserved %d, peak live %d, %d allocations in %d pieces\n",
+		st.SegmentAllocs, float64(madeBytes)/(1<<30), st.PeakReserved, peakLive, pieced, npieces)
 	p.Close()
 }
 

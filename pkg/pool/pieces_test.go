@@ -276,3 +276,103 @@ func randomPieces(t *testing.T, whole bool) {
 		})
 	}
 }
+
+// With whole maps a medium request of more than a granule gets a segment of
+// its own size, whole again once freed and then a piece of a later request;
+// up to a granule, requests share medium segments as without.
+func TestWholeMapsMediumSegments(t *testing.T) {
+	ctx := context.Background()
+	for _, whole := range []bool{false, true} {
+		src := &fakeSource{}
+		opts := []Option{WithGranularity(gran)}
+		if whole {
+			opts = append(opts, WithWholeMaps())
+		}
+		p := New(src, opts...)
+		a, err := p.AllocPieces(ctx, 3<<20, 8)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := uint64(LargeSegment)
+		if whole {
+			want = 4 << 20
+		}
+		if got := a[0].seg.size; got != want {
+			t.Fatalf("whole maps %v: a 3 MiB request's segment is %d bytes, want %d", whole, got, want)
+		}
+		if !whole {
+			continue
+		}
+		k, err := p.AllocPieces(ctx, gran, 8)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := k[0].seg.size; len(k) != 1 || got != LargeSegment {
+			t.Fatalf("a request of one granule: %d pieces in a segment of %d bytes, want one in a shared %d", len(k), got, LargeSegment)
+		}
+		b, err := p.AllocPieces(ctx, 3<<20, 8)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// k's shared segment has room for b, which then comes from it.
+		if b[0].seg != k[0].seg || src.made != 2 {
+			t.Fatalf("a second 3 MiB request that fits: %d segments made, want 2", src.made)
+		}
+		p.Free(a[0])
+		if !a[0].seg.releasable() {
+			t.Fatal("a freed block of its own segment left the segment in use")
+		}
+		// 16 MiB fits no free block: the shared segment's tail from its
+		// next granule on (14 MiB) and the start of a's freed segment.
+		c, err := p.AllocPieces(ctx, 16<<20, 8)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkPieces(t, c, 16<<20, 8)
+		checkWholeMaps(t, c)
+		if len(c) != 2 || c[1].seg != a[0].seg || src.made != 2 {
+			t.Fatalf("16 MiB over a shared tail and a freed own segment: %d pieces, %d segments made", len(c), src.made)
+		}
+		for _, bs := range [][]*Block[Segment]{k, b, c} {
+			for _, x := range bs {
+				p.Free(x)
+			}
+		}
+		check(t, p)
+	}
+}
+
+// A pool with whole maps keeps more free memory cached when it grows
+// (WholeMapsCacheSlack); WithCacheSlack still sets it, in either order.
+func TestWholeMapsCacheSlack(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name     string
+		opts     []Option
+		released int
+	}{
+		{"default", nil, 1},
+		{"whole maps", []Option{WithWholeMaps()}, 0},
+		{"whole maps, slack set after", []Option{WithWholeMaps(), WithCacheSlack(DefaultCacheSlack)}, 1},
+		{"whole maps, slack set before", []Option{WithCacheSlack(DefaultCacheSlack), WithWholeMaps()}, 1},
+	} {
+		src := &fakeSource{}
+		p := New(src, append([]Option{WithGranularity(gran)}, tc.opts...)...)
+		a, err := p.Alloc(ctx, 16<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Free(a)
+		// 20 MiB fits no cached block: growing to 36 MiB reserved for 20
+		// allocated is within a slack of 1 and beyond one of 0.05.
+		b, err := p.Alloc(ctx, 20<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if src.released != tc.released {
+			t.Errorf("%s: %d segments released on growth, want %d", tc.name, src.released, tc.released)
+		}
+		p.Free(b)
+		check(t, p)
+	}
+}

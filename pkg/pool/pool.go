@@ -31,6 +31,11 @@ import (
 // workload swings (PyTorch caches without bound). WithCacheSlack sets it.
 const DefaultCacheSlack = 0.05
 
+// WholeMapsCacheSlack is the default slack of a pool WithWholeMaps. There a
+// wholly free segment can be a piece of any later request, so a cached one
+// seldom adds to the peak, and a released one is a segment creation later.
+const WholeMapsCacheSlack = 1.0
+
 // Sizes that shape the pool (PyTorch's constants, except where noted).
 const (
 	Alignment       = 512      // every block size is a multiple of this
@@ -155,13 +160,14 @@ type options struct {
 	budget  *Budget
 	granule uint64
 	events  any // func(mem S, added bool) of the pool's S
-	slack   float64
+	slack   *float64
 	whole   bool
 }
 
 // WithCacheSlack sets how much free memory the pool keeps cached over its
-// allocated bytes when it grows (DefaultCacheSlack; 0.25: a quarter more).
-func WithCacheSlack(f float64) Option { return func(o *options) { o.slack = f } }
+// allocated bytes when it grows (DefaultCacheSlack, or WholeMapsCacheSlack
+// WithWholeMaps; 0.25: a quarter more).
+func WithCacheSlack(f float64) Option { return func(o *options) { o.slack = &f } }
 
 // WithBudget makes the pool reserve its segments from b, which may be shared by
 // the pools of one device (one per tenant).
@@ -174,7 +180,12 @@ func WithGranularity(g uint64) Option { return func(o *options) { o.granule = g 
 // WithWholeMaps says that clients map whole segments only (CUDA VMM maps
 // a physical allocation whole): AllocPieces then chains pieces that abut
 // when their segments are mapped side by side, the tail of one segment,
-// whole free segments, the head of another (see AllocPieces).
+// whole free segments, the head of another (see AllocPieces). Free space
+// in the middle of a segment can be no piece, so a medium request of more
+// than a granule that nothing fits gets a segment of its own size, which
+// is whole again once freed, and the pool caches more
+// (WholeMapsCacheSlack). Both pay only when requests come through
+// AllocPieces with more than one piece.
 func WithWholeMaps() Option { return func(o *options) { o.whole = true } }
 
 // WithSegmentEvents calls fn(mem, true) for each segment the pool adds
@@ -187,9 +198,16 @@ func WithSegmentEvents[S Segment](fn func(mem S, added bool)) Option {
 
 // New returns an empty pool drawing segments from src.
 func New[S Segment](src Source[S], opts ...Option) *Pool[S] {
-	o := options{granule: 1, slack: DefaultCacheSlack}
+	o := options{granule: 1}
 	for _, f := range opts {
 		f(&o)
+	}
+	slack := DefaultCacheSlack
+	switch {
+	case o.slack != nil:
+		slack = *o.slack
+	case o.whole:
+		slack = WholeMapsCacheSlack
 	}
 	if o.budget == nil {
 		o.budget = NewBudget(0)
@@ -199,7 +217,7 @@ func New[S Segment](src Source[S], opts ...Option) *Pool[S] {
 		budget:      o.budget,
 		granule:     o.granule,
 		oversizeDiv: 8,
-		slack:       max(o.slack, 0),
+		slack:       max(slack, 0),
 		wholeMaps:   o.whole,
 		segments:    make(map[*segment[S]]struct{}),
 		events:      func(S, bool) {},
@@ -229,6 +247,12 @@ func (p *Pool[S]) segmentSize(size uint64) uint64 {
 	switch {
 	case size <= SmallSize:
 		s = SmallSegment
+	case size < MinLargeAlloc && p.wholeMaps && size > p.granule:
+		// Its own segment: freed, it is a whole segment, which any later
+		// request can take as a piece; a hole amid a shared one is no
+		// piece. Up to a granule, requests still share segments (an own
+		// one would waste most of a granule each).
+		s = size
 	case size < MinLargeAlloc:
 		s = LargeSegment
 	default:

@@ -6,6 +6,7 @@ import (
 
 	v1 "github.com/memcuda/memcuda/api/v1"
 	"github.com/memcuda/memcuda/pkg/backend/host"
+	"github.com/memcuda/memcuda/pkg/pool"
 	"github.com/memcuda/memcuda/pkg/store"
 )
 
@@ -187,5 +188,32 @@ func TestGPUBackendsGiveWholeSegmentPieces(t *testing.T) {
 				t.Fatalf("vmm pieces %+v: want a whole segment, then the first 8 MiB of another", big.Pieces)
 			}
 		})
+	}
+}
+
+// On vmm with pieces, a medium tensor of more than a granule gets a segment
+// of its own size (pool.WithWholeMaps); with one piece per tensor, or on
+// legacy, it shares a 20 MiB segment.
+func TestVMMSegmentSizesFollowPieces(t *testing.T) {
+	const mib = 1 << 20
+	for _, tc := range []struct {
+		mode   v1.IPCMode
+		pieces int
+		want   uint64
+	}{
+		{v1.ModeVMM, 8, 3 * mib}, // whole granules of the host backend under it
+		{v1.ModeVMM, 1, pool.LargeSegment},
+		{v1.ModeLegacy, 8, pool.LargeSegment},
+	} {
+		f := newFixture(t)
+		st := store.New(f.reg, gpuLike{host.New("t:", "inst9", host.WithDir(t.TempDir())), tc.mode}, "inst9", "n1", store.WithMaxPieces(tc.pieces))
+		info, _, err := st.Create(context.Background(), store.CreateParams{Name: "m", DType: "u8", Shape: []int64{3 * mib}, Pieces: true})
+		st.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.SegmentSize != tc.want {
+			t.Errorf("%s, up to %d pieces: a 3 MiB tensor's segment is %d bytes, want %d", tc.mode, tc.pieces, info.SegmentSize, tc.want)
+		}
 	}
 }

@@ -112,8 +112,11 @@ func New(reg *registry.Registry, be backend.Backend, instance, node string, opts
 	switch be.Mode() {
 	case v1.ModeVMM:
 		// cuMemMap maps a VMM allocation whole (part of one answers
-		// CUDA_ERROR_NOT_SUPPORTED, docs/benchmarks.md).
-		mapOpts = append(mapOpts, pool.WithWholeMaps())
+		// CUDA_ERROR_NOT_SUPPORTED, docs/benchmarks.md). With one piece per
+		// tensor the rule's segment sizes and cache only cost memory.
+		if s.maxPieces > 1 {
+			mapOpts = append(mapOpts, pool.WithWholeMaps())
+		}
 	case v1.ModeLegacy:
 		// An IPC handle opens its whole allocation wherever the driver puts it.
 		s.maxPieces = 1
