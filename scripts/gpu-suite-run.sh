@@ -5,7 +5,8 @@
 # ONLY_BENCH=1 skips the tests, SKIP_GO_TESTS=1 the Go tests, PYTEST_ARGS
 # picks Python tests (default: all), SKIP_BENCH=1 the benchmarks, SKIP_GO_BENCH=1
 # the Go benchmarks, SKIP_WEIGHTS=1 the model-weights benchmark, SKIP_ALLOC=1
-# the allocator comparison (ALLOC_KINDS its traces), SKIP_HANDOVER=1 the hand-over window; BENCH_MODES and BENCH_N pick backends and samples (a
+# the allocator comparison (ALLOC_KINDS its traces; POOLTRACE_BASE an older
+# build's pooltrace, replayed with vmm pieces beside this one's), SKIP_HANDOVER=1 the hand-over window; BENCH_MODES and BENCH_N pick backends and samples (a
 # mode ending in -sync runs that backend with --registry-write-behind=false:
 # every Redis script before its answer, the baseline of write-behind).
 set -uo pipefail
@@ -17,7 +18,8 @@ export PYTHONUNBUFFERED=1
 export LD_LIBRARY_PATH=$D/redis/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export REDIS_SERVER=$D/redis/usr/bin/redis-server
 export BIN_DIR=$D/bin MEMCUDA_BIN_DIR=$D/bin
-for f in "$D"/bin/*.gz "$D"/test/*.gz; do [ -f "$f" ] && gunzip -f "$f"; done
+for f in "$D"/bin/*.gz "$D"/test/*.gz ${POOLTRACE_BASE:+"$POOLTRACE_BASE.gz"}; do [ -f "$f" ] && gunzip -f "$f"; done
+[ -z "${POOLTRACE_BASE:-}" ] || chmod +x "$POOLTRACE_BASE"
 # Pure-Python packages the machine lacks (redis-py): unpacked, not installed.
 if compgen -G "$D/pywheels/*.whl" >/dev/null; then
   python3 -c 'import sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sys.argv[2:]]' "$D/pyclient" "$D"/pywheels/*.whl
@@ -108,6 +110,11 @@ if [ -z "${SKIP_BENCH:-}" ]; then
       echo "| --- | --- | --- |"
       run "$D/bin/pooltrace" -backend vmm "/tmp/memcuda-trace-$kind.txt"
       run "$D/bin/pooltrace" -backend vmm -pieces 8 -whole-maps "/tmp/memcuda-trace-$kind.txt"
+      if [ -n "${POOLTRACE_BASE:-}" ]; then
+        echo "(the next rows: POOLTRACE_BASE, then this build again)"
+        run "$POOLTRACE_BASE" -backend vmm -pieces 8 -whole-maps "/tmp/memcuda-trace-$kind.txt"
+        run "$D/bin/pooltrace" -backend vmm -pieces 8 -whole-maps "/tmp/memcuda-trace-$kind.txt"
+      fi
       run "$D/bin/pooltrace" -backend sim -pieces 8 "/tmp/memcuda-trace-$kind.txt"
       PYTHONPATH=$D/pylib${PYTHONPATH:+:$PYTHONPATH} run python3 bench/alloc_trace.py run "/tmp/memcuda-trace-$kind.txt" --out "$OUT/alloc-$kind.json"
     done
