@@ -469,7 +469,12 @@ while True:
 		t.Fatalf("team-a/kept has uid %q after the upgrade, %q before", got, uid)
 	}
 	if l := c.agentLogs(); !strings.Contains(l, "took over from the previous instance") {
-		t.Fatalf("the new agent did not take over:\n%s", tail(l, 20))
+		// A container that restarted after the hand-over starts afresh:
+		// its first run's log says why.
+		prev, _ := c.run("kubectl", "-n", namespace, "logs", "ds/"+release, "--previous", "--tail=30")
+		pods, _ := c.run("kubectl", "-n", namespace, "get", "pods", "-l", "app.kubernetes.io/component=agent",
+			"-o", "jsonpath={range .items[*]}{.metadata.name} restarts={.status.containerStatuses[0].restartCount} last={.status.containerStatuses[0].lastState}{\"\\n\"}{end}")
+		t.Fatalf("the new agent did not take over:\n%s\nagent pods:\n%s\nthe container's previous run:\n%s", tail(l, 20), pods, tail(prev, 30))
 	}
 	c.deletePod("team-a", "steady")
 
