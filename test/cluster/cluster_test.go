@@ -474,7 +474,11 @@ while True:
 		prev, _ := c.run("kubectl", "-n", namespace, "logs", "ds/"+release, "--previous", "--tail=30")
 		pods, _ := c.run("kubectl", "-n", namespace, "get", "pods", "-l", "app.kubernetes.io/component=agent",
 			"-o", "jsonpath={range .items[*]}{.metadata.name} restarts={.status.containerStatuses[0].restartCount} last={.status.containerStatuses[0].lastState}{\"\\n\"}{end}")
-		t.Fatalf("the new agent did not take over:\n%s\nagent pods:\n%s\nthe container's previous run:\n%s", tail(l, 20), pods, tail(prev, 30))
+		// An old agent that was down when the rollout came (a crash, a
+		// failed liveness probe) is replaced at once: its events say so.
+		events, _ := c.run("kubectl", "-n", namespace, "get", "events", "--field-selector", "involvedObject.name="+old.Items[0].Name)
+		t.Fatalf("the new agent did not take over:\n%s\nagent pods:\n%s\nthe container's previous run:\n%s\nthe old pod's events:\n%s",
+			tail(l, 20), pods, tail(prev, 30), tail(events, 20))
 	}
 	c.deletePod("team-a", "steady")
 
