@@ -441,6 +441,9 @@ while True:
 `)
 	c.waitLog("team-a", "steady", "OK 40", 2*time.Minute)
 	uid := c.record("team-a/kept")["uid"]
+	// The hand-over needs the old agent serving when its replacement
+	// starts: the rollout replaces an agent pod that is not ready at once.
+	c.agentReady(time.Minute)
 	old, err := c.cs.CoreV1().Pods(namespace).List(context.Background(), metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=agent"})
 	if err != nil || len(old.Items) != 1 {
 		t.Fatalf("agent pods before the upgrade: %v %v", old, err)
