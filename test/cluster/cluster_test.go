@@ -442,7 +442,8 @@ while True:
 	c.waitLog("team-a", "steady", "OK 40", 2*time.Minute)
 	uid := c.record("team-a/kept")["uid"]
 	// The hand-over needs the old agent serving when its replacement
-	// starts: the rollout replaces an agent pod that is not ready at once.
+	// starts: beside an agent pod that is not ready, the rollout starts
+	// the new one at once.
 	c.agentReady(time.Minute)
 	old, err := c.cs.CoreV1().Pods(namespace).List(context.Background(), metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=agent"})
 	if err != nil || len(old.Items) != 1 {
@@ -478,7 +479,8 @@ while True:
 		pods, _ := c.run("kubectl", "-n", namespace, "get", "pods", "-l", "app.kubernetes.io/component=agent",
 			"-o", "jsonpath={range .items[*]}{.metadata.name} restarts={.status.containerStatuses[0].restartCount} last={.status.containerStatuses[0].lastState}{\"\\n\"}{end}")
 		// An old agent that was down when the rollout came (a crash, a
-		// failed liveness probe) is replaced at once: its events say so.
+		// failed liveness probe) gets its replacement at once: its events
+		// say so.
 		events, _ := c.run("kubectl", "-n", namespace, "get", "events", "--field-selector", "involvedObject.name="+old.Items[0].Name)
 		t.Fatalf("the new agent did not take over:\n%s\nagent pods:\n%s\nthe container's previous run:\n%s\nthe old pod's events:\n%s",
 			tail(l, 20), pods, tail(prev, 30), tail(events, 20))
