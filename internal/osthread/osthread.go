@@ -18,11 +18,11 @@ import (
 func Count() int { return pprof.Lookup("threadcreate").Count() }
 
 // Trim ends threads until the runtime has at most keep, and returns how
-// many it has then. Ending one thread may make the runtime start another
-// (to run what the ended one woke, or because it has no idle thread left),
-// so it tries at most twice as many times as it had threads over keep: a
-// runtime that needs more than keep is not fought for long. The process's
-// main thread is never ended.
+// many it has then. Ending a thread the runtime still needs makes it start
+// another (to run what the ended one woke, or because it has no idle thread
+// left), so Trim stops once a few ends in a row lowered nothing: the runtime
+// needs the threads it has. keep may be 0 (as few as the runtime needs).
+// The process's main thread is never ended.
 func Trim(keep int) int {
 	// Locked here, the thread running Trim cannot run the goroutines it
 	// starts: each runs on another thread, which it ends.
@@ -31,7 +31,7 @@ func Trim(keep int) int {
 	held := make(chan struct{})
 	defer close(held)
 	n := Count()
-	for tries := 2 * (n - keep); tries > 0 && n > keep; tries-- {
+	for misses := 0; n > keep && misses < trimMisses; {
 		ended := make(chan bool)
 		go func() {
 			runtime.LockOSThread()
@@ -56,6 +56,16 @@ func Trim(keep int) int {
 		for end := time.Now().Add(10 * time.Millisecond); n >= was && time.Now().Before(end); n = Count() {
 			time.Sleep(50 * time.Microsecond)
 		}
+		if n < was {
+			misses = 0
+		} else {
+			misses++
+		}
 	}
 	return n
 }
+
+// trimMisses is how many ends in a row that lowered nothing stop Trim. More
+// than one: on a loaded machine a thread may take longer to exit than Trim
+// waits, and the next end then shows both.
+const trimMisses = 4

@@ -59,9 +59,6 @@ type Server struct {
 	ln    *net.UnixListener
 	conns peakmap.Map[*conn, struct{}]
 	wg    sync.WaitGroup
-	// calmThreads is the runtime's thread count when serving began: what
-	// it is trimmed back to once a crowd of connections has gone.
-	calmThreads   int
 	giveBackTimer *time.Timer // runs giveBack once a crowd has gone
 	// handingOver: connections close without dropping their references
 	// (their clients reattach to the next instance).
@@ -119,7 +116,6 @@ func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
 	defer parker.Close()
 	s.mu.Lock()
 	s.ln = l
-	s.calmThreads = osthread.Count()
 	s.mu.Unlock()
 	go func() {
 		<-ctx.Done()
@@ -312,17 +308,15 @@ func (s *Server) forget(cn *conn) {
 const giveBackAfter = time.Second
 
 // giveBack returns what a crowd of connections left: the heap it grew and
-// the threads the runtime started for it (as many as there are now over
-// the count when serving began, less those the hot connections hold).
+// the threads the runtime started for it. Every idle thread is ended (the
+// runtime starts one again when it needs it); the threads hot connections
+// hold are locked to them and stay.
 func (s *Server) giveBack() {
 	debug.FreeOSMemory()
 	debug.FreeOSMemory() // the second collection drops what pools kept through the first
-	s.mu.Lock()
-	keep := s.calmThreads
-	s.mu.Unlock()
 	had := osthread.Count()
-	left := osthread.Trim(keep + len(s.hot))
-	s.log.Debug("a crowd of connections has gone: memory and threads given back", "threads", had, "threads_left", left, "calm", keep, "hot", len(s.hot), "connections", s.connections(), "goroutines", runtime.NumGoroutine())
+	left := osthread.Trim(0)
+	s.log.Debug("a crowd of connections has gone: memory and threads given back", "threads", had, "threads_left", left, "hot", len(s.hot), "connections", s.connections(), "goroutines", runtime.NumGoroutine())
 }
 
 func (s *Server) connections() int {
