@@ -55,10 +55,10 @@ type Server struct {
 	hot         hotSlots
 	parker      *blockingnet.Parker
 
-	mu    sync.Mutex
-	ln    *net.UnixListener
-	conns peakmap.Map[*conn, struct{}]
-	wg    sync.WaitGroup
+	mu            sync.Mutex
+	ln            *net.UnixListener
+	conns         peakmap.Map[*conn, struct{}]
+	wg            sync.WaitGroup
 	giveBackTimer *time.Timer // runs giveBack once a crowd has gone
 	// handingOver: connections close without dropping their references
 	// (their clients reattach to the next instance).
