@@ -43,6 +43,26 @@ def timed(fn: Callable[[], Any], n: int, warm: int = 20) -> list[float]:
     return out
 
 
+def interleaved(a: Callable[[], float], b: Callable[[], float], n: int, block: int = 20,
+                warm: int = 3) -> tuple[list[float], list[float], list[float]]:
+    """n timed calls of each of a and b (each returns the time of its timed
+    part), alternating in blocks of block calls, the first warm of each
+    block untimed: a ratio of two separate loops moves with whatever the
+    machine did between them. Returns (a's times, b's times, the ratio of
+    a's median to b's in each pair of blocks)."""
+    ta: list[float] = []
+    tb: list[float] = []
+    ratios: list[float] = []
+    while len(ta) < n:
+        got = []
+        for fn, out in ((a, ta), (b, tb)):
+            ts = [fn() for _ in range(block)][warm:]
+            out.extend(ts)
+            got.append(statistics.median(ts))
+        ratios.append(got[0] / got[1])
+    return ta, tb, ratios
+
+
 def row(what: str, ours: list[float], base_name: str, base: list[float], target: str) -> None:
     RESULTS[what] = {"p50": pct(ours, 50), "p99": pct(ours, 99), "baseline": base_name,
                      "baseline_p50": pct(base, 50), "baseline_p99": pct(base, 99)}
@@ -138,7 +158,7 @@ def bench_get(n: int) -> None:
     # Cold: a fresh connection; each get brings a new segment (32 MiB tensors
     # get their own segments): descriptor over the socket + import + map.
     k = 48
-    for i in range(7 * k):
+    for i in range(9 * k):
         s.create(f"b.cold{i}", (8 << 20,), "f32").release()
     # Let the agent finish what the creates left running (their registry
     # scripts: a get of a name with one pending waits for it; the clears of
@@ -192,7 +212,9 @@ def bench_get(n: int) -> None:
         cold_breakdown(k)
     floor, floor_import = cold_floor([f"b.cold{i}" for i in range(5 * k, 6 * k)])
     ahead = first_gets_pushed_ahead([f"b.cold{i}" for i in range(6 * k, 7 * k)])
-    for i in range(7 * k):
+    cold_i, floor_i = cold_against_floor([f"b.cold{i}" for i in range(7 * k, 8 * k)],
+                                         [f"b.cold{i}" for i in range(8 * k, 9 * k)])
+    for i in range(9 * k):
         s.delete(f"b.cold{i}")
 
     # torch.multiprocessing: share a CUDA tensor through a Queue, consumer acks.
@@ -224,6 +246,8 @@ def bench_get(n: int) -> None:
     row("floor of a cold get: bare Python round trip" + (" passing the descriptor" if vmm else "") + " + the same import",
         floor, "the import alone (same loop)", floor_import, "over 1.2x: no cold get can meet 1.2x here")
     row("get, cold against its floor (same run)", cold, "floor of a cold get", floor, "<= 1.1x the floor")
+    row("get, cold against its floor, one of each in turn", cold_i, "floor of a cold get, in turn", floor_i,
+        "<= 1.1x the floor")
     row("first get of a tensor, segments pushed ahead (watch_segments)", ahead, "raw driver import+map (same calls)", raw,
         "< 1.0x raw")
     row("first get of a tensor, segments pushed ahead (watch_segments) ", ahead, "get, warm (connection holds the tensor)",
@@ -612,6 +636,53 @@ def cold_floor(names: list[str]) -> tuple[list[float], list[float]]:
     return whole, imports
 
 
+def cold_against_floor(cold_names: list[str], floor_names: list[str]) -> tuple[list[float], list[float]]:
+    """Cold gets (a fresh connection, each name in a segment of its own) and
+    the floor of a cold get (see cold_floor) on other such segments, one of
+    each in turn, which goes first alternating: (cold gets, floors)."""
+    c = memcuda.connect()
+    f = memcuda.connect()
+    answers = _fetch_answers(f, floor_names)
+    vmm = answers[0][0].ipc_mode == "vmm"
+    fds = [got[0] for _, got in answers] if vmm else []
+    echo = _Echo(vmm, fds)
+    cold: list[float] = []
+    floor: list[float] = []
+    held = []
+    maps = []
+
+    def one_cold(name: str) -> None:
+        t0 = time.perf_counter()
+        held.append(c.get(name))
+        cold.append(time.perf_counter() - t0)
+
+    def one_floor(i: int) -> None:
+        t0 = time.perf_counter()
+        fd = echo.round_trip(i)
+        maps.append(_cuda.import_segment(fd, answers[i][0]))
+        floor.append(time.perf_counter() - t0)
+        if fd >= 0:
+            os.close(fd)
+
+    for i, name in enumerate(cold_names):
+        if i % 2:
+            one_floor(i)
+            one_cold(name)
+        else:
+            one_cold(name)
+            one_floor(i)
+    echo.close()
+    for m in maps:
+        m.close()
+    for fd in fds:
+        os.close(fd)
+    for t in held:
+        t.release()
+    c.close()
+    f.close()
+    return cold, floor
+
+
 # --- create ------------------------------------------------------------------
 
 def bench_create(n: int) -> None:
@@ -629,6 +700,30 @@ def bench_create(n: int) -> None:
         s.delete(name)
         if j >= 20:
             times.append(dt)
+
+    # The target's ratio, create and echo interleaved (see interleaved).
+    echo = _Echo(False)
+    seq = iter(range(1 << 30))
+
+    def one_create() -> float:
+        name = f"b.ci.{next(seq)}"
+        t0 = time.perf_counter()
+        t = s.create(name, (256, 1024), "bf16")
+        dt = time.perf_counter() - t0
+        t.release()
+        s.delete(name)
+        return dt
+
+    def one_echo() -> float:
+        t0 = time.perf_counter()
+        echo.round_trip()
+        return time.perf_counter() - t0
+
+    ic, ie, ratios = interleaved(one_create, one_echo, n)
+    echo.close()
+    row("create against the echo, interleaved in blocks", ic, "Python Unix-socket echo, interleaved", ie, "<= 3x")
+    NOTES.append(f"create / echo interleaved: median of block-pair ratios {statistics.median(ratios):.2f}x "
+                 f"(quartiles {pct(ratios, 25):.2f}-{pct(ratios, 75):.2f}x, {len(ratios)} pairs)")
 
     # The same, split at the moment the answer was read (a separate pass:
     # the marks cost a little).

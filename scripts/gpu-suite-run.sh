@@ -6,7 +6,8 @@
 # picks Python tests (default: all), SKIP_BENCH=1 the benchmarks, SKIP_GO_BENCH=1
 # the Go benchmarks, SKIP_WEIGHTS=1 the model-weights benchmark, SKIP_ALLOC=1
 # the allocator comparison (ALLOC_KINDS its traces; POOLTRACE_BASE an older
-# build's pooltrace, replayed with vmm pieces beside this one's), SKIP_HANDOVER=1 the hand-over window; BENCH_MODES and BENCH_N pick backends and samples (a
+# build's pooltrace, replayed with vmm pieces beside this one's), SKIP_HANDOVER=1 the hand-over window; BENCH_MODES and BENCH_N pick backends and samples, BENCH_ARGS adds
+# gpu_bench.py arguments (--only get,create) (a
 # mode ending in -sync runs that backend with --registry-write-behind=false:
 # every Redis script before its answer, the baseline of write-behind).
 set -uo pipefail
@@ -75,7 +76,7 @@ if [ -z "${SKIP_BENCH:-}" ]; then
     # Redis's own round trip here, for the share of it in create and first gets.
     "$D/redis/usr/bin/redis-benchmark" -s "$RUN/redis.sock" -c 1 -n 20000 -q PING 2>&1 | tr '\r' '\n' | tail -1
     "$D/redis/usr/bin/redis-benchmark" -s "$RUN/redis.sock" -c 1 -n 20000 -q EVAL "redis.call('HSET', KEYS[1], 'refcount', 1) return redis.call('HGETALL', KEYS[1])" 1 bench:h 2>&1 | tr '\r' '\n' | tail -1
-    MEMCUDA_BACKEND=$mode runlog "$OUT/bench-$mode.log" "cat" python3 bench/gpu_bench.py --out "$OUT/bench-$mode.json" --n "${BENCH_N:-2000}"
+    MEMCUDA_BACKEND=$mode runlog "$OUT/bench-$mode.log" "cat" python3 bench/gpu_bench.py --out "$OUT/bench-$mode.json" --n "${BENCH_N:-2000}" ${BENCH_ARGS:-}
     memcuda_down
     AGENT_PID= REDIS_PID=
   done

@@ -189,6 +189,7 @@ def _unmap_all(base: int, sizes: Sequence[int]) -> None:
 
 _SIZE0 = ctypes.c_size_t(0)
 _SIZE1 = ctypes.c_size_t(1)
+_ZERO = ctypes.c_uint64(0)
 _access_descs: dict[int, _MemAccessDesc] = {}
 
 
@@ -201,6 +202,24 @@ def _access(ordinal: int) -> _MemAccessDesc:
     return d
 
 
+def _map_whole(fd: int, at: int, size: int, ordinal: int) -> None:
+    """Maps the whole VMM allocation behind fd at address at (reserved by the
+    caller, the device's context current) with read-write access; on failure
+    nothing stays mapped there."""
+    handle = ctypes.c_uint64()
+    _check("cuMemImportFromShareableHandle", _fn("cuMemImportFromShareableHandle")(
+        ctypes.byref(handle), ctypes.c_void_p(fd), CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR))
+    addr, csize = ctypes.c_uint64(at), ctypes.c_size_t(size)
+    try:
+        _check("cuMemMap", _fn("cuMemMap")(addr, csize, _SIZE0, handle, _ZERO))
+    finally:
+        _fn("cuMemRelease")(handle)  # the mapping holds the physical memory
+    rc = _fn("cuMemSetAccess")(addr, csize, ctypes.byref(_access(ordinal)), _SIZE1)
+    if rc != 0:
+        _fn("cuMemUnmap")(addr, csize)
+        _check("cuMemSetAccess", rc)
+
+
 def import_segment(fd: int, info: Any) -> Mapping:
     """Maps a segment the agent sent: a VMM fd, or (legacy) the IPC handle of
     the record."""
@@ -209,55 +228,24 @@ def import_segment(fd: int, info: Any) -> Mapping:
         return open_legacy(info.ipc_handle, info.segment_size, ordinal)
     if info.ipc_mode != "vmm":
         raise FailedPrecondition(f"unknown ipc_mode {info.ipc_mode!r}")
-    size = int(info.segment_size)
-    csize = ctypes.c_size_t(size)
-    zero = ctypes.c_uint64(0)
-    with _Current(ordinal):
-        handle = ctypes.c_uint64()
-        _check("cuMemImportFromShareableHandle", _fn("cuMemImportFromShareableHandle")(
-            ctypes.byref(handle), ctypes.c_void_p(fd), CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR))
-        ptr = ctypes.c_uint64()
-        try:
-            _check("cuMemAddressReserve", _fn("cuMemAddressReserve")(ctypes.byref(ptr), csize, _SIZE0, zero, zero))
-            try:
-                _check("cuMemMap", _fn("cuMemMap")(ptr, csize, _SIZE0, handle, zero))
-                rc = _fn("cuMemSetAccess")(ptr, csize, ctypes.byref(_access(ordinal)), _SIZE1)
-                if rc != 0:
-                    _fn("cuMemUnmap")(ptr, csize)
-                    _check("cuMemSetAccess", rc)
-            except BaseException:
-                _fn("cuMemAddressFree")(ptr, csize)
-                raise
-        finally:
-            # The mapping holds the physical memory; the handle is not needed.
-            _fn("cuMemRelease")(handle)
-    return Mapping(ptr.value, size, ordinal, legacy=False)
+    return import_pieces([(fd, int(info.segment_size))], 0, ordinal)
 
 
 def import_pieces(segments: Sequence[tuple[int, int]], offset: int, ordinal: int) -> Mapping:
     """Maps whole VMM segments, (descriptor, size) each, one after another
     into one new range (cuMemMap maps an allocation whole, so a tensor in
     pieces is its segments side by side); the tensor starts offset bytes
-    into the first."""
+    into the first. One segment is a plain segment's mapping."""
     total = sum(n for _, n in segments)
-    zero = ctypes.c_uint64(0)
     base = ctypes.c_uint64()
     mapped: list[int] = []
     with _Current(ordinal):
-        _check("cuMemAddressReserve", _fn("cuMemAddressReserve")(ctypes.byref(base), ctypes.c_size_t(total), _SIZE0, zero, zero))
+        _check("cuMemAddressReserve", _fn("cuMemAddressReserve")(ctypes.byref(base), ctypes.c_size_t(total), _SIZE0, _ZERO, _ZERO))
         try:
             at = base.value
             for fd, n in segments:
-                handle = ctypes.c_uint64()
-                _check("cuMemImportFromShareableHandle", _fn("cuMemImportFromShareableHandle")(
-                    ctypes.byref(handle), ctypes.c_void_p(fd), CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR))
-                try:
-                    _check("cuMemMap", _fn("cuMemMap")(ctypes.c_uint64(at), ctypes.c_size_t(n), _SIZE0, handle, zero))
-                finally:
-                    _fn("cuMemRelease")(handle)  # the mapping holds the memory
+                _map_whole(fd, at, n, ordinal)
                 mapped.append(n)
-                _check("cuMemSetAccess", _fn("cuMemSetAccess")(ctypes.c_uint64(at), ctypes.c_size_t(n),
-                                                                ctypes.byref(_access(ordinal)), _SIZE1))
                 at += n
         except BaseException:
             try:
