@@ -5,7 +5,7 @@ PYTHON    ?= python3
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X main.Version=$(VERSION) -X github.com/memcuda/memcuda/pkg/server.Software=memcuda-agent/$(VERSION)
 
-.PHONY: image gpu-suite all build demo test test-go test-python test-cluster lint fuzz soak bench bench-handover bench-pool bench-socket bench-host envtest-assets clean
+.PHONY: image gpu-suite all build demo test test-go test-python python-ext test-cluster lint fuzz soak bench bench-handover bench-pool bench-socket bench-host envtest-assets clean
 
 all: build
 
@@ -33,9 +33,17 @@ test-go:
 test-cluster:
 	bash scripts/cluster-test.sh
 
+# The client's optional C decoder (python/memcuda/_speedups.c), built in
+# place for a checkout; the tests require it (and test the pure-Python
+# decoder beside it).
+python-ext:
+	cd python && $(PYTHON) setup.py -q build_ext --inplace
+	cd python && $(PYTHON) -c 'import memcuda._speedups'
+
 test-python: build
 	PYTHON=$(PYTHON) bash scripts/ensure-python-deps.sh
-	cd python && MEMCUDA_BIN_DIR=$(BIN_DIR) $(PYTHON) -m pytest -q
+	$(MAKE) python-ext
+	cd python && MEMCUDA_BIN_DIR=$(BIN_DIR) MEMCUDA_REQUIRE_SPEEDUPS=1 $(PYTHON) -m pytest -q
 	cd python && $(PYTHON) -m mypy memcuda
 	# The GPU benchmarks only run on a GPU machine: type-checked here against the client.
 	cd python && MYPYPATH=. $(PYTHON) -m mypy ../bench/*.py

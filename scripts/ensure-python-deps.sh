@@ -10,3 +10,9 @@ if ! "$PYTHON" -c 'import numpy, pytest, mypy, ml_dtypes, redis, jax' >/dev/null
   echo "installing numpy, pytest, mypy, ml_dtypes, redis and jax with pip" >&2
   "$PYTHON" -m pip install -q --disable-pip-version-check numpy pytest mypy ml_dtypes "redis>=4.2" jax
 fi
+# Python's headers, for the client's C decoder (make python-ext).
+inc=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+if [ ! -f "$inc/Python.h" ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing Python's headers (python3-dev) with apt" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-dev
+fi

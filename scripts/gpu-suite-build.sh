@@ -16,6 +16,9 @@ go test -c -ldflags "$LD" -o "$D/test/gpu.test" ./pkg/backend/gpu
 go test -c -ldflags "$LD" -o "$D/test/registry.test" ./pkg/registry
 go test -c -ldflags "$LD" -o "$D/test/store.test" ./pkg/store
 go test -c -ldflags "$LD" -o "$D/test/agent.test" ./pkg/agent
+# The client's C decoder, in place (stable ABI: the GPU machine's newer
+# CPython loads it); the run carries python/memcuda/_speedups.abi3.so.
+(cd python && python3 setup.py -q build_ext --inplace)
 # Compressed for the trip (the carry is limited to 64 MiB; the agent and
 # its benchmark carry the Kubernetes libraries); the run script unpacks them.
 gzip -9 "$D"/bin/* "$D"/test/*

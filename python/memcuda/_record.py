@@ -70,6 +70,14 @@ class TensorInfo:
         return info
 
     @classmethod
+    def from_fields(cls, fields: dict[str, Any]) -> "TensorInfo":
+        """The record of every field's value, as _speedups.decode_record
+        gives them: the dict becomes the record's own (no copy)."""
+        info = object.__new__(cls)
+        object.__setattr__(info, "__dict__", fields)
+        return info
+
+    @classmethod
     def from_hash(cls, d: dict[str, Any]) -> "TensorInfo":
         """The record of a tensor's Redis hash, its shape decoded (the other
         values are strings)."""

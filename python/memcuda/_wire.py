@@ -8,12 +8,22 @@ produce the same bytes (api/v1/testdata/vectors.json pins them).
 from __future__ import annotations
 
 import json
+import os
 import re
 import struct
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Optional, Sequence
 
 from ._record import TensorInfo
+
+# The compact record decoder in C, where it was built (setup.py);
+# MEMCUDA_NO_SPEEDUPS=1 keeps to the pure-Python one (same results).
+try:
+    if os.environ.get("MEMCUDA_NO_SPEEDUPS") == "1":
+        raise ImportError("MEMCUDA_NO_SPEEDUPS=1")
+    from . import _speedups
+except ImportError:
+    _speedups = None  # type: ignore[assignment]
 
 __all__ = ["Answer", "FrameError", "Header", "decode_answer", "decode_body", "encode_request", "frame", "parse_header"]
 
@@ -259,6 +269,18 @@ def _decode_compact(body: bytes, cache: bool) -> Answer:
     hit = _ANSWERS.get(rest) if cache else None
     if hit is not None and body[1:sep].isdigit():
         return Answer(int(body[1:sep]), hit[0], hit[1])
+    if _speedups is not None:
+        try:
+            rid, fields, fds = _speedups.decode_record(body)
+        except UnicodeDecodeError as e:
+            raise FrameError(f"compact record is not UTF-8: {e}") from None
+        except ValueError as e:
+            raise FrameError(f"compact record: {e}") from None
+        info = TensorInfo.from_fields(fields)
+        d = {"ok": True, "fds": fds.split(",")} if fds else _OK_BODY
+        if cache:
+            _remember(rest, (d, info))
+        return Answer(rid, d, info)
     try:
         f = body.decode("utf-8").split("\x1f")
     except UnicodeDecodeError as e:

@@ -1,6 +1,9 @@
 """The Python encoder must produce the shared test vectors byte for byte."""
 import json
+import os
+import random
 from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
 
@@ -123,12 +126,31 @@ def test_tensor_info_from_the_wire_is_a_normal_frozen_record() -> None:
         info.name = "x"  # type: ignore[misc]
 
 
+DECODERS = ["python"] + (["c"] if _wire._speedups is not None else [])
+
+
+def test_the_c_decoder_is_built_where_required() -> None:
+    """make test builds memcuda._speedups and sets MEMCUDA_REQUIRE_SPEEDUPS:
+    a broken build fails here instead of leaving only the Python decoder."""
+    if os.environ.get("MEMCUDA_REQUIRE_SPEEDUPS") != "1":
+        pytest.skip("MEMCUDA_REQUIRE_SPEEDUPS is not set")
+    assert _wire._speedups is not None, "memcuda._speedups did not import: run make python-ext"
+
+
+@pytest.fixture(params=DECODERS)
+def decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Runs a test once with each compact record decoder there is."""
+    if request.param == "python":
+        monkeypatch.setattr(_wire, "_speedups", None)
+    yield request.param
+
+
 COMPACT = json.loads((Path(__file__).resolve().parents[2] / "api/v1/testdata/compact.json").read_text())
 
 
 @pytest.mark.parametrize("vec", COMPACT, ids=lambda v: v["name"])
 @pytest.mark.parametrize("cache", [False, True])
-def test_compact_vectors_decode_to_the_json_record(vec: dict, cache: bool) -> None:
+def test_compact_vectors_decode_to_the_json_record(vec: dict, cache: bool, decoder: str) -> None:
     frame = bytes.fromhex(vec["frame_hex"])
     h = _wire.parse_header(frame)
     body = frame[_wire.HEADER_SIZE:]
@@ -152,14 +174,82 @@ def _compact_fields() -> list[str]:
     lambda f: f[:7] + ["12a"] + f[8:],  # a bad number
     lambda f: ["x"] + f[1:],  # a bad id
 ])
-def test_bad_compact_records_are_frame_errors(edit) -> None:
+def test_bad_compact_records_are_frame_errors(edit, decoder: str) -> None:
     body = b"R" + "\x1f".join(edit(_compact_fields())).encode()
     with pytest.raises(_wire.FrameError):
         _wire.decode_answer(body, False)
 
 
-def test_compact_record_that_is_not_utf8() -> None:
+def test_compact_record_that_is_not_utf8(decoder: str) -> None:
     f = _compact_fields()
     body = b"R" + "\x1f".join(f[:1]).encode() + b"\x1f\xff" + ("\x1f" + "\x1f".join(f[2:])).encode()
     with pytest.raises(_wire.FrameError, match="UTF-8"):
         _wire.decode_answer(body, False)
+
+
+def _decode_with(impl: str, body: bytes) -> Any:
+    """The answer (id, body, record) of body through one decoder, or the
+    FrameError it raised."""
+    saved = _wire._speedups
+    if impl == "python":
+        _wire._speedups = None
+    try:
+        ans = _wire.decode_answer(body, False)
+        return ans.id, ans.body, ans.record
+    except _wire.FrameError as e:
+        return FrameErrorSeen(str(e))
+    finally:
+        _wire._speedups = saved
+
+
+class FrameErrorSeen(str):
+    """A FrameError's message; any two compare equal (the decoders word some
+    of them differently)."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, FrameErrorSeen)
+
+    def __hash__(self) -> int:
+        return 0
+
+
+def _random_record(rng: random.Random) -> list[str]:
+    text = "abcxyz019.-_:/ é😀"
+
+    def word() -> str:
+        return "".join(rng.choice(text) for _ in range(rng.randrange(0, 12)))
+
+    def number() -> str:
+        return str(rng.choice([0, 1, -1, 2**31, 2**63 - 1, 2**64 + 7, rng.randrange(10**15)]))
+
+    shape = ",".join(str(rng.randrange(0, 5000)) for _ in range(rng.randrange(0, 5)))
+    kinds = "sssxnsnssnsnnnsssssnn"  # the record's 21 fields: s string, n number, x shape
+    assert len(kinds) == 21
+    fields = [word() if k == "s" else number() if k == "n" else shape for k in kinds]
+    fds = ",".join(word() for _ in range(rng.randrange(0, 3)))
+    return [f"R{rng.randrange(1 << 40)}"] + fields + [fds]
+
+
+@pytest.mark.skipif(len(DECODERS) < 2, reason="memcuda._speedups is not built")
+def test_the_decoders_agree_on_records_and_on_damage() -> None:
+    """The C decoder gives what the Python one gives: the same record for
+    random valid records, and a FrameError for the same damaged ones
+    (ASCII edits: int() also reads non-ASCII digits, which the C decoder
+    refuses)."""
+    rng = random.Random(18)
+    for i in range(3000):
+        body = "\x1f".join(_random_record(rng)).encode()
+        if i % 2:
+            b = bytearray(body)
+            for _ in range(rng.randrange(1, 4)):
+                at = rng.randrange(len(b) + 1)
+                choice = rng.random()
+                if choice < 0.4 and b:
+                    del b[min(at, len(b) - 1)]
+                elif choice < 0.8:
+                    b[at:at] = bytes([rng.choice(b"\x1f,0123456789-+_ aZ\x00\xff")])
+                else:
+                    b[at:at] = b"\x1f"
+            body = bytes(b)
+        got_c, got_py = _decode_with("c", body), _decode_with("python", body)
+        assert got_c == got_py, body

@@ -1,0 +1,3 @@
+from typing import Any
+
+def decode_record(body: bytes) -> tuple[int, dict[str, Any], str]: ...
