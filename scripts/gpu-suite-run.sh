@@ -3,13 +3,16 @@
 # Go cuda and backend tests, the Python tests (host and GPU, vmm and legacy),
 # the demo, and the benchmarks. Logs and JSON go to $OUT (or ./gpu-out).
 # ONLY_BENCH=1 skips the tests, SKIP_GO_TESTS=1 the Go tests, PYTEST_ARGS
-# picks Python tests (default: all), SKIP_BENCH=1 the benchmarks, SKIP_GO_BENCH=1
-# the Go benchmarks, SKIP_WEIGHTS=1 the model-weights benchmark, SKIP_ALLOC=1
-# the allocator comparison (ALLOC_KINDS its traces; POOLTRACE_BASE an older
-# build's pooltrace, replayed with vmm pieces beside this one's), SKIP_HANDOVER=1 the hand-over window; BENCH_MODES and BENCH_N pick backends and samples, BENCH_ARGS adds
-# gpu_bench.py arguments (--only get,create) (a
-# mode ending in -sync runs that backend with --registry-write-behind=false:
-# every Redis script before its answer, the baseline of write-behind).
+# picks Python tests (default: all), SKIP_BENCH=1 the benchmarks,
+# SKIP_GO_BENCH=1 the Go benchmarks, SKIP_WEIGHTS=1 the model-weights
+# benchmark, SKIP_HANDOVER=1 the hand-over window, SKIP_ALLOC=1 the
+# allocator comparison (ALLOC_KINDS its traces; POOLTRACE_BASE an older
+# build's pooltrace, replayed with vmm pieces beside this one's;
+# POOLTRACE_GROWTH MiB values of pooltrace -min-growth to replay as well).
+# BENCH_MODES and BENCH_N pick backends and samples, BENCH_ARGS adds
+# gpu_bench.py arguments (--only get,create); a mode ending in -sync runs
+# that backend with --registry-write-behind=false: every Redis script
+# before its answer, the baseline of write-behind.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 D=$PWD/.device
@@ -116,6 +119,9 @@ if [ -z "${SKIP_BENCH:-}" ]; then
         run "$POOLTRACE_BASE" -backend vmm -pieces 8 -whole-maps "/tmp/memcuda-trace-$kind.txt"
         run "$D/bin/pooltrace" -backend vmm -pieces 8 -whole-maps "/tmp/memcuda-trace-$kind.txt"
       fi
+      for g in ${POOLTRACE_GROWTH:-}; do
+        run "$D/bin/pooltrace" -backend vmm -pieces 8 -whole-maps -min-growth "$g" "/tmp/memcuda-trace-$kind.txt"
+      done
       run "$D/bin/pooltrace" -backend sim -pieces 8 "/tmp/memcuda-trace-$kind.txt"
       PYTHONPATH=$D/pylib${PYTHONPATH:+:$PYTHONPATH} run python3 bench/alloc_trace.py run "/tmp/memcuda-trace-$kind.txt" --out "$OUT/alloc-$kind.json"
     done

@@ -33,6 +33,7 @@ func main() {
 	slack := flag.Float64("slack", -1, "free memory kept cached over the allocated bytes when the pool grows (default: the pool's, pool.DefaultCacheSlack or with -whole-maps pool.WholeMapsCacheSlack)")
 	pieces := flag.Int("pieces", 1, "most pieces one allocation may be assembled from (1: one block each)")
 	whole := flag.Bool("whole-maps", false, "pieces that abut when their segments are mapped whole, as CUDA VMM maps them (pool.WithWholeMaps)")
+	growth := flag.Uint64("min-growth", 0, "MiB: a large request that no free block or pieces serve grows the pool by at least this much (pool.WithMinGrowth; with -pieces > 1)")
 	flag.Parse()
 	if flag.NArg() != 1 {
 		fmt.Fprintln(os.Stderr, "usage: pooltrace [-backend vmm] trace.txt")
@@ -60,6 +61,9 @@ func main() {
 	}
 	if *whole {
 		opts = append(opts, pool.WithWholeMaps())
+	}
+	if *growth > 0 {
+		opts = append(opts, pool.WithMinGrowth(*growth<<20))
 	}
 	var madeBytes uint64
 	p := pool.New(pool.SourceFunc[backend.Segment](func(ctx context.Context, size uint64) (backend.Segment, error) {
@@ -108,6 +112,9 @@ func main() {
 		label += fmt.Sprintf(", up to %d pieces", *pieces)
 		if *whole {
 			label += ", whole maps"
+		}
+		if *growth > 0 {
+			label += fmt.Sprintf(", growth >= %d MiB", *growth)
 		}
 	}
 	fmt.Printf("| mem-cuda pool (%s segments%s) | %.1f | %.3f |\n", *mode, label, float64(per.Nanoseconds())/1e3, float64(st.PeakReserved)/float64(peakLive))

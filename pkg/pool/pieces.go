@@ -56,6 +56,18 @@ func (p *Pool[S]) AllocPieces(ctx context.Context, n uint64, max int) ([]*Block[
 	} else {
 		spans = p.alignedFree(max)
 	}
+	if len(spans) == 0 && class == classLarge && p.minGrowth > roundUp(size, p.granule) {
+		// Nothing free to piece together: a segment of at least minGrowth
+		// (WithMinGrowth), the rest of it a free tail.
+		want := roundUp(size, p.granule)
+		seg, err := p.grow(ctx, p.minGrowth, want, classLarge)
+		if err != nil {
+			return nil, err
+		}
+		b := p.carve(seg.head, 0, want)
+		p.account(b, n, 1)
+		return []*Block[S]{b}, nil
+	}
 	if len(spans) == 0 {
 		// Nothing free to piece together: a segment of the request's own
 		// class, as Alloc makes.

@@ -215,9 +215,10 @@ func TestAllocPiecesWholeMaps(t *testing.T) {
 func TestAllocPiecesRandomOps(t *testing.T) {
 	t.Run("parts", func(t *testing.T) { randomPieces(t, false) })
 	t.Run("whole-maps", func(t *testing.T) { randomPieces(t, true) })
+	t.Run("whole-maps-min-growth", func(t *testing.T) { randomPieces(t, true, WithMinGrowth(64<<20)) })
 }
 
-func randomPieces(t *testing.T, whole bool) {
+func randomPieces(t *testing.T, whole bool, extra ...Option) {
 	for seed := uint64(1); seed <= 20; seed++ {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(seed, 11))
@@ -226,7 +227,7 @@ func randomPieces(t *testing.T, whole bool) {
 			if whole {
 				opts = append(opts, WithWholeMaps())
 			}
-			p := New(src, opts...)
+			p := New(src, append(opts, extra...)...)
 			ctx := context.Background()
 			var live [][]*Block[Segment]
 			for i := 0; i < 3000; i++ {
@@ -374,5 +375,62 @@ func TestWholeMapsCacheSlack(t *testing.T) {
 		}
 		p.Free(b)
 		check(t, p)
+	}
+}
+
+func TestMinGrowth(t *testing.T) {
+	ctx := context.Background()
+	src := &fakeSource{}
+	p := New(src, WithGranularity(gran), WithWholeMaps(), WithMinGrowth(100<<20))
+	// Nothing free: a 30 MiB request grows the pool by a 100 MiB segment
+	// (rounded to whole granules) and takes its head.
+	a, err := p.AllocPieces(ctx, 30<<20+1, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkPieces(t, a, 30<<20+1, 8)
+	if got := a[0].seg.size; len(a) != 1 || got != 100<<20 || a[0].offset != 0 || a[0].size != 32<<20 {
+		t.Fatalf("30 MiB with nothing free: %d pieces, block of %d bytes at %d in a segment of %d; want one of 32 MiB at 0 in 100 MiB",
+			len(a), a[0].size, a[0].offset, got)
+	}
+	// The free tail serves the next large requests: no new segment.
+	b, err := p.AllocPieces(ctx, 60<<20, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkPieces(t, b, 60<<20, 8)
+	if src.made != 1 || b[0].seg != a[0].seg {
+		t.Fatalf("60 MiB after it: %d segments made, want the first one's tail", src.made)
+	}
+	// With something free to piece together, only the rest is new, as
+	// without the option: the first segment's last 8 MiB and 192 MiB.
+	c, err := p.AllocPieces(ctx, 200<<20, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkPieces(t, c, 200<<20, 8)
+	if src.made != 2 || len(c) != 2 || c[0].seg != a[0].seg || c[1].seg.size != 192<<20 {
+		t.Fatalf("200 MiB: %d segments made, %d pieces; want the 8 MiB tail and a new 192 MiB segment", src.made, len(c))
+	}
+	// Freed, everything goes back on trim.
+	for _, bs := range [][]*Block[Segment]{a, b, c} {
+		for _, x := range bs {
+			p.Free(x)
+		}
+	}
+	if _, err := p.Trim(); err != nil {
+		t.Fatal(err)
+	}
+	if st := p.Stats(); st.Reserved != 0 || st.Segments != 0 {
+		t.Fatalf("after freeing all and a trim: %d bytes in %d segments reserved", st.Reserved, st.Segments)
+	}
+	// Off: the same first request gets a segment of its own size.
+	q := New(&fakeSource{}, WithGranularity(gran), WithWholeMaps())
+	d, err := q.AllocPieces(ctx, 30<<20+1, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := d[0].seg.size; got != 32<<20 {
+		t.Fatalf("without WithMinGrowth: a segment of %d bytes, want 32 MiB", got)
 	}
 }

@@ -150,6 +150,7 @@ type Pool[S Segment] struct {
 	oversizeDiv uint64
 	slack       float64
 	wholeMaps   bool
+	minGrowth   uint64
 	events      func(mem S, added bool)
 }
 
@@ -162,6 +163,7 @@ type options struct {
 	events  any // func(mem S, added bool) of the pool's S
 	slack   *float64
 	whole   bool
+	growth  uint64
 }
 
 // WithCacheSlack sets how much free memory the pool keeps cached over its
@@ -187,6 +189,14 @@ func WithGranularity(g uint64) Option { return func(o *options) { o.granule = g 
 // (WholeMapsCacheSlack). Both pay only when requests come through
 // AllocPieces with more than one piece.
 func WithWholeMaps() Option { return func(o *options) { o.whole = true } }
+
+// WithMinGrowth makes a large request that AllocPieces can serve neither
+// from one free block nor from free pieces grow the pool by a segment of
+// at least n bytes: the request takes its head and the rest stays free (a
+// tail that later requests take whole or as their first piece). Fewer,
+// larger segments: fewer driver calls per byte, at the price of the free
+// tail while nothing uses it. Off (0) by default.
+func WithMinGrowth(n uint64) Option { return func(o *options) { o.growth = n } }
 
 // WithSegmentEvents calls fn(mem, true) for each segment the pool adds
 // (grown or adopted) and fn(mem, false) as it releases one, under the
@@ -219,6 +229,7 @@ func New[S Segment](src Source[S], opts ...Option) *Pool[S] {
 		oversizeDiv: 8,
 		slack:       max(slack, 0),
 		wholeMaps:   o.whole,
+		minGrowth:   roundUp(o.growth, max(o.granule, 1)),
 		segments:    make(map[*segment[S]]struct{}),
 		events:      func(S, bool) {},
 	}
