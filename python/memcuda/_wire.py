@@ -12,18 +12,27 @@ import os
 import re
 import struct
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 from ._record import TensorInfo
 
-# The compact record decoder in C, where it was built (setup.py);
-# MEMCUDA_NO_SPEEDUPS=1 keeps to the pure-Python one (same results).
-try:
+
+
+def _c_decoder() -> "Optional[Callable[[bytes], tuple[int, dict[str, Any], str]]]":
+    """The compact record decoder in C, where it was built (setup.py);
+    None without it or with MEMCUDA_NO_SPEEDUPS=1 (the pure-Python one
+    gives the same results)."""
     if os.environ.get("MEMCUDA_NO_SPEEDUPS") == "1":
-        raise ImportError("MEMCUDA_NO_SPEEDUPS=1")
-    from . import _speedups
-except ImportError:
-    _speedups = None  # type: ignore[assignment]
+        return None
+    try:
+        from ._speedups import decode_record
+    except ImportError:
+        return None
+    return decode_record
+
+
+# Module state, not a constant: tests and benchmarks compare both decoders.
+c_decode_record = _c_decoder()
 
 __all__ = ["Answer", "FrameError", "Header", "decode_answer", "decode_body", "encode_request", "frame", "parse_header"]
 
@@ -269,9 +278,9 @@ def _decode_compact(body: bytes, cache: bool) -> Answer:
     hit = _ANSWERS.get(rest) if cache else None
     if hit is not None and body[1:sep].isdigit():
         return Answer(int(body[1:sep]), hit[0], hit[1])
-    if _speedups is not None:
+    if c_decode_record is not None:
         try:
-            rid, fields, fds = _speedups.decode_record(body)
+            rid, fields, fds = c_decode_record(body)
         except UnicodeDecodeError as e:
             raise FrameError(f"compact record is not UTF-8: {e}") from None
         except ValueError as e:

@@ -126,7 +126,7 @@ def test_tensor_info_from_the_wire_is_a_normal_frozen_record() -> None:
         info.name = "x"  # type: ignore[misc]
 
 
-DECODERS = ["python"] + (["c"] if _wire._speedups is not None else [])
+DECODERS = ["python"] + (["c"] if _wire.c_decode_record is not None else [])
 
 
 def test_the_c_decoder_is_built_where_required() -> None:
@@ -134,14 +134,14 @@ def test_the_c_decoder_is_built_where_required() -> None:
     a broken build fails here instead of leaving only the Python decoder."""
     if os.environ.get("MEMCUDA_REQUIRE_SPEEDUPS") != "1":
         pytest.skip("MEMCUDA_REQUIRE_SPEEDUPS is not set")
-    assert _wire._speedups is not None, "memcuda._speedups did not import: run make python-ext"
+    assert _wire.c_decode_record is not None, "memcuda._speedups did not import: run make python-ext"
 
 
 @pytest.fixture(params=DECODERS)
 def decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """Runs a test once with each compact record decoder there is."""
     if request.param == "python":
-        monkeypatch.setattr(_wire, "_speedups", None)
+        monkeypatch.setattr(_wire, "c_decode_record", None)
     yield request.param
 
 
@@ -190,16 +190,16 @@ def test_compact_record_that_is_not_utf8(decoder: str) -> None:
 def _decode_with(impl: str, body: bytes) -> Any:
     """The answer (id, body, record) of body through one decoder, or the
     FrameError it raised."""
-    saved = _wire._speedups
+    saved = _wire.c_decode_record
     if impl == "python":
-        _wire._speedups = None
+        _wire.c_decode_record = None
     try:
         ans = _wire.decode_answer(body, False)
         return ans.id, ans.body, ans.record
     except _wire.FrameError as e:
         return FrameErrorSeen(str(e))
     finally:
-        _wire._speedups = saved
+        _wire.c_decode_record = saved
 
 
 class FrameErrorSeen(str):
