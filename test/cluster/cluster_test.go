@@ -68,6 +68,22 @@ func (c *cluster) run(name string, args ...string) (string, error) {
 	return out.String(), err
 }
 
+// stdout runs a command and returns what it printed on stdout alone: a
+// kubectl exec's client may log on stderr (its websocket stream's
+// notices) beside the output a test reads. Fails the test on an error,
+// with both.
+func (c *cluster) stdout(name string, args ...string) string {
+	c.t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Dir = c.root
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	if err := cmd.Run(); err != nil {
+		c.t.Fatalf("%s %s: %v\n%s%s", name, strings.Join(args, " "), err, out.String(), errOut.String())
+	}
+	return out.String()
+}
+
 func (c *cluster) must(name string, args ...string) string {
 	c.t.Helper()
 	out, err := c.run(name, args...)
@@ -261,7 +277,7 @@ func (c *cluster) redis(args ...string) string {
 		c.t.Fatal(err)
 	}
 	pw := string(sec.Data["agent-password"])
-	return strings.TrimSpace(c.must("kubectl", append([]string{"-n", namespace, "exec", "deploy/" + release + "-redis", "--", "redis-cli",
+	return strings.TrimSpace(c.stdout("kubectl", append([]string{"-n", namespace, "exec", "deploy/" + release + "-redis", "--", "redis-cli",
 		"--no-auth-warning", "--user", "agent", "--pass", pw}, args...)...))
 }
 
