@@ -14,7 +14,6 @@ import os
 import statistics
 import sys
 import time
-from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -22,27 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import memcuda  # noqa: E402
 from memcuda import _wire  # noqa: E402
 
-from gpu_bench import _ReplayedSocket  # noqa: E402
-
-
-def recorded_create(c: Any) -> bytes:
-    """The answer frame of a create of an existing tensor's name, as read."""
-    got: list[bytes] = []
-    sock = c._conn.sock
-
-    class Recording:
-        def sendall(self, b: bytes) -> None:
-            sock.sendall(b)
-
-        def recvmsg(self, *a: Any) -> Any:
-            r = sock.recvmsg(*a)
-            got.append(r[0])
-            return r
-
-    c._conn.sock = Recording()
-    c.create("b.cw.1", (256, 1024), "bf16")
-    c._conn.sock = sock
-    return got[-1]
+from gpu_bench import _ReplayedSocket, recorded_create  # noqa: E402
 
 
 def main() -> None:
@@ -55,7 +34,7 @@ def main() -> None:
     c = memcuda.connect()
     c.create("b.cw.0", (256, 1024), "bf16").release()  # the segment's descriptor arrives here
     c.flush()
-    frame = recorded_create(c)
+    frame, t = recorded_create(c, "b.cw.1")
     sock = c._conn.sock
     c._conn.sock = _ReplayedSocket(c, frame)  # type: ignore[assignment]
     held = []
@@ -82,6 +61,7 @@ def main() -> None:
     finally:
         _wire.c_decode_record = decoders["c"]
         c._conn.sock = sock
+    t.release()
     c.delete("b.cw.0")
     c.delete("b.cw.1")
     c.close()

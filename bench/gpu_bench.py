@@ -603,83 +603,75 @@ def socket_rtt(n: int, with_fd: bool = False, fd: int = -1) -> list[float]:
     return out
 
 
-def cold_floor(names: list[str]) -> tuple[list[float], list[float]]:
-    """The least any cold get can cost here: a bare round trip to a Python
-    process (carrying the segment's descriptor on vmm) followed by the
-    client's own import of it, with no agent and no client work. Returns
-    (round trip + import, the import alone), both on segments this process
-    never mapped."""
-    c = memcuda.connect()
-    answers = _fetch_answers(c, names)
-    vmm = answers[0][0].ipc_mode == "vmm"
-    fds = [fds[0] for _, fds in answers] if vmm else []
-    echo = _Echo(vmm, fds)
-    whole: list[float] = []
-    imports: list[float] = []
-    maps = []
-    for i, (info, _) in enumerate(answers):
+class _Floor:
+    """The floor of a cold get on the segments of names: a bare round trip
+    to a Python process (carrying the segment's descriptor on vmm) followed
+    by the client's own import of it, with no agent and no client work, on
+    segments this process never mapped."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.c = memcuda.connect()
+        self.answers = _fetch_answers(self.c, names)
+        vmm = self.answers[0][0].ipc_mode == "vmm"
+        self.fds = [got[0] for _, got in self.answers] if vmm else []
+        self.echo = _Echo(vmm, self.fds)
+        self.maps: list[Any] = []
+
+    def once(self, i: int) -> tuple[float, float]:
+        """The floor on the i-th segment: (round trip + import, the import alone)."""
         t0 = time.perf_counter()
-        fd = echo.round_trip(i)
+        fd = self.echo.round_trip(i)
         t1 = time.perf_counter()
-        maps.append(_cuda.import_segment(fd, info))
+        self.maps.append(_cuda.import_segment(fd, self.answers[i][0]))
         t2 = time.perf_counter()
-        whole.append(t2 - t0)
-        imports.append(t2 - t1)
         if fd >= 0:
             os.close(fd)
-    echo.close()
-    for m in maps:
-        m.close()
-    for fd in fds:
-        os.close(fd)
-    c.close()
-    return whole, imports
+        return t2 - t0, t2 - t1
+
+    def close(self) -> None:
+        self.echo.close()
+        for m in self.maps:
+            m.close()
+        for fd in self.fds:
+            os.close(fd)
+        self.c.close()
+
+
+def cold_floor(names: list[str]) -> tuple[list[float], list[float]]:
+    """The least any cold get can cost here (_Floor) on each of names:
+    (round trip + import, the import alone)."""
+    fl = _Floor(names)
+    got = [fl.once(i) for i in range(len(names))]
+    fl.close()
+    return [w for w, _ in got], [imp for _, imp in got]
 
 
 def cold_against_floor(cold_names: list[str], floor_names: list[str]) -> tuple[list[float], list[float]]:
     """Cold gets (a fresh connection, each name in a segment of its own) and
-    the floor of a cold get (see cold_floor) on other such segments, one of
-    each in turn, which goes first alternating: (cold gets, floors)."""
+    the floor of a cold get (_Floor) on other such segments, one of each in
+    turn, which goes first alternating: (cold gets, floors)."""
     c = memcuda.connect()
-    f = memcuda.connect()
-    answers = _fetch_answers(f, floor_names)
-    vmm = answers[0][0].ipc_mode == "vmm"
-    fds = [got[0] for _, got in answers] if vmm else []
-    echo = _Echo(vmm, fds)
+    fl = _Floor(floor_names)
     cold: list[float] = []
     floor: list[float] = []
     held = []
-    maps = []
 
     def one_cold(name: str) -> None:
         t0 = time.perf_counter()
         held.append(c.get(name))
         cold.append(time.perf_counter() - t0)
 
-    def one_floor(i: int) -> None:
-        t0 = time.perf_counter()
-        fd = echo.round_trip(i)
-        maps.append(_cuda.import_segment(fd, answers[i][0]))
-        floor.append(time.perf_counter() - t0)
-        if fd >= 0:
-            os.close(fd)
-
     for i, name in enumerate(cold_names):
         if i % 2:
-            one_floor(i)
+            floor.append(fl.once(i)[0])
             one_cold(name)
         else:
             one_cold(name)
-            one_floor(i)
-    echo.close()
-    for m in maps:
-        m.close()
-    for fd in fds:
-        os.close(fd)
+            floor.append(fl.once(i)[0])
+    fl.close()
     for t in held:
         t.release()
     c.close()
-    f.close()
     return cold, floor
 
 
@@ -690,29 +682,22 @@ def bench_create(n: int) -> None:
 
     s = memcuda.connect()
     before = agent_ops()
-    times = []  # only the create call is timed
-    for j in range(n + 20):
-        name = f"b.c.{j}"
-        t0 = time.perf_counter()
-        t = s.create(name, (256, 1024), "bf16")
-        dt = time.perf_counter() - t0
-        t.release()
-        s.delete(name)
-        if j >= 20:
-            times.append(dt)
-
-    # The target's ratio, create and echo interleaved (see interleaved).
-    echo = _Echo(False)
     seq = iter(range(1 << 30))
 
     def one_create() -> float:
-        name = f"b.ci.{next(seq)}"
+        """A create of a new name, timed alone; released and deleted after."""
+        name = f"b.c.{next(seq)}"
         t0 = time.perf_counter()
         t = s.create(name, (256, 1024), "bf16")
         dt = time.perf_counter() - t0
         t.release()
         s.delete(name)
         return dt
+
+    times = [one_create() for _ in range(n + 20)][20:]
+
+    # The target's ratio, create and echo interleaved (see interleaved).
+    echo = _Echo(False)
 
     def one_echo() -> float:
         t0 = time.perf_counter()
@@ -841,11 +826,10 @@ class _ReplayedSocket:
         return self.wire.frame(self.wire.KIND_RESPONSE, body), [], 0, None
 
 
-def client_work_create(n: int) -> list[float]:
-    """A create's time in the client alone: the same call against a recorded answer."""
-    c = memcuda.connect()
-    c.create("b.w.0", (256, 1024), "bf16").release()  # the segment's descriptor arrives here
-    c.flush()
+def recorded_create(c: Any, name: str) -> tuple[bytes, Any]:
+    """c's create of name (in a segment c has mapped, for a create that
+    maps nothing new): its answer frame as read from the socket, and the
+    tensor (the caller releases it)."""
     got: list[bytes] = []
     sock = c._conn.sock
 
@@ -858,9 +842,22 @@ def client_work_create(n: int) -> list[float]:
             got.append(r[0])
             return r
 
-    c._conn.sock = Recording()  # type: ignore[assignment]
-    t = c.create("b.w.1", (256, 1024), "bf16")
-    c._conn.sock = _ReplayedSocket(c, got[-1])  # type: ignore[assignment]
+    c._conn.sock = Recording()
+    try:
+        t = c.create(name, (256, 1024), "bf16")
+    finally:
+        c._conn.sock = sock
+    return got[-1], t
+
+
+def client_work_create(n: int) -> list[float]:
+    """A create's time in the client alone: the same call against a recorded answer."""
+    c = memcuda.connect()
+    c.create("b.w.0", (256, 1024), "bf16").release()  # the segment's descriptor arrives here
+    c.flush()
+    frame, t = recorded_create(c, "b.w.1")
+    sock = c._conn.sock
+    c._conn.sock = _ReplayedSocket(c, frame)  # type: ignore[assignment]
     held = []
 
     def once() -> None:
