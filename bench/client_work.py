@@ -18,10 +18,9 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import memcuda  # noqa: E402
 from memcuda import _wire  # noqa: E402
 
-from gpu_bench import _ReplayedSocket, recorded_create  # noqa: E402
+from gpu_bench import ReplayedCreates  # noqa: E402
 
 
 def main() -> None:
@@ -31,12 +30,7 @@ def main() -> None:
     args = ap.parse_args()
     if _wire.c_decode_record is None:
         raise SystemExit("memcuda._speedups is not built (make python-ext)")
-    c = memcuda.connect()
-    c.create("b.cw.0", (256, 1024), "bf16").release()  # the segment's descriptor arrives here
-    c.flush()
-    frame, t = recorded_create(c, "b.cw.1")
-    sock = c._conn.sock
-    c._conn.sock = _ReplayedSocket(c, frame)  # type: ignore[assignment]
+    rc = ReplayedCreates("b.cw")
     held = []
     times: dict[str, list[float]] = {"c": [], "python": []}
     ratios = []
@@ -49,9 +43,8 @@ def main() -> None:
                 ts = []
                 for _ in range(args.block):
                     t0 = time.perf_counter()
-                    x = c.create("b.cw.1", (256, 1024), "bf16")
+                    x = rc.create()
                     ts.append(time.perf_counter() - t0)
-                    x._released = True  # never sent: the socket is a recording
                     held.append(x)
                 held.clear()
                 ts = ts[args.block // 10:]
@@ -60,11 +53,7 @@ def main() -> None:
             ratios.append(med["c"] / med["python"])
     finally:
         _wire.c_decode_record = decoders["c"]
-        c._conn.sock = sock
-    t.release()
-    c.delete("b.cw.0")
-    c.delete("b.cw.1")
-    c.close()
+        rc.close()
     for name, ts in times.items():
         print(f"create, the client's work, {name} decoder: p50 {statistics.median(ts) * 1e6:.2f} us over {len(ts)}")
     print(f"c / python, median of block pairs: {statistics.median(ratios):.3f}x "

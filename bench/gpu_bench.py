@@ -826,51 +826,57 @@ class _ReplayedSocket:
         return self.wire.frame(self.wire.KIND_RESPONSE, body), [], 0, None
 
 
-def recorded_create(c: Any, name: str) -> tuple[bytes, Any]:
-    """c's create of name (in a segment c has mapped, for a create that
-    maps nothing new): its answer frame as read from the socket, and the
-    tensor (the caller releases it)."""
-    got: list[bytes] = []
-    sock = c._conn.sock
+class ReplayedCreates:
+    """A connection whose creates are answered by one recorded answer
+    (_ReplayedSocket): a create of a tensor in a segment it has mapped, so
+    that each create times the client's own work alone. Names start with
+    prefix; close() restores the socket and deletes them."""
 
-    class Recording:
-        def sendall(self, b: bytes) -> None:
-            sock.sendall(b)
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        c = self.c = memcuda.connect()
+        c.create(prefix + ".0", (256, 1024), "bf16").release()  # the segment's descriptor arrives here
+        c.flush()
+        got: list[bytes] = []
+        sock = self.sock = c._conn.sock
 
-        def recvmsg(self, *a: Any) -> Any:
-            r = sock.recvmsg(*a)
-            got.append(r[0])
-            return r
+        class Recording:
+            def sendall(self, b: bytes) -> None:
+                sock.sendall(b)
 
-    c._conn.sock = Recording()
-    try:
-        t = c.create(name, (256, 1024), "bf16")
-    finally:
-        c._conn.sock = sock
-    return got[-1], t
+            def recvmsg(self, *a: Any) -> Any:
+                r = sock.recvmsg(*a)
+                got.append(r[0])
+                return r
+
+        c._conn.sock = Recording()  # type: ignore[assignment]
+        try:
+            self.held = c.create(prefix + ".1", (256, 1024), "bf16")
+        finally:
+            c._conn.sock = sock
+        c._conn.sock = _ReplayedSocket(c, got[-1])  # type: ignore[assignment]
+
+    def create(self) -> Any:
+        """One create against the recorded answer; the tensor is never
+        released (the socket is not real)."""
+        x = self.c.create(self.prefix + ".1", (256, 1024), "bf16")
+        x._released = True
+        return x
+
+    def close(self) -> None:
+        self.c._conn.sock = self.sock
+        self.held.release()
+        self.c.delete(self.prefix + ".0")
+        self.c.delete(self.prefix + ".1")
+        self.c.close()
 
 
 def client_work_create(n: int) -> list[float]:
     """A create's time in the client alone: the same call against a recorded answer."""
-    c = memcuda.connect()
-    c.create("b.w.0", (256, 1024), "bf16").release()  # the segment's descriptor arrives here
-    c.flush()
-    frame, t = recorded_create(c, "b.w.1")
-    sock = c._conn.sock
-    c._conn.sock = _ReplayedSocket(c, frame)  # type: ignore[assignment]
+    rc = ReplayedCreates("b.w")
     held = []
-
-    def once() -> None:
-        x = c.create("b.w.1", (256, 1024), "bf16")
-        x._released = True  # never sent: the socket is not real
-        held.append(x)
-
-    out = timed(once, n)
-    c._conn.sock = sock
-    t.release()
-    c.delete("b.w.0")
-    c.delete("b.w.1")
-    c.close()
+    out = timed(lambda: held.append(rc.create()), n)
+    rc.close()
     return out
 
 

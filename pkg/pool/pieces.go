@@ -56,10 +56,9 @@ func (p *Pool[S]) AllocPieces(ctx context.Context, n uint64, max int) ([]*Block[
 	} else {
 		spans = p.alignedFree(max)
 	}
-	if len(spans) == 0 && class == classLarge && p.minGrowth > roundUp(size, p.granule) {
+	if want := roundUp(size, p.granule); len(spans) == 0 && class == classLarge && p.minGrowth > want {
 		// Nothing free to piece together: a segment of at least minGrowth
 		// (WithMinGrowth), the rest of it a free tail.
-		want := roundUp(size, p.granule)
 		seg, err := p.grow(ctx, p.minGrowth, want, classLarge)
 		if err != nil {
 			return nil, err

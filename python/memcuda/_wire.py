@@ -17,7 +17,6 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 from ._record import TensorInfo
 
 
-
 def _c_decoder() -> "Optional[Callable[[bytes], tuple[int, dict[str, Any], str]]]":
     """The compact record decoder in C, where it was built (setup.py);
     None without it or with MEMCUDA_NO_SPEEDUPS=1 (the pure-Python one
@@ -278,33 +277,30 @@ def _decode_compact(body: bytes, cache: bool) -> Answer:
     hit = _ANSWERS.get(rest) if cache else None
     if hit is not None and body[1:sep].isdigit():
         return Answer(int(body[1:sep]), hit[0], hit[1])
-    if c_decode_record is not None:
-        try:
-            rid, fields, fds = c_decode_record(body)
-        except UnicodeDecodeError as e:
-            raise FrameError(f"compact record is not UTF-8: {e}") from None
-        except ValueError as e:
-            raise FrameError(f"compact record: {e}") from None
-        info = TensorInfo.from_fields(fields)
-        d = {"ok": True, "fds": fds.split(",")} if fds else _OK_BODY
-        if cache:
-            _remember(rest, (d, info))
-        return Answer(rid, d, info)
     try:
-        f = body.decode("utf-8").split("\x1f")
+        if c_decode_record is not None:
+            rid, fields, fds = c_decode_record(body)
+            info = TensorInfo.from_fields(fields)
+        else:
+            rid, info, fds = _decode_compact_fields(body)
     except UnicodeDecodeError as e:
         raise FrameError(f"compact record is not UTF-8: {e}") from None
-    if len(f) != _COMPACT_FIELDS:
-        raise FrameError(f"compact record of {len(f)} fields, want {_COMPACT_FIELDS}")
-    try:
-        rid = int(f[0][1:])
-        info = TensorInfo.from_compact(f[1:22])
     except ValueError as e:
         raise FrameError(f"compact record: {e}") from None
-    d = {"ok": True, "fds": f[22].split(",")} if f[22] else _OK_BODY
+    d = {"ok": True, "fds": fds.split(",")} if fds else _OK_BODY
     if cache:
         _remember(rest, (d, info))
     return Answer(rid, d, info)
+
+
+def _decode_compact_fields(body: bytes) -> tuple[int, TensorInfo, str]:
+    """The pure-Python decoder: (id, record, the descriptors' segment ids
+    joined by ","). Raises ValueError (UnicodeDecodeError among them) for a
+    malformed body, as the C one does."""
+    f = body.decode("utf-8").split("\x1f")
+    if len(f) != _COMPACT_FIELDS:
+        raise ValueError(f"{len(f)} fields, want {_COMPACT_FIELDS}")
+    return int(f[0][1:]), TensorInfo.from_compact(f[1:22]), f[22]
 
 
 def _remember(rest: bytes, hit: tuple[dict[str, Any], Optional[TensorInfo]]) -> None:
