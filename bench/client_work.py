@@ -1,8 +1,9 @@
-"""The client's own work for a create and a cold-shaped get, no socket and
-no agent: each call answered by a recorded answer (gpu_bench's
-_ReplayedSocket), the compact record decoded by the C decoder
-(memcuda._speedups) and by the pure-Python one in alternating blocks of
-one process, so both see the same machine. Needs an agent to record the
+"""The client's own work for a create, no agent: each call answered by a
+recorded answer written ahead into a socket pair (gpu_bench's
+ReplayedCreates), with the C module (memcuda._speedups: the request
+encoder, the frame reader and the compact record decoder) and in pure
+Python, in alternating blocks of one process, so both see the same
+machine; then with the C module, each of its three parts alone turned off. Needs an agent to record the
 answers from ($MEMCUDA_SOCKET); any backend.
 
   python3 bench/client_work.py [--n 20000] [--block 500]
@@ -13,51 +14,75 @@ import argparse
 import os
 import statistics
 import sys
-import time
+from typing import Any, Tuple
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from memcuda import _wire  # noqa: E402
+from memcuda import _transport, _wire  # noqa: E402
 
 from gpu_bench import ReplayedCreates  # noqa: E402
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=20000, help="timed creates per decoder")
-    ap.add_argument("--block", type=int, default=500, help="creates per block (the decoders alternate)")
-    args = ap.parse_args()
-    if _wire.c_decode_record is None:
-        raise SystemExit("memcuda._speedups is not built (make python-ext)")
-    rc = ReplayedCreates("b.cw")
+Parts = Tuple[Any, Any, Any]  # the C module's (decoder, reader, encoder); None: Python's
+
+
+def use(parts: Parts) -> None:
+    _wire.c_decode_record, _transport.c_read_frame, _wire.c_encode_request = parts
+
+
+def ab(rc: ReplayedCreates, variants: "dict[str, Parts]", n: int, block: int) -> None:
+    """Creates under each variant in alternating blocks until each has n;
+    prints their p50 and the median of each variant's block ratio to the
+    first's."""
     held = []
-    times: dict[str, list[float]] = {"c": [], "python": []}
-    ratios = []
-    decoders = {"c": _wire.c_decode_record, "python": None}
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    ratios: dict[str, list[float]] = {v: [] for v in list(variants)[1:]}
+    saved = _wire.c_decode_record, _transport.c_read_frame, _wire.c_encode_request
     try:
-        while len(times["c"]) < args.n:
+        while min(len(ts) for ts in times.values()) < n:
             med = {}
-            for name, mod in decoders.items():
-                _wire.c_decode_record = mod
+            for name, parts in variants.items():
+                use(parts)
                 ts = []
-                for _ in range(args.block):
-                    t0 = time.perf_counter()
-                    x = rc.create()
-                    ts.append(time.perf_counter() - t0)
+                for _ in range(block):
+                    x, dt = rc.create()
+                    ts.append(dt)
                     held.append(x)
                 held.clear()
-                ts = ts[args.block // 10:]
+                ts = ts[block // 10:]
                 times[name].extend(ts)
                 med[name] = statistics.median(ts)
-            ratios.append(med["c"] / med["python"])
+            first = med[next(iter(variants))]
+            for name in ratios:
+                ratios[name].append(first / med[name])
     finally:
-        _wire.c_decode_record = decoders["c"]
-        rc.close()
+        use(saved)
     for name, ts in times.items():
-        print(f"create, the client's work, {name} decoder: p50 {statistics.median(ts) * 1e6:.2f} us over {len(ts)}")
-    print(f"c / python, median of block pairs: {statistics.median(ratios):.3f}x "
-          f"(quartiles {statistics.quantiles(ratios, n=4)[0]:.3f}-{statistics.quantiles(ratios, n=4)[2]:.3f}, {len(ratios)} pairs)")
+        print(f"create, the client's work, {name}: p50 {statistics.median(ts) * 1e6:.2f} us over {len(ts)}")
+    base = next(iter(variants))
+    for name, rs in ratios.items():
+        q = statistics.quantiles(rs, n=4)
+        print(f"{base} / {name}, median of block pairs: {statistics.median(rs):.3f}x "
+              f"(quartiles {q[0]:.3f}-{q[2]:.3f}, {len(rs)} pairs)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=20000, help="timed creates per variant")
+    ap.add_argument("--block", type=int, default=500, help="creates per block (the variants alternate)")
+    args = ap.parse_args()
+    decode, read, encode = _wire.c_decode_record, _transport.c_read_frame, _wire.c_encode_request
+    if decode is None or read is None or encode is None:
+        raise SystemExit("memcuda._speedups is not built (make python-ext)")
+    rc = ReplayedCreates("b.cw")
+    try:
+        ab(rc, {"c module": (decode, read, encode), "python": (None, None, None)}, args.n, args.block)
+        ab(rc, {"c module": (decode, read, encode), "python decoder": (None, read, encode),
+                "python reader": (decode, None, encode), "python encoder": (decode, read, None)},
+           args.n // 2, args.block)
+    finally:
+        rc.close()
 
 
 if __name__ == "__main__":

@@ -291,18 +291,18 @@ def first_gets_pushed_ahead(names: list[str]) -> list[float]:
 
 
 def mark_reads(client: Any) -> list[float]:
-    """Notes when each read of the client's socket returns (undo with
-    `del client._conn.recvmsg`)."""
+    """Notes when each response frame read off the client's socket is in
+    hand (undo with `del client._conn.read_frame`)."""
     replied: list[float] = []
-    recv = client._conn.recvmsg
+    read = client._conn.read_frame
 
-    def timed_recv(size: int) -> Any:
+    def timed_read() -> Any:
         try:
-            return recv(size)
+            return read()
         finally:
             replied.append(time.perf_counter())
 
-    client._conn.recvmsg = timed_recv
+    client._conn.read_frame = timed_read
     return replied
 
 
@@ -364,7 +364,7 @@ def cold_pass(names: list[str], pause: float, spin_us: float = 0) -> tuple[list[
     finally:
         _cuda.import_segment = orig
         _wire.decode_answer = orig_decode
-        del c._conn.recvmsg
+        del c._conn.read_frame
     split = (f"request to reply {us(pct(to_reply, 50))}, reply to import {us(pct(reply_to_import, 50))} "
              f"(of which reading the frame and decoding its JSON {us(pct(reply_to_decoded, 50))}), "
              f"import {us(pct(raw, 50))}, import to return {us(pct(after_import, 50))}; "
@@ -725,7 +725,7 @@ def bench_create(n: int) -> None:
         after_answer.append(t1 - replied[-1])
         t.release()
         s.delete(name)
-    del s._conn.recvmsg
+    del s._conn.read_frame
     NOTES.append(f"create split, p50 us: request to answer {us(pct(to_answer, 50))}, "
                  f"answer to return {us(pct(after_answer, 50))}")
 
@@ -805,65 +805,59 @@ def bench_create(n: int) -> None:
     s.close()
 
 
-class _ReplayedSocket:
-    """Stands in for the agent's socket: answers every request with one
-    recorded response (its id rewritten), to time the client's own work."""
-
-    def __init__(self, client: Any, frame: bytes) -> None:
-        from memcuda import _wire
-
-        self.client, self.wire = client, _wire
-        body = frame[12:]
-        # The id runs to the first separator: "," in JSON, \x1f in a compact record.
-        self.head = body[:1] if body[:1] == b"R" else b'{"id":'
-        self.tail = body[body.index(b"\x1f" if body[:1] == b"R" else b","):]
-
-    def sendall(self, b: bytes) -> None:
-        pass
-
-    def recvmsg(self, size: int, cmsg: int, flags: int = 0) -> tuple[bytes, list[Any], int, Any]:
-        body = self.head + b"%d" % self.client._next_id + self.tail
-        return self.wire.frame(self.wire.KIND_RESPONSE, body), [], 0, None
-
-
 class ReplayedCreates:
-    """A connection whose creates are answered by one recorded answer
-    (_ReplayedSocket): a create of a tensor in a segment it has mapped, so
-    that each create times the client's own work alone. Names start with
-    prefix; close() restores the socket and deletes them."""
+    """A connection whose creates are answered by one recorded answer: a
+    create of a tensor in a segment it has mapped, its answer (its id
+    rewritten) written ahead of each call into a socket pair that stands in
+    for the agent's socket, so that each create times the client's own work
+    alone, the system calls of its send and read included. Names start
+    with prefix; close() restores the socket and deletes them."""
 
     def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
+        import socket as so
+
+        from memcuda import _wire
+
+        self.prefix, self.wire = prefix, _wire
         c = self.c = memcuda.connect()
         c.create(prefix + ".0", (256, 1024), "bf16").release()  # the segment's descriptor arrives here
         c.flush()
         got: list[bytes] = []
-        sock = self.sock = c._conn.sock
+        read = c._conn.read_frame
 
-        class Recording:
-            def sendall(self, b: bytes) -> None:
-                sock.sendall(b)
+        def recording() -> Any:
+            nfd, body = read()
+            got.append(body)
+            return nfd, body
 
-            def recvmsg(self, *a: Any) -> Any:
-                r = sock.recvmsg(*a)
-                got.append(r[0])
-                return r
-
-        c._conn.sock = Recording()  # type: ignore[assignment]
+        c._conn.read_frame = recording  # type: ignore[method-assign]
         try:
             self.held = c.create(prefix + ".1", (256, 1024), "bf16")
         finally:
-            c._conn.sock = sock
-        c._conn.sock = _ReplayedSocket(c, got[-1])  # type: ignore[assignment]
+            del c._conn.read_frame
+        body = got[-1]
+        # The id runs to the first separator: "," in JSON, \x1f in a compact record.
+        self.head = body[:1] if body[:1] == b"R" else b'{"id":'
+        self.tail = body[body.index(b"\x1f" if body[:1] == b"R" else b","):]
+        self.sock = c._conn.sock
+        c._conn.sock, self.peer = so.socketpair(so.AF_UNIX, so.SOCK_STREAM)
+        self.peer.setblocking(False)
 
-    def create(self) -> Any:
-        """One create against the recorded answer; the tensor is never
-        released (the socket is not real)."""
+    def create(self) -> tuple[Any, float]:
+        """One create against the recorded answer: (the tensor, the call's
+        seconds). The tensor is never released (the socket is not the agent's)."""
+        body = self.head + b"%d" % (self.c._next_id + 1) + self.tail
+        self.peer.sendall(self.wire.frame(self.wire.KIND_RESPONSE, body))
+        t0 = time.perf_counter()
         x = self.c.create(self.prefix + ".1", (256, 1024), "bf16")
+        dt = time.perf_counter() - t0
         x._released = True
-        return x
+        self.peer.recv(1 << 16)  # the request
+        return x, dt
 
     def close(self) -> None:
+        self.c._conn.sock.close()
+        self.peer.close()
         self.c._conn.sock = self.sock
         self.held.release()
         self.c.delete(self.prefix + ".0")
@@ -875,7 +869,12 @@ def client_work_create(n: int) -> list[float]:
     """A create's time in the client alone: the same call against a recorded answer."""
     rc = ReplayedCreates("b.w")
     held = []
-    out = timed(lambda: held.append(rc.create()), n)
+    out = []
+    for i in range(n + 20):
+        x, dt = rc.create()
+        held.append(x)
+        if i >= 20:
+            out.append(dt)
     rc.close()
     return out
 

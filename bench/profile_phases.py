@@ -29,7 +29,7 @@ class Marks:
         conn = c._conn
         self._undo: list[Callable[[], None]] = []
         self._wrap(conn, "send", "sent", after=True)
-        self._wrap(conn, "recvmsg", "read", after=True)
+        self._wrap(conn, "read_frame", "read", after=True)
         self._wrap(_wire, "decode_answer", "decoded", after=True)
         self._wrap(_cuda, "import_segment", "import0", after=False)
         self._wrap(_cuda, "import_segment", "imported", after=True)

@@ -17,21 +17,22 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 from ._record import TensorInfo
 
 
-def _c_decoder() -> "Optional[Callable[[bytes], tuple[int, dict[str, Any], str]]]":
-    """The compact record decoder in C, where it was built (setup.py);
-    None without it or with MEMCUDA_NO_SPEEDUPS=1 (the pure-Python one
-    gives the same results)."""
+def speedup(name: str) -> Any:
+    """The function name of the optional C module (memcuda._speedups),
+    where it was built (setup.py); None without it or with
+    MEMCUDA_NO_SPEEDUPS=1 (the pure-Python paths give the same results)."""
     if os.environ.get("MEMCUDA_NO_SPEEDUPS") == "1":
         return None
     try:
-        from ._speedups import decode_record
+        from . import _speedups
     except ImportError:
         return None
-    return decode_record
+    return getattr(_speedups, name, None)
 
 
-# Module state, not a constant: tests and benchmarks compare both decoders.
-c_decode_record = _c_decoder()
+# Module state, not constants: tests and benchmarks compare both paths.
+c_decode_record: "Optional[Callable[[bytes], tuple[int, dict[str, Any], str]]]" = speedup("decode_record")
+c_encode_request: "Optional[Callable[..., Optional[bytes]]]" = speedup("encode_request")
 
 __all__ = ["Answer", "FrameError", "Header", "decode_answer", "decode_body", "encode_request", "frame", "parse_header"]
 
@@ -122,6 +123,10 @@ def encode_request(
     cursor: str = "",
 ) -> bytes:
     """A request frame, byte for byte what the Go encoder writes."""
+    if c_encode_request is not None and not (client or prefix or limit or cursor):
+        b = c_encode_request(id, op, name, dtype, shape, device, event, segment)
+        if b is not None:
+            return b
     if prefix or limit or cursor:
         return _encode_general(id, op, name, dtype, shape, device, client, event, segment, prefix, limit, cursor)
     if not (dtype or shape or device or client or event or segment):

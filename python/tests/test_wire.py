@@ -2,6 +2,7 @@
 import json
 import os
 import random
+import re
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -12,8 +13,19 @@ from memcuda import _wire
 VECTORS = json.loads((Path(__file__).resolve().parents[2] / "api/v1/testdata/vectors.json").read_text())
 
 
+ENCODERS = ["python"] + (["c"] if _wire.c_encode_request is not None else [])
+
+
+@pytest.fixture(params=ENCODERS)
+def encoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Runs a test once with each request encoder there is."""
+    if request.param == "python":
+        monkeypatch.setattr(_wire, "c_encode_request", None)
+    yield request.param
+
+
 @pytest.mark.parametrize("vec", [v for v in VECTORS if v["kind"] == "request"], ids=lambda v: v["name"])
-def test_request_vectors_encode_byte_for_byte(vec: dict) -> None:
+def test_request_vectors_encode_byte_for_byte(vec: dict, encoder: str) -> None:
     m = vec["message"]
     got = _wire.encode_request(m["id"], m["op"], name=m.get("name", ""), dtype=m.get("dtype", ""),
                                shape=m.get("shape"), device=m.get("device", ""), client=m.get("client", ""),
@@ -129,12 +141,56 @@ def test_tensor_info_from_the_wire_is_a_normal_frozen_record() -> None:
 DECODERS = ["python"] + (["c"] if _wire.c_decode_record is not None else [])
 
 
-def test_the_c_decoder_is_built_where_required() -> None:
+def test_the_c_module_is_built_where_required() -> None:
     """make test builds memcuda._speedups and sets MEMCUDA_REQUIRE_SPEEDUPS:
-    a broken build fails here instead of leaving only the Python decoder."""
+    a broken build fails here instead of leaving only the Python paths."""
     if os.environ.get("MEMCUDA_REQUIRE_SPEEDUPS") != "1":
         pytest.skip("MEMCUDA_REQUIRE_SPEEDUPS is not set")
+    from memcuda import _transport
+
     assert _wire.c_decode_record is not None, "memcuda._speedups did not import: run make python-ext"
+    assert _wire.c_encode_request is not None and _transport.c_read_frame is not None
+
+
+def _encode_with(impl: str, kw: dict) -> Any:
+    """The frame of kw through one encoder, or the exception it raised."""
+    saved = _wire.c_encode_request
+    if impl == "python":
+        _wire.c_encode_request = None
+    try:
+        return _wire.encode_request(**kw)
+    except Exception as e:  # noqa: BLE001 - compared, not swallowed
+        return type(e)
+    finally:
+        _wire.c_encode_request = saved
+
+
+@pytest.mark.skipif(_wire.c_encode_request is None, reason="memcuda._speedups is not built")
+def test_the_encoders_agree_on_random_requests() -> None:
+    """The C encoder writes the Python one's bytes for every request it
+    takes, and takes every request of plain strings and int dimensions."""
+    rng = random.Random(18)
+    plain = "abcXYZ019_.:/@+=-"
+    odd = plain + '"\\\n<>&é\u2028 \x00'
+
+    def text(alphabet: str) -> str:
+        return "".join(rng.choice(alphabet) for _ in range(rng.choice([0, 0, 1, 5, 40])))
+
+    taken = 0
+    for i in range(3000):
+        alphabet = plain if i % 2 else odd
+        kw: dict[str, Any] = {"id": rng.choice([0, 1, 7, 1 << 40, (1 << 64) - 1]), "op": rng.choice(["get", "create", "publish", text(alphabet)]),
+                              "name": text(alphabet), "dtype": text(alphabet), "device": text(alphabet),
+                              "event": text(alphabet), "segment": text(alphabet)}
+        kw["shape"] = rng.choice([None, [], [rng.randint(-5, 1 << 40) for _ in range(rng.randint(1, 4))], (3, 4), [True], [1.5]])
+        got = _encode_with("c", kw)
+        assert got == _encode_with("python", kw), kw
+        strings = [kw[k] for k in ("op", "name", "dtype", "device", "event", "segment")]
+        if all(re.fullmatch(r"[A-Za-z0-9_.:/@+=-]*", t) for t in strings) and all(type(d) is int for d in kw["shape"] or ()):
+            assert _wire.c_encode_request(kw["id"], kw["op"], kw["name"], kw["dtype"], kw["shape"], kw["device"],
+                                          kw["event"], kw["segment"]) is not None, kw
+            taken += 1
+    assert taken > 1000
 
 
 @pytest.fixture(params=DECODERS)

@@ -1,0 +1,146 @@
+"""The agent's socket as the client reads it (memcuda._transport), with each
+frame reader there is (the C one of memcuda._speedups and Python's): frames
+that come in pieces, several to a read, with descriptors, too large for one
+read, malformed, cut off, or late. The peer is a plain Unix socket the test
+writes to, byte by byte where it matters."""
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import tempfile
+import threading
+import time
+from typing import Iterator
+
+import pytest
+
+from memcuda import _transport, _wire
+from memcuda._errors import Disconnected, Unavailable
+
+READERS = ["python"] + (["c"] if _transport.c_read_frame is not None else [])
+
+
+@pytest.fixture(params=READERS)
+def reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Runs a test once with each frame reader there is."""
+    if request.param == "python":
+        monkeypatch.setattr(_transport, "c_read_frame", None)
+    yield request.param
+
+
+class Peer:
+    """The agent's end of one connection: a listening socket the client's
+    Connection dials, and the accepted socket the test writes frames to."""
+
+    def __init__(self, timeout: float = 5.0, spin_us: float = 0) -> None:
+        self.dir = tempfile.mkdtemp()
+        path = os.path.join(self.dir, "agent.sock")
+        self.ln = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.ln.bind(path)
+        self.ln.listen(1)
+        self.conn = _transport.Connection(path, timeout, spin_us)
+        self.sock, _ = self.ln.accept()
+
+    def close(self) -> None:
+        self.conn.close()
+        self.sock.close()
+        self.ln.close()
+
+
+@pytest.fixture
+def peer() -> Iterator[Peer]:
+    p = Peer()
+    yield p
+    p.close()
+
+
+def response(body: bytes, nfd: int = 0) -> bytes:
+    return _wire.frame(_wire.KIND_RESPONSE, body, nfd)
+
+
+def test_a_frame_in_pieces_with_its_descriptors(peer: Peer, reader: str) -> None:
+    r, w = os.pipe()
+    try:
+        f = response(b'{"id":1,"ok":true,"fds":["s1","s2"]}', 2)
+        # The descriptors ride on a middle piece, as a stream may cut them.
+        peer.sock.sendall(f[:5])
+        socket.send_fds(peer.sock, [f[5:20]], [r, w])
+        threading.Timer(0.05, lambda: peer.sock.sendall(f[20:])).start()
+        assert peer.conn.read_frame() == (2, f[_wire.HEADER_SIZE:])
+        assert len(peer.conn.fds) == 2
+        for fd in peer.conn.fds:
+            assert os.fstat(fd).st_ino in (os.fstat(r).st_ino, os.fstat(w).st_ino)
+            assert fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC, "a received descriptor leaks into exec"
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_several_frames_in_one_read_come_out_in_order(peer: Peer, reader: str) -> None:
+    bodies = [b'{"id":%d,"ok":true}' % i for i in range(5)]
+    peer.sock.sendall(b"".join(response(b) for b in bodies))
+    time.sleep(0.05)  # all of it in the socket before the first read
+    assert [peer.conn.read_frame() for _ in bodies] == [(0, b) for b in bodies]
+
+
+def test_a_frame_larger_than_one_read(peer: Peer, reader: str) -> None:
+    body = b'{"id":1,"x":"' + b"y" * (300 << 10) + b'"}'
+    t = threading.Thread(target=peer.sock.sendall, args=(response(body),))
+    t.start()
+    assert peer.conn.read_frame() == (0, body)
+    t.join()
+
+
+@pytest.mark.parametrize("header, reason", [
+    (b"XCU1\x01\x02\x00\x00\x00\x00\x00\x02", "bad magic"),
+    (b"MCU1\x09\x02\x00\x00\x00\x00\x00\x02", "protocol version 9"),
+    (b"MCU1\x01\x01\x00\x00\x00\x00\x00\x02", None),  # a request where a response belongs: read as a frame
+    (b"MCU1\x01\x02\x09\x00\x00\x00\x00\x02", "9 descriptors"),
+    (b"MCU1\x01\x02\x00\x01\x00\x00\x00\x02", "reserved byte"),
+    (b"MCU1\x01\x02\x00\x00\x7f\x00\x00\x00", "exceeds"),
+])
+def test_a_malformed_header_names_what_is_wrong(peer: Peer, reader: str, header: bytes, reason: "str | None") -> None:
+    peer.sock.sendall(header + b"{}")
+    if reason is None:
+        assert peer.conn.read_frame() == (0, b"{}")
+        return
+    with pytest.raises(_wire.FrameError, match=reason):
+        peer.conn.read_frame()
+
+
+def test_the_agent_closing_mid_frame_is_a_disconnect(peer: Peer, reader: str) -> None:
+    peer.sock.sendall(response(b'{"id":1,"ok":true}')[:15])
+    peer.sock.close()
+    with pytest.raises(Disconnected, match="closed the connection"):
+        peer.conn.read_frame()
+
+
+def test_no_answer_within_the_timeout_is_unavailable(reader: str) -> None:
+    p = Peer(timeout=0.2)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(Unavailable, match="did not answer in time"):
+            p.conn.read_frame()
+        assert 0.15 < time.monotonic() - t0 < 3
+    finally:
+        p.close()
+
+
+def test_polling_for_the_answer_then_blocking(reader: str) -> None:
+    """With spin_us the reader polls first; an answer that comes after the
+    polling ends is still read (the blocking read takes over)."""
+    p = Peer(spin_us=2000)
+    try:
+        p.sock.sendall(response(b'{"id":1,"ok":true}'))
+        assert p.conn.read_frame() == (0, b'{"id":1,"ok":true}')
+        threading.Timer(0.1, lambda: p.sock.sendall(response(b'{"id":2,"ok":true}'))).start()
+        assert p.conn.read_frame() == (0, b'{"id":2,"ok":true}')
+    finally:
+        p.close()
+
+
+def test_a_closed_connection_is_not_read(peer: Peer, reader: str) -> None:
+    peer.conn.sock.close()
+    with pytest.raises(Disconnected):
+        peer.conn.read_frame()
