@@ -1,4 +1,4 @@
-"""The optional C decoder (memcuda._speedups): built where a C compiler and
+"""The optional C module (memcuda._speedups): built where a C compiler and
 Python's headers are at hand, left out (pure Python, same results) where not."""
 from setuptools import Extension, setup
 

@@ -2,11 +2,13 @@
 # Issue 18's speed targets in one device call, after `make gpu-suite` (the
 # call carries .device/bin, .device/redis, .device/pywheels,
 # .device/test/gpu.test.gz and python/memcuda/_speedups.abi3.so): the GPU
-# client tests (test_gpu, test_pieces, test_wire); per backend,
-# bench/gpu_bench.py --only get,create and bench/client_work.py; each
-# allocator trace through pooltrace without and with -min-growth 256, twice
-# in turn, and through the peers; a segment made and released by size.
-# Each step runs only while LIMIT seconds (default 540) leave room for it.
+# client tests (test_gpu, test_gpu_survival, test_pieces, test_wire,
+# test_transport); per backend, bench/gpu_bench.py (BENCH_ARGS, default
+# --only get,create --n 1000) and bench/client_work.py; unless
+# SKIP_ALLOC=1, each allocator trace through pooltrace without and with
+# -min-growth 256, twice in turn, and through the peers, and a segment
+# made and released by size. Each step runs only while LIMIT seconds
+# (default 540) leave room for it.
 set -uo pipefail
 export OUT=${OUT:-$PWD/gpu-out}
 LIMIT=${LIMIT:-540}
@@ -14,7 +16,7 @@ left() { [ $SECONDS -lt $((LIMIT - $1)) ]; }
 D=$PWD/.device
 for f in "$D"/bin/*.gz "$D"/test/*.gz; do [ -f "$f" ] && gunzip -f "$f"; done
 echo "=== tests"
-SKIP_GO_TESTS=1 PYTEST_ARGS="tests/test_gpu.py tests/test_pieces.py tests/test_wire.py" SKIP_BENCH=1 \
+SKIP_GO_TESTS=1 PYTEST_ARGS="tests/test_gpu.py tests/test_gpu_survival.py tests/test_pieces.py tests/test_wire.py tests/test_transport.py" SKIP_BENCH=1 \
   MEMCUDA_REQUIRE_SPEEDUPS=1 bash scripts/gpu-suite-run.sh > $OUT/tests.log 2>&1
 grep -E 'passed|failed|^FAILED|suite status|^(NVIDIA|torch)' $OUT/tests.log
 echo "t=$SECONDS"
@@ -26,15 +28,15 @@ for mode in vmm legacy; do
   RUN=$(mktemp -d)
   memcuda_up "$RUN" --backend $mode --log-level warn --metrics-addr 127.0.0.1:19477
   export MEMCUDA_METRICS_URL=http://127.0.0.1:19477/metrics
-  MEMCUDA_BACKEND=$mode timeout 200 python3 bench/gpu_bench.py --only get,create --n 1000 --out $OUT/b-$mode.json > $OUT/b-$mode.log 2>&1
-  timeout 60 python3 bench/client_work.py --n 6000 > $OUT/cw-$mode.log 2>&1
+  MEMCUDA_BACKEND=$mode timeout 240 python3 bench/gpu_bench.py ${BENCH_ARGS:---only get,create --n 1000} > $OUT/b-$mode.log 2>&1
+  timeout 60 python3 bench/client_work.py --n 4000 > $OUT/cw-$mode.log 2>&1
   echo "=== $mode t=$SECONDS"
   cat $OUT/cw-$mode.log
-  grep -E '^\| (create|get, cold|floor|first get)|^create / echo|^cold get split' $OUT/b-$mode.log | cut -c1-250
+  grep -E '^\| (create|get|floor|first get|unheld|warm|x\.mul|[0-9]+ proc)|^create / echo|^cold get split|^create split' $OUT/b-$mode.log | cut -c1-250
   memcuda_down; AGENT_PID= REDIS_PID=
 done
 for kind in mixed holes small llm; do
-  left 60 || break
+  [ -z "${SKIP_ALLOC:-}" ] && left 60 || break
   gen=(--kind "$kind"); [ "$kind" = small ] && gen+=(--peak-gib 2)
   python3 bench/alloc_trace.py gen "/tmp/t-$kind.txt" "${gen[@]}"
   echo "=== trace $kind t=$SECONDS"
@@ -44,5 +46,5 @@ for kind in mixed holes small llm; do
   left 40 && timeout 120 python3 bench/alloc_trace.py run "/tmp/t-$kind.txt" --out "$OUT/alloc-$kind.json" 2>&1 | grep -E '^\|' | grep -iv 'rmm' | cut -c1-120
 done
 echo "=== segments t=$SECONDS"
-left 20 && timeout 60 "$D/test/gpu.test" -test.run '^$' -test.bench Segment -test.benchtime 30x 2>&1 | grep -E '^Benchmark|FAIL'
+[ -z "${SKIP_ALLOC:-}" ] && left 20 && timeout 60 "$D/test/gpu.test" -test.run '^$' -test.bench Segment -test.benchtime 30x 2>&1 | grep -E '^Benchmark|FAIL'
 echo "done t=$SECONDS"
