@@ -577,24 +577,15 @@ static PyObject *encode_request(PyObject *self, PyObject *args)
     if (out_put(&o, request_header, HEADER_SIZE) < 0 || out_put(&o, head, (size_t)len) < 0) {
         goto done;
     }
-    r = put_field(&o, "op", op, 1);
-    if (r == 1) {
-        r = put_field(&o, "name", name, 0);
-    }
-    if (r == 1) {
-        r = put_field(&o, "dtype", dtype, 0);
-    }
-    if (r == 1) {
-        r = put_shape(&o, shape);
-    }
-    if (r == 1) {
-        r = put_field(&o, "device", device, 0);
-    }
-    if (r == 1) {
-        r = put_field(&o, "event", event, 0);
-    }
-    if (r == 1) {
-        r = put_field(&o, "segment", segment, 0);
+    /* v1.Request's fields in order; the shape (no key here) is a list. */
+    {
+        const char *keys[] = {"op", "name", "dtype", NULL, "device", "event", "segment"};
+        PyObject *values[] = {op, name, dtype, shape, device, event, segment};
+        int j;
+
+        for (j = 0, r = 1; r == 1 && j < (int)(sizeof(keys) / sizeof(keys[0])); j++) {
+            r = keys[j] ? put_field(&o, keys[j], values[j], j == 0) : put_shape(&o, values[j]);
+        }
     }
     if (r == 1) {
         r = out_put(&o, "}", 1) < 0 ? -1 : 1;
