@@ -383,6 +383,10 @@ static PyObject *read_frame(PyObject *self, PyObject *args)
                 if (body == NULL) {
                     return NULL;
                 }
+                /* The allocation may have run a collection: the buffer's
+                 * address is read again (its bytes are only ever changed
+                 * under the client's lock, which this caller holds). */
+                b = PyByteArray_AsString(buf);
                 memmove(b, b + HEADER_SIZE + n, (size_t)rest);
                 if (PyByteArray_Resize(buf, rest) < 0) {
                     Py_DECREF(body);
