@@ -14,11 +14,13 @@ import argparse
 import os
 import statistics
 import sys
-from typing import Any, Tuple
+import time
+from typing import Any, Callable, Tuple
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import memcuda  # noqa: E402
 from memcuda import _transport, _wire  # noqa: E402
 
 from gpu_bench import ReplayedCreates  # noqa: E402
@@ -31,10 +33,10 @@ def use(parts: Parts) -> None:
     _wire.c_decode_record, _transport.c_read_frame, _wire.c_encode_request = parts
 
 
-def ab(rc: ReplayedCreates, variants: "dict[str, Parts]", n: int, block: int) -> None:
-    """Creates under each variant in alternating blocks until each has n;
-    prints their p50 and the median of each variant's block ratio to the
-    first's."""
+def ab(what: str, call: "Callable[[], tuple[Any, float]]", variants: "dict[str, Parts]", n: int, block: int) -> None:
+    """call() (what it returns: its result, its seconds) under each variant
+    in alternating blocks until each has n; prints their p50 and the
+    median of each variant's block ratio to the first's."""
     held = []
     times: dict[str, list[float]] = {v: [] for v in variants}
     ratios: dict[str, list[float]] = {v: [] for v in list(variants)[1:]}
@@ -46,7 +48,7 @@ def ab(rc: ReplayedCreates, variants: "dict[str, Parts]", n: int, block: int) ->
                 use(parts)
                 ts = []
                 for _ in range(block):
-                    x, dt = rc.create()
+                    x, dt = call()
                     ts.append(dt)
                     held.append(x)
                 held.clear()
@@ -59,7 +61,7 @@ def ab(rc: ReplayedCreates, variants: "dict[str, Parts]", n: int, block: int) ->
     finally:
         use(saved)
     for name, ts in times.items():
-        print(f"create, the client's work, {name}: p50 {statistics.median(ts) * 1e6:.2f} us over {len(ts)}")
+        print(f"{what}, {name}: p50 {statistics.median(ts) * 1e6:.2f} us over {len(ts)}")
     base = next(iter(variants))
     for name, rs in ratios.items():
         q = statistics.quantiles(rs, n=4)
@@ -76,13 +78,32 @@ def main() -> None:
     if decode is None or read is None or encode is None:
         raise SystemExit("memcuda._speedups is not built (make python-ext)")
     rc = ReplayedCreates("b.cw")
+    c_only, python = (decode, read, encode), (None, None, None)
+    work = "create, the client's work"
     try:
-        ab(rc, {"c module": (decode, read, encode), "python": (None, None, None)}, args.n, args.block)
-        ab(rc, {"c module": (decode, read, encode), "python decoder": (None, read, encode),
-                "python reader": (decode, None, encode), "python encoder": (decode, read, None)},
+        ab(work, rc.create, {"c module": c_only, "python": python}, args.n, args.block)
+        ab(work, rc.create, {"c module": c_only, "python decoder": (None, read, encode),
+                             "python reader": (decode, None, encode), "python encoder": (decode, read, None)},
            args.n // 2, args.block)
     finally:
         rc.close()
+    s = memcuda.connect()
+    s.create("b.cw.warm", (1024,), "f32").release()
+    hold = s.get("b.cw.warm")
+
+    def warm_get() -> "tuple[Any, float]":
+        t0 = time.perf_counter()
+        t = s.get("b.cw.warm")
+        dt = time.perf_counter() - t0
+        t.release()
+        return None, dt
+
+    try:
+        ab("get, warm, through the agent", warm_get, {"c module": c_only, "python": python}, args.n // 2, args.block)
+    finally:
+        hold.release()
+        s.delete("b.cw.warm")
+        s.close()
 
 
 if __name__ == "__main__":
