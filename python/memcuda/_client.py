@@ -755,6 +755,8 @@ def _dims(shape: Any) -> list[int]:
     """A shape as a list of ints: a sequence of integers (torch.Size, NumPy
     ints included); anything else, floats and bools among them, is refused
     rather than rounded. Negative or huge dimensions are the agent's to refuse."""
+    if type(shape) in (tuple, list) and all(type(d) is int for d in shape):
+        return list(shape)  # the usual shape, checked at once
     if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
         raise InvalidArgument(f"shape must be a sequence of integers, not {shape!r}")
     dims = []

@@ -278,10 +278,10 @@ def _decode_compact(body: bytes, cache: bool) -> Answer:
     sep = body.find(b"\x1f", 1, 22)
     if sep < 0:
         raise FrameError("compact record without fields")
-    rest = body[sep:]
-    hit = _ANSWERS.get(rest) if cache else None
-    if hit is not None and body[1:sep].isdigit():
-        return Answer(int(body[1:sep]), hit[0], hit[1])
+    if cache:
+        hit = _ANSWERS.get(body[sep:])
+        if hit is not None and body[1:sep].isdigit():
+            return Answer(int(body[1:sep]), hit[0], hit[1])
     try:
         if c_decode_record is not None:
             rid, fields, fds = c_decode_record(body)
@@ -294,7 +294,7 @@ def _decode_compact(body: bytes, cache: bool) -> Answer:
         raise FrameError(f"compact record: {e}") from None
     d = {"ok": True, "fds": fds.split(",")} if fds else _OK_BODY
     if cache:
-        _remember(rest, (d, info))
+        _remember(body[sep:], (d, info))
     return Answer(rid, d, info)
 
 
