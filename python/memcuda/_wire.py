@@ -278,8 +278,10 @@ def _decode_compact(body: bytes, cache: bool) -> Answer:
     sep = body.find(b"\x1f", 1, 22)
     if sep < 0:
         raise FrameError("compact record without fields")
+    rest = b""  # the cache's key: the bytes after the id
     if cache:
-        hit = _ANSWERS.get(body[sep:])
+        rest = body[sep:]
+        hit = _ANSWERS.get(rest)
         if hit is not None and body[1:sep].isdigit():
             return Answer(int(body[1:sep]), hit[0], hit[1])
     try:
@@ -294,7 +296,7 @@ def _decode_compact(body: bytes, cache: bool) -> Answer:
         raise FrameError(f"compact record: {e}") from None
     d = {"ok": True, "fds": fds.split(",")} if fds else _OK_BODY
     if cache:
-        _remember(body[sep:], (d, info))
+        _remember(rest, (d, info))
     return Answer(rid, d, info)
 
 
