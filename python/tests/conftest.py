@@ -2,6 +2,7 @@
 checkout unless MEMCUDA_BIN_DIR points at built binaries)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -11,12 +12,41 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Generator, Iterator
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "python"))
+
+
+def c_or_python(module: Any, attr: str, name: str) -> Any:
+    """A fixture, called name, that runs a test once with each path there
+    is for module.attr, a function of the optional C module: "c" where it
+    was built, and "python" with the attribute set to None (the
+    pure-Python path)."""
+    params = ["python"] + (["c"] if getattr(module, attr) is not None else [])
+
+    @pytest.fixture(params=params, name=name)
+    def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+        if request.param == "python":
+            monkeypatch.setattr(module, attr, None)
+        yield request.param
+
+    return path
+
+
+@contextlib.contextmanager
+def python_path(module: Any, attr: str, on: bool) -> Iterator[None]:
+    """With on, module.attr (a function of the optional C module) is None
+    inside the block: the pure-Python path runs."""
+    saved = getattr(module, attr)
+    if on:
+        setattr(module, attr, None)
+    try:
+        yield
+    finally:
+        setattr(module, attr, saved)
 
 
 def child_pythonpath() -> str:
@@ -200,7 +230,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
     outcome = yield
     rep = outcome.get_result()
     setattr(item, "rep_" + rep.when, rep)

@@ -15,18 +15,12 @@ from typing import Iterator
 
 import pytest
 
+from conftest import c_or_python
 from memcuda import _transport, _wire
 from memcuda._errors import Disconnected, Unavailable
 
-READERS = ["python"] + (["c"] if _transport.c_read_frame is not None else [])
-
-
-@pytest.fixture(params=READERS)
-def reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Runs a test once with each frame reader there is."""
-    if request.param == "python":
-        monkeypatch.setattr(_transport, "c_read_frame", None)
-    yield request.param
+# Runs a test once with each frame reader there is.
+reader = c_or_python(_transport, "c_read_frame", "reader")
 
 
 class Peer:

@@ -4,24 +4,18 @@ import os
 import random
 import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
+from conftest import c_or_python, python_path
 from memcuda import _wire
 
 VECTORS = json.loads((Path(__file__).resolve().parents[2] / "api/v1/testdata/vectors.json").read_text())
 
 
-ENCODERS = ["python"] + (["c"] if _wire.c_encode_request is not None else [])
-
-
-@pytest.fixture(params=ENCODERS)
-def encoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Runs a test once with each request encoder there is."""
-    if request.param == "python":
-        monkeypatch.setattr(_wire, "c_encode_request", None)
-    yield request.param
+# Runs a test once with each request encoder there is.
+encoder = c_or_python(_wire, "c_encode_request", "encoder")
 
 
 @pytest.mark.parametrize("vec", [v for v in VECTORS if v["kind"] == "request"], ids=lambda v: v["name"])
@@ -138,9 +132,6 @@ def test_tensor_info_from_the_wire_is_a_normal_frozen_record() -> None:
         info.name = "x"  # type: ignore[misc]
 
 
-DECODERS = ["python"] + (["c"] if _wire.c_decode_record is not None else [])
-
-
 def test_the_c_module_is_built_where_required() -> None:
     """make test builds memcuda._speedups and sets MEMCUDA_REQUIRE_SPEEDUPS:
     a broken build fails here instead of leaving only the Python paths."""
@@ -154,15 +145,11 @@ def test_the_c_module_is_built_where_required() -> None:
 
 def _encode_with(impl: str, kw: dict) -> Any:
     """The frame of kw through one encoder, or the exception it raised."""
-    saved = _wire.c_encode_request
-    if impl == "python":
-        _wire.c_encode_request = None
-    try:
-        return _wire.encode_request(**kw)
-    except Exception as e:  # noqa: BLE001 - compared, not swallowed
-        return type(e)
-    finally:
-        _wire.c_encode_request = saved
+    with python_path(_wire, "c_encode_request", impl == "python"):
+        try:
+            return _wire.encode_request(**kw)
+        except Exception as e:  # noqa: BLE001 - compared, not swallowed
+            return type(e)
 
 
 @pytest.mark.skipif(_wire.c_encode_request is None, reason="memcuda._speedups is not built")
@@ -193,12 +180,8 @@ def test_the_encoders_agree_on_random_requests() -> None:
     assert taken > 1000
 
 
-@pytest.fixture(params=DECODERS)
-def decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Runs a test once with each compact record decoder there is."""
-    if request.param == "python":
-        monkeypatch.setattr(_wire, "c_decode_record", None)
-    yield request.param
+# Runs a test once with each compact record decoder there is.
+decoder = c_or_python(_wire, "c_decode_record", "decoder")
 
 
 COMPACT = json.loads((Path(__file__).resolve().parents[2] / "api/v1/testdata/compact.json").read_text())
@@ -246,16 +229,12 @@ def test_compact_record_that_is_not_utf8(decoder: str) -> None:
 def _decode_with(impl: str, body: bytes) -> Any:
     """The answer (id, body, record) of body through one decoder, or the
     FrameError it raised."""
-    saved = _wire.c_decode_record
-    if impl == "python":
-        _wire.c_decode_record = None
-    try:
-        ans = _wire.decode_answer(body, False)
-        return ans.id, ans.body, ans.record
-    except _wire.FrameError as e:
-        return FrameErrorSeen(str(e))
-    finally:
-        _wire.c_decode_record = saved
+    with python_path(_wire, "c_decode_record", impl == "python"):
+        try:
+            ans = _wire.decode_answer(body, False)
+            return ans.id, ans.body, ans.record
+        except _wire.FrameError as e:
+            return FrameErrorSeen(str(e))
 
 
 class FrameErrorSeen(str):
@@ -286,7 +265,7 @@ def _random_record(rng: random.Random) -> list[str]:
     return [f"R{rng.randrange(1 << 40)}"] + fields + [fds]
 
 
-@pytest.mark.skipif(len(DECODERS) < 2, reason="memcuda._speedups is not built")
+@pytest.mark.skipif(_wire.c_decode_record is None, reason="memcuda._speedups is not built")
 def test_the_decoders_agree_on_records_and_on_damage() -> None:
     """The C decoder gives what the Python one gives: the same record for
     random valid records, and a FrameError for the same damaged ones
