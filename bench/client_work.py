@@ -3,8 +3,11 @@ recorded answer written ahead into a socket pair (gpu_bench's
 ReplayedCreates), with the C module (memcuda._speedups: the request
 encoder, the frame reader and the compact record decoder) and in pure
 Python, in alternating blocks of one process, so both see the same
-machine; then with the C module, each of its three parts alone turned off. Needs an agent to record the
-answers from ($MEMCUDA_SOCKET); any backend.
+machine; then with the C module, each of its three parts alone turned
+off; then a warm get (the connection holds the tensor; get and release
+through the agent) with the C module and in pure Python, alternating the
+same way. Needs an agent to record the answers from ($MEMCUDA_SOCKET);
+any backend.
 
   python3 bench/client_work.py [--n 20000] [--block 500]
 """

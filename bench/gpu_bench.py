@@ -869,12 +869,13 @@ def client_work_create(n: int) -> list[float]:
     """A create's time in the client alone: the same call against a recorded answer."""
     rc = ReplayedCreates("b.w")
     held = []
-    out = []
-    for i in range(n + 20):
+
+    def one() -> float:
         x, dt = rc.create()
         held.append(x)
-        if i >= 20:
-            out.append(dt)
+        return dt
+
+    out = [one() for _ in range(n + 20)][20:]
     rc.close()
     return out
 
