@@ -35,8 +35,14 @@ import (
 func BenchmarkSocket(b *testing.B) {
 	srv := redistest.StartVolatile(b)
 	b.Run("echo", func(b *testing.B) {
-		c := dialRaw(b, startEcho(b))
+		c := dialRaw(b, startEcho(b, -1))
 		frame := mustFrame(b, &v1.Request{ID: 1, Op: v1.OpCreate, Name: "b.c.1", DType: "bf16", Shape: []int64{256, 1024}})
+		timeRoundTrips(b, c, func(int) []byte { return frame }, nil)
+	})
+	b.Run("echo-fd", func(b *testing.B) {
+		// The baseline of get-cold: every answer carries a descriptor.
+		c := dialRaw(b, startEcho(b, memfd(b)))
+		frame := mustFrame(b, &v1.Request{ID: 1, Op: v1.OpGet, Name: "b.cold.1"})
 		timeRoundTrips(b, c, func(int) []byte { return frame }, nil)
 	})
 	modes := []v1.IPCMode{v1.ModeHost}
@@ -76,6 +82,41 @@ func BenchmarkSocket(b *testing.B) {
 			timeRoundTrips(b, c, func(int) []byte { return get }, func(int) { c.roundTrip(b, rel) })
 			c.roundTrip(b, mustFrame(b, &v1.Request{ID: 4, Op: v1.OpDelete, Name: "b.first"}))
 		})
+		b.Run(string(mode)+"/get-cold", func(b *testing.B) {
+			// A get of a tensor whose segment this connection never had:
+			// the answer carries the segment's descriptor (a cold get; its
+			// baseline is echo-fd). Each name lies in a segment of its own
+			// (past the pool's shared sizes); a connection gets each once,
+			// then a new one, greeted untimed, starts over.
+			const names = 32
+			owner := dialRaw(b, sock)
+			owner.roundTrip(b, mustFrame(b, &v1.Request{ID: 1, Op: v1.OpHello}))
+			for i := range names {
+				owner.roundTrip(b, mustFrame(b, &v1.Request{ID: 2, Op: v1.OpCreate, Name: fmt.Sprintf("b.cold.%d", i), DType: "f32", Shape: []int64{3 << 20}}))
+			}
+			gets, rels := make([][]byte, names), make([][]byte, names)
+			for i := range names {
+				gets[i] = mustFrame(b, &v1.Request{ID: 3, Op: v1.OpGet, Name: fmt.Sprintf("b.cold.%d", i)})
+				rels[i] = mustFrame(b, &v1.Request{ID: 4, Op: v1.OpRelease, Name: fmt.Sprintf("b.cold.%d", i)})
+			}
+			fresh := func() *rawConn {
+				c := dialRaw(b, sock)
+				c.roundTrip(b, mustFrame(b, &v1.Request{ID: 1, Op: v1.OpHello}))
+				return c
+			}
+			c := fresh()
+			timeRoundTrips(b, c, func(i int) []byte { return gets[i%names] }, func(i int) {
+				c.roundTrip(b, rels[i%names])
+				if (i+1)%names == 0 {
+					c.close()
+					*c = *fresh()
+				}
+			})
+			for i := range names {
+				owner.roundTrip(b, rels[i])
+				owner.roundTrip(b, mustFrame(b, &v1.Request{ID: 5, Op: v1.OpDelete, Name: fmt.Sprintf("b.cold.%d", i)}))
+			}
+		})
 	}
 }
 
@@ -113,10 +154,13 @@ func mustFrame(b *testing.B, req *v1.Request) []byte {
 // blocks in recvmsg until the whole answer is there, closing any
 // descriptors that come with it.
 type rawConn struct {
+	raw *blockingnet.Conn
 	fd  int
 	buf []byte
 	oob []byte
 }
+
+func (c *rawConn) close() { c.raw.Close() }
 
 func dialRaw(b *testing.B, sock string) *rawConn {
 	c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: sock, Net: "unix"})
@@ -128,7 +172,7 @@ func dialRaw(b *testing.B, sock string) *rawConn {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { raw.Close() })
-	return &rawConn{fd: raw.FD(), buf: make([]byte, 64<<10), oob: make([]byte, unix.CmsgSpace(4*v1.MaxFDs))}
+	return &rawConn{raw: raw, fd: raw.FD(), buf: make([]byte, 64<<10), oob: make([]byte, unix.CmsgSpace(4*v1.MaxFDs))}
 }
 
 func (c *rawConn) roundTrip(b *testing.B, frame []byte) {
@@ -170,10 +214,25 @@ func (c *rawConn) roundTrip(b *testing.B, frame []byte) {
 	}
 }
 
+// memfd is a descriptor to pass in answers, closed when the benchmark ends.
+func memfd(b *testing.B) int {
+	fd, err := unix.MemfdCreate("memcuda-bench", unix.MFD_CLOEXEC)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { unix.Close(fd) })
+	return fd
+}
+
 // startEcho serves one connection at a time the way the agent does (a
 // goroutine on a locked OS thread, a detached blocking descriptor),
-// answering each frame with a response frame of the same body.
-func startEcho(b *testing.B) string {
+// answering each frame with a response frame of the same body, and with
+// the descriptor fd when it is not -1.
+func startEcho(b *testing.B, fd int) string {
+	var oob []byte
+	if fd >= 0 {
+		oob = unix.UnixRights(fd)
+	}
 	sock := filepath.Join(b.TempDir(), "echo.sock")
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
 	if err != nil {
@@ -200,7 +259,7 @@ func startEcho(b *testing.B) string {
 						return
 					}
 					frame, _ := v1.AppendFrame(nil, v1.KindResponse, 0, body)
-					if _, err := raw.Write(frame); err != nil {
+					if _, err := raw.WriteMsg(frame, oob); err != nil {
 						return
 					}
 				}
