@@ -1,7 +1,7 @@
 /*
  * memcuda._speedups: the client's hot paths in C: encoding a request
- * (_wire), reading a response frame off the agent's socket (_transport)
- * and decoding a compact record (_wire).
+ * (_wire), sending it and reading a response frame off the agent's socket
+ * (_transport) and decoding a compact record (_wire).
  *
  * Optional: the client works without it (pure Python, same results), and
  * uses it when it was built (setup.py; `make python-ext` for a checkout).
@@ -46,15 +46,59 @@ static const char field_kind[NFIELDS] = {
 static PyObject *keys[NFIELDS];
 static PyObject *pieces_key;
 static PyObject *empty_tuple;
+/* Every field's key (values None): copied, a record's dict of the right
+ * size from the start. */
+static PyObject *record_template;
+
+/* The last value of each string field and its bytes: most fields of one
+ * client's answers repeat (dtype, mode, segment, agent, node, state), and
+ * one object serves them all. Under the GIL. */
+#define MAX_REUSED 96
+static struct {
+    PyObject *value;
+    Py_ssize_t len;
+    char bytes[MAX_REUSED];
+} last_str[NFIELDS];
+
+static PyObject *field_str(int j, const char *s, Py_ssize_t n)
+{
+    PyObject *v;
+
+    if (last_str[j].value != NULL && last_str[j].len == n && memcmp(last_str[j].bytes, s, (size_t)n) == 0) {
+        Py_INCREF(last_str[j].value);
+        return last_str[j].value;
+    }
+    v = PyUnicode_DecodeUTF8(s, n, "strict");
+    if (v != NULL && n <= MAX_REUSED) {
+        Py_XDECREF(last_str[j].value);
+        Py_INCREF(v);
+        last_str[j].value = v;
+        last_str[j].len = n;
+        memcpy(last_str[j].bytes, s, (size_t)n);
+    }
+    return v;
+}
 
 /* A decimal integer as Python's int() reads it (PyLong_FromString), the
- * whole of s[0:n] and nothing else. */
+ * whole of s[0:n] and nothing else. Plain digits (what the agent writes)
+ * are read here; anything else goes to int()'s own parser. */
 static PyObject *parse_int(const char *s, Py_ssize_t n, const char *what)
 {
     char buf[64];
     char *end = NULL;
     PyObject *v;
 
+    if (n > 0 && n <= 18) {
+        long long x = 0;
+        Py_ssize_t i;
+
+        for (i = 0; i < n && s[i] >= '0' && s[i] <= '9'; i++) {
+            x = x * 10 + (s[i] - '0');
+        }
+        if (i == n) {
+            return PyLong_FromLongLong(x);
+        }
+    }
     if (n <= 0 || n >= (Py_ssize_t)sizeof(buf)) {
         PyErr_Format(PyExc_ValueError, "%s is not a number (%zd characters)", what, n);
         return NULL;
@@ -155,7 +199,7 @@ static PyObject *decode_record(PyObject *self, PyObject *arg)
     if (id == NULL) {
         return NULL;
     }
-    fields = PyDict_New();
+    fields = PyDict_Copy(record_template);
     if (fields == NULL) {
         Py_DECREF(id);
         return NULL;
@@ -172,7 +216,7 @@ static PyObject *decode_record(PyObject *self, PyObject *arg)
             v = parse_shape(s, n);
             break;
         default:
-            v = PyUnicode_DecodeUTF8(s, n, "strict");
+            v = field_str(j, s, n);
         }
         if (v == NULL) {
             goto fail;
@@ -182,9 +226,6 @@ static PyObject *decode_record(PyObject *self, PyObject *arg)
             goto fail;
         }
         Py_DECREF(v);
-    }
-    if (PyDict_SetItem(fields, pieces_key, empty_tuple) < 0) {
-        goto fail;
     }
     fds = PyUnicode_DecodeUTF8(part[NPARTS - 1], part_len[NPARTS - 1], "strict");
     if (fds == NULL) {
@@ -347,22 +388,14 @@ PyDoc_STRVAR(read_frame_doc,
 "parser says what is wrong). Raises EOFError at the end of the stream,\n"
 "BlockingIOError when the socket's receive timeout ran out, OSError.");
 
-static PyObject *read_frame(PyObject *self, PyObject *args)
+/* read_frame's work, its arguments checked. */
+static PyObject *take_frame(int fd, PyObject *buf, PyObject *fds, long long spin_ns)
 {
-    int fd, nfd = 0;
-    PyObject *buf, *fds, *body;
-    long long spin_ns;
+    int nfd = 0;
+    PyObject *body;
     char *chunk = NULL;
     size_t chunk_size = 0;
 
-    (void)self;
-    if (!PyArg_ParseTuple(args, "iOOL:read_frame", &fd, &buf, &fds, &spin_ns)) {
-        return NULL;
-    }
-    if (!PyByteArray_Check(buf) || !PyList_Check(fds)) {
-        PyErr_SetString(PyExc_TypeError, "read_frame takes a bytearray and a list");
-        return NULL;
-    }
     for (;;) {
         Py_ssize_t have = PyByteArray_Size(buf), n = -1, got;
         size_t want = READ_SIZE;
@@ -420,6 +453,73 @@ static PyObject *read_frame(PyObject *self, PyObject *args)
         }
         memcpy(PyByteArray_AsString(buf) + have, chunk, (size_t)got);
     }
+}
+
+static int frame_args(PyObject *buf, PyObject *fds, const char *who)
+{
+    if (!PyByteArray_Check(buf) || !PyList_Check(fds)) {
+        PyErr_Format(PyExc_TypeError, "%s takes a bytearray and a list", who);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *read_frame(PyObject *self, PyObject *args)
+{
+    int fd;
+    PyObject *buf, *fds;
+    long long spin_ns;
+
+    (void)self;
+    if (!PyArg_ParseTuple(args, "iOOL:read_frame", &fd, &buf, &fds, &spin_ns) || frame_args(buf, fds, "read_frame") < 0) {
+        return NULL;
+    }
+    return take_frame(fd, buf, fds, spin_ns);
+}
+
+PyDoc_STRVAR(call_doc,
+"call(fd: int, frame: bytes, buf: bytearray, fds: list[int], spin_ns: int) -> tuple[int, bytes] | int | None\n\n"
+"Sends frame whole on the socket fd, then reads the next response frame\n"
+"as read_frame does (and answers as it does). When the send fails, its\n"
+"errno (an int) instead, nothing read: the send's receive timeout ran\n"
+"out (EAGAIN) or the connection broke.");
+
+static PyObject *call(PyObject *self, PyObject *args)
+{
+    int fd, err = 0;
+    PyObject *frame, *buf, *fds;
+    long long spin_ns;
+    char *p;
+    Py_ssize_t left;
+
+    (void)self;
+    if (!PyArg_ParseTuple(args, "iSOOL:call", &fd, &frame, &buf, &fds, &spin_ns) || frame_args(buf, fds, "call") < 0) {
+        return NULL;
+    }
+    /* The bytes object is immutable and held by the caller: its buffer
+     * may be read without the GIL. */
+    p = PyBytes_AsString(frame);
+    left = PyBytes_Size(frame);
+    while (left > 0) {
+        ssize_t n;
+
+        Py_BEGIN_ALLOW_THREADS
+        n = send(fd, p, (size_t)left, MSG_NOSIGNAL);
+        err = n < 0 ? errno : 0;
+        Py_END_ALLOW_THREADS
+        if (n >= 0) {
+            p += n;
+            left -= n;
+            continue;
+        }
+        if (err != EINTR) {
+            return PyLong_FromLong(err);
+        }
+        if (PyErr_CheckSignals() < 0) {
+            return NULL;
+        }
+    }
+    return take_frame(fd, buf, fds, spin_ns);
 }
 
 /* Request frames: the JSON body the Go encoder writes for v1.Request, its
@@ -616,12 +716,13 @@ done:
 static PyMethodDef methods[] = {
     {"encode_request", encode_request, METH_VARARGS, encode_request_doc},
     {"read_frame", read_frame, METH_VARARGS, read_frame_doc},
+    {"call", call, METH_VARARGS, call_doc},
     {"decode_record", decode_record, METH_O, decode_record_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "memcuda._speedups", "The client's request encoder, frame reader and compact record decoder in C (optional).", -1, methods,
+    PyModuleDef_HEAD_INIT, "memcuda._speedups", "The client's request encoder, frame reader (alone or after a send) and compact record decoder in C (optional).", -1, methods,
     NULL, NULL, NULL, NULL,
 };
 
@@ -637,7 +738,16 @@ PyMODINIT_FUNC PyInit__speedups(void)
     }
     pieces_key = PyUnicode_InternFromString("pieces");
     empty_tuple = PyTuple_New(0);
-    if (pieces_key == NULL || empty_tuple == NULL) {
+    record_template = PyDict_New();
+    if (pieces_key == NULL || empty_tuple == NULL || record_template == NULL) {
+        return NULL;
+    }
+    for (j = 0; j < NFIELDS; j++) {
+        if (PyDict_SetItem(record_template, keys[j], Py_None) < 0) {
+            return NULL;
+        }
+    }
+    if (PyDict_SetItem(record_template, pieces_key, empty_tuple) < 0) {
         return NULL;
     }
     return PyModule_Create(&module);
