@@ -1,13 +1,13 @@
 """The client's own work for a create, no agent: each call answered by a
 recorded answer written ahead into a socket pair (gpu_bench's
 ReplayedCreates), with the C module (memcuda._speedups: the request
-encoder, the frame reader and the compact record decoder) and in pure
-Python, in alternating blocks of one process, so both see the same
-machine; then with the C module, each of its three parts alone turned
-off; then a warm get (the connection holds the tensor; get and release
-through the agent) with the C module and in pure Python, alternating the
-same way. Needs an agent to record the answers from ($MEMCUDA_SOCKET);
-any backend.
+encoder, the frame reader with its send-and-read, and the compact record
+decoder) and in pure Python, in alternating blocks of one process, so
+both see the same machine; then with the C module, each of its three
+parts alone turned off, and with the send and the read as two calls; then
+a warm get (the connection holds the tensor; get and release through the
+agent) with the C module and in pure Python, alternating the same way.
+Needs an agent to record the answers from ($MEMCUDA_SOCKET); any backend.
 
   python3 bench/client_work.py [--n 20000] [--block 500]
 """
@@ -29,11 +29,18 @@ from memcuda import _transport, _wire  # noqa: E402
 from gpu_bench import ReplayedCreates  # noqa: E402
 
 
-Parts = Tuple[Any, Any, Any]  # the C module's (decoder, reader, encoder); None: Python's
+# The C module's (decoder, reader, encoder), None for Python's; the reader
+# is the pair (read_frame, call).
+Parts = Tuple[Any, Any, Any]
 
 
 def use(parts: Parts) -> None:
-    _wire.c_decode_record, _transport.c_read_frame, _wire.c_encode_request = parts
+    _wire.c_decode_record, reader, _wire.c_encode_request = parts
+    _transport.c_read_frame, _transport.c_call = reader or (None, None)
+
+
+def in_use() -> Parts:
+    return _wire.c_decode_record, (_transport.c_read_frame, _transport.c_call), _wire.c_encode_request
 
 
 def ab(what: str, call: "Callable[[], tuple[Any, float]]", variants: "dict[str, Parts]", n: int, block: int) -> None:
@@ -43,7 +50,7 @@ def ab(what: str, call: "Callable[[], tuple[Any, float]]", variants: "dict[str, 
     held = []
     times: dict[str, list[float]] = {v: [] for v in variants}
     ratios: dict[str, list[float]] = {v: [] for v in list(variants)[1:]}
-    saved = _wire.c_decode_record, _transport.c_read_frame, _wire.c_encode_request
+    saved = in_use()
     try:
         while min(len(ts) for ts in times.values()) < n:
             med = {}
@@ -77,8 +84,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20000, help="timed creates per variant")
     ap.add_argument("--block", type=int, default=500, help="creates per block (the variants alternate)")
     args = ap.parse_args()
-    decode, read, encode = _wire.c_decode_record, _transport.c_read_frame, _wire.c_encode_request
-    if decode is None or read is None or encode is None:
+    decode, read, encode = in_use()
+    if decode is None or None in read or encode is None:
         raise SystemExit("memcuda._speedups is not built (make python-ext)")
     rc = ReplayedCreates("b.cw")
     c_only, python = (decode, read, encode), (None, None, None)
@@ -86,7 +93,8 @@ def main() -> None:
     try:
         ab(work, rc.create, {"c module": c_only, "python": python}, args.n, args.block)
         ab(work, rc.create, {"c module": c_only, "python decoder": (None, read, encode),
-                             "python reader": (decode, None, encode), "python encoder": (decode, read, None)},
+                             "python reader": (decode, None, encode), "python encoder": (decode, read, None),
+                             "send, then read": (decode, (read[0], None), encode)},
            args.n // 2, args.block)
     finally:
         rc.close()

@@ -207,10 +207,12 @@ class Client:
         cache = op == "get"
         try:
             self._next_id += 1
-            self._conn.send(_wire.encode_request(self._next_id, op, name, dtype, shape, device, **kw))
+            frame = _wire.encode_request(self._next_id, op, name, dtype, shape, device, **kw)
             if self._unread:
+                self._conn.send(frame)
                 self._read_unread()
-            return self._read_answer(self._next_id, cache)
+                return self._read_answer(self._next_id, cache)
+            return self._answer(*self._conn.call(frame), self._next_id, cache)
         except Disconnected as e:
             self._reconnect(e, op)
             rid = self._send(op, name=name, dtype=dtype, shape=shape, device=device, **kw)
@@ -286,6 +288,10 @@ class Client:
 
     def _read_answer(self, rid: int, cache: bool = False) -> _wire.Answer:
         nfd, body = self._conn.read_frame()
+        return self._answer(nfd, body, rid, cache)
+
+    def _answer(self, nfd: int, body: bytes, rid: int, cache: bool) -> _wire.Answer:
+        # A response frame read off the connection: its descriptors kept, its error raised.
         try:
             ans = _wire.decode_answer(body, cache)
         except _wire.FrameError as e:

@@ -138,3 +138,68 @@ def test_a_closed_connection_is_not_read(peer: Peer, reader: str) -> None:
     peer.conn.sock.close()
     with pytest.raises(Disconnected):
         peer.conn.read_frame()
+
+
+# Runs a test once with each way a request and its answer go (the C
+# module's send-and-read, and Python's send then read).
+caller = c_or_python(_transport, "c_call", "caller")
+
+
+def test_a_call_sends_its_frame_and_reads_the_answer(peer: Peer, caller: str) -> None:
+    r, w = os.pipe()
+    try:
+        req = _wire.encode_request(7, "get", "a.b")
+        body = b'{"id":7,"ok":true,"fds":["s1"]}'
+        peer.sock.sendmsg([response(body, 1)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, r.to_bytes(4, "little"))])
+        assert peer.conn.call(req) == (1, body)
+        assert peer.sock.recv(1 << 16) == req
+        assert len(peer.conn.fds) == 1 and fcntl.fcntl(peer.conn.fds[0], fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_a_call_to_a_closed_agent_is_a_disconnect(peer: Peer, caller: str) -> None:
+    peer.sock.close()
+    with pytest.raises(Disconnected, match="send to agent|closed the connection"):
+        peer.conn.call(_wire.encode_request(1, "get", "a.b"))
+
+
+def test_a_request_the_agent_does_not_take_is_unavailable(caller: str) -> None:
+    """A request larger than the socket's buffers that the agent never
+    reads: the send's timeout runs out."""
+    p = Peer(timeout=0.2)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(Unavailable, match="did not take the request in time"):
+            p.conn.call(bytes(8 << 20))  # the bytes of a frame (never parsed: nobody reads them)
+        assert 0.15 < time.monotonic() - t0 < 3
+    finally:
+        p.close()
+
+
+def test_a_call_goes_through_a_reader_set_on_the_connection(peer: Peer, caller: str) -> None:
+    """Tests and benchmarks wrap send and read_frame on a connection: a call
+    then goes through them, so they see every frame."""
+    seen: list[str] = []
+    send, read = peer.conn.send, peer.conn.read_frame
+
+    def spy_send(frame: bytes, fds: "list[int] | None" = None) -> None:
+        seen.append("send")
+        send(frame, fds)
+
+    def spy_read() -> tuple[int, bytes]:
+        seen.append("read")
+        return read()
+
+    peer.conn.send = spy_send  # type: ignore[method-assign]
+    peer.conn.read_frame = spy_read  # type: ignore[method-assign]
+    peer.sock.sendall(response(b'{"id":1,"ok":true}'))
+    assert peer.conn.call(_wire.encode_request(1, "get", "a.b")) == (0, b'{"id":1,"ok":true}')
+    assert seen == ["send", "read"]
+
+
+def test_a_call_answered_with_a_malformed_header_names_what_is_wrong(peer: Peer, caller: str) -> None:
+    peer.sock.sendall(b"MCU1\x02\x02\x00\x00\x00\x00\x00\x02{}")
+    with pytest.raises(_wire.FrameError, match="version"):
+        peer.conn.call(_wire.encode_request(1, "get", "a.b"))
