@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -73,11 +74,49 @@ func TestTrimEndsTheThreadsACrowdLeft(t *testing.T) {
 	if sys > sysBefore+1 {
 		t.Fatalf("the system still counts %d threads, %d before the crowd", sys, sysBefore)
 	}
-	// The runtime still works and starts threads again when it needs them.
-	blockThreads(8)
-	if Count() < left+4 {
-		t.Fatalf("after trimming, 8 blocked calls started only %d threads", Count()-left)
+	// The runtime still works and starts threads again when it needs them:
+	// 8 calls block at once, each on a thread of its own.
+	if n := blockTogether(t, 8); n < 9 {
+		t.Fatalf("after trimming, 8 calls blocked at once in a process of %d threads", n)
 	}
+}
+
+// blockTogether has n goroutines block in a read of a pipe until all of
+// them are in it (each started running, which with every earlier one
+// holding its thread in the read needs a thread of its own), then lets
+// them go; it returns the system thread count while they all blocked.
+// Waiting for them instead of sleeping a fixed time keeps it right on a
+// loaded machine, where the runtime's monitor hands processors on late.
+func blockTogether(t *testing.T, n int) int {
+	var p [2]int
+	if err := syscall.Pipe(p[:]); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(p[0])
+	defer syscall.Close(p[1])
+	var started atomic.Int32
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			started.Add(1)
+			var b [1]byte
+			syscall.Read(p[0], b[:])
+		}()
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for started.Load() < int32(n) && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(10 * time.Millisecond) // the last one from its Add into its read
+	threads := systemThreads(t)
+	syscall.Write(p[1], make([]byte, n))
+	wg.Wait()
+	if got := started.Load(); got < int32(n) {
+		t.Fatalf("only %d of %d goroutines ran while the others blocked", got, n)
+	}
+	return threads
 }
 
 func TestTrimBelowTheFloorStopsAtWhatTheRuntimeNeeds(t *testing.T) {
