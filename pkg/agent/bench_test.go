@@ -91,13 +91,12 @@ func BenchmarkSocket(b *testing.B) {
 			const names = 32
 			owner := dialRaw(b, sock)
 			owner.roundTrip(b, mustFrame(b, &v1.Request{ID: 1, Op: v1.OpHello}))
-			for i := range names {
-				owner.roundTrip(b, mustFrame(b, &v1.Request{ID: 2, Op: v1.OpCreate, Name: fmt.Sprintf("b.cold.%d", i), DType: "f32", Shape: []int64{3 << 20}}))
-			}
 			gets, rels := make([][]byte, names), make([][]byte, names)
 			for i := range names {
-				gets[i] = mustFrame(b, &v1.Request{ID: 3, Op: v1.OpGet, Name: fmt.Sprintf("b.cold.%d", i)})
-				rels[i] = mustFrame(b, &v1.Request{ID: 4, Op: v1.OpRelease, Name: fmt.Sprintf("b.cold.%d", i)})
+				name := fmt.Sprintf("b.cold.%d", i)
+				owner.roundTrip(b, mustFrame(b, &v1.Request{ID: 2, Op: v1.OpCreate, Name: name, DType: "f32", Shape: []int64{3 << 20}}))
+				gets[i] = mustFrame(b, &v1.Request{ID: 3, Op: v1.OpGet, Name: name})
+				rels[i] = mustFrame(b, &v1.Request{ID: 4, Op: v1.OpRelease, Name: name})
 			}
 			fresh := func() *rawConn {
 				c := dialRaw(b, sock)
@@ -155,7 +154,6 @@ func mustFrame(b *testing.B, req *v1.Request) []byte {
 // descriptors that come with it.
 type rawConn struct {
 	raw *blockingnet.Conn
-	fd  int
 	buf []byte
 	oob []byte
 }
@@ -172,16 +170,16 @@ func dialRaw(b *testing.B, sock string) *rawConn {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { raw.Close() })
-	return &rawConn{raw: raw, fd: raw.FD(), buf: make([]byte, 64<<10), oob: make([]byte, unix.CmsgSpace(4*v1.MaxFDs))}
+	return &rawConn{raw: raw, buf: make([]byte, 64<<10), oob: make([]byte, unix.CmsgSpace(4*v1.MaxFDs))}
 }
 
 func (c *rawConn) roundTrip(b *testing.B, frame []byte) {
-	if _, err := unix.Write(c.fd, frame); err != nil {
+	if _, err := unix.Write(c.raw.FD(), frame); err != nil {
 		b.Fatal(err)
 	}
 	got := 0
 	for {
-		n, oobn, _, _, err := unix.Recvmsg(c.fd, c.buf[got:], c.oob, 0)
+		n, oobn, _, _, err := unix.Recvmsg(c.raw.FD(), c.buf[got:], c.oob, 0)
 		if err != nil || n == 0 {
 			b.Fatalf("read answer: %v (%d bytes)", err, n)
 		}
@@ -230,8 +228,9 @@ func memfd(b *testing.B) int {
 // the descriptor fd when it is not -1.
 func startEcho(b *testing.B, fd int) string {
 	var oob []byte
+	nfd := 0
 	if fd >= 0 {
-		oob = unix.UnixRights(fd)
+		oob, nfd = unix.UnixRights(fd), 1
 	}
 	sock := filepath.Join(b.TempDir(), "echo.sock")
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
@@ -258,7 +257,7 @@ func startEcho(b *testing.B, fd int) string {
 					if err != nil {
 						return
 					}
-					frame, _ := v1.AppendFrame(nil, v1.KindResponse, 0, body)
+					frame, _ := v1.AppendFrame(nil, v1.KindResponse, nfd, body)
 					if _, err := raw.WriteMsg(frame, oob); err != nil {
 						return
 					}

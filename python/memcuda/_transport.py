@@ -3,7 +3,6 @@ descriptors (SCM_RIGHTS) that come with them."""
 from __future__ import annotations
 
 import array
-import errno
 import os
 import socket
 import struct
@@ -27,6 +26,13 @@ c_read_frame: "Optional[Callable[[int, bytearray, list[int], int], Optional[tupl
 # The send and that reader in one C call (_speedups.call), or None.
 c_call: "Optional[Callable[[int, bytes, bytearray, list[int], int], Optional[tuple[int, bytes] | int]]]" = \
     _wire.speedup("call")
+
+
+def _send_failed(e: OSError) -> "Unavailable | Disconnected":
+    """The client's error for a failed send of a request."""
+    if isinstance(e, BlockingIOError):  # SO_SNDTIMEO ran out
+        return Unavailable(f"the agent did not take the request in time: {e}")
+    return Disconnected(f"send to agent: {e}")
 
 
 class Connection:
@@ -62,10 +68,8 @@ class Connection:
                     self.sock.sendall(frame[n:])
             else:
                 self.sock.sendall(frame)
-        except BlockingIOError as e:  # SO_SNDTIMEO ran out
-            raise Unavailable(f"the agent did not take the request in time: {e}") from e
         except OSError as e:
-            raise Disconnected(f"send to agent: {e}") from e
+            raise _send_failed(e) from e
 
     def call(self, frame: bytes) -> tuple[int, bytes]:
         """Sends a request frame (no descriptors) and reads the next
@@ -76,10 +80,8 @@ class Connection:
             self.send(frame)
             return self.read_frame()
         got = self._in_c(frame)
-        if type(got) is int:
-            if got in (errno.EAGAIN, errno.EWOULDBLOCK):  # SO_SNDTIMEO ran out
-                raise Unavailable(f"the agent did not take the request in time: {os.strerror(got)}")
-            raise Disconnected(f"send to agent: {os.strerror(got)}")
+        if type(got) is int:  # the send's errno
+            raise _send_failed(OSError(got, os.strerror(got)))
         if got is not None:
             return got  # type: ignore[return-value]
         return self._read_python()  # not a valid response's header: its parser says why
