@@ -202,8 +202,8 @@ class Client:
     def _roundtrip(self, op: str, name: str = "", dtype: str = "", shape: Optional[list[int]] = None,
                    device: str = "", **kw: Any) -> _wire.Answer:
         # The request is sent here, not through _send, and creates and gets
-        # pass their fields positionally: the layers of repacked keyword
-        # arguments made their path a tenth slower.
+        # pass their fields positionally: each layer of repacked keyword
+        # arguments is work on the path of every create and get.
         cache = op == "get"
         try:
             self._next_id += 1
