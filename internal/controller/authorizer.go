@@ -29,8 +29,11 @@ func (a Authorizer) Identify(ctx context.Context, pid int) (server.Identity, err
 	if p.UID == "" {
 		return id, nil // not in a pod
 	}
-	pod, ok := a.R.PodByUID(ctx, p.UID)
-	if !ok {
+	pod, err := a.R.PodByUID(ctx, p.UID)
+	if err != nil {
+		return id, fmt.Errorf("look up pod %s: %w", p.UID, err)
+	}
+	if pod == nil {
 		return id, fmt.Errorf("pod %s is not a pod of node %s", p.UID, a.R.Node)
 	}
 	id.Namespace, id.Pod, id.PodUID = pod.Namespace, pod.Name, p.UID

@@ -22,10 +22,12 @@ import (
 	"github.com/memcuda/memcuda/pkg/store"
 )
 
-// startEnv runs a real kube-apiserver and etcd (envtest; `make
+// newEnv runs a real kube-apiserver and etcd (envtest; `make
 // envtest-assets` builds them and sets TEST_ASSET_KUBE_APISERVER and
-// TEST_ASSET_ETCD), a real Redis, and the controller for node-1.
-func startEnv(t *testing.T) (client.Client, *store.Store, *PodReconciler) {
+// TEST_ASSET_ETCD), a real Redis, and the controller's manager for node-1,
+// which start starts (one per test binary: controller-runtime refuses a
+// second controller of the same name in a process).
+func newEnv(t *testing.T) (client.Client, *store.Store, *PodReconciler, func()) {
 	t.Helper()
 	cfg := envtestenv.Start(t)
 	srv := redistest.Start(t)
@@ -39,15 +41,17 @@ func startEnv(t *testing.T) (client.Client, *store.Store, *PodReconciler) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { mgr.Start(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	start := func() {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { mgr.Start(ctx); close(done) }()
+		t.Cleanup(func() { cancel(); <-done })
+	}
 	c, err := client.New(cfg, client.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return c, st, r
+	return c, st, r, start
 }
 
 func eventually(t *testing.T, what string, cond func() bool) {
@@ -110,7 +114,8 @@ func status(t *testing.T, c client.Client, ns, name string) map[string]string {
 }
 
 func TestPodAnnotationLifecycle(t *testing.T) {
-	c, st, _ := startEnv(t)
+	c, st, r, start := newEnv(t)
+	lookupWaitsForTheCache(t, c, r, start)
 	ctx := context.Background()
 	for _, ns := range []string{"team-a", "team-b"} {
 		if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
@@ -227,5 +232,48 @@ func TestParseAnnotation(t *testing.T) {
 		if _, err := parseAnnotation(tc.in); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("parseAnnotation(%s) = %v, want an error with %q", tc.in, err, tc.want)
 		}
+	}
+}
+
+// The agent accepts connections before its manager has started the cache
+// (when it starts, and when it takes over its predecessor's socket in an
+// upgrade): the socket's pod lookup waits for the cache instead of
+// answering that the client's pod is not this node's.
+// It starts the manager (start) while a lookup waits.
+func lookupWaitsForTheCache(t *testing.T, c client.Client, r *PodReconciler, start func()) {
+	t.Helper()
+	ctx := context.Background()
+	mine, other := pod("default", "early", "node-1", ""), pod("default", "elsewhere", "node-2", "")
+	for _, p := range []*corev1.Pod{mine, other} {
+		if err := c.Create(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	type found struct {
+		pod *corev1.Pod
+		err error
+	}
+	got := make(chan found, 1)
+	go func() {
+		p, err := r.PodByUID(ctx, string(mine.UID))
+		got <- found{p, err}
+	}()
+	time.Sleep(300 * time.Millisecond)
+	select {
+	case f := <-got:
+		t.Fatalf("the lookup answered before the cache started: %v, %v", f.pod, f.err)
+	default:
+	}
+	start()
+	select {
+	case f := <-got:
+		if f.err != nil || f.pod == nil || f.pod.Name != "early" {
+			t.Fatalf("lookup after the cache started: %v, %v", f.pod, f.err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the lookup did not answer once the cache started")
+	}
+	if p, err := r.PodByUID(ctx, string(other.UID)); p != nil || err != nil {
+		t.Fatalf("a pod of another node: %v, %v", p, err)
 	}
 }

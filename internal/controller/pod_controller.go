@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -53,6 +54,10 @@ type PodReconciler struct {
 	Recorder events.EventRecorder
 	// RetryAfter is how soon a pod waiting for a tensor is looked at again.
 	RetryAfter time.Duration
+	// CacheSynced waits until the client's cache has started and synced,
+	// false when ctx ends first (nil: a client without a cache).
+	CacheSynced func(ctx context.Context) bool
+	cacheSynced atomic.Bool // seen synced: no more waiting
 }
 
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch;patch

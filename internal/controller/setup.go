@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -16,6 +17,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	k8sapi "github.com/memcuda/memcuda/api/k8s/v1alpha1"
+	"github.com/memcuda/memcuda/pkg/errdefs"
 	"github.com/memcuda/memcuda/pkg/registry"
 )
 
@@ -51,7 +53,8 @@ func NewManager(cfg *rest.Config, st Store, o Options) (manager.Manager, *PodRec
 	if err != nil {
 		return nil, nil, err
 	}
-	r := &PodReconciler{Client: mgr.GetClient(), Store: st, Node: o.Node, Recorder: mgr.GetEventRecorder("memcuda-agent"), RetryAfter: o.RetryAfter}
+	r := &PodReconciler{Client: mgr.GetClient(), Store: st, Node: o.Node, Recorder: mgr.GetEventRecorder("memcuda-agent"), RetryAfter: o.RetryAfter,
+		CacheSynced: mgr.GetCache().WaitForCacheSync}
 	if err := ctrl.NewControllerManagedBy(mgr).For(&corev1.Pod{}).Named("memcuda-pods").Complete(r); err != nil {
 		return nil, nil, err
 	}
@@ -97,25 +100,52 @@ func (r *PodReconciler) podAlive(ctx context.Context, ns, name string, uid types
 }
 
 // PodByUID finds a pod of this node in the cache (for the socket's access
-// control).
-func (r *PodReconciler) PodByUID(ctx context.Context, uid string) (*corev1.Pod, bool) {
+// control): nil when no pod of this node has that UID. The agent accepts
+// connections before its manager has started the cache (when it starts,
+// and when it takes over its predecessor's socket), so the lookup waits
+// for the cache first.
+func (r *PodReconciler) PodByUID(ctx context.Context, uid string) (*corev1.Pod, error) {
+	if err := r.cacheReady(ctx); err != nil {
+		return nil, err
+	}
 	var pods corev1.PodList
 	if err := r.List(ctx, &pods); err != nil {
-		return nil, false
+		return nil, err
 	}
 	for i := range pods.Items {
 		if string(pods.Items[i].UID) == uid {
-			return &pods.Items[i], true
+			return &pods.Items[i], nil
 		}
 	}
-	return nil, false
+	return nil, nil
 }
 
 // NamespaceShares reports a namespace's share-with annotation.
 func (r *PodReconciler) NamespaceShares(ctx context.Context, ns string) string {
+	if r.cacheReady(ctx) != nil {
+		return ""
+	}
 	var n corev1.Namespace
 	if err := r.Get(ctx, types.NamespacedName{Name: ns}, &n); err != nil {
 		return ""
 	}
 	return n.Annotations[k8sapi.AnnotationShareWith]
+}
+
+// cacheWait bounds how long a socket lookup waits for the cache.
+const cacheWait = 30 * time.Second
+
+// cacheReady waits, up to cacheWait, until the manager's cache has started
+// and synced (CacheSynced; nil: nothing to wait for).
+func (r *PodReconciler) cacheReady(ctx context.Context) error {
+	if r.CacheSynced == nil || r.cacheSynced.Load() {
+		return nil
+	}
+	wait, cancel := context.WithTimeout(ctx, cacheWait)
+	defer cancel()
+	if !r.CacheSynced(wait) {
+		return fmt.Errorf("%w: the agent's cache of pods has not synced within %s", errdefs.ErrUnavailable, cacheWait)
+	}
+	r.cacheSynced.Store(true)
+	return nil
 }
