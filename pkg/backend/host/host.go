@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -40,6 +41,9 @@ type Backend struct {
 	log      *slog.Logger
 	lock     *os.File // held while this agent owns the scope's objects (Claim)
 	keep     atomic.Bool
+	// The file system's size and when it was read (Devices).
+	totalBytes atomic.Uint64
+	totalAt    atomic.Int64
 }
 
 // Option configures a Backend.
@@ -74,12 +78,29 @@ func (b *Backend) Mode() v1.IPCMode { return v1.ModeHost }
 
 // Devices implements backend.Backend: the host is one device, index 0.
 func (b *Backend) Devices() []backend.Device {
+	return []backend.Device{{Index: 0, Name: "host", Total: b.total()}}
+}
+
+// totalTTL is how long the shared-memory file system's size is reused:
+// every create resolves its device, and a statfs each time was a large
+// part of a create's own work. A resized mount shows within it.
+const totalTTL = time.Second
+
+// total is the size of the file system holding the objects (0 when it
+// cannot be read), read again once totalTTL passed.
+func (b *Backend) total() uint64 {
+	now := time.Now().UnixNano()
+	if at := b.totalAt.Load(); at != 0 && now-at < int64(totalTTL) {
+		return b.totalBytes.Load()
+	}
 	var total uint64
 	var st unix.Statfs_t
 	if unix.Statfs(b.dir, &st) == nil {
 		total = st.Blocks * uint64(st.Bsize)
 	}
-	return []backend.Device{{Index: 0, Name: "host", Total: total}}
+	b.totalBytes.Store(total)
+	b.totalAt.Store(now)
+	return total
 }
 
 // Granularity implements backend.Backend.
