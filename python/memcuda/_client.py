@@ -292,8 +292,11 @@ class Client:
 
     def _answer(self, nfd: int, body: bytes, rid: int, cache: bool) -> _wire.Answer:
         # A response frame read off the connection: its descriptors kept, its error raised.
+        # An answer that carries descriptors is a segment's first to this
+        # connection and never repeats: caching it would only crowd out (and
+        # at the cache's bound clear) the answers that do.
         try:
-            ans = _wire.decode_answer(body, cache)
+            ans = _wire.decode_answer(body, cache and not nfd)
         except _wire.FrameError as e:
             raise ProtocolError(f"malformed answer from the agent: {e}") from e
         resp = ans.body

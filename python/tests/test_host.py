@@ -557,3 +557,22 @@ def test_a_malformed_answer_is_a_protocol_error(tmp_path, body: bytes) -> None:
     with pytest.raises(memcuda.ProtocolError, match="malformed answer"):
         c.stat("old.t")
     c.close()
+
+
+def test_only_answers_without_descriptors_are_cached(agent) -> None:
+    from memcuda import _wire
+
+    with memcuda.connect() as s:
+        s.create("cache.big", (3 << 20,), "u8").release()  # a segment of its own
+        s.create("cache.small", (16,), "f32").release()
+    _wire._ANSWERS.clear()
+    with memcuda.connect() as c:
+        first = c.get("cache.big")  # the segment's descriptor comes with this answer
+        assert not _wire._ANSWERS, "an answer carrying a descriptor was cached"
+        again = c.get("cache.big")  # held: answered without a descriptor
+        assert len(_wire._ANSWERS) == 1, "the answer without a descriptor was not cached"
+        again.release()
+        first.release()
+    with memcuda.connect() as s:
+        s.delete("cache.big")
+        s.delete("cache.small")
