@@ -158,7 +158,7 @@ def bench_get(n: int) -> None:
     # Cold: a fresh connection; each get brings a new segment (32 MiB tensors
     # get their own segments): descriptor over the socket + import + map.
     k = 48
-    for i in range(9 * k):
+    for i in range(10 * k):
         s.create(f"b.cold{i}", (8 << 20,), "f32").release()
     # Let the agent finish what the creates left running (their registry
     # scripts: a get of a name with one pending waits for it; the clears of
@@ -212,9 +212,11 @@ def bench_get(n: int) -> None:
         cold_breakdown(k)
     floor, floor_import = cold_floor([f"b.cold{i}" for i in range(5 * k, 6 * k)])
     ahead = first_gets_pushed_ahead([f"b.cold{i}" for i in range(6 * k, 7 * k)])
-    cold_i, floor_i = cold_against_floor([f"b.cold{i}" for i in range(7 * k, 8 * k)],
-                                         [f"b.cold{i}" for i in range(8 * k, 9 * k)])
-    for i in range(9 * k):
+    cold_i, floor_i, bare_i, note = cold_against_floor([f"b.cold{i}" for i in range(7 * k, 8 * k)],
+                                                       [f"b.cold{i}" for i in range(8 * k, 9 * k)],
+                                                       [f"b.cold{i}" for i in range(9 * k, 10 * k)])
+    NOTES.append(note)
+    for i in range(10 * k):
         s.delete(f"b.cold{i}")
 
     # torch.multiprocessing: share a CUDA tensor through a Queue, consumer acks.
@@ -248,6 +250,9 @@ def bench_get(n: int) -> None:
     row("get, cold against its floor (same run)", cold, "floor of a cold get", floor, "<= 1.1x the floor")
     row("get, cold against its floor, one of each in turn", cold_i, "floor of a cold get, in turn", floor_i,
         "<= 1.1x the floor")
+    row("get, cold, in turn, against a bare agent get frame + decode + the same import", cold_i,
+        "bare agent get frame + the same import, in turn", bare_i, "")
+    row("bare agent get frame + the same import, in turn", bare_i, "floor of a cold get, in turn", floor_i, "")
     row("first get of a tensor, segments pushed ahead (watch_segments)", ahead, "raw driver import+map (same calls)", raw,
         "< 1.0x raw")
     row("first get of a tensor, segments pushed ahead (watch_segments) ", ahead, "get, warm (connection holds the tensor)",
@@ -646,33 +651,69 @@ def cold_floor(names: list[str]) -> tuple[list[float], list[float]]:
     return [w for w, _ in got], [imp for _, imp in got]
 
 
-def cold_against_floor(cold_names: list[str], floor_names: list[str]) -> tuple[list[float], list[float]]:
-    """Cold gets (a fresh connection, each name in a segment of its own) and
-    the floor of a cold get (_Floor) on other such segments, one of each in
-    turn, which goes first alternating: (cold gets, floors)."""
+def cold_against_floor(cold_names: list[str], floor_names: list[str],
+                       bare_names: list[str]) -> "tuple[list[float], list[float], list[float], str]":
+    """Cold gets (a fresh connection, each name in a segment of its own),
+    the floor of a cold get (_Floor) and a bare get frame to the agent read
+    raw, then the same import (the agent's part without the client's), on
+    segments of their own, one of each in turn, the order rotating:
+    (cold gets, floors, bare gets, a note splitting the three)."""
+    import socket as so
+
+    from memcuda import _wire
+
     c = memcuda.connect()
+    bare_c = memcuda.connect()
     fl = _Floor(floor_names)
     cold: list[float] = []
     floor: list[float] = []
+    floor_rtt: list[float] = []
+    bare: list[float] = []
+    bare_rtt: list[float] = []
     held = []
+    maps = []
 
-    def one_cold(name: str) -> None:
+    def one_cold(i: int) -> None:
         t0 = time.perf_counter()
-        held.append(c.get(name))
+        held.append(c.get(cold_names[i]))
         cold.append(time.perf_counter() - t0)
 
-    for i, name in enumerate(cold_names):
-        if i % 2:
-            floor.append(fl.once(i)[0])
-            one_cold(name)
-        else:
-            one_cold(name)
-            floor.append(fl.once(i)[0])
+    def one_floor(i: int) -> None:
+        whole, imp = fl.once(i)
+        floor.append(whole)
+        floor_rtt.append(whole - imp)
+
+    def one_bare(i: int) -> None:
+        sock = bare_c._conn.sock
+        frame = _wire.encode_request(1 << 40, "get", name=bare_names[i])
+        t0 = time.perf_counter()
+        sock.sendall(frame)
+        data, anc, _, _ = sock.recvmsg(65536, so.CMSG_SPACE(4 * _wire.MAX_FDS))
+        t1 = time.perf_counter()
+        info = _wire.decode_answer(data[_wire.HEADER_SIZE:], False).record
+        fds = _passed_fds(anc)
+        maps.append(_cuda.import_segment(fds[0] if fds else -1, info))
+        bare.append(time.perf_counter() - t0)
+        bare_rtt.append(t1 - t0)
+        for fd in fds:
+            os.close(fd)
+
+    order = [one_cold, one_floor, one_bare]
+    for i in range(len(cold_names)):
+        k = i % len(order)
+        for f in order[k:] + order[:k]:
+            f(i)
     fl.close()
     for t in held:
         t.release()
+    for m in maps:
+        m.close()
     c.close()
-    return cold, floor
+    bare_c.close()
+    note = (f"cold get, floor and bare agent frame in turn, p50 us: cold get {us(pct(cold, 50))}, floor {us(pct(floor, 50))} "
+            f"(its round trip {us(pct(floor_rtt, 50))}), bare agent get frame + decode + the same import {us(pct(bare, 50))} "
+            f"(its round trip {us(pct(bare_rtt, 50))}): the client's own work is the cold get less the bare one")
+    return cold, floor, bare, note
 
 
 # --- create ------------------------------------------------------------------
