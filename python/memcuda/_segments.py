@@ -7,6 +7,7 @@ import mmap
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from . import _cuda
 from ._record import TensorInfo
 
 __all__ = ["IdleMappings", "Segment", "map_segment", "unmap"]
@@ -39,8 +40,6 @@ def map_segment(seg: Segment, info: TensorInfo) -> None:
         seg.mapping, seg.ptr = m, ctypes.addressof(probe)
         del probe  # release the buffer export so the mmap can close later
     else:
-        from . import _cuda
-
         mapping = _cuda.import_segment(seg.fd, info)
         seg.mapping, seg.ptr, seg.ordinal = mapping, int(mapping.ptr), mapping.ordinal
     seg.size = int(info.segment_size)
