@@ -243,7 +243,8 @@ _OK_BODY: dict[str, Any] = {"ok": True}
 
 def decode_answer(body: bytes, cache: bool = True) -> Answer:
     """A response body, JSON or a compact record. cache=False for answers
-    unlikely to repeat (a create's): they are decoded but not kept."""
+    unlikely to repeat (a create's, or one that carries descriptors): they
+    are decoded but not kept."""
     if body[:1] == b"R":
         return _decode_compact(body, cache)
     # A bare success ({"id":N,"ok":true}: releases, publishes) needs no parser.
