@@ -397,19 +397,29 @@ def _passed_fds(anc: list[Any]) -> list[int]:
     return [int.from_bytes(p[i:i + 4], sys.byteorder) for _l, _t, p in anc for i in range(0, len(p) - 3, 4)]
 
 
-def _fetch_answers(c: Any, names: list[str]) -> "list[tuple[Any, list[int]]]":
-    """Gets each name with a bare frame on c's socket, which the client
-    itself does not read: (record, descriptors passed with it) for each,
-    nothing mapped."""
+def _bare_get(c: Any, frame: bytes) -> "tuple[bytes, list[Any]]":
+    """frame (a request with an id no client call uses) written on c's
+    socket and its answer read raw, past the client (which does not read
+    it): (body, recvmsg's ancillary data)."""
     import socket as so
 
     from memcuda import _wire
 
+    c._conn.sock.sendall(frame)
+    data, anc, _, _ = c._conn.sock.recvmsg(65536, so.CMSG_SPACE(4 * _wire.MAX_FDS))
+    return data[_wire.HEADER_SIZE:], anc
+
+
+def _fetch_answers(c: Any, names: list[str]) -> "list[tuple[Any, list[int]]]":
+    """Gets each name with a bare frame on c's socket, which the client
+    itself does not read: (record, descriptors passed with it) for each,
+    nothing mapped."""
+    from memcuda import _wire
+
     out = []
     for n in names:
-        c._conn.sock.sendall(_wire.encode_request(1 << 40, "get", name=n))
-        data, anc, _, _ = c._conn.sock.recvmsg(65536, so.CMSG_SPACE(4 * _wire.MAX_FDS))
-        info = _wire.decode_answer(data[12:], False).record
+        body, anc = _bare_get(c, _wire.encode_request(1 << 40, "get", name=n))
+        info = _wire.decode_answer(body, False).record
         assert info is not None
         fds = _passed_fds(anc)
         assert len(fds) == (info.ipc_mode != "legacy"), f"{n}: {len(fds)} descriptors (each tensor should have its own segment)"
@@ -658,8 +668,6 @@ def cold_against_floor(cold_names: list[str], floor_names: list[str],
     raw, then the same import (the agent's part without the client's), on
     segments of their own, one of each in turn, the order rotating:
     (cold gets, floors, bare gets, a note splitting the three)."""
-    import socket as so
-
     from memcuda import _wire
 
     c = memcuda.connect()
@@ -684,13 +692,11 @@ def cold_against_floor(cold_names: list[str], floor_names: list[str],
         floor_rtt.append(whole - imp)
 
     def one_bare(i: int) -> None:
-        sock = bare_c._conn.sock
         frame = _wire.encode_request(1 << 40, "get", name=bare_names[i])
         t0 = time.perf_counter()
-        sock.sendall(frame)
-        data, anc, _, _ = sock.recvmsg(65536, so.CMSG_SPACE(4 * _wire.MAX_FDS))
+        body, anc = _bare_get(bare_c, frame)
         t1 = time.perf_counter()
-        info = _wire.decode_answer(data[_wire.HEADER_SIZE:], False).record
+        info = _wire.decode_answer(body, False).record
         fds = _passed_fds(anc)
         maps.append(_cuda.import_segment(fds[0] if fds else -1, info))
         bare.append(time.perf_counter() - t0)
