@@ -44,10 +44,10 @@ static const char field_kind[NFIELDS] = {
 #define SEP 0x1f
 
 static PyObject *keys[NFIELDS];
-static PyObject *pieces_key;
 static PyObject *empty_tuple;
-/* Every field's key (values None): copied, a record's dict of the right
- * size from the start. */
+/* Every field's key (values None) and pieces (an empty tuple: a compact
+ * record is never in pieces): copied, a record's dict of the right size
+ * from the start. */
 static PyObject *record_template;
 
 /* The last value of each string field and its bytes: most fields of one
@@ -728,7 +728,8 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__speedups(void)
 {
-    int j;
+    int j, rc;
+    PyObject *pieces_key;
 
     for (j = 0; j < NFIELDS; j++) {
         keys[j] = PyUnicode_InternFromString(field_names[j]);
@@ -747,7 +748,9 @@ PyMODINIT_FUNC PyInit__speedups(void)
             return NULL;
         }
     }
-    if (PyDict_SetItem(record_template, pieces_key, empty_tuple) < 0) {
+    rc = PyDict_SetItem(record_template, pieces_key, empty_tuple);
+    Py_DECREF(pieces_key); /* the template holds it */
+    if (rc < 0) {
         return NULL;
     }
     return PyModule_Create(&module);
