@@ -28,10 +28,9 @@ def c_or_python(module: Any, attr: str, name: str) -> Any:
     params = ["python"] + (["c"] if getattr(module, attr) is not None else [])
 
     @pytest.fixture(params=params, name=name)
-    def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-        if request.param == "python":
-            monkeypatch.setattr(module, attr, None)
-        yield request.param
+    def path(request: pytest.FixtureRequest) -> Iterator[str]:
+        with python_path(module, attr, request.param == "python"):
+            yield request.param
 
     return path
 
