@@ -1,15 +1,17 @@
 """The CUDA driver calls the client needs, through ctypes on libcuda.so.1
-(no toolkit, no compiled extension): import a VMM segment from a file
-descriptor, or open a legacy CUipcMemHandle, in the device's primary context."""
+(no toolkit needed): import a VMM segment from a file descriptor, or open a
+legacy CUipcMemHandle, in the device's primary context. A VMM mapping's
+calls run in C where the optional module was built (_speedups.vmm_map)."""
 from __future__ import annotations
 
 import base64
 import ctypes
 import sys
 import threading
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from ._errors import FailedPrecondition, MemcudaError
+from ._wire import speedup
 
 __all__ = [
     "CudaError", "Mapping", "current_stream", "device_copy", "format_uuid", "free_device", "host_copy", "import_segment",
@@ -25,6 +27,12 @@ _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
 _ctx: dict[int, ctypes.c_void_p] = {}
 _uuids: Optional[dict[str, int]] = None
+
+# A VMM mapping's driver calls in C, on ranges from an arena reserved ahead
+# (_speedups.vmm_map and vmm_unmap), or None: module state, not constants:
+# tests and benchmarks compare both paths.
+c_vmm_map: "Optional[Callable[[int, int, Sequence[tuple[int, int]]], tuple[int, int, str]]]" = speedup("vmm_map")
+c_vmm_unmap: "Optional[Callable[[int, int, Sequence[int]], tuple[int, str]]]" = speedup("vmm_unmap")
 
 
 class CudaError(MemcudaError):
@@ -117,6 +125,22 @@ def ordinal_of(uuid: str) -> int:
         raise FailedPrecondition(f"GPU {uuid} is not visible in this process (check CUDA_VISIBLE_DEVICES)") from None
 
 
+def _primary(ordinal: int) -> ctypes.c_void_p:
+    """The device's primary context, retained once per device."""
+    ctx = _ctx.get(ordinal)  # set once per device, under the lock
+    if ctx is not None:
+        return ctx
+    with _lock:
+        ctx = _ctx.get(ordinal)
+        if ctx is None:
+            dev = ctypes.c_int()
+            _check("cuDeviceGet", _fn("cuDeviceGet")(ctypes.byref(dev), ordinal))
+            ctx = ctypes.c_void_p()
+            _check("cuDevicePrimaryCtxRetain", _fn("cuDevicePrimaryCtxRetain")(ctypes.byref(ctx), dev))
+            _ctx[ordinal] = ctx
+    return ctx
+
+
 class _Current:
     """Makes the device's primary context current for a block (the one the
     CUDA runtime, PyTorch and CuPy use)."""
@@ -126,26 +150,13 @@ class _Current:
 
     def __enter__(self) -> None:
         self.pushed = False
-        ctx = _ctx.get(self.ordinal)  # set once per device, under the lock
-        if ctx is None:
-            ctx = self._retain()
+        ctx = _primary(self.ordinal)
         cur = ctypes.c_void_p()
         _fn("cuCtxGetCurrent")(ctypes.byref(cur))
         if cur.value == ctx.value:
             return  # PyTorch or CuPy already made it current on this thread
         _check("cuCtxPushCurrent", _fn("cuCtxPushCurrent")(ctx))
         self.pushed = True
-
-    def _retain(self) -> ctypes.c_void_p:
-        with _lock:
-            ctx = _ctx.get(self.ordinal)
-            if ctx is None:
-                dev = ctypes.c_int()
-                _check("cuDeviceGet", _fn("cuDeviceGet")(ctypes.byref(dev), self.ordinal))
-                ctx = ctypes.c_void_p()
-                _check("cuDevicePrimaryCtxRetain", _fn("cuDevicePrimaryCtxRetain")(ctypes.byref(ctx), dev))
-                _ctx[self.ordinal] = ctx
-        return ctx
 
     def __exit__(self, *exc: Any) -> None:
         if self.pushed:
@@ -159,7 +170,7 @@ class Mapping:
     (parts: their sizes); ptr is then the tensor's first byte."""
 
     def __init__(self, ptr: int, size: int, ordinal: int, legacy: bool, base: int = 0,
-                 parts: Optional[Sequence[int]] = None) -> None:
+                 parts: Optional[Sequence[int]] = None, unmap: Optional[Callable[[int, int, Sequence[int]], tuple[int, str]]] = None) -> None:
         self.ptr = ptr
         self.size = size
         self.ordinal = ordinal
@@ -167,11 +178,18 @@ class Mapping:
         self.base = base or ptr
         self.parts = list(parts) if parts else [size]
         self.closed = False
+        # Set for a mapping made by c_vmm_map: its range may be the arena's,
+        # which only the same module can take back.
+        self._unmap = unmap
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
+        if self._unmap is not None:
+            rc, what = self._unmap(_primary(self.ordinal).value or 0, self.base, self.parts)
+            _check(what, rc)
+            return
         with _Current(self.ordinal):
             if self.legacy:
                 _check("cuIpcCloseMemHandle", _fn("cuIpcCloseMemHandle")(ctypes.c_uint64(self.ptr)))
@@ -237,6 +255,11 @@ def import_pieces(segments: Sequence[tuple[int, int]], offset: int, ordinal: int
     pieces is its segments side by side); the tensor starts offset bytes
     into the first. One segment is a plain segment's mapping."""
     total = sum(n for _, n in segments)
+    vmm_map, vmm_unmap = c_vmm_map, c_vmm_unmap
+    if vmm_map is not None and vmm_unmap is not None:
+        at, rc, what = vmm_map(_primary(ordinal).value or 0, ordinal, segments)
+        _check(what, rc)
+        return Mapping(at + offset, total, ordinal, legacy=False, base=at, parts=[n for _, n in segments], unmap=vmm_unmap)
     base = ctypes.c_uint64()
     mapped: list[int] = []
     with _Current(ordinal):

@@ -1,7 +1,8 @@
 /*
  * memcuda._speedups: the client's hot paths in C: encoding a request
  * (_wire), sending it and reading a response frame off the agent's socket
- * (_transport) and decoding a compact record (_wire).
+ * (_transport) and decoding a compact record (_wire); with _vmm.c, the
+ * driver calls of a VMM mapping (_cuda).
  *
  * Optional: the client works without it (pure Python, same results), and
  * uses it when it was built (setup.py; `make python-ext` for a checkout).
@@ -24,6 +25,8 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "_vmm.h"
 
 /* The record's fields in the layout's order (api/v1/compact.go), as
  * TensorInfo names them, and which of them are numbers. */
@@ -722,14 +725,14 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "memcuda._speedups", "The client's request encoder, frame reader (alone or after a send) and compact record decoder in C (optional).", -1, methods,
+    PyModuleDef_HEAD_INIT, "memcuda._speedups", "The client's request encoder, frame reader (alone or after a send), compact record decoder and VMM mapping calls in C (optional).", -1, methods,
     NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__speedups(void)
 {
     int j, rc;
-    PyObject *pieces_key;
+    PyObject *pieces_key, *m;
 
     for (j = 0; j < NFIELDS; j++) {
         keys[j] = PyUnicode_InternFromString(field_names[j]);
@@ -753,5 +756,10 @@ PyMODINIT_FUNC PyInit__speedups(void)
     if (rc < 0) {
         return NULL;
     }
-    return PyModule_Create(&module);
+    m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddFunctions(m, memcuda_vmm_methods) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -368,6 +368,50 @@ def test_get_many_maps_every_segment(gpu_agent) -> None:
             s.delete(name)
 
 
+def test_vmm_mappings_take_their_ranges_from_the_arena(gpu_agent) -> None:
+    """Cold gets map real segments on ranges carved from the C module's
+    arena; closing the connection unmaps them and gives every range back,
+    and the next connection's mappings reuse the same reservation, with
+    the same contents as the pure-Python mapping path reads."""
+    from memcuda import _cuda
+
+    if gpu_agent.mode != "vmm" or _cuda.c_vmm_map is None:
+        pytest.skip("the arena serves VMM mappings made by the C module")
+    from memcuda import _speedups
+
+    names = [f"arena.{i}" for i in range(4)]
+    with memcuda.connect() as s:
+        for i, name in enumerate(names):
+            s.create(name, (8 << 20,), "f32").torch().fill_(i + 1)  # 32 MiB: a segment each
+        import torch
+        torch.cuda.synchronize()
+        for name in names:
+            s.get(name).release()  # the creator's own references go; the registry's stay
+    sums = []
+    for path in ("c", "python", "c"):
+        saved = _cuda.c_vmm_map
+        if path == "python":
+            _cuda.c_vmm_map = None
+        try:
+            with memcuda.connect() as s:
+                ts = [s.get(name) for name in names]
+                sums.append([float(t.torch().sum()) for t in ts])
+                during = _speedups.vmm_arena()
+                for t in ts:
+                    t.release()
+        finally:
+            _cuda.c_vmm_map = saved
+        after = _speedups.vmm_arena()
+        if path == "c":
+            chunks, free = during
+            assert chunks >= 1 and free <= chunks * (64 << 30) - 4 * (32 << 20)
+            assert after == (chunks, chunks * (64 << 30)), "every range went back at close"
+    assert sums[0] == sums[1] == sums[2] == [float((i + 1) * (8 << 20)) for i in range(4)]
+    with memcuda.connect() as s:
+        for name in names:
+            s.delete(name)
+
+
 def test_create_many_on_the_gpu(gpu_agent) -> None:
     """create_many puts zero-filled tensors on the GPU that another process
     opens with get_many and sees written."""
