@@ -158,7 +158,7 @@ def bench_get(n: int) -> None:
     # Cold: a fresh connection; each get brings a new segment (32 MiB tensors
     # get their own segments): descriptor over the socket + import + map.
     k = 48
-    for i in range(10 * k):
+    for i in range(11 * k):
         s.create(f"b.cold{i}", (8 << 20,), "f32").release()
     # Let the agent finish what the creates left running (their registry
     # scripts: a get of a name with one pending waits for it; the clears of
@@ -212,11 +212,12 @@ def bench_get(n: int) -> None:
         cold_breakdown(k)
     floor, floor_import = cold_floor([f"b.cold{i}" for i in range(5 * k, 6 * k)])
     ahead = first_gets_pushed_ahead([f"b.cold{i}" for i in range(6 * k, 7 * k)])
-    cold_i, floor_i, bare_i, note = cold_against_floor([f"b.cold{i}" for i in range(7 * k, 8 * k)],
-                                                       [f"b.cold{i}" for i in range(8 * k, 9 * k)],
-                                                       [f"b.cold{i}" for i in range(9 * k, 10 * k)])
+    cold_i, floor_i, bare_i, raw_i, note = cold_against_floor([f"b.cold{i}" for i in range(7 * k, 8 * k)],
+                                                              [f"b.cold{i}" for i in range(8 * k, 9 * k)],
+                                                              [f"b.cold{i}" for i in range(9 * k, 10 * k)],
+                                                              [f"b.cold{i}" for i in range(10 * k, 11 * k)])
     NOTES.append(note)
-    for i in range(10 * k):
+    for i in range(11 * k):
         s.delete(f"b.cold{i}")
 
     # torch.multiprocessing: share a CUDA tensor through a Queue, consumer acks.
@@ -248,6 +249,8 @@ def bench_get(n: int) -> None:
     row("floor of a cold get: bare Python round trip" + (" passing the descriptor" if vmm else "") + " + the same import",
         floor, "the import alone (same loop)", floor_import, "over 1.2x: no cold get can meet 1.2x here")
     row("get, cold against its floor (same run)", cold, "floor of a cold get", floor, "<= 1.1x the floor")
+    row("get, cold against its floor (raw driver import), one of each in turn", cold_i,
+        "floor of a cold get with the raw driver import, in turn", raw_i, "<= 1.1x the floor")
     row("get, cold against its floor, one of each in turn", cold_i, "floor of a cold get, in turn", floor_i,
         "<= 1.1x the floor")
     row("get, cold, in turn, against a bare agent get frame + decode + the same import", cold_i,
@@ -621,23 +624,33 @@ def socket_rtt(n: int, with_fd: bool = False, fd: int = -1) -> list[float]:
 class _Floor:
     """The floor of a cold get on the segments of names: a bare round trip
     to a Python process (carrying the segment's descriptor on vmm) followed
-    by the client's own import of it, with no agent and no client work, on
-    segments this process never mapped."""
+    by an import of it, with no agent and no client work, on segments this
+    process never mapped. The import is the client's own import_segment,
+    or with raw on vmm the raw driver sequence (_raw_map: the import the
+    issue's floor names; legacy's is one driver call either way)."""
 
-    def __init__(self, names: list[str]) -> None:
+    def __init__(self, names: list[str], raw: bool = False) -> None:
         self.c = memcuda.connect()
         self.answers = _fetch_answers(self.c, names)
         vmm = self.answers[0][0].ipc_mode == "vmm"
         self.fds = [got[0] for _, got in self.answers] if vmm else []
         self.echo = _Echo(vmm, self.fds)
         self.maps: list[Any] = []
+        self.raw = raw and vmm
+        if self.raw:
+            self.lib = _cuda._load()
+            self.desc = _cuda._access(_cuda.ordinal_of(self.answers[0][0].device_uuid))
 
     def once(self, i: int) -> tuple[float, float]:
         """The floor on the i-th segment: (round trip + import, the import alone)."""
         t0 = time.perf_counter()
         fd = self.echo.round_trip(i)
         t1 = time.perf_counter()
-        self.maps.append(_cuda.import_segment(fd, self.answers[i][0]))
+        info = self.answers[i][0]
+        if self.raw:
+            self.maps.append((_raw_map(self.lib, fd, info.segment_size, self.desc), info.segment_size))
+        else:
+            self.maps.append(_cuda.import_segment(fd, info))
         t2 = time.perf_counter()
         if fd >= 0:
             os.close(fd)
@@ -646,7 +659,11 @@ class _Floor:
     def close(self) -> None:
         self.echo.close()
         for m in self.maps:
-            m.close()
+            if isinstance(m, tuple):
+                self.lib.cuMemUnmap(ctypes.c_uint64(m[0]), ctypes.c_size_t(m[1]))
+                self.lib.cuMemAddressFree(ctypes.c_uint64(m[0]), ctypes.c_size_t(m[1]))
+            else:
+                m.close()
         for fd in self.fds:
             os.close(fd)
         self.c.close()
@@ -661,21 +678,28 @@ def cold_floor(names: list[str]) -> tuple[list[float], list[float]]:
     return [w for w, _ in got], [imp for _, imp in got]
 
 
-def cold_against_floor(cold_names: list[str], floor_names: list[str],
-                       bare_names: list[str]) -> "tuple[list[float], list[float], list[float], str]":
+def cold_against_floor(cold_names: list[str], floor_names: list[str], bare_names: list[str],
+                       raw_names: list[str]) -> "tuple[list[float], list[float], list[float], list[float], str]":
     """Cold gets (a fresh connection, each name in a segment of its own),
-    the floor of a cold get (_Floor) and a bare get frame to the agent read
-    raw, then the same import (the agent's part without the client's), on
-    segments of their own, one of each in turn, the order rotating:
-    (cold gets, floors, bare gets, a note splitting the three)."""
+    the floor of a cold get (_Floor, with the client's import), a bare get
+    frame to the agent read raw, then the same import (the agent's part
+    without the client's), and the floor with the raw driver import
+    (_Floor raw), on segments of their own, one of each in turn, the order
+    rotating: (cold gets, floors, bare gets, raw floors, a note splitting
+    them). The device's primary context is current throughout, as PyTorch
+    leaves it on a thread that used the GPU."""
     from memcuda import _wire
 
     c = memcuda.connect()
     bare_c = memcuda.connect()
     fl = _Floor(floor_names)
+    raw_fl = _Floor(raw_names, raw=True)
+    current = _cuda._Current(_cuda.ordinal_of(fl.answers[0][0].device_uuid))
+    current.__enter__()
     cold: list[float] = []
     floor: list[float] = []
     floor_rtt: list[float] = []
+    raw: list[float] = []
     bare: list[float] = []
     bare_rtt: list[float] = []
     held = []
@@ -691,6 +715,9 @@ def cold_against_floor(cold_names: list[str], floor_names: list[str],
         floor.append(whole)
         floor_rtt.append(whole - imp)
 
+    def one_raw(i: int) -> None:
+        raw.append(raw_fl.once(i)[0])
+
     def one_bare(i: int) -> None:
         frame = _wire.encode_request(1 << 40, "get", name=bare_names[i])
         t0 = time.perf_counter()
@@ -704,22 +731,26 @@ def cold_against_floor(cold_names: list[str], floor_names: list[str],
         for fd in fds:
             os.close(fd)
 
-    order = [one_cold, one_floor, one_bare]
+    order = [one_cold, one_floor, one_bare, one_raw]
     for i in range(len(cold_names)):
         k = i % len(order)
         for f in order[k:] + order[:k]:
             f(i)
     fl.close()
+    raw_fl.close()
     for t in held:
         t.release()
     for m in maps:
         m.close()
     c.close()
     bare_c.close()
-    note = (f"cold get, floor and bare agent frame in turn, p50 us: cold get {us(pct(cold, 50))}, floor {us(pct(floor, 50))} "
-            f"(its round trip {us(pct(floor_rtt, 50))}), bare agent get frame + decode + the same import {us(pct(bare, 50))} "
-            f"(its round trip {us(pct(bare_rtt, 50))}): the client's own work is the cold get less the bare one")
-    return cold, floor, bare, note
+    current.__exit__()
+    note = (f"cold get, floors and bare agent frame in turn, p50 us: cold get {us(pct(cold, 50))}, floor with the raw "
+            f"driver import {us(pct(raw, 50))}, floor with the client's import {us(pct(floor, 50))} "
+            f"(its round trip {us(pct(floor_rtt, 50))}), bare agent get frame + decode + the client's import "
+            f"{us(pct(bare, 50))} (its round trip {us(pct(bare_rtt, 50))}): the client's own work is the cold get "
+            f"less the bare one")
+    return cold, floor, bare, raw, note
 
 
 # --- create ------------------------------------------------------------------
