@@ -3,7 +3,7 @@ Python's headers are at hand, left out (pure Python, same results) where not."""
 from setuptools import Extension, setup
 
 setup(
-    ext_modules=[Extension("memcuda._speedups", ["memcuda/_speedups.c", "memcuda/_vmm.c"], depends=["memcuda/_vmm.h"],
+    ext_modules=[Extension("memcuda._speedups", ["memcuda/_speedups.c", "memcuda/_mapping.c"], depends=["memcuda/_mapping.h"],
                            libraries=["dl"], py_limited_api=True, optional=True,
                            define_macros=[("Py_LIMITED_API", "0x03090000")])],
     options={"bdist_wheel": {"py_limited_api": "cp39"}},

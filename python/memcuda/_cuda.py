@@ -33,6 +33,9 @@ _uuids: Optional[dict[str, int]] = None
 # tests and benchmarks compare both paths.
 c_vmm_map: "Optional[Callable[[int, int, Sequence[tuple[int, int]]], tuple[int, int, str]]]" = speedup("vmm_map")
 c_vmm_unmap: "Optional[Callable[[int, int, Sequence[int]], tuple[int, str]]]" = speedup("vmm_unmap")
+# A legacy handle's open and close in C (_speedups.ipc_open and ipc_close), or None.
+c_ipc_open: "Optional[Callable[[int, bytes], tuple[int, int, str]]]" = speedup("ipc_open")
+c_ipc_close: "Optional[Callable[[int, int], tuple[int, str]]]" = speedup("ipc_close")
 
 
 class CudaError(MemcudaError):
@@ -170,7 +173,7 @@ class Mapping:
     (parts: their sizes); ptr is then the tensor's first byte."""
 
     def __init__(self, ptr: int, size: int, ordinal: int, legacy: bool, base: int = 0,
-                 parts: Optional[Sequence[int]] = None, unmap: Optional[Callable[[int, int, Sequence[int]], tuple[int, str]]] = None) -> None:
+                 parts: Optional[Sequence[int]] = None, unmap: Optional[Callable[..., tuple[int, str]]] = None) -> None:
         self.ptr = ptr
         self.size = size
         self.ordinal = ordinal
@@ -178,8 +181,8 @@ class Mapping:
         self.base = base or ptr
         self.parts = list(parts) if parts else [size]
         self.closed = False
-        # Set for a mapping made by c_vmm_map: its range may be the arena's,
-        # which only the same module can take back.
+        # The C module's close (c_vmm_unmap, c_ipc_close) for a mapping it
+        # made: a VMM range may be the arena's, which only it can take back.
         self._unmap = unmap
 
     def close(self) -> None:
@@ -187,7 +190,8 @@ class Mapping:
             return
         self.closed = True
         if self._unmap is not None:
-            rc, what = self._unmap(_primary(self.ordinal).value or 0, self.base, self.parts)
+            ctx = _primary(self.ordinal).value or 0
+            rc, what = self._unmap(ctx, self.ptr) if self.legacy else self._unmap(ctx, self.base, self.parts)
             _check(what, rc)
             return
         with _Current(self.ordinal):
@@ -283,6 +287,11 @@ def open_legacy(handle_b64: str, size: int, ordinal: int) -> Mapping:
     raw = base64.b64decode(handle_b64)
     if len(raw) != 64:
         raise FailedPrecondition(f"legacy ipc_handle decodes to {len(raw)} bytes, want 64")
+    ipc_open, ipc_close = c_ipc_open, c_ipc_close
+    if ipc_open is not None and ipc_close is not None:
+        at, rc, what = ipc_open(_primary(ordinal).value or 0, raw)
+        _check(what, rc)
+        return Mapping(at, int(size), ordinal, legacy=True, unmap=ipc_close)
     h = _IpcMemHandle()
     ctypes.memmove(ctypes.byref(h), raw, 64)
     ptr = ctypes.c_uint64()

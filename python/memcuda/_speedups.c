@@ -1,7 +1,7 @@
 /*
  * memcuda._speedups: the client's hot paths in C: encoding a request
  * (_wire), sending it and reading a response frame off the agent's socket
- * (_transport) and decoding a compact record (_wire); with _vmm.c, the
+ * (_transport) and decoding a compact record (_wire); with _mapping.c, the
  * driver calls of a VMM mapping (_cuda).
  *
  * Optional: the client works without it (pure Python, same results), and
@@ -26,7 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "_vmm.h"
+#include "_mapping.h"
 
 /* The record's fields in the layout's order (api/v1/compact.go), as
  * TensorInfo names them, and which of them are numbers. */
@@ -757,7 +757,7 @@ PyMODINIT_FUNC PyInit__speedups(void)
         return NULL;
     }
     m = PyModule_Create(&module);
-    if (m != NULL && PyModule_AddFunctions(m, memcuda_vmm_methods) < 0) {
+    if (m != NULL && PyModule_AddFunctions(m, memcuda_mapping_methods) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -1,5 +1,5 @@
 /*
- * A stand-in libcuda.so.1 for test_vmm_map.py, on machines without a GPU:
+ * A stand-in libcuda.so.1 for test_mappings.py, on machines without a GPU:
  * the driver calls of a VMM mapping as bookkeeping, strict where the real
  * driver is strict (a map inside one reservation, never over another
  * mapping, of the whole allocation; a free of exactly what was reserved),
@@ -105,7 +105,25 @@ int cuMemSetAccess(u64 at, size_t size, const void *desc, size_t n)
     return INVALID_VALUE;
 }
 
-/* The counters: live reservations, mappings and imported handles. */
+static int opened;
+
+typedef struct { char reserved[64]; } ipc_handle;
+
+/* A handle opens when its first byte is 'h'; the pointer is its second. */
+int cuIpcOpenMemHandle_v2(u64 *ptr, ipc_handle h, unsigned flags)
+{
+    if (h.reserved[0] != 'h' || flags != 1)
+        return INVALID_VALUE;
+    *ptr = 0x300000000000ULL + ((u64)(unsigned char)h.reserved[1] << 21);
+    opened++;
+    return 0;
+}
+
+int cuIpcCloseMemHandle(u64 ptr) { (void)ptr; return opened-- > 0 ? 0 : INVALID_VALUE; }
+
+/* The counters: live reservations, mappings, imported handles, the
+ * depth of pushed contexts and open IPC handles. */
+int fake_opened(void) { return opened; }
 int fake_reservations(void) { return nres; }
 int fake_mappings(void) { return nmaps; }
 int fake_handles(void) { return handles; }

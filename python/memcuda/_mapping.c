@@ -1,7 +1,8 @@
 /*
- * VMM mappings in C (part of memcuda._speedups): the driver calls a cold
- * get makes with a segment's descriptor in hand, without ctypes, on
- * address ranges carved from reservations made ahead.
+ * Segment mappings in C (part of memcuda._speedups): the driver calls a
+ * cold get makes with a segment's descriptor (vmm) or IPC handle (legacy)
+ * in hand, without ctypes; a VMM mapping's range is carved from
+ * reservations made ahead.
  *
  * A cold get runs right after a wait for the agent, with the process's
  * caches cold, and each ctypes call then costs microseconds of Python
@@ -28,7 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "_vmm.h"
+#include "_mapping.h"
 
 typedef int CUresult;
 typedef unsigned long long CUdeviceptr;
@@ -42,11 +43,15 @@ typedef struct {
     CUmemLocation location;
     int flags;
 } CUmemAccessDesc;
+typedef struct {
+    char reserved[64];
+} CUipcMemHandle;
 
 #define CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR 1
 #define CU_MEM_LOCATION_TYPE_DEVICE 1
 #define CU_MEM_ACCESS_FLAGS_PROT_READWRITE 3
 #define CUDA_ERROR_NOT_INITIALIZED 3
+#define CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS 1
 
 /* The pieces one mapping may have (the agent's cap on a tensor's pieces
  * is far below). */
@@ -64,6 +69,8 @@ static struct {
     CUresult (*unmap)(CUdeviceptr, size_t);
     CUresult (*release)(CUmemHandle);
     CUresult (*set_access)(CUdeviceptr, size_t, const CUmemAccessDesc *, size_t);
+    CUresult (*ipc_open)(CUdeviceptr *, CUipcMemHandle, unsigned);
+    CUresult (*ipc_close)(CUdeviceptr);
 } cu;
 
 /* A driver function, by its _v2 name where the driver has one (as
@@ -103,6 +110,8 @@ static int load(void)
     LOOKUP(unmap, "cuMemUnmap")
     LOOKUP(release, "cuMemRelease")
     LOOKUP(set_access, "cuMemSetAccess")
+    LOOKUP(ipc_open, "cuIpcOpenMemHandle")
+    LOOKUP(ipc_close, "cuIpcCloseMemHandle")
 #undef LOOKUP
     cu.state = 1;
     return 1;
@@ -457,6 +466,70 @@ static PyObject *vmm_unmap(PyObject *self, PyObject *args)
     return Py_BuildValue("(Is)", 0u, "");
 }
 
+static const char ipc_open_doc[] =
+    "ipc_open(ctx: int, handle: bytes) -> tuple[int, int, str]\n\n"
+    "Opens a legacy CUipcMemHandle (64 bytes) with ctx current (peer access\n"
+    "enabled lazily): (the device pointer, 0, '') or (0, the CUresult,\n"
+    "'cuIpcOpenMemHandle'). Close with ipc_close.";
+
+static PyObject *ipc_open(PyObject *self, PyObject *args)
+{
+    unsigned long long ctx_value;
+    const char *raw;
+    Py_ssize_t len;
+    CUipcMemHandle h;
+    CUdeviceptr ptr = 0;
+    CUresult rc;
+    int pushed;
+
+    (void)self;
+    if (!PyArg_ParseTuple(args, "Ky#", &ctx_value, &raw, &len))
+        return NULL;
+    if (len != (Py_ssize_t)sizeof h.reserved) {
+        PyErr_Format(PyExc_ValueError, "a legacy IPC handle is %d bytes, not %zd", (int)sizeof h.reserved, len);
+        return NULL;
+    }
+    memcpy(h.reserved, raw, sizeof h.reserved);
+    if (load() != 1)
+        return failure(CUDA_ERROR_NOT_INITIALIZED, "dlopen libcuda.so.1");
+    rc = enter((CUcontext)(uintptr_t)ctx_value, &pushed);
+    if (rc != 0)
+        return failure(rc, "cuCtxPushCurrent");
+    Py_BEGIN_ALLOW_THREADS
+    rc = cu.ipc_open(&ptr, h, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS);
+    Py_END_ALLOW_THREADS
+    leave(pushed);
+    if (rc != 0)
+        return failure(rc, "cuIpcOpenMemHandle");
+    return Py_BuildValue("(KIs)", (unsigned long long)ptr, 0u, "");
+}
+
+static const char ipc_close_doc[] =
+    "ipc_close(ctx: int, ptr: int) -> tuple[int, str]\n\n"
+    "Closes what ipc_open opened: (0, '') or (the CUresult, 'cuIpcCloseMemHandle').";
+
+static PyObject *ipc_close(PyObject *self, PyObject *args)
+{
+    unsigned long long ctx_value;
+    CUdeviceptr ptr;
+    CUresult rc;
+    int pushed;
+
+    (void)self;
+    if (!PyArg_ParseTuple(args, "KK", &ctx_value, &ptr))
+        return NULL;
+    if (load() != 1)
+        return Py_BuildValue("(Is)", (unsigned)CUDA_ERROR_NOT_INITIALIZED, "dlopen libcuda.so.1");
+    rc = enter((CUcontext)(uintptr_t)ctx_value, &pushed);
+    if (rc != 0)
+        return Py_BuildValue("(Is)", (unsigned)rc, "cuCtxPushCurrent");
+    Py_BEGIN_ALLOW_THREADS
+    rc = cu.ipc_close(ptr);
+    Py_END_ALLOW_THREADS
+    leave(pushed);
+    return Py_BuildValue("(Is)", (unsigned)rc, rc != 0 ? "cuIpcCloseMemHandle" : "");
+}
+
 static const char vmm_arena_doc[] =
     "vmm_arena() -> tuple[int, int]\n\n"
     "The arena's reservations and the bytes free in them (tests).";
@@ -473,9 +546,11 @@ static PyObject *vmm_arena(PyObject *self, PyObject *unused)
     return Py_BuildValue("(iK)", arena.nchunks, free_bytes);
 }
 
-PyMethodDef memcuda_vmm_methods[] = {
+PyMethodDef memcuda_mapping_methods[] = {
     {"vmm_map", vmm_map, METH_VARARGS, vmm_map_doc},
     {"vmm_unmap", vmm_unmap, METH_VARARGS, vmm_unmap_doc},
     {"vmm_arena", vmm_arena, METH_NOARGS, vmm_arena_doc},
+    {"ipc_open", ipc_open, METH_VARARGS, ipc_open_doc},
+    {"ipc_close", ipc_close, METH_VARARGS, ipc_close_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -1,5 +1,5 @@
-"""The client's VMM mapping calls (_cuda.import_pieces and Mapping.close), in
-C with the arena and in Python through ctypes, against a stand-in
+"""The client's mapping calls (_cuda.import_pieces, open_legacy and
+Mapping.close), in C (with the arena for VMM) and in Python through ctypes, against a stand-in
 libcuda.so.1 (tests/fakecuda.c) that keeps the driver's books strictly: a
 map inside one reservation and over no other mapping, a free of exactly
 what was reserved. Each case runs in a child interpreter that loads the
@@ -39,7 +39,7 @@ PRELUDE = textwrap.dedent("""
     import ctypes, json, os, sys
     from memcuda import _cuda
     if sys.argv[1] == "python":
-        _cuda.c_vmm_map = _cuda.c_vmm_unmap = None
+        _cuda.c_vmm_map = _cuda.c_vmm_unmap = _cuda.c_ipc_open = _cuda.c_ipc_close = None
     drv = ctypes.CDLL("libcuda.so.1")
     def memfd(size):
         fd = os.memfd_create("seg")
@@ -165,6 +165,27 @@ def test_a_mapping_closes_through_the_path_that_made_it(fake_driver: Path) -> No
     assert out["after"] == [1, 0, 0, 0, 1, 64 * GIB]
 
 
+@pytest.mark.parametrize("path", paths())
+def test_legacy_handles_open_and_close(fake_driver: Path, path: str) -> None:
+    out = run_case(fake_driver, path, """
+        import base64
+        ms = [_cuda.open_legacy(base64.b64encode(b"h" + bytes([i]) + bytes(62)).decode(), 2 << 20, 0) for i in (1, 2)]
+        out["ptrs"] = [m.ptr for m in ms]
+        out["open"] = drv.fake_opened()
+        try:
+            _cuda.open_legacy(base64.b64encode(bytes(64)).decode(), 2 << 20, 0)
+        except _cuda.CudaError as e:
+            out["error"] = str(e)
+        for m in ms:
+            m.close()
+        out["after"] = [drv.fake_opened(), drv.fake_context_depth()]
+    """)
+    assert out["ptrs"] == [0x300000000000 + (1 << 21), 0x300000000000 + (2 << 21)]
+    assert out["open"] == 2
+    assert out["error"].startswith("cuIpcOpenMemHandle: CUDA_ERROR_INVALID_VALUE")
+    assert out["after"] == [0, 0]
+
+
 @pytest.mark.skipif(_cuda.c_vmm_map is None, reason="the C module is not built")
 def test_bad_parts_are_refused_before_any_driver_call() -> None:
     from memcuda import _speedups
@@ -175,3 +196,5 @@ def test_bad_parts_are_refused_before_any_driver_call() -> None:
         _speedups.vmm_map(0, 0, [(3, 0)])
     with pytest.raises(TypeError):
         _speedups.vmm_map(0, 0, [("fd", 2 << 20)])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="64 bytes"):
+        _speedups.ipc_open(0, bytes(63))
