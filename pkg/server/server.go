@@ -413,6 +413,7 @@ func (cn *conn) serveFrames() served {
 			unix.Close(fd)
 		}
 		werr := cn.reply(resp, fds)
+		cn.srv.st.AfterAnswer() // written or not
 		if c := cn.commit; c != nil {
 			cn.commit = nil
 			cn.srv.wg.Add(1)
@@ -604,7 +605,7 @@ func (cn *conn) get(ctx context.Context, req *v1.Request, resp *v1.Response) ([]
 	if err := cn.mappable(req.Name); err != nil {
 		return nil, err
 	}
-	info, commit, err := cn.srv.st.Get(ctx, store.GetParams{Name: req.Name, Holder: cn.holder, WriteBehind: true})
+	info, commit, err := cn.srv.st.Get(ctx, store.GetParams{Name: req.Name, Holder: cn.holder, WriteBehind: true, WakeAfterAnswer: true})
 	if err != nil {
 		return nil, err
 	}

@@ -32,6 +32,8 @@ type References interface {
 	Create(ctx context.Context, p store.CreateParams) (v1.Tensor, store.Commit, error)
 	Get(ctx context.Context, p store.GetParams) (v1.Tensor, store.Commit, error)
 	ReleaseBehind(ctx context.Context, p store.ReleaseParams) (registry.ReleaseResult, store.Commit, error)
+	// AfterAnswer runs what may wait until an answer was written.
+	AfterAnswer()
 }
 
 // Memory is what a connection holding a tensor asks of its memory.

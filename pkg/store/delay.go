@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -15,6 +16,9 @@ type delayLine struct {
 	mu   sync.Mutex
 	q    []delayed // in due order: every entry waits the same window
 	kick chan struct{}
+	// asleep: an entry went into an empty line and the line's goroutine,
+	// which then waits with no timer, has not been woken for it yet (wake).
+	asleep atomic.Bool
 	// writing counts scripts started from the line and not ended (flush
 	// waits for them).
 	writing sync.WaitGroup
@@ -33,17 +37,33 @@ const behindTimeout = 10 * time.Second
 
 func newDelayLine() *delayLine { return &delayLine{kick: make(chan struct{}, 1)} }
 
-// add queues e; the line's goroutine runs it once e.due passed.
-func (d *delayLine) add(e delayed) {
+// add queues e; the line's goroutine runs it once e.due passed. When e
+// goes into an empty line, that goroutine waits with no timer and must be
+// woken: now, or with later set at the caller's next wake. Waking a parked
+// goroutine may wake a thread and a CPU, which a get's answer need not
+// wait for; the window is far longer than the time until the wake.
+func (d *delayLine) add(e delayed, later bool) {
 	d.mu.Lock()
 	first := len(d.q) == 0
 	d.q = append(d.q, e)
 	d.mu.Unlock()
 	if first {
-		select {
-		case d.kick <- struct{}{}:
-		default:
+		d.asleep.Store(true)
+		if !later {
+			d.wake()
 		}
+	}
+}
+
+// wake wakes the line's goroutine for the entries that went into an empty
+// line since the last wake.
+func (d *delayLine) wake() {
+	if !d.asleep.Load() || !d.asleep.Swap(false) {
+		return
+	}
+	select {
+	case d.kick <- struct{}{}:
+	default:
 	}
 }
 
@@ -88,6 +108,12 @@ func (d *delayLine) serve(ctx context.Context, start func(delayed)) {
 		}
 	}
 }
+
+// AfterAnswer is the store's work that may wait until the answer of a
+// request was written: it wakes the goroutine of the coalescing window
+// for gets with WakeAfterAnswer that went into an empty window. It costs
+// an atomic load when there is nothing to do.
+func (s *Store) AfterAnswer() { s.delays.wake() }
 
 // startDelayed starts a get's script, unless a release cancelled it within
 // the window (nothing for Redis; the release ended its turn).

@@ -469,6 +469,9 @@ type GetParams struct {
 	// connection's first reference on a tensor of this agent that is live
 	// in its memory (see WithWriteBehind); the store decides whether it may.
 	WriteBehind bool
+	// WakeAfterAnswer: the caller calls AfterAnswer once the get's answer
+	// is written, and the get leaves to it what need not delay the answer.
+	WakeAfterAnswer bool
 }
 
 // Get takes one reference for p.Holder. The commit is nil unless the
@@ -500,7 +503,7 @@ func (s *Store) Get(ctx context.Context, p GetParams) (v1.Tensor, Commit, error)
 			})
 			if s.coalesce > 0 {
 				// Its window first: a release within it cancels both.
-				s.delays.add(delayed{due: time.Now().Add(s.coalesce), name: p.Name, t: t, run: commit})
+				s.delays.add(delayed{due: time.Now().Add(s.coalesce), name: p.Name, t: t, run: commit}, p.WakeAfterAnswer)
 				return info, nil, nil
 			}
 			return info, commit, nil

@@ -430,6 +430,35 @@ func TestCoalesceWindow(t *testing.T) {
 	}
 }
 
+// A get with WakeAfterAnswer that opens an empty window leaves waking the
+// window's goroutine to AfterAnswer: until then its script does not run,
+// even past the window; once called, it runs.
+func TestWakeAfterAnswerWakesTheWindow(t *testing.T) {
+	const window = 50 * time.Millisecond
+	f, _ := withTensor(t, store.WithCoalesce(window))
+	ctx := context.Background()
+	if _, commit, err := f.st.Get(ctx, store.GetParams{Name: "w", Holder: lease, WriteBehind: true, WakeAfterAnswer: true}); err != nil || commit != nil {
+		t.Fatalf("coalesced get: commit %v err %v", commit != nil, err)
+	}
+	time.Sleep(4 * window)
+	if holders, _ := f.reg.Holders(ctx, "w"); holders[lease] != 0 {
+		t.Fatalf("the get's script ran before AfterAnswer: %v", holders)
+	}
+	f.st.AfterAnswer()
+	f.st.AfterAnswer() // a second call has nothing to wake
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		holders, _ := f.reg.Holders(ctx, "w")
+		if holders[lease] == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the get's reference never reached Redis after AfterAnswer: %v", holders)
+		}
+		time.Sleep(window / 5)
+	}
+}
+
 // Many gets released within their window leave nothing behind: no script
 // reached Redis and the name's turns all ended.
 func TestCoalescedPairsLeaveNoTurns(t *testing.T) {
