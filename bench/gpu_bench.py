@@ -467,8 +467,8 @@ def raw_first_imports(names: list[str]) -> tuple[list[float], list[float]]:
 
 
 def cold_breakdown(k: int) -> None:
-    """Where a cold get's import goes, call by call (a second fresh
-    connection over the same tensors), and what the same import costs on a
+    """Where a cold get's import goes, call by call, on the pure-Python
+    mapping path (a second fresh connection over the same tensors), and what the same import costs on a
     virtual range reserved beforehand (descriptors duplicated from that
     connection, imported again after it closed)."""
     calls: dict[str, list[float]] = {}
@@ -485,12 +485,15 @@ def cold_breakdown(k: int) -> None:
                 calls.setdefault(name, []).append(time.perf_counter() - t0)
         return call
 
-    _cuda._fn = timing_fn
+    # The pure-Python mapping path: its driver calls go through _fn (the C
+    # module's do not).
+    c_map = _cuda.c_vmm_map
+    _cuda._fn, _cuda.c_vmm_map = timing_fn, None
     c = memcuda.connect()
     try:
         ts = [c.get(f"b.cold{i}") for i in range(k)]
     finally:
-        _cuda._fn = orig_fn
+        _cuda._fn, _cuda.c_vmm_map = orig_fn, c_map
     NOTES.append("cold get import, driver calls p50 us: " + ", ".join(
         f"{name} {us(pct(v, 50))}" for name, v in calls.items() if len(v) >= k // 2))
     segs = [(os.dup(c._segments[t.info.segment_id].fd), t.info.segment_size, t.info.device_uuid) for t in ts]
