@@ -260,6 +260,23 @@ static CUresult enter(CUcontext ctx, int *pushed)
     return rc;
 }
 
+/* The driver loaded and ctx current, for one call of the module: 0, or
+ * the failure's CUresult with *what naming the step that failed. */
+static CUresult begin(unsigned long long ctx_value, int *pushed, const char **what)
+{
+    CUresult rc;
+
+    *pushed = 0;
+    if (load() != 1) {
+        *what = "dlopen libcuda.so.1";
+        return CUDA_ERROR_NOT_INITIALIZED;
+    }
+    rc = enter((CUcontext)(uintptr_t)ctx_value, pushed);
+    if (rc != 0)
+        *what = "cuCtxPushCurrent";
+    return rc;
+}
+
 static void leave(int pushed)
 {
     CUcontext popped;
@@ -338,15 +355,12 @@ static PyObject *vmm_map(PyObject *self, PyObject *args)
         return NULL;
     if (parse_parts(parts, fds, sizes, &n, &total) != 0)
         return NULL;
-    if (load() != 1)
-        return failure(CUDA_ERROR_NOT_INITIALIZED, "dlopen libcuda.so.1");
     access.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
     access.location.id = ordinal;
     access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
-
-    rc = enter((CUcontext)(uintptr_t)ctx_value, &pushed);
+    rc = begin(ctx_value, &pushed, &what);
     if (rc != 0)
-        return failure(rc, "cuCtxPushCurrent");
+        return failure(rc, what);
     whole_granules = total % GRANULE == 0 && total <= ARENA_MAX;
     for (i = 0; i < n && whole_granules; i++)
         whole_granules = sizes[i] % GRANULE == 0;
@@ -415,6 +429,7 @@ static PyObject *vmm_unmap(PyObject *self, PyObject *args)
     Py_ssize_t len, i;
     int pushed, failed_at = -1;
     CUresult rc;
+    const char *what = "";
 
     (void)self;
     if (!PyArg_ParseTuple(args, "KKO", &ctx_value, &base, &seq))
@@ -435,11 +450,9 @@ static PyObject *vmm_unmap(PyObject *self, PyObject *args)
             return NULL;
         total += sizes[i];
     }
-    if (load() != 1)
-        return Py_BuildValue("(Is)", (unsigned)CUDA_ERROR_NOT_INITIALIZED, "dlopen libcuda.so.1");
-    rc = enter((CUcontext)(uintptr_t)ctx_value, &pushed);
+    rc = begin(ctx_value, &pushed, &what);
     if (rc != 0)
-        return Py_BuildValue("(Is)", (unsigned)rc, "cuCtxPushCurrent");
+        return Py_BuildValue("(Is)", (unsigned)rc, what);
     Py_BEGIN_ALLOW_THREADS
     {
         CUdeviceptr at = base;
@@ -481,6 +494,7 @@ static PyObject *ipc_open(PyObject *self, PyObject *args)
     CUdeviceptr ptr = 0;
     CUresult rc;
     int pushed;
+    const char *what = "";
 
     (void)self;
     if (!PyArg_ParseTuple(args, "Ky#", &ctx_value, &raw, &len))
@@ -490,11 +504,9 @@ static PyObject *ipc_open(PyObject *self, PyObject *args)
         return NULL;
     }
     memcpy(h.reserved, raw, sizeof h.reserved);
-    if (load() != 1)
-        return failure(CUDA_ERROR_NOT_INITIALIZED, "dlopen libcuda.so.1");
-    rc = enter((CUcontext)(uintptr_t)ctx_value, &pushed);
+    rc = begin(ctx_value, &pushed, &what);
     if (rc != 0)
-        return failure(rc, "cuCtxPushCurrent");
+        return failure(rc, what);
     Py_BEGIN_ALLOW_THREADS
     rc = cu.ipc_open(&ptr, h, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS);
     Py_END_ALLOW_THREADS
@@ -514,15 +526,14 @@ static PyObject *ipc_close(PyObject *self, PyObject *args)
     CUdeviceptr ptr;
     CUresult rc;
     int pushed;
+    const char *what = "";
 
     (void)self;
     if (!PyArg_ParseTuple(args, "KK", &ctx_value, &ptr))
         return NULL;
-    if (load() != 1)
-        return Py_BuildValue("(Is)", (unsigned)CUDA_ERROR_NOT_INITIALIZED, "dlopen libcuda.so.1");
-    rc = enter((CUcontext)(uintptr_t)ctx_value, &pushed);
+    rc = begin(ctx_value, &pushed, &what);
     if (rc != 0)
-        return Py_BuildValue("(Is)", (unsigned)rc, "cuCtxPushCurrent");
+        return Py_BuildValue("(Is)", (unsigned)rc, what);
     Py_BEGIN_ALLOW_THREADS
     rc = cu.ipc_close(ptr);
     Py_END_ALLOW_THREADS

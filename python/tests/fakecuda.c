@@ -26,7 +26,15 @@ int cuDeviceGet(int *dev, int i) { *dev = i; return i == 0 ? 0 : INVALID_VALUE; 
 int cuDeviceGetUuid(char *uuid, int dev) { (void)dev; memset(uuid, 0xab, 16); return 0; }
 int cuDevicePrimaryCtxRetain(void **ctx, int dev) { (void)dev; *ctx = (void *)0x1234; return 0; }
 int cuCtxGetCurrent(void **ctx) { *ctx = ctx_depth ? (void *)0x1234 : NULL; return 0; }
-int cuCtxPushCurrent_v2(void *ctx) { (void)ctx; ctx_depth++; return 0; }
+/* A context the test names BAD_CTX cannot be made current. */
+#define BAD_CTX ((void *)0xbad)
+int cuCtxPushCurrent_v2(void *ctx)
+{
+    if (ctx == BAD_CTX)
+        return INVALID_VALUE;
+    ctx_depth++;
+    return 0;
+}
 int cuCtxPopCurrent_v2(void **ctx) { *ctx = (void *)0x1234; ctx_depth--; return 0; }
 int cuGetErrorName(int rc, const char **s) { *s = rc == INVALID_HANDLE ? "CUDA_ERROR_INVALID_HANDLE" : "CUDA_ERROR_INVALID_VALUE"; return 0; }
 int cuGetErrorString(int rc, const char **s) { (void)rc; *s = "refused by the test driver"; return 0; }

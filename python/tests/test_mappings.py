@@ -198,3 +198,47 @@ def test_bad_parts_are_refused_before_any_driver_call() -> None:
         _speedups.vmm_map(0, 0, [("fd", 2 << 20)])  # type: ignore[list-item]
     with pytest.raises(ValueError, match="64 bytes"):
         _speedups.ipc_open(0, bytes(63))
+
+
+@pytest.mark.skipif(_cuda.c_vmm_map is None, reason="the C module is not built")
+def test_a_context_that_cannot_be_made_current_fails_every_call_before_the_driver_work(fake_driver: Path) -> None:
+    out = run_case(fake_driver, "c", """
+        from memcuda import _speedups
+        bad = 0xbad  # the stand-in refuses to push it
+        fd = memfd(2 << 20)
+        out["map"] = list(_speedups.vmm_map(bad, 0, [(fd, 2 << 20)]))
+        out["unmap"] = list(_speedups.vmm_unmap(bad, 1 << 40, [2 << 20]))
+        out["open"] = list(_speedups.ipc_open(bad, bytes(64)))
+        out["close"] = list(_speedups.ipc_close(bad, 1 << 40))
+        out["books"] = books()
+    """)
+    assert out["map"] == [0, 1, "cuCtxPushCurrent"]
+    assert out["unmap"] == [1, "cuCtxPushCurrent"]
+    assert out["open"] == [0, 1, "cuCtxPushCurrent"]
+    assert out["close"] == [1, "cuCtxPushCurrent"]
+    assert out["books"] == [0, 0, 0, 0], "a failed push left a reservation, mapping, handle or context behind"
+
+
+@pytest.mark.skipif(_cuda.c_vmm_map is None, reason="the C module is not built")
+def test_without_a_driver_the_calls_say_so(tmp_path: Path) -> None:
+    # No libcuda.so.1 on the search path (this directory is empty, and the
+    # machine's own, if any, is hidden by an unloadable one of that name).
+    (tmp_path / "libcuda.so.1").write_bytes(b"not a shared object")
+    env = dict(os.environ, LD_LIBRARY_PATH=str(tmp_path), PYTHONPATH=child_pythonpath())
+    code = textwrap.dedent("""
+        import ctypes, json, sys
+        try:
+            ctypes.CDLL("libcuda.so.1")
+            sys.exit(77)  # a driver loads after all: nothing to check here
+        except OSError:
+            pass
+        from memcuda import _speedups
+        print(json.dumps([list(_speedups.vmm_map(1, 0, [(0, 2 << 20)])), list(_speedups.vmm_unmap(1, 1 << 40, [2 << 20])),
+                          list(_speedups.ipc_open(1, bytes(64))), list(_speedups.ipc_close(1, 1 << 40))]))
+    """)
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    if p.returncode == 77:
+        pytest.skip("a libcuda.so.1 loads here despite the unloadable one first on the path")
+    assert p.returncode == 0, p.stderr
+    want = "dlopen libcuda.so.1"
+    assert json.loads(p.stdout) == [[0, 3, want], [3, want], [0, 3, want], [3, want]]
