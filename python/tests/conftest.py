@@ -12,7 +12,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generator, Iterator
+from typing import Any, Callable, Generator, Iterator
 
 import pytest
 
@@ -46,6 +46,15 @@ def python_path(module: Any, attr: str, on: bool) -> Iterator[None]:
         yield
     finally:
         setattr(module, attr, saved)
+
+
+def eventually(cond: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    """Waits for cond to hold, failing the test with what when it never does."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            pytest.fail(f"never: {what}")
+        time.sleep(0.01)
 
 
 def child_pythonpath() -> str:

@@ -2,21 +2,11 @@
 from __future__ import annotations
 
 import threading
-import time
-from typing import Callable
 
 import numpy as np
-import pytest
 
 import memcuda
-
-
-def eventually(cond: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            pytest.fail(f"never: {what}")
-        time.sleep(0.01)
+from conftest import eventually
 
 
 def watch_threads() -> list[threading.Thread]:
