@@ -9,7 +9,10 @@ pause). Prints a Markdown table; --out writes a summary as JSON.
 
 Calls: create (bf16 256x1024 from a warm pool: create, then release and
 delete outside the timing), get-warm (the connection holds the tensor) and
-get-unheld (get and release, no reference held between).
+get-unheld (get and release, no reference held between), get-first (the
+get of get-unheld alone, its release untimed). --gap-us puts an
+untimed pause before every call, the client spinning (not sleeping) so that
+only the agent goes idle: the calls of a process that works between them.
 """
 from __future__ import annotations
 
@@ -71,23 +74,50 @@ class GetUnheld:
         return time.perf_counter() - t0
 
 
+class GetFirst(GetUnheld):
+    """get of a tensor no reference of this connection holds (timed: the
+    connection's first reference), then its release (untimed)."""
+
+    def __call__(self) -> float:
+        t0 = time.perf_counter()
+        t = self.c.get(self.name, wait=False)
+        dt = time.perf_counter() - t0
+        t.release()
+        self.c.flush()
+        return dt
+
+
 CALLS: dict[str, Callable[[Any, str], Callable[[], float]]] = {
-    "create": Create, "get-warm": GetWarm, "get-unheld": GetUnheld}
+    "create": Create, "get-warm": GetWarm, "get-unheld": GetUnheld, "get-first": GetFirst}
 
 
-def paired(a: Callable[[], float], b: Callable[[], float], n: int, block: int, warm: int) -> tuple[list[float], list[float], list[float]]:
+def spin(seconds: float) -> None:
+    """Waits without giving up the CPU."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def paired(a: Callable[[], float], b: Callable[[], float], n: int, block: int, warm: int,
+           gap: float = 0.0) -> tuple[list[float], list[float], list[float]]:
     """n calls on each agent, in blocks of `block` calls back to back (the
     first `warm` of each block untimed: they wake the agent), the blocks
-    alternating A B, B A, ... Returns both agents' times and, per pair of
-    blocks, the difference of their medians (B - A)."""
+    alternating A B, B A, ... With a gap, each call follows a pause of that
+    many seconds. Returns both agents' times and, per pair of blocks, the
+    difference of their medians (B - A)."""
     ta: list[float] = []
     tb: list[float] = []
     diffs: list[float] = []
 
+    def call(f: Callable[[], float]) -> float:
+        if gap:
+            spin(gap)
+        return f()
+
     def run(f: Callable[[], float]) -> list[float]:
         for _ in range(warm):
-            f()
-        return [f() for _ in range(block)]
+            call(f)
+        return [call(f) for _ in range(block)]
 
     for i in range((n + block - 1) // block):
         if i % 2:
@@ -108,17 +138,20 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=20, help="calls back to back on one agent before the other's turn")
     ap.add_argument("--warm", type=int, default=3, help="untimed calls at the start of each block")
     ap.add_argument("--only", default=",".join(CALLS), help="calls to measure, comma-separated")
+    ap.add_argument("--gap-us", type=float, default=0.0, help="an untimed pause before each call, the client spinning")
     ap.add_argument("--label", default="", help="a word for the table's heading (the backend)")
     ap.add_argument("--out", default="", help="JSON file for the summary")
     args = ap.parse_args()
     ca = memcuda.connect(os.environ["AB_SOCKET_A"])
     cb = memcuda.connect(os.environ["AB_SOCKET_B"])
     out: dict[str, Any] = {}
+    if args.gap_us:
+        print(f"each call after a pause of {args.gap_us:g} us, the client spinning")
     print(f"| {args.label} call | A p50 us | B p50 us | B/A | median over block pairs of B-A, us | block pairs B faster |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name in args.only.split(","):
         make = CALLS[name]
-        ta, tb, diff = paired(make(ca, "a"), make(cb, "b"), args.n, args.block, args.warm)
+        ta, tb, diff = paired(make(ca, "a"), make(cb, "b"), args.n, args.block, args.warm, args.gap_us / 1e6)
         faster = sum(1 for d in diff if d < 0) / len(diff)
         out[name] = {"a_p50": pct(ta, 50), "b_p50": pct(tb, 50), "a_p99": pct(ta, 99), "b_p99": pct(tb, 99),
                      "block_diff_p50": pct(diff, 50), "b_faster": faster, "blocks": len(diff), "block": args.block}

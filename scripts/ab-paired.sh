@@ -6,6 +6,7 @@
 # .device/redis is used when present, gzipped binaries are unpacked).
 #   bash scripts/ab-paired.sh A_BIN B_BIN [modes...]   (default: vmm legacy)
 # Env: AB_N timed calls per agent and call (default 2000), AB_ONLY calls (default all),
+# AB_GAP_US an untimed pause before each call (the client spinning; default none),
 # OUT where the JSON summaries go (default gpu-out).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -44,7 +45,7 @@ for mode in "${modes[@]}"; do
     status=1; down; rm -rf "$RUN_A" "$RUN_B"; continue
   fi
   AB_SOCKET_A=$RUN_A/agent.sock AB_SOCKET_B=$RUN_B/agent.sock python3 bench/ab_paired.py --n "${AB_N:-2000}" \
-    ${AB_ONLY:+--only "$AB_ONLY"} --label "$mode" --out "$OUT/ab-paired-$mode.json" || status=1
+    ${AB_ONLY:+--only "$AB_ONLY"} ${AB_GAP_US:+--gap-us "$AB_GAP_US"} --label "$mode" --out "$OUT/ab-paired-$mode.json" || status=1
   down
   rm -rf "$RUN_A" "$RUN_B"
 done
