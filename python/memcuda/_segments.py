@@ -67,20 +67,28 @@ class IdleMappings:
         self.max_count = max_count
         self.max_bytes = max_bytes
         self._segs: dict[str, Segment] = {}
+        self._bytes = 0  # the sizes of _segs, kept as they come and go: a release must not cost a sum over them
 
     def add(self, seg: Segment) -> list[Segment]:
         """Keeps seg; returns the segments unmapped to stay within bounds."""
+        self.take(seg.id)
         self._segs[seg.id] = seg
+        self._bytes += seg.size
         out = []
-        while self._segs and (len(self._segs) > self.max_count or sum(s.size for s in self._segs.values()) > self.max_bytes):
+        while self._segs and (len(self._segs) > self.max_count or self._bytes > self.max_bytes):
             old = self._segs.pop(next(iter(self._segs)))
+            self._bytes -= old.size
             unmap(old)
             out.append(old)
         return out
 
     def take(self, seg_id: str) -> Optional[Segment]:
         """Removes a segment that is in use again."""
-        return self._segs.pop(seg_id, None)
+        seg = self._segs.pop(seg_id, None)
+        if seg is not None:
+            self._bytes -= seg.size
+        return seg
 
     def clear(self) -> None:
         self._segs.clear()
+        self._bytes = 0

@@ -187,6 +187,24 @@ def test_idle_mappings_are_bounded(agent) -> None:
         assert all(seg.mapping is None for seg in s._segments.values()), "max_idle_mappings=0 unmaps at the last release"
 
 
+def test_idle_mappings_count_bytes_as_segments_come_and_go() -> None:
+    """The byte bound counts what is idle now: a segment taken back into use
+    or added twice counts once, and the oldest go first past the bound."""
+    from memcuda._segments import IdleMappings, Segment
+
+    idle = IdleMappings(max_count=10, max_bytes=10)
+    a, b, c, d = (Segment(n, -1, size=4) for n in "abcd")
+    assert idle.add(a) == [] and idle.add(b) == []
+    assert idle.take("a") is a and idle.take("a") is None
+    assert idle.add(c) == [], "a taken segment no longer counts: 8 bytes idle"
+    assert idle.add(c) == [], "added again, it counts once"
+    assert idle.add(a) == [b], "12 bytes: the oldest goes"
+    idle.clear()
+    assert idle.add(d) == [] and idle.add(a) == [] and idle.add(b) == [d]
+    idle.max_bytes = 0
+    assert idle.add(c) == [a, b, c]
+
+
 def test_unmapped_segments_descriptor_is_closed_and_sent_again(agent) -> None:
     """An open descriptor keeps a segment's memory: past the idle bounds the
     client closes it and sends forget; a later get brings it again."""
