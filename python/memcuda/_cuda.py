@@ -1,7 +1,8 @@
 """The CUDA driver calls the client needs, through ctypes on libcuda.so.1
 (no toolkit needed): import a VMM segment from a file descriptor, or open a
-legacy CUipcMemHandle, in the device's primary context. A VMM mapping's
-calls run in C where the optional module was built (_speedups.vmm_map)."""
+legacy CUipcMemHandle, in the device's primary context. A mapping's
+calls run in C where the optional module was built (_speedups.vmm_map,
+ipc_open)."""
 from __future__ import annotations
 
 import base64

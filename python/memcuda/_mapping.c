@@ -290,26 +290,41 @@ static PyObject *failure(CUresult rc, const char *what)
     return Py_BuildValue("(KIs)", 0ULL, (unsigned)rc, what);
 }
 
-/* Unmaps the first n parts mapped from base (the GIL released). */
-static void unmap_parts(CUdeviceptr base, const unsigned long long *sizes, int n)
+/* Unmaps the first n parts mapped from base, every one even after a
+ * failure (the GIL released): 0, or the first failure's CUresult. */
+static CUresult unmap_parts(CUdeviceptr base, const unsigned long long *sizes, Py_ssize_t n)
 {
-    int i;
+    Py_ssize_t i;
+    CUresult rc = 0;
 
     for (i = 0; i < n; i++) {
-        cu.unmap(base, sizes[i]);
+        CUresult r = cu.unmap(base, sizes[i]);
+        if (r != 0 && rc == 0)
+            rc = r;
         base += sizes[i];
     }
+    return rc;
 }
 
-static int parse_parts(PyObject *parts, int *fds, unsigned long long *sizes, int *n, unsigned long long *total)
+/* The length of a mapping's sequence of parts, or -1 with an exception. */
+static Py_ssize_t part_count(PyObject *parts)
 {
-    Py_ssize_t i, len = PySequence_Size(parts);
+    Py_ssize_t len = PySequence_Size(parts);
 
     if (len < 1 || len > MAX_PARTS) {
         if (!PyErr_Occurred())
             PyErr_Format(PyExc_ValueError, "a mapping has 1 to %d parts, not %zd", MAX_PARTS, len);
         return -1;
     }
+    return len;
+}
+
+static int parse_parts(PyObject *parts, int *fds, unsigned long long *sizes, int *n, unsigned long long *total)
+{
+    Py_ssize_t i, len = part_count(parts);
+
+    if (len < 0)
+        return -1;
     *total = 0;
     for (i = 0; i < len; i++) {
         PyObject *item = PySequence_GetItem(parts, i);
@@ -427,19 +442,15 @@ static PyObject *vmm_unmap(PyObject *self, PyObject *args)
     PyObject *seq;
     unsigned long long sizes[MAX_PARTS];
     Py_ssize_t len, i;
-    int pushed, failed_at = -1;
+    int pushed;
     CUresult rc;
     const char *what = "";
 
     (void)self;
     if (!PyArg_ParseTuple(args, "KKO", &ctx_value, &base, &seq))
         return NULL;
-    len = PySequence_Size(seq);
-    if (len < 1 || len > MAX_PARTS) {
-        if (!PyErr_Occurred())
-            PyErr_Format(PyExc_ValueError, "a mapping has 1 to %d parts, not %zd", MAX_PARTS, len);
+    if ((len = part_count(seq)) < 0)
         return NULL;
-    }
     for (i = 0; i < len; i++) {
         PyObject *item = PySequence_GetItem(seq, i);
         if (item == NULL)
@@ -454,28 +465,20 @@ static PyObject *vmm_unmap(PyObject *self, PyObject *args)
     if (rc != 0)
         return Py_BuildValue("(Is)", (unsigned)rc, what);
     Py_BEGIN_ALLOW_THREADS
-    {
-        CUdeviceptr at = base;
-        for (i = 0; i < len; i++) {
-            CUresult r = cu.unmap(at, sizes[i]);
-            if (r != 0 && rc == 0) {
-                rc = r;
-                failed_at = (int)i;
-            }
-            at += sizes[i];
-        }
-    }
+    rc = unmap_parts(base, sizes, len);
     Py_END_ALLOW_THREADS
+    what = "cuMemUnmap";
     if (rc == 0) {
         int chunk = chunk_of(base);
         if (chunk >= 0)
             give(base, total, chunk); /* a failure only strands the range in the arena */
         else
             rc = cu.address_free(base, total);
+        what = "cuMemAddressFree";
     }
     leave(pushed);
     if (rc != 0)
-        return Py_BuildValue("(Is)", (unsigned)rc, failed_at >= 0 ? "cuMemUnmap" : "cuMemAddressFree");
+        return Py_BuildValue("(Is)", (unsigned)rc, what);
     return Py_BuildValue("(Is)", 0u, "");
 }
 

@@ -2,7 +2,7 @@
  * memcuda._speedups: the client's hot paths in C: encoding a request
  * (_wire), sending it and reading a response frame off the agent's socket
  * (_transport) and decoding a compact record (_wire); with _mapping.c, the
- * driver calls of a VMM mapping (_cuda).
+ * driver calls of a VMM mapping or a legacy handle's open (_cuda).
  *
  * Optional: the client works without it (pure Python, same results), and
  * uses it when it was built (setup.py; `make python-ext` for a checkout).
@@ -725,7 +725,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "memcuda._speedups", "The client's request encoder, frame reader (alone or after a send), compact record decoder and VMM mapping calls in C (optional).", -1, methods,
+    PyModuleDef_HEAD_INIT, "memcuda._speedups", "The client's request encoder, frame reader (alone or after a send), compact record decoder and mapping calls in C (optional).", -1, methods,
     NULL, NULL, NULL, NULL,
 };
 

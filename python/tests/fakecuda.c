@@ -15,7 +15,8 @@
 #define INVALID_HANDLE 400
 
 typedef unsigned long long u64;
-static struct { u64 at, size; } res[MAXN], maps[MAXN];
+typedef struct { u64 at, size; } span;
+static span res[MAXN], maps[MAXN];
 static int nres, nmaps, handles;
 static u64 next_va = 0x200000000000ULL;
 static int ctx_depth;
@@ -53,15 +54,18 @@ int cuMemAddressReserve(u64 *at, size_t size, size_t align, u64 addr, u64 flags)
     return 0;
 }
 
-int cuMemAddressFree(u64 at, size_t size)
+/* Removes exactly [at, at+size) from a book of n spans, or refuses. */
+static int drop(span *book, int *n, u64 at, u64 size)
 {
-    for (int i = 0; i < nres; i++)
-        if (res[i].at == at && res[i].size == size) {
-            res[i] = res[--nres];
+    for (int i = 0; i < *n; i++)
+        if (book[i].at == at && book[i].size == size) {
+            book[i] = book[--*n];
             return 0;
         }
     return INVALID_VALUE;
 }
+
+int cuMemAddressFree(u64 at, size_t size) { return drop(res, &nres, at, size); }
 
 int cuMemImportFromShareableHandle(u64 *h, void *os_handle, int type)
 {
@@ -94,15 +98,7 @@ int cuMemMap(u64 at, size_t size, size_t offset, u64 h, u64 flags)
     return 0;
 }
 
-int cuMemUnmap(u64 at, size_t size)
-{
-    for (int i = 0; i < nmaps; i++)
-        if (maps[i].at == at && maps[i].size == size) {
-            maps[i] = maps[--nmaps];
-            return 0;
-        }
-    return INVALID_VALUE;
-}
+int cuMemUnmap(u64 at, size_t size) { return drop(maps, &nmaps, at, size); }
 
 int cuMemSetAccess(u64 at, size_t size, const void *desc, size_t n)
 {

@@ -242,3 +242,21 @@ def test_without_a_driver_the_calls_say_so(tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr
     want = "dlopen libcuda.so.1"
     assert json.loads(p.stdout) == [[0, 3, want], [3, want], [0, 3, want], [3, want]]
+
+
+@pytest.mark.skipif(_cuda.c_vmm_map is None, reason="the C module is not built")
+def test_an_unmap_the_driver_refuses_is_named_and_keeps_the_range(fake_driver: Path) -> None:
+    out = run_case(fake_driver, "c", """
+        from memcuda import _speedups
+        a, b = memfd(2 << 20), memfd(4 << 20)
+        ctx = _cuda._primary(0).value
+        base, rc, _ = _speedups.vmm_map(ctx, 0, [(a, 2 << 20), (b, 4 << 20)])
+        out["wrong"] = list(_speedups.vmm_unmap(ctx, base, [4 << 20, 2 << 20]))  # sizes in the wrong order
+        out["kept"] = arena()
+        out["right"] = list(_speedups.vmm_unmap(ctx, base, [2 << 20, 4 << 20]))
+        out["after"] = books() + arena()
+    """)
+    assert out["wrong"] == [1, "cuMemUnmap"]
+    assert out["kept"] == [1, 64 * GIB - 6 * MIB], "a failed unmap gave its range back"
+    assert out["right"] == [0, ""]
+    assert out["after"] == [1, 0, 0, 0, 1, 64 * GIB]
