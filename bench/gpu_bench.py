@@ -395,6 +395,16 @@ def _raw_map(lib: Any, fd: int, size: int, desc: Any, at: int = 0) -> int:
     return ptr.value
 
 
+def _close_map(lib: Any, m: Any) -> None:
+    """Unmaps what _raw_map mapped, (its pointer, its size), or closes a
+    client's mapping."""
+    if isinstance(m, tuple):
+        lib.cuMemUnmap(ctypes.c_uint64(m[0]), ctypes.c_size_t(m[1]))
+        lib.cuMemAddressFree(ctypes.c_uint64(m[0]), ctypes.c_size_t(m[1]))
+    else:
+        m.close()
+
+
 def _passed_fds(anc: list[Any]) -> list[int]:
     """The descriptors in recvmsg's ancillary data."""
     return [int.from_bytes(p[i:i + 4], sys.byteorder) for _l, _t, p in anc for i in range(0, len(p) - 3, 4)]
@@ -455,11 +465,7 @@ def raw_first_imports(names: list[str]) -> tuple[list[float], list[float]]:
             out.append(time.perf_counter() - t0)
             mapped.append((p, info.segment_size))
         for m in mapped:
-            if isinstance(m, tuple):
-                lib.cuMemUnmap(ctypes.c_uint64(m[0]), ctypes.c_size_t(m[1]))
-                lib.cuMemAddressFree(ctypes.c_uint64(m[0]), ctypes.c_size_t(m[1]))
-            else:
-                m.close()
+            _close_map(lib, m)
     for fd, _ in got:
         os.close(fd)
     c.close()
@@ -640,8 +646,8 @@ class _Floor:
         self.echo = _Echo(vmm, self.fds)
         self.maps: list[Any] = []
         self.raw = raw and vmm
+        self.lib = _cuda._load()
         if self.raw:
-            self.lib = _cuda._load()
             self.desc = _cuda._access(_cuda.ordinal_of(self.answers[0][0].device_uuid))
 
     def once(self, i: int) -> tuple[float, float]:
@@ -662,11 +668,7 @@ class _Floor:
     def close(self) -> None:
         self.echo.close()
         for m in self.maps:
-            if isinstance(m, tuple):
-                self.lib.cuMemUnmap(ctypes.c_uint64(m[0]), ctypes.c_size_t(m[1]))
-                self.lib.cuMemAddressFree(ctypes.c_uint64(m[0]), ctypes.c_size_t(m[1]))
-            else:
-                m.close()
+            _close_map(self.lib, m)
         for fd in self.fds:
             os.close(fd)
         self.c.close()
