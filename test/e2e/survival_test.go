@@ -46,7 +46,13 @@ func TestHostTensorsSurviveRestarts(t *testing.T) {
 			if err := y.Release(ctx); err != nil {
 				t.Fatal(err)
 			}
-			before, _ := e.stat("x")
+			// x's create was answered before its record was written
+			// (write-behind): what survives a crash is what reached Redis.
+			e.waitFor("x's record in Redis", 2*time.Second, func() bool { return e.refcount("x") == 2 })
+			before, err := e.stat("x")
+			if err != nil {
+				t.Fatal(err)
+			}
 
 			if sig == syscall.SIGTERM {
 				a.stop()
