@@ -3,7 +3,10 @@ through the original design's candidates: PyTorch's caching allocator (by
 default and with expandable_segments:True), CuPy's pool, the CUDA
 stream-ordered pool (cudaMallocAsync), plain cudaMalloc, and RMM's pool when
 its wheel is importable. mem-cuda's own pool replays the same file with
-bench/pooltrace (Go). Reports time per op and peak reserved / peak live.
+bench/pooltrace (Go). Reports time per op and peak reserved / peak live as
+each allocator counts it; with --device, also the peak of the device memory
+each one took (cudaMemGetInfo, in an untimed second replay), which counts
+what the driver rounds up beneath an allocator's own count.
 
 Traces (--kind):
   mixed   sizes 512 B to 256 MiB, log-uniform, random frees (--peak-gib)
@@ -16,7 +19,7 @@ Traces (--kind):
           blocks that fit none of the holes (what splits a pool's segments)
 
   python3 bench/alloc_trace.py gen trace.txt [--kind mixed --ops 20000 --peak-gib 8.2]
-  python3 bench/alloc_trace.py run trace.txt [--out results.json]
+  python3 bench/alloc_trace.py run trace.txt [--device] [--out results.json]
 """
 from __future__ import annotations
 
@@ -198,27 +201,45 @@ def replay(trace: list[tuple[str, int, int]], alloc: Callable[[int], Any], free:
     return dt / len(trace), peak
 
 
-def run_torch(trace: Any) -> tuple[float, int]:
+def device_reserved() -> Callable[[], int]:
+    """The device memory taken since this call (cudaMemGetInfo's total less
+    free): what an allocator holds from the driver, whatever it counts
+    itself. A driver call per read, so it replaces an allocator's own count
+    only in the untimed pass (--device)."""
+    from cuda.bindings import runtime as rt
+
+    def used() -> int:
+        e, free, total = rt.cudaMemGetInfo()
+        assert e == rt.cudaError_t.cudaSuccess, e
+        return int(total) - int(free)
+
+    base = used()
+    return lambda: used() - base
+
+
+def run_torch(trace: Any, device: bool = False) -> tuple[float, int]:
     import torch
 
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    dt, _ = replay(trace, lambda n: torch.empty(n, dtype=torch.uint8, device="cuda"), lambda h: None,
-                   lambda: 0, torch.cuda.synchronize)
-    peak = torch.cuda.max_memory_reserved()
+    torch.cuda.synchronize()
+    dt, peak = replay(trace, lambda n: torch.empty(n, dtype=torch.uint8, device="cuda"), lambda h: None,
+                      device_reserved() if device else lambda: 0, torch.cuda.synchronize)
+    if not device:
+        peak = torch.cuda.max_memory_reserved()
     torch.cuda.empty_cache()
     return dt, peak
 
 
-def run_torch_expandable(trace: Any) -> tuple[float, int]:
+def run_torch_expandable(trace: Any, device: bool = False) -> tuple[float, int]:
     """PyTorch with expandable_segments:True, in a process of its own (the
     setting is read when CUDA starts)."""
     import os
     import subprocess
 
     env = dict(os.environ, PYTORCH_CUDA_ALLOC_CONF="expandable_segments:True")
-    r = subprocess.run([sys.executable, __file__, "run", TRACE_PATH, "--only", "torch"], env=env,
-                       capture_output=True, text=True)
+    cmd = [sys.executable, __file__, "run", TRACE_PATH, "--only", "torch"] + (["--device"] if device else [])
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if r.returncode != 0:
         raise OSError(f"the expandable_segments run failed: {r.stderr[-500:]}")
     got = json.loads(r.stdout.strip().splitlines()[-1])
@@ -228,16 +249,19 @@ def run_torch_expandable(trace: Any) -> tuple[float, int]:
 TRACE_PATH = ""
 
 
-def run_cupy(trace: Any) -> tuple[float, int]:
+def run_cupy(trace: Any, device: bool = False) -> tuple[float, int]:
     import cupy
 
     pool = cupy.cuda.MemoryPool()
-    res = replay(trace, pool.malloc, lambda h: None, pool.total_bytes, cupy.cuda.Device().synchronize)
+    # Its own count is of the bytes it asked cudaMalloc for, which rounds
+    # them up beneath it: only the device pass sees what it holds.
+    res = replay(trace, pool.malloc, lambda h: None, device_reserved() if device else pool.total_bytes,
+                 cupy.cuda.Device().synchronize)
     pool.free_all_blocks()
     return res
 
 
-def run_async(trace: Any) -> tuple[float, int]:
+def run_async(trace: Any, device: bool = False) -> tuple[float, int]:
     from cuda.bindings import driver as drv
     from cuda.bindings import runtime as rt
 
@@ -251,13 +275,18 @@ def run_async(trace: Any) -> tuple[float, int]:
         assert e == rt.cudaError_t.cudaSuccess, e
         return p
 
-    dt, _ = replay(trace, alloc, lambda p: rt.cudaFreeAsync(p, 0), lambda: 0, rt.cudaDeviceSynchronize)
-    _, high = rt.cudaMemPoolGetAttribute(pool, rt.cudaMemPoolAttr.cudaMemPoolAttrReservedMemHigh)
     rt.cudaMemPoolTrimTo(pool, 0)
-    return dt, int(high)
+    rt.cudaDeviceSynchronize()
+    dt, peak = replay(trace, alloc, lambda p: rt.cudaFreeAsync(p, 0), device_reserved() if device else lambda: 0,
+                      rt.cudaDeviceSynchronize)
+    if not device:
+        _, high = rt.cudaMemPoolGetAttribute(pool, rt.cudaMemPoolAttr.cudaMemPoolAttrReservedMemHigh)
+        peak = int(high)
+    rt.cudaMemPoolTrimTo(pool, 0)
+    return dt, peak
 
 
-def run_malloc(trace: Any) -> tuple[float, int]:
+def run_malloc(trace: Any, device: bool = False) -> tuple[float, int]:
     from cuda.bindings import runtime as rt
 
     live = {"n": 0}
@@ -274,16 +303,17 @@ def run_malloc(trace: Any) -> tuple[float, int]:
         rt.cudaFree(p)
         live["n"] -= sizes.pop(int(p))
 
-    return replay(trace, alloc, free, lambda: live["n"], rt.cudaDeviceSynchronize)
+    return replay(trace, alloc, free, device_reserved() if device else lambda: live["n"], rt.cudaDeviceSynchronize)
 
 
-def run_rmm(trace: Any) -> tuple[float, int]:
+def run_rmm(trace: Any, device: bool = False) -> tuple[float, int]:
     import rmm
 
     cuda_mr = rmm.mr.CudaMemoryResource()
     pool = rmm.mr.PoolMemoryResource(cuda_mr, initial_pool_size=0)
     stats = rmm.mr.StatisticsResourceAdaptor(pool)
-    return replay(trace, lambda n: rmm.DeviceBuffer(size=n, mr=stats), lambda h: None, lambda: pool.pool_size(), lambda: None)
+    return replay(trace, lambda n: rmm.DeviceBuffer(size=n, mr=stats), lambda h: None,
+                  device_reserved() if device else lambda: pool.pool_size(), lambda: None)
 
 
 def main() -> None:
@@ -296,6 +326,9 @@ def main() -> None:
     ap.add_argument("--out", default="")
     ap.add_argument("--kind", choices=["mixed", "llm", "small", "holes"], default="mixed")
     ap.add_argument("--only", default="", help="internal: run one allocator (torch) and print its result as JSON")
+    ap.add_argument("--device", action="store_true",
+                    help="after each allocator's timed replay, an untimed one reading its peak from the device's "
+                         "free memory (cudaMemGetInfo) instead of the allocator's own count")
     args = ap.parse_args()
     if args.cmd == "gen":
         if args.kind == "llm":
@@ -311,7 +344,7 @@ def main() -> None:
     TRACE_PATH = args.trace
     trace = load(args.trace)
     if args.only == "torch":
-        dt, peak = run_torch(trace)
+        dt, peak = run_torch(trace, args.device)
         print(json.dumps({"dt": dt, "peak": peak}))
         return
     live = peak_live(trace)
@@ -326,7 +359,12 @@ def main() -> None:
             print(f"{name}: skipped ({e})", file=sys.stderr)
             continue
         results[name] = {"us_per_op": dt * 1e6, "peak_reserved": peak, "reserved_over_live": peak / live}
-        print(f"| {name} | {dt * 1e6:.1f} | {peak / live:.3f} |", flush=True)
+        row = f"| {name} | {dt * 1e6:.1f} | {peak / live:.6f} |"
+        if args.device:
+            _, dev = fn(trace, True)
+            results[name].update(device_peak=dev, device_over_live=dev / live)
+            row += f" {dev / live:.6f} |"
+        print(row, flush=True)
     if args.out:
         json.dump(results, open(args.out, "w"), indent=2)
 
