@@ -9,7 +9,7 @@
 # -min-growth 256, twice in turn, and through the peers (as each counts
 # itself, then the device memory each took), and a segment made and
 # released by size; ONLY_ALLOC=1 runs the traces alone, POOL_GROWTHS
-# sets the -min-growth replays. Each step runs
+# sets the -min-growth replays, ALLOC_KINDS the traces. Each step runs
 # only while LIMIT seconds (default 540) leave room for it.
 set -uo pipefail
 export OUT=${OUT:-$PWD/gpu-out}
@@ -39,7 +39,7 @@ for mode in vmm legacy; do
   grep -E '^\| (create|get|floor|first get|unheld|warm|x\.mul|[0-9]+ proc)|^create / echo|^cold get split|^create split' $OUT/b-$mode.log | cut -c1-250
   memcuda_down; AGENT_PID= REDIS_PID=
 done
-for kind in mixed holes small llm; do
+for kind in ${ALLOC_KINDS:-mixed holes small llm}; do
   [ -z "${SKIP_ALLOC:-}" ] && left 60 || break
   gen=(--kind "$kind"); [ "$kind" = small ] && gen+=(--peak-gib 2)
   python3 bench/alloc_trace.py gen "/tmp/t-$kind.txt" "${gen[@]}"
