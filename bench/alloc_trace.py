@@ -181,10 +181,14 @@ def peak_live(trace: list[tuple[str, int, int]]) -> int:
 
 
 def replay(trace: list[tuple[str, int, int]], alloc: Callable[[int], Any], free: Callable[[Any], None],
-           reserved: Callable[[], int], sync: Callable[[], None]) -> tuple[float, int]:
+           reserved: Callable[[], int], sync: Callable[[], None], device: bool = False) -> tuple[float, int]:
+    """Replays the trace: (seconds per op, the peak of reserved() after
+    each op; with device, of device_reserved() instead)."""
     held: dict[int, Any] = {}
     peak = 0
     sync()
+    if device:
+        reserved = device_reserved()  # after the sync: what was freed before is gone
     t0 = time.perf_counter()
     for op, i, n in trace:
         if op == "a":
@@ -204,8 +208,8 @@ def replay(trace: list[tuple[str, int, int]], alloc: Callable[[int], Any], free:
 def device_reserved() -> Callable[[], int]:
     """The device memory taken since this call (cudaMemGetInfo's total less
     free): what an allocator holds from the driver, whatever it counts
-    itself. A driver call per read, so it replaces an allocator's own count
-    only in the untimed pass (--device)."""
+    itself. A driver call per read, so replay reads it in place of an
+    allocator's own count only in the untimed pass (--device)."""
     from cuda.bindings import runtime as rt
 
     def used() -> int:
@@ -222,9 +226,8 @@ def run_torch(trace: Any, device: bool = False) -> tuple[float, int]:
 
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    torch.cuda.synchronize()
     dt, peak = replay(trace, lambda n: torch.empty(n, dtype=torch.uint8, device="cuda"), lambda h: None,
-                      device_reserved() if device else lambda: 0, torch.cuda.synchronize)
+                      lambda: 0, torch.cuda.synchronize, device)
     if not device:
         peak = torch.cuda.max_memory_reserved()
     torch.cuda.empty_cache()
@@ -255,8 +258,7 @@ def run_cupy(trace: Any, device: bool = False) -> tuple[float, int]:
     pool = cupy.cuda.MemoryPool()
     # Its own count is of the bytes it asked cudaMalloc for, which rounds
     # them up beneath it: only the device pass sees what it holds.
-    res = replay(trace, pool.malloc, lambda h: None, device_reserved() if device else pool.total_bytes,
-                 cupy.cuda.Device().synchronize)
+    res = replay(trace, pool.malloc, lambda h: None, pool.total_bytes, cupy.cuda.Device().synchronize, device)
     pool.free_all_blocks()
     return res
 
@@ -276,9 +278,7 @@ def run_async(trace: Any, device: bool = False) -> tuple[float, int]:
         return p
 
     rt.cudaMemPoolTrimTo(pool, 0)
-    rt.cudaDeviceSynchronize()
-    dt, peak = replay(trace, alloc, lambda p: rt.cudaFreeAsync(p, 0), device_reserved() if device else lambda: 0,
-                      rt.cudaDeviceSynchronize)
+    dt, peak = replay(trace, alloc, lambda p: rt.cudaFreeAsync(p, 0), lambda: 0, rt.cudaDeviceSynchronize, device)
     if not device:
         _, high = rt.cudaMemPoolGetAttribute(pool, rt.cudaMemPoolAttr.cudaMemPoolAttrReservedMemHigh)
         peak = int(high)
@@ -303,7 +303,7 @@ def run_malloc(trace: Any, device: bool = False) -> tuple[float, int]:
         rt.cudaFree(p)
         live["n"] -= sizes.pop(int(p))
 
-    return replay(trace, alloc, free, device_reserved() if device else lambda: live["n"], rt.cudaDeviceSynchronize)
+    return replay(trace, alloc, free, lambda: live["n"], rt.cudaDeviceSynchronize, device)
 
 
 def run_rmm(trace: Any, device: bool = False) -> tuple[float, int]:
@@ -312,8 +312,8 @@ def run_rmm(trace: Any, device: bool = False) -> tuple[float, int]:
     cuda_mr = rmm.mr.CudaMemoryResource()
     pool = rmm.mr.PoolMemoryResource(cuda_mr, initial_pool_size=0)
     stats = rmm.mr.StatisticsResourceAdaptor(pool)
-    return replay(trace, lambda n: rmm.DeviceBuffer(size=n, mr=stats), lambda h: None,
-                  device_reserved() if device else lambda: pool.pool_size(), lambda: None)
+    return replay(trace, lambda n: rmm.DeviceBuffer(size=n, mr=stats), lambda h: None, lambda: pool.pool_size(),
+                  lambda: None, device)
 
 
 def main() -> None:
