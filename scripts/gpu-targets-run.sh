@@ -9,7 +9,8 @@
 # -min-growth 256, twice in turn, and through the peers (as each counts
 # itself, then the device memory each took), and a segment made and
 # released by size; ONLY_ALLOC=1 runs the traces alone, POOL_GROWTHS
-# sets the -min-growth replays, ALLOC_KINDS the traces. Each step runs
+# sets the -min-growth replays, ALLOC_KINDS the traces (RMM among the
+# peers when .device/wheels is carried too). Each step runs
 # only while LIMIT seconds (default 540) leave room for it. SKIP_TESTS=1
 # leaves the tests out.
 set -uo pipefail
@@ -28,7 +29,7 @@ fi
 export LD_LIBRARY_PATH=$D/redis/usr/lib/x86_64-linux-gnu REDIS_SERVER=$D/redis/usr/bin/redis-server BIN_DIR=$D/bin MEMCUDA_BIN_DIR=$D/bin PYTHONUNBUFFERED=1
 export PYTHONPATH=$D/pyclient
 # Pure-Python packages the machine lacks (redis-py), as gpu-suite-run.sh unpacks them.
-[ -d "$D/pyclient" ] || python3 -c 'import sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sys.argv[2:]]' "$D/pyclient" "$D"/pywheels/*.whl
+[ -d "$D/pyclient" ] || ! compgen -G "$D/pywheels/*.whl" >/dev/null || python3 -c 'import sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sys.argv[2:]]' "$D/pyclient" "$D"/pywheels/*.whl
 . scripts/lib.sh
 for mode in vmm legacy; do
   [ -z "${ONLY_ALLOC:-}" ] && left 150 || break
@@ -42,6 +43,10 @@ for mode in vmm legacy; do
   grep -E '^\| (create|get|floor|first get|unheld|warm|x\.mul|[0-9]+ proc)|^create / echo|^cold get split|^create split' $OUT/b-$mode.log | cut -c1-250
   memcuda_down; AGENT_PID= REDIS_PID=
 done
+# RMM, when its wheels are carried (.device/wheels): unpacked, not installed.
+if [ -z "${SKIP_ALLOC:-}" ] && [ ! -d "$D/pylib" ] && compgen -G "$D/wheels/*.whl" >/dev/null; then
+  python3 -c 'import sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sys.argv[2:]]' "$D/pylib" "$D"/wheels/*.whl
+fi
 for kind in ${ALLOC_KINDS:-mixed holes small llm}; do
   [ -z "${SKIP_ALLOC:-}" ] && left 60 || break
   gen=(--kind "$kind"); [ "$kind" = small ] && gen+=(--peak-gib 2)
@@ -50,7 +55,7 @@ for kind in ${ALLOC_KINDS:-mixed holes small llm}; do
   for g in ${POOL_GROWTHS:-0 256 0 256}; do
     "$D/bin/pooltrace" -backend vmm -pieces 8 -whole-maps -min-growth $g "/tmp/t-$kind.txt" 2>&1 | grep -E '^\||segments made' | cut -c1-160
   done
-  left 40 && timeout 120 python3 bench/alloc_trace.py run "/tmp/t-$kind.txt" --device --out "$OUT/alloc-$kind.json" 2>&1 | grep -E '^\|' | cut -c1-120
+  left 40 && PYTHONPATH=$D/pylib:$PYTHONPATH timeout 120 python3 bench/alloc_trace.py run "/tmp/t-$kind.txt" --device --out "$OUT/alloc-$kind.json" 2>&1 | grep -E '^\|' | cut -c1-120
 done
 echo "=== segments t=$SECONDS"
 [ -z "${SKIP_ALLOC:-}" ] && left 20 && timeout 60 "$D/test/gpu.test" -test.run '^$' -test.bench Segment -test.benchtime 30x 2>&1 | grep -E '^Benchmark|FAIL'
