@@ -15,6 +15,7 @@
 # before its answer, the baseline of write-behind.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 D=$PWD/.device
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
@@ -25,8 +26,7 @@ export BIN_DIR=$D/bin MEMCUDA_BIN_DIR=$D/bin
 for f in "$D"/bin/*.gz "$D"/test/*.gz ${POOLTRACE_BASE:+"$POOLTRACE_BASE.gz"}; do [ -f "$f" ] && gunzip -f "$f"; done
 [ -z "${POOLTRACE_BASE:-}" ] || chmod +x "$POOLTRACE_BASE"
 # Pure-Python packages the machine lacks (redis-py): unpacked, not installed.
-if compgen -G "$D/pywheels/*.whl" >/dev/null; then
-  python3 -c 'import sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sys.argv[2:]]' "$D/pyclient" "$D"/pywheels/*.whl
+if unpack_wheels "$D/pyclient" "$D/pywheels"; then
   export PYTHONPATH=$D/pyclient${PYTHONPATH:+:$PYTHONPATH}
 fi
 status=0
@@ -101,9 +101,7 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   fi
   if [ -z "${SKIP_ALLOC:-}" ]; then
     # RMM from the carried wheels (a zip each: unpacked, not installed).
-    if compgen -G "$D/wheels/*.whl" >/dev/null; then
-      python3 -c 'import sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sys.argv[2:]]' "$D/pylib" "$D"/wheels/*.whl
-    fi
+    unpack_wheels "$D/pylib" "$D/wheels"
     # ALLOC_KINDS picks the traces (bench/alloc_trace.py says what each is).
     for kind in ${ALLOC_KINDS:-mixed llm small holes}; do
       step "allocator trace: $kind"

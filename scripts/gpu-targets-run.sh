@@ -28,9 +28,9 @@ if [ -z "${ONLY_ALLOC:-}${SKIP_TESTS:-}" ]; then
 fi
 export LD_LIBRARY_PATH=$D/redis/usr/lib/x86_64-linux-gnu REDIS_SERVER=$D/redis/usr/bin/redis-server BIN_DIR=$D/bin MEMCUDA_BIN_DIR=$D/bin PYTHONUNBUFFERED=1
 export PYTHONPATH=$D/pyclient
-# Pure-Python packages the machine lacks (redis-py), as gpu-suite-run.sh unpacks them.
-[ -d "$D/pyclient" ] || ! compgen -G "$D/pywheels/*.whl" >/dev/null || python3 -c 'import sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sys.argv[2:]]' "$D/pyclient" "$D"/pywheels/*.whl
 . scripts/lib.sh
+# The client's pure-Python packages (redis-py), unless the tests unpacked them.
+[ -d "$D/pyclient" ] || unpack_wheels "$D/pyclient" "$D/pywheels"
 for mode in vmm legacy; do
   [ -z "${ONLY_ALLOC:-}" ] && left 150 || break
   RUN=$(mktemp -d)
@@ -44,9 +44,7 @@ for mode in vmm legacy; do
   memcuda_down; AGENT_PID= REDIS_PID=
 done
 # RMM, when its wheels are carried (.device/wheels): unpacked, not installed.
-if [ -z "${SKIP_ALLOC:-}" ] && [ ! -d "$D/pylib" ] && compgen -G "$D/wheels/*.whl" >/dev/null; then
-  python3 -c 'import sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sys.argv[2:]]' "$D/pylib" "$D"/wheels/*.whl
-fi
+[ -n "${SKIP_ALLOC:-}" ] || [ -d "$D/pylib" ] || unpack_wheels "$D/pylib" "$D/wheels"
 for kind in ${ALLOC_KINDS:-mixed holes small llm}; do
   [ -z "${SKIP_ALLOC:-}" ] && left 60 || break
   gen=(--kind "$kind"); [ "$kind" = small ] && gen+=(--peak-gib 2)

@@ -1,6 +1,14 @@
 # Shared helpers of the scripts: a throwaway redis-server and agent.
 # Source it; call memcuda_up, then memcuda_down (set as an EXIT trap).
 
+unpack_wheels() {
+  # $1: a directory to put on PYTHONPATH; $2: a directory of wheels (a zip
+  # each) of pure-Python packages a GPU machine lacks, unpacked into $1, not
+  # installed. Returns 1 when $2 holds none.
+  compgen -G "$2/*.whl" >/dev/null || return 1
+  python3 -c 'import sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sys.argv[2:]]' "$1" "$2"/*.whl
+}
+
 memcuda_redis_up() {
   # $1: directory for the run. Redis listens on a Unix socket only:
   # node-local, and faster than TCP loopback.
