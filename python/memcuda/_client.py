@@ -9,7 +9,7 @@ import time
 import weakref
 from typing import Any, Iterator, Optional, Sequence
 
-from . import _dtypes, _wire
+from . import _dtypes, _settings, _wire
 from ._errors import Disconnected, FailedPrecondition, InvalidArgument, MemcudaError, ProtocolError, Unavailable, from_code
 from ._record import TensorInfo
 from ._pieces import map_pieces
@@ -102,17 +102,18 @@ class Client:
     def __init__(self, path: str, timeout: float = 10.0, spin_us: Optional[float] = None,
                  reconnect: Optional[float] = None) -> None:
         self.path = path
-        spin = float(os.environ.get("MEMCUDA_SPIN_US", "0") if spin_us is None else spin_us)
+        timeout = _settings.seconds(timeout, "", 10.0, "timeout", positive=True)
+        spin = _settings.seconds(spin_us, "MEMCUDA_SPIN_US", 0.0, "spin_us")
         self._timeout, self._spin = timeout, spin
-        self._reconnect_s = float(os.environ.get("MEMCUDA_RECONNECT_S", "30") if reconnect is None else reconnect)
+        self._reconnect_s = _settings.seconds(reconnect, "MEMCUDA_RECONNECT_S", 30.0, "reconnect")
+        self._idle = IdleMappings(_settings.count(None, "MEMCUDA_IDLE_MAPPINGS", 8, "max_idle_mappings"),
+                                  _settings.count(None, "MEMCUDA_IDLE_MAPPING_BYTES", 1 << 30, "max_idle_bytes"))
         self._lock = threading.RLock()
         self._conn = Connection(path, timeout, spin)
         self._held: dict[str, int] = {}  # open references per tensor name: what a reattach takes over
         self._lost: set[str] = set()  # names a reattach could not take over: their releases are not sent
         self.reconnects = 0  # times this client reconnected to its agent
         self._next_id = 0
-        self._idle = IdleMappings(int(os.environ.get("MEMCUDA_IDLE_MAPPINGS", "8")),
-                                  int(os.environ.get("MEMCUDA_IDLE_MAPPING_BYTES", str(1 << 30))))
         self._segments: dict[str, Segment] = {}
         self._pending_release: list[str] = []  # from finalizers: sent before the next call
         self._unmapped: list[Segment] = []  # descriptors to close, and forget, at a safe point
@@ -167,7 +168,7 @@ class Client:
 
     @max_idle_mappings.setter
     def max_idle_mappings(self, n: int) -> None:
-        self._idle.max_count = n
+        self._idle.max_count = _settings.count(n, "", 0, "max_idle_mappings")
 
     @property
     def max_idle_bytes(self) -> int:
@@ -176,7 +177,7 @@ class Client:
 
     @max_idle_bytes.setter
     def max_idle_bytes(self, n: int) -> None:
-        self._idle.max_bytes = n
+        self._idle.max_bytes = _settings.count(n, "", 0, "max_idle_bytes")
 
     # -- requests and answers ----------------------------------------------
 

@@ -395,6 +395,42 @@ def test_device_argument_forms() -> None:
             _device_arg(bad)
 
 
+@pytest.mark.parametrize("kw, env, match", [
+    ({"timeout": 0}, {}, "timeout must be above 0"),
+    ({"timeout": float("nan")}, {}, "timeout must be above 0"),
+    ({"timeout": "10"}, {}, "timeout must be a number"),
+    ({"spin_us": -1}, {}, "spin_us must be at least 0"),
+    ({"reconnect": True}, {}, "reconnect must be a number"),
+    ({}, {"MEMCUDA_SPIN_US": "fast"}, r"\$MEMCUDA_SPIN_US='fast': spin_us must be a number"),
+    ({}, {"MEMCUDA_RECONNECT_S": "-3"}, r"\$MEMCUDA_RECONNECT_S='-3': reconnect must be at least 0"),
+    ({}, {"MEMCUDA_RECONNECT_S": "inf"}, "reconnect must be at least 0 and finite"),
+    ({}, {"MEMCUDA_IDLE_MAPPINGS": "2.5"}, r"\$MEMCUDA_IDLE_MAPPINGS='2.5': max_idle_mappings must be a whole number"),
+    ({}, {"MEMCUDA_IDLE_MAPPING_BYTES": "-1"}, "max_idle_bytes must be at least 0"),
+])
+def test_bad_client_settings_are_refused_by_name(tmp_path, monkeypatch, kw: dict[str, Any], env: dict[str, str], match: str) -> None:
+    """A bad setting is refused before the client dials (the socket here
+    does not exist: the setting's error comes first)."""
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(memcuda.InvalidArgument, match=match):
+        memcuda.connect(str(tmp_path / "no.sock"), **kw)
+
+
+def test_client_settings_from_the_environment(agent, monkeypatch) -> None:
+    monkeypatch.setenv("MEMCUDA_IDLE_MAPPINGS", " 3 ")
+    monkeypatch.setenv("MEMCUDA_IDLE_MAPPING_BYTES", "4096")
+    monkeypatch.setenv("MEMCUDA_SPIN_US", "")  # empty: the default
+    with memcuda.connect(reconnect=0) as s:
+        assert (s.max_idle_mappings, s.max_idle_bytes) == (3, 4096)
+        s.max_idle_mappings = 5
+        assert s.max_idle_mappings == 5
+        for bad in (-1, 1.5, "7", None):
+            with pytest.raises(memcuda.InvalidArgument, match="max_idle_bytes"):
+                s.max_idle_bytes = bad
+        assert s.max_idle_bytes == 4096
+        assert s.list() == []
+
+
 def test_unknown_device_is_refused(agent) -> None:
     with memcuda.connect() as s:
         for dev in (7, "GPU-00000000-0000-0000-0000-000000000000"):
