@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Optional, Union
+from typing import Callable, Optional, TypeVar, Union
 
 from ._errors import InvalidArgument
 
@@ -18,19 +18,13 @@ def seconds(value: Optional[Number], env: str, default: float, what: str, positi
     """A duration (seconds or microseconds, as what says): value, else
     $env (when env names one), else default. At least 0 (above 0 when
     positive), and finite."""
-    raw: object = value
-    if value is None:
-        if not env:
-            return default
-        text = os.environ.get(env, "").strip()
-        if not text:
-            return default
-        try:
-            raw = float(text)
-        except ValueError:
-            raise InvalidArgument(f"${env}={text!r}: {what} must be a number") from None
-        return _checked(raw, f"${env}={text!r}: {what}", positive)
-    return _checked(raw, what, positive)
+    if value is not None:
+        return _checked(value, what, positive)
+    got = _from_env(env, float, what, "a number")
+    if got is None:
+        return default
+    text, v = got
+    return _checked(v, f"${env}={text!r}: {what}", positive)
 
 
 def count(value: Optional[int], env: str, default: int, what: str) -> int:
@@ -39,21 +33,30 @@ def count(value: Optional[int], env: str, default: int, what: str) -> int:
     if value is None and not env:
         raise InvalidArgument(f"{what} must be a whole number, not None")
     if value is None:
-        text = os.environ.get(env, "").strip()
-        if not text:
+        got = _from_env(env, int, what, "a whole number")
+        if got is None:
             return default
-        try:
-            n = int(text)
-        except ValueError:
-            raise InvalidArgument(f"${env}={text!r}: {what} must be a whole number") from None
-        if n < 0:
-            raise InvalidArgument(f"${env}={text!r}: {what} must be at least 0")
-        return n
+        text, value = got
+        what = f"${env}={text!r}: {what}"
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidArgument(f"{what} must be a whole number, not {value!r}")
     if value < 0:
         raise InvalidArgument(f"{what} must be at least 0, not {value}")
     return value
+
+
+T = TypeVar("T", int, float)
+
+
+def _from_env(env: str, parse: Callable[[str], T], what: str, kind: str) -> Optional[tuple[str, T]]:
+    # $env's text and value; None when env names none or it is unset or empty.
+    text = os.environ.get(env, "").strip() if env else ""
+    if not text:
+        return None
+    try:
+        return text, parse(text)
+    except ValueError:
+        raise InvalidArgument(f"${env}={text!r}: {what} must be {kind}") from None
 
 
 def _checked(v: object, what: str, positive: bool) -> float:
