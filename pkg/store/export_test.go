@@ -20,3 +20,19 @@ func (s *Store) QueuedTurns(name string) int {
 	defer s.order.mu.Unlock()
 	return s.order.queued[name]
 }
+
+// BehindScripts is the number of name's turns not ended that may still run
+// a script (a cancelled get's turn runs none).
+func (s *Store) BehindScripts(name string) int {
+	s.order.mu.Lock()
+	defer s.order.mu.Unlock()
+	return s.order.behind[name]
+}
+
+// SetMaxTurns sets the bound on a name's turns not ended (cancelled ones
+// included) until the test ends.
+func SetMaxTurns(t interface{ Cleanup(func()) }, n int) {
+	old := maxTurns
+	maxTurns = n
+	t.Cleanup(func() { maxTurns = old })
+}

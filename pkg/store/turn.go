@@ -31,6 +31,9 @@ type turn struct {
 	// follower is the next turn of the name, ended before this one, that
 	// waits for it (under the order's lock).
 	follower *turn
+	// behind: it counts in the order's behind (under the order's lock):
+	// from its queueing until it ends or is cancelled.
+	behind bool
 }
 
 const (
@@ -44,9 +47,15 @@ type order struct {
 	mu   sync.Mutex
 	last map[string]*turn  // name -> its last queued script
 	open map[openKey]*turn // a holder's get of a name whose script has not started
-	// queued counts each name's turns not yet ended. Past maxBehind no more
-	// requests are answered ahead of their scripts: they wait their turn,
-	// which bounds how far Redis may fall behind the answers.
+	// behind counts each name's turns not yet ended that may still run a
+	// script. Past maxBehind no more requests are answered ahead of their
+	// scripts: they wait their turn, which bounds how far Redis may fall
+	// behind the answers. A cancelled get runs none: it leaves the count at
+	// once, though its turn ends only after the turns before it.
+	behind map[string]int
+	// queued counts each name's turns not yet ended, cancelled ones too.
+	// Past maxTurns requests wait their turn as well: it bounds the memory
+	// of the cancelled turns that pile up behind a get still in its window.
 	queued map[string]int
 	// creating is each name's written-behind create not yet ended: a
 	// release waits for it, so a tensor created and released is in Redis
@@ -56,8 +65,11 @@ type order struct {
 
 const maxBehind = 256
 
+// maxTurns is a var for the test of the bound.
+var maxTurns = 1 << 16
+
 func newOrder() *order {
-	return &order{last: map[string]*turn{}, open: map[openKey]*turn{}, queued: map[string]int{}, creating: map[string]*turn{}}
+	return &order{last: map[string]*turn{}, open: map[openKey]*turn{}, behind: map[string]int{}, queued: map[string]int{}, creating: map[string]*turn{}}
 }
 
 // openKey is a holder's cancellable get of a name.
@@ -78,6 +90,19 @@ func (o *order) queueLocked(name string, t *turn) {
 	t.prev.Store(o.last[name])
 	o.last[name] = t
 	o.queued[name]++
+	o.behind[name]++
+	t.behind = true
+}
+
+// leaveBehindLocked takes t out of name's count of scripts behind.
+func (o *order) leaveBehindLocked(name string, t *turn) {
+	if !t.behind {
+		return
+	}
+	t.behind = false
+	if o.behind[name]--; o.behind[name] <= 0 {
+		delete(o.behind, name)
+	}
 }
 
 // takeBehind queues a write-behind script on name when may, called with
@@ -113,7 +138,7 @@ func (o *order) takeCreateBehind(name string, may func(last *turn) bool) (*turn,
 }
 
 func (o *order) queueBehindLocked(name string, t *turn, may func(last *turn) bool) bool {
-	if o.queued[name] >= maxBehind || !may(o.last[name]) {
+	if o.behind[name] >= maxBehind || o.queued[name] >= maxTurns || !may(o.last[name]) {
 		return false
 	}
 	o.queueLocked(name, t)
@@ -155,6 +180,7 @@ func (o *order) cancel(name, holder string) bool {
 		return false
 	}
 	delete(o.open, k)
+	o.leaveBehindLocked(name, t)
 	o.endLocked(name, t)
 	return true
 }
@@ -219,6 +245,7 @@ func (o *order) endLocked(name string, t *turn) {
 		if o.queued[name]--; o.queued[name] <= 0 {
 			delete(o.queued, name)
 		}
+		o.leaveBehindLocked(name, t)
 		if o.creating[name] == t {
 			delete(o.creating, name)
 		}

@@ -39,7 +39,7 @@ func TestTurnsEndedOutOfOrder(t *testing.T) {
 			t.Fatalf("turn %d never finished", i)
 		}
 	}
-	if len(o.queued) != 0 || len(o.last) != 0 {
-		t.Fatalf("left behind: queued %v last %v", o.queued, o.last)
+	if len(o.queued) != 0 || len(o.behind) != 0 || len(o.last) != 0 {
+		t.Fatalf("left behind: queued %v behind %v last %v", o.queued, o.behind, o.last)
 	}
 }

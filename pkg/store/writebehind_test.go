@@ -505,6 +505,53 @@ func TestCancelledPairsLeaveTheBound(t *testing.T) {
 	}
 }
 
+// A get still in its window (its holder keeps the tensor) heads the name's
+// turns; the pairs of other holders released behind it run no script, so
+// they do not count against the bound on scripts behind: however many come
+// while it waits, a popular name's gets keep being answered at once instead
+// of waiting for that one get's window.
+func TestCancelledPairsBehindAPendingGetLeaveTheBound(t *testing.T) {
+	f, _ := withTensor(t, store.WithCoalesce(time.Hour))
+	ctx := context.Background()
+	const keeper = "conn:inst1:99"
+	coalescedGet(t, f, "w", keeper)
+	for i := 0; i < 1000; i++ {
+		gctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		_, commit, err := f.st.Get(gctx, store.GetParams{Name: "w", Holder: lease, WriteBehind: true})
+		cancel()
+		if err != nil || commit != nil {
+			t.Fatalf("get %d behind a pending get waited for it: commit %v err %v", i, commit != nil, err)
+		}
+		releaseAtOnce(t, f, "w", lease)
+	}
+	if n := f.st.BehindScripts("w"); n != 1 {
+		t.Fatalf("%d scripts behind, want the pending get's alone", n)
+	}
+	// Past the bound on turns not ended (their memory) a get waits its
+	// turn: here, for the pending get's window.
+	store.SetMaxTurns(t, f.st.QueuedTurns("w"))
+	wctx, wcancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	_, _, err := f.st.Get(wctx, store.GetParams{Name: "w", Holder: lease, WriteBehind: true})
+	wcancel()
+	if !errors.Is(err, errdefs.ErrUnavailable) {
+		t.Fatalf("a get past the bound on turns: %v, want it to wait for the pending get and time out", err)
+	}
+	store.SetMaxTurns(t, 1<<16)
+	if holders, _ := f.reg.Holders(ctx, "w"); holders[lease] != 0 || holders[keeper] != 0 {
+		t.Fatalf("references reached Redis inside the window: %v", holders)
+	}
+	// The keeper's release cancels its get too; every turn then ends.
+	releaseAtOnce(t, f, "w", keeper)
+	if n := f.st.QueuedTurns("w"); n != 0 {
+		t.Fatalf("%d turns left after every pair was released", n)
+	}
+	sctx, scancel := context.WithTimeout(ctx, 2*time.Second)
+	defer scancel()
+	if rec, err := f.st.Stat(sctx, "w"); err != nil || rec.Refcount != 1 {
+		t.Fatalf("stat after the pairs: %+v %v", rec, err)
+	}
+}
+
 // FlushBehind writes the references still in their window at once, before a
 // hand-over or a stop.
 func TestFlushBehindWritesTheWindow(t *testing.T) {
