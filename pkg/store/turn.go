@@ -65,8 +65,10 @@ type order struct {
 
 const maxBehind = 256
 
-// maxTurns is a var for the test of the bound.
-var maxTurns = 1 << 16
+// maxTurns bounds a name's turns not ended: ending a chain of them holds
+// the order's lock, so it is sized well above what one get's window queues
+// on a popular name, and no higher. A var for the test of the bound.
+var maxTurns = 4096
 
 func newOrder() *order {
 	return &order{last: map[string]*turn{}, open: map[openKey]*turn{}, behind: map[string]int{}, queued: map[string]int{}, creating: map[string]*turn{}}
