@@ -431,6 +431,28 @@ def test_client_settings_from_the_environment(agent, monkeypatch) -> None:
         assert s.list() == []
 
 
+@pytest.mark.agent_args("--registry-coalesce", "30s")
+def test_readers_are_not_held_up_by_a_get_in_its_window(agent) -> None:
+    """One process keeps a reference whose get is still in its coalescing
+    window (the name's oldest registry turn); another gets and releases the
+    same tensor a thousand times. Its pairs reach Redis neither way, and none
+    waits for the keeper's window (with the bound counting them, the 257th
+    pair waited for it, and past the operation timeout failed)."""
+    with memcuda.connect() as owner:
+        owner.create("w", (4,), "f32").release()
+    with memcuda.connect() as keeper, memcuda.connect() as reader:
+        held = keeper.get("w")
+        slowest = 0.0
+        for _ in range(1000):
+            t0 = time.perf_counter()
+            reader.get("w").release()
+            slowest = max(slowest, time.perf_counter() - t0)
+        assert slowest < 2.0, f"a pair waited {slowest:.1f}s for the keeper's window"
+        held.release()  # cancels the keeper's get too: every turn of the name ends
+        keeper.flush()  # its answer read: the release was handled
+        assert reader.stat("w").refcount == 1  # the registry's own: no pair reached Redis
+
+
 def test_unknown_device_is_refused(agent) -> None:
     with memcuda.connect() as s:
         for dev in (7, "GPU-00000000-0000-0000-0000-000000000000"):
