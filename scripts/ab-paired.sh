@@ -17,14 +17,8 @@ modes=("$@")
 [ ${#modes[@]} -gt 0 ] || modes=(vmm legacy)
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
-D=$PWD/.device
-if [ -d "$D/redis/usr/bin" ]; then
-  export LD_LIBRARY_PATH=$D/redis/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-  export REDIS_SERVER=$D/redis/usr/bin/redis-server
-fi
-for f in "$A_BIN"/*.gz "$B_BIN"/*.gz; do [ -f "$f" ] && gunzip -f "$f"; done
-chmod +x "$A_BIN"/* "$B_BIN"/*
 . scripts/lib.sh
+ab_binaries "$A_BIN" "$B_BIN"
 pids=()
 down() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done

@@ -12,14 +12,8 @@ A_BIN=$(cd "${1:?usage: ab-throughput.sh A_BIN B_BIN [mode] [rounds]}" && pwd) |
 B_BIN=$(cd "${2:?usage: ab-throughput.sh A_BIN B_BIN [mode] [rounds]}" && pwd) || exit 2
 mode=${3:-vmm}
 rounds=${4:-3}
-D=$PWD/.device
-if [ -d "$D/redis/usr/bin" ]; then
-  export LD_LIBRARY_PATH=$D/redis/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-  export REDIS_SERVER=$D/redis/usr/bin/redis-server
-fi
-for f in "$A_BIN"/*.gz "$B_BIN"/*.gz; do [ -f "$f" ] && gunzip -f "$f"; done
-chmod +x "$A_BIN"/* "$B_BIN"/*
 . scripts/lib.sh
+ab_binaries "$A_BIN" "$B_BIN"
 trap memcuda_down EXIT
 results=$(mktemp)
 for r in $(seq 1 "$rounds"); do

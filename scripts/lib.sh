@@ -9,6 +9,20 @@ unpack_wheels() {
   python3 -c 'import sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sys.argv[2:]]' "$1" "$2"/*.whl
 }
 
+ab_binaries() {
+  # The two agent builds of an A/B, in directories $1 and $2: unpacked when
+  # gzipped and made executable; on the GPU machine the carried
+  # .device/redis serves as redis-server.
+  local d=$PWD/.device
+  if [ -d "$d/redis/usr/bin" ]; then
+    export LD_LIBRARY_PATH=$d/redis/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    export REDIS_SERVER=$d/redis/usr/bin/redis-server
+  fi
+  local f
+  for f in "$1"/*.gz "$2"/*.gz; do [ -f "$f" ] && gunzip -f "$f"; done
+  chmod +x "$1"/* "$2"/*
+}
+
 memcuda_redis_up() {
   # $1: directory for the run. Redis listens on a Unix socket only:
   # node-local, and faster than TCP loopback.
