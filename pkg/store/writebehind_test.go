@@ -375,6 +375,17 @@ func TestDeleteBehindACancelledGetFrees(t *testing.T) {
 
 // coalescedGet is holder's get of name with a coalescing window: answered
 // at once, its script left to the store's delay line (no Commit).
+// getAhead is a written-behind get answered at once (within 2 s), inside
+// its window; failing says why.
+func getAhead(t *testing.T, f *fixture, name, holder, failing string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, commit, err := f.st.Get(ctx, store.GetParams{Name: name, Holder: holder, WriteBehind: true}); err != nil || commit != nil {
+		t.Fatalf("%s: commit %v err %v", failing, commit != nil, err)
+	}
+}
+
 func coalescedGet(t *testing.T, f *fixture, name, holder string) v1.Tensor {
 	t.Helper()
 	got, commit, err := f.st.Get(context.Background(), store.GetParams{Name: name, Holder: holder, WriteBehind: true})
@@ -487,12 +498,7 @@ func TestCancelledPairsLeaveTheBound(t *testing.T) {
 	f, _ := withTensor(t, store.WithCoalesce(time.Hour))
 	ctx := context.Background()
 	for i := 0; i < 1000; i++ {
-		gctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		_, commit, err := f.st.Get(gctx, store.GetParams{Name: "w", Holder: lease, WriteBehind: true})
-		cancel()
-		if err != nil || commit != nil {
-			t.Fatalf("get %d waited for the turns of released gets: commit %v err %v", i, commit != nil, err)
-		}
+		getAhead(t, f, "w", lease, fmt.Sprintf("get %d waited for the turns of released gets", i))
 		if i%100 == 0 {
 			if holders, _ := f.reg.Holders(ctx, "w"); holders[lease] != 0 {
 				t.Fatalf("get %d reached Redis before its answer: %v", i, holders)
@@ -516,12 +522,7 @@ func TestCancelledPairsBehindAPendingGetLeaveTheBound(t *testing.T) {
 	const keeper = "conn:inst1:99"
 	coalescedGet(t, f, "w", keeper)
 	for i := 0; i < 1000; i++ {
-		gctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		_, commit, err := f.st.Get(gctx, store.GetParams{Name: "w", Holder: lease, WriteBehind: true})
-		cancel()
-		if err != nil || commit != nil {
-			t.Fatalf("get %d behind a pending get waited for it: commit %v err %v", i, commit != nil, err)
-		}
+		getAhead(t, f, "w", lease, fmt.Sprintf("get %d behind a pending get waited for it", i))
 		releaseAtOnce(t, f, "w", lease)
 	}
 	if n := f.st.BehindScripts("w"); n != 1 {
