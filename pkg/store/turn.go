@@ -31,9 +31,6 @@ type turn struct {
 	// follower is the next turn of the name, ended before this one, that
 	// waits for it (under the order's lock).
 	follower *turn
-	// behind: it counts in the order's behind (under the order's lock):
-	// from its queueing until it ends or is cancelled.
-	behind bool
 }
 
 const (
@@ -93,15 +90,11 @@ func (o *order) queueLocked(name string, t *turn) {
 	o.last[name] = t
 	o.queued[name]++
 	o.behind[name]++
-	t.behind = true
 }
 
-// leaveBehindLocked takes t out of name's count of scripts behind.
-func (o *order) leaveBehindLocked(name string, t *turn) {
-	if !t.behind {
-		return
-	}
-	t.behind = false
+// leaveBehindLocked takes a turn out of name's count of scripts behind:
+// once, as it is cancelled or, not cancelled, as it ends.
+func (o *order) leaveBehindLocked(name string) {
 	if o.behind[name]--; o.behind[name] <= 0 {
 		delete(o.behind, name)
 	}
@@ -182,7 +175,7 @@ func (o *order) cancel(name, holder string) bool {
 		return false
 	}
 	delete(o.open, k)
-	o.leaveBehindLocked(name, t)
+	o.leaveBehindLocked(name)
 	o.endLocked(name, t)
 	return true
 }
@@ -247,7 +240,9 @@ func (o *order) endLocked(name string, t *turn) {
 		if o.queued[name]--; o.queued[name] <= 0 {
 			delete(o.queued, name)
 		}
-		o.leaveBehindLocked(name, t)
+		if t.state.Load() != turnCancelled {
+			o.leaveBehindLocked(name) // a cancelled turn left at its cancel
+		}
 		if o.creating[name] == t {
 			delete(o.creating, name)
 		}

@@ -537,7 +537,6 @@ func TestCancelledPairsBehindAPendingGetLeaveTheBound(t *testing.T) {
 	if !errors.Is(err, errdefs.ErrUnavailable) {
 		t.Fatalf("a get past the bound on turns: %v, want it to wait for the pending get and time out", err)
 	}
-	store.SetMaxTurns(t, 4096)
 	if holders, _ := f.reg.Holders(ctx, "w"); holders[lease] != 0 || holders[keeper] != 0 {
 		t.Fatalf("references reached Redis inside the window: %v", holders)
 	}
