@@ -1126,6 +1126,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="rounds of the held and unheld runs at 16 processes")
     ap.add_argument("--only", default="", help="comma-separated parts to run: get, create, throughput, unheld, bandwidth")
     args = ap.parse_args()
+    if args.rounds < 1 or args.seconds <= 0 or args.n < 1:
+        ap.error("--rounds and --n must be at least 1, --seconds above 0")
     import torch
 
     RESULTS["device"] = torch.cuda.get_device_name(0)
