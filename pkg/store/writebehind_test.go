@@ -375,6 +375,15 @@ func TestDeleteBehindACancelledGetFrees(t *testing.T) {
 
 // coalescedGet is holder's get of name with a coalescing window: answered
 // at once, its script left to the store's delay line (no Commit).
+func coalescedGet(t *testing.T, f *fixture, name, holder string) v1.Tensor {
+	t.Helper()
+	got, commit, err := f.st.Get(context.Background(), store.GetParams{Name: name, Holder: holder, WriteBehind: true})
+	if err != nil || commit != nil {
+		t.Fatalf("coalesced get of %s: commit %v err %v", name, commit != nil, err)
+	}
+	return got
+}
+
 // getAhead is a written-behind get answered at once (within 2 s), inside
 // its window; failing says why.
 func getAhead(t *testing.T, f *fixture, name, holder, failing string) {
@@ -384,15 +393,6 @@ func getAhead(t *testing.T, f *fixture, name, holder, failing string) {
 	if _, commit, err := f.st.Get(ctx, store.GetParams{Name: name, Holder: holder, WriteBehind: true}); err != nil || commit != nil {
 		t.Fatalf("%s: commit %v err %v", failing, commit != nil, err)
 	}
-}
-
-func coalescedGet(t *testing.T, f *fixture, name, holder string) v1.Tensor {
-	t.Helper()
-	got, commit, err := f.st.Get(context.Background(), store.GetParams{Name: name, Holder: holder, WriteBehind: true})
-	if err != nil || commit != nil {
-		t.Fatalf("coalesced get of %s: commit %v err %v", name, commit != nil, err)
-	}
-	return got
 }
 
 // With a coalescing window the get's script waits for it: a release within
