@@ -1029,6 +1029,15 @@ def bench_throughput(procs: list[int], seconds: float) -> None:
     s.close()
 
 
+def tput_tensors(s: Any, procs: int) -> list[str]:
+    """Creates the tensors of the unheld runs: the shared name and one per
+    process, for _tput_run; returns their names, for the caller to delete."""
+    names = ["b.tput"] + [f"b.tput.{i}" for i in range(procs)]
+    for n in names:
+        s.create(n, (1024,), "f32").release()
+    return names
+
+
 def bench_unheld(procs: list[int], seconds: float, rounds: int = 3) -> None:
     """get, use, release: the connection holds no reference between pairs,
     on one shared name and on a name per process, against the held loop in
@@ -1038,9 +1047,7 @@ def bench_unheld(procs: list[int], seconds: float, rounds: int = 3) -> None:
     one sample of each says little, and the held loop beside them is the
     baseline of the same moments."""
     s = memcuda.connect()
-    for i in range(max(procs)):
-        s.create(f"b.tput.{i}", (1024,), "f32").release()
-    s.create("b.tput", (1024,), "f32").release()
+    tensors = tput_tensors(s, max(procs))
     out: dict[str, Any] = {}
     held_rate, held_p50 = _tput_run(1, True, False, seconds)
     out["held_1"] = {"rate": held_rate, "p50_us": held_p50}
@@ -1073,9 +1080,8 @@ def bench_unheld(procs: list[int], seconds: float, rounds: int = 3) -> None:
                      f"held, {top} processes, same rounds: {held_top:,.0f} ({min(runs['held']):,.0f}-{max(runs['held']):,.0f})",
                      f"{rate / held_top:.2f}x", ">= 100k/s"))
     RESULTS["unheld"] = out
-    for i in range(max(procs)):
-        s.delete(f"b.tput.{i}")
-    s.delete("b.tput")
+    for n in tensors:
+        s.delete(n)
     s.close()
 
 

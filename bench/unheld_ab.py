@@ -22,9 +22,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0)
     args = ap.parse_args()
     s = memcuda.connect()
-    names = ["b.tput"] + [f"b.tput.{i}" for i in range(args.procs)]
-    for n in names:
-        s.create(n, (1024,), "f32").release()
+    names = gpu_bench.tput_tensors(s, args.procs)
     one, _ = gpu_bench._tput_run(args.procs, False, False, args.seconds)
     each, _ = gpu_bench._tput_run(args.procs, False, True, args.seconds)
     for n in names:
