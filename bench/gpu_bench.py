@@ -1043,8 +1043,8 @@ def bench_unheld(procs: list[int], seconds: float, rounds: int = 3) -> None:
     on one shared name and on a name per process, against the held loop in
     the same run. At the most processes, rounds of the held loop, one name
     and a name each take turns and each reports its median and range: a
-    shared machine's throughput moves by tens of percent within minutes, so
-    one sample of each says little, and the held loop beside them is the
+    shared machine's throughput moves between runs minutes apart, so one
+    sample of each says little, and the held loop beside them is the
     baseline of the same moments."""
     s = memcuda.connect()
     tensors = tput_tensors(s, max(procs))
