@@ -23,7 +23,7 @@ for r in $(seq 1 "$rounds"); do
     run=$(mktemp -d)
     BIN_DIR=$bins memcuda_up "$run" --backend "$mode" --log-level warn || exit 1
     line=$(python3 bench/unheld_ab.py --procs "${AB_PROCS:-16}" --seconds "${AB_SECONDS:-3}") || exit 1
-    memcuda_down; AGENT_PID= REDIS_PID=
+    memcuda_down
     echo "$side $line" | tee -a "$results"
   done
 done

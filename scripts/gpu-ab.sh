@@ -47,7 +47,6 @@ one() {
     >"$log.log" 2>&1 || { echo "FAILED: $label $mode"; tail -20 "$log.log"; status=1; }
   grep -E '^\| (get|create|warm get\+release, 16|unheld)' "$log.log"
   memcuda_down
-  AGENT_PID= REDIS_PID=
   rm -rf "$RUN"
 }
 for mode in "${modes[@]}"; do

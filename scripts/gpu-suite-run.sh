@@ -81,7 +81,6 @@ if [ -z "${SKIP_BENCH:-}" ]; then
     "$D/redis/usr/bin/redis-benchmark" -s "$RUN/redis.sock" -c 1 -n 20000 -q EVAL "redis.call('HSET', KEYS[1], 'refcount', 1) return redis.call('HGETALL', KEYS[1])" 1 bench:h 2>&1 | tr '\r' '\n' | tail -1
     MEMCUDA_BACKEND=$mode runlog "$OUT/bench-$mode.log" "cat" python3 bench/gpu_bench.py --out "$OUT/bench-$mode.json" --n "${BENCH_N:-2000}" ${BENCH_ARGS:-}
     memcuda_down
-    AGENT_PID= REDIS_PID=
   done
   if [ -z "${SKIP_HANDOVER:-}" ]; then
     # Legacy memory cannot be handed over (its handles are the maker's).
@@ -97,7 +96,6 @@ if [ -z "${SKIP_BENCH:-}" ]; then
     memcuda_up "$RUN" --backend vmm --log-level warn --metrics-addr ""
     runlog "$OUT/weights.log" "tail -12" python3 bench/weights_bench.py --procs "${WEIGHTS_PROCS:-4,8}" --out "$OUT/weights.json"
     memcuda_down
-    AGENT_PID= REDIS_PID=
   fi
   if [ -z "${SKIP_ALLOC:-}" ]; then
     # RMM from the carried wheels (a zip each: unpacked, not installed).

@@ -41,7 +41,7 @@ for mode in vmm legacy; do
   echo "=== $mode t=$SECONDS"
   cat $OUT/cw-$mode.log
   grep -E '^\| (create|get|floor|first get|unheld|warm|x\.mul|[0-9]+ proc)|^create / echo|^cold get split|^create split' $OUT/b-$mode.log | cut -c1-250
-  memcuda_down; AGENT_PID= REDIS_PID=
+  memcuda_down
 done
 # RMM, when its wheels are carried (.device/wheels): unpacked, not installed.
 [ -n "${SKIP_ALLOC:-}" ] || [ -d "$D/pylib" ] || unpack_wheels "$D/pylib" "$D/wheels"

@@ -56,9 +56,11 @@ memcuda_up() {
 }
 
 memcuda_down() {
+  # The PIDs are cleared, so that a later memcuda_up starts afresh and an
+  # EXIT trap calling this again signals no reused PID.
   [ -n "${AGENT_PID:-}" ] && kill "$AGENT_PID" 2>/dev/null && wait "$AGENT_PID" 2>/dev/null
   [ -n "${REDIS_PID:-}" ] && kill "$REDIS_PID" 2>/dev/null && wait "$REDIS_PID" 2>/dev/null
-  true
+  AGENT_PID= REDIS_PID=
 }
 
 # memcuda_session NAME [agent flags]: Redis and an agent in a fresh
