@@ -35,6 +35,7 @@ def test_segments_are_mapped_before_the_get(agent) -> None:
         big.numpy()[-1] = 2.5
         with r.get("wa.big") as got:
             assert float(got.numpy()[-1]) == 2.5
+        r.flush()  # the reader's release is sent behind; the delete below must see it
         # Released by the agent: unmapped and dropped here.
         big.release()
         w.delete("wa.big")
