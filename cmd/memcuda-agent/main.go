@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -63,6 +64,8 @@ func run(args []string) error {
 	fs.DurationVar(&cfg.ReadTimeout, "read-timeout", 10*time.Second, "time from a request's first byte to its last; a slower client is disconnected")
 	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", 0, "close connections that hold no tensor and sent nothing for this long (0: never; connections holding tensors are leases and stay)")
 	fs.IntVar(&cfg.HotConnections, "hot-connections", 512, "connections that wait for their next request on a thread of their own (the fastest wake-up); the rest wait together on one")
+	fs.DurationVar(&cfg.HotSpin, "hot-spin", 0, "how long a hot connection polls for its next request before it blocks: a request within it is answered without waking a thread, for up to this much of a CPU after each request (0: off)")
+	fs.IntVar(&cfg.HotSpinners, "hot-spinners", -1, "most connections polling at once with --hot-spin, so most CPUs it takes (-1: one per 8 CPUs the agent may use, none under 8)")
 	fs.BoolVar(&cfg.ZeroFill, "zero-fill", true, "zero new tensors (a reused block never shows old data)")
 	fs.IntVar(&cfg.MaxPieces, "max-pieces", v1.MaxPieces, "most pieces of free memory one tensor may be assembled from instead of a new segment, for clients that map pieces (host backend only: a GPU maps whole allocations; 1: off)")
 	fs.BoolVar(&cfg.Queue, "queue", true, "serve the Redis command queue")
@@ -103,6 +106,12 @@ func run(args []string) error {
 	}
 	if cfg.MaxConnections <= 0 || cfg.HotConnections <= 0 || cfg.ReadTimeout <= 0 || cfg.IdleTimeout < 0 {
 		return fmt.Errorf("--max-connections, --hot-connections and --read-timeout must be positive, --idle-timeout not negative")
+	}
+	if cfg.HotSpin < 0 || cfg.HotSpinners < -1 {
+		return fmt.Errorf("--hot-spin must not be negative, --hot-spinners not under -1")
+	}
+	if cfg.HotSpinners == -1 {
+		cfg.HotSpinners = runtime.GOMAXPROCS(0) / 8
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(logLevel)); err != nil {

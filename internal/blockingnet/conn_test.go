@@ -282,3 +282,50 @@ func TestDetachedRefusesDeadlines(t *testing.T) {
 		t.Fatalf("second Close: %v", err)
 	}
 }
+
+func TestReadMsgNowDoesNotWait(t *testing.T) {
+	c, peer := detachedPair(t)
+	if err := c.SetReadTimeout(time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	buf, oob := make([]byte, 8), make([]byte, unix.CmsgSpace(4))
+	start := time.Now()
+	if _, _, err := c.ReadMsgNow(buf, oob); !errors.Is(err, ErrIdle) {
+		t.Fatalf("ReadMsgNow with nothing sent: %v, want ErrIdle", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("ReadMsgNow waited %v", d)
+	}
+	f, err := os.CreateTemp(t.TempDir(), "seg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, _, err := peer.WriteMsgUnix([]byte("frame"), unix.UnixRights(int(f.Fd())), nil); err != nil {
+		t.Fatal(err)
+	}
+	n, oobn, err := c.ReadMsgNow(buf, oob)
+	for errors.Is(err, ErrIdle) {
+		n, oobn, err = c.ReadMsgNow(buf, oob)
+	}
+	if err != nil || string(buf[:n]) != "frame" || oobn == 0 {
+		t.Fatalf("ReadMsgNow = %q, %d bytes of ancillary data, %v", buf[:n], oobn, err)
+	}
+	msgs, _ := unix.ParseSocketControlMessage(oob[:oobn])
+	fds, err := unix.ParseUnixRights(&msgs[0])
+	if err != nil || len(fds) != 1 {
+		t.Fatalf("descriptors %v, %v", fds, err)
+	}
+	if fl, err := unix.FcntlInt(uintptr(fds[0]), unix.F_GETFD, 0); err != nil || fl&unix.FD_CLOEXEC == 0 {
+		t.Fatalf("a received descriptor's flags %#x, %v: want close-on-exec", fl, err)
+	}
+	unix.Close(fds[0])
+	peer.Close()
+	if _, _, err := c.ReadMsgNow(buf, oob); !errors.Is(err, io.EOF) {
+		t.Fatalf("ReadMsgNow after the peer closed: %v, want EOF", err)
+	}
+	c.Close()
+	if _, _, err := c.ReadMsgNow(buf, oob); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("ReadMsgNow after Close: %v, want ErrClosed", err)
+	}
+}

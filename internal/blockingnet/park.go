@@ -50,11 +50,21 @@ func (c *Conn) ReadOnce(p []byte) (int, error) {
 // ReadMsgOnce is ReadOnce that also receives ancillary data (descriptors
 // passed with SCM_RIGHTS arrive close-on-exec) into oob.
 func (c *Conn) ReadMsgOnce(p, oob []byte) (n, oobn int, err error) {
+	return c.readMsgOnce(p, oob, unix.MSG_CMSG_CLOEXEC)
+}
+
+// ReadMsgNow is ReadMsgOnce that does not wait: ErrIdle when nothing has
+// arrived.
+func (c *Conn) ReadMsgNow(p, oob []byte) (n, oobn int, err error) {
+	return c.readMsgOnce(p, oob, unix.MSG_CMSG_CLOEXEC|unix.MSG_DONTWAIT)
+}
+
+func (c *Conn) readMsgOnce(p, oob []byte, flags int) (n, oobn int, err error) {
 	for {
 		if c.closed.Load() {
 			return 0, 0, c.opErr("read", os.ErrClosed)
 		}
-		n, oobn, err := recvmsg(c.fd, p, oob, unix.MSG_CMSG_CLOEXEC)
+		n, oobn, err := recvmsg(c.fd, p, oob, flags)
 		switch {
 		case errors.Is(err, unix.EINTR):
 			continue

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -87,6 +88,9 @@ type Config struct {
 	ReadTimeout    time.Duration
 	IdleTimeout    time.Duration
 	HotConnections int
+	// HotSpin and HotSpinners: server.WithHotSpin (HotSpin 0: off).
+	HotSpin     time.Duration
+	HotSpinners int
 
 	// Kubernetes: the pod controller, the device plugin and per-namespace
 	// access control. Off on bare metal.
@@ -376,6 +380,9 @@ func (a *Agent) Run(parent context.Context) error {
 	if a.cfg.HotConnections > 0 {
 		srvOpts = append(srvOpts, server.WithHotConnections(a.cfg.HotConnections))
 	}
+	if a.cfg.HotSpin > 0 {
+		srvOpts = append(srvOpts, server.WithHotSpin(a.cfg.HotSpin, a.cfg.HotSpinners))
+	}
 	if a.cfg.Kubernetes {
 		opts, err := a.startKubernetes(ctx, run)
 		if err != nil {
@@ -385,6 +392,20 @@ func (a *Agent) Run(parent context.Context) error {
 		srvOpts = append(srvOpts, opts...)
 	}
 	a.srv = server.New(a.st, srvOpts...)
+	if a.cfg.HotSpin > 0 {
+		for _, caught := range []bool{true, false} {
+			promReg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "memcuda_hot_spins_total", Help: "Polls of --hot-spin, by whether the next request came within it (caught) or not.",
+				ConstLabels: prometheus.Labels{"caught": strconv.FormatBool(caught)},
+			}, func() float64 {
+				c, m := a.srv.HotSpins()
+				if caught {
+					return float64(c)
+				}
+				return float64(m)
+			}))
+		}
+	}
 	serveErr := make(chan error, 1)
 	serve := func() { run(func() { serveErr <- a.srv.Serve(ctx, ln) }) }
 	if a.predecessor != "" {

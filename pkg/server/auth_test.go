@@ -45,6 +45,15 @@ func (f *fakeAuth) Denied(_ context.Context, id server.Identity, msg string) {
 
 func startServer(t *testing.T, auth server.Authorizer, allowHost bool) (string, *store.Store) {
 	t.Helper()
+	sock, st, _, _ := serve(t, server.WithAuthorizer(auth, allowHost))
+	return sock, st
+}
+
+// serve starts a server with opts over a host backend and a real Redis:
+// its socket, store and server, and stop, which ends Serve and waits for
+// it to return (at the test's end too).
+func serve(t *testing.T, opts ...server.Option) (string, *store.Store, *server.Server, func()) {
+	t.Helper()
 	srv := redistest.Start(t)
 	reg := registry.New(srv.Client(), registry.Keys{Prefix: "a:", Node: "n"})
 	if err := reg.Load(context.Background()); err != nil {
@@ -58,9 +67,12 @@ func startServer(t *testing.T, auth server.Authorizer, allowHost bool) (string, 
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { server.New(st, server.WithAuthorizer(auth, allowHost)).Serve(ctx, l); close(done) }()
-	t.Cleanup(func() { cancel(); <-done; st.Close() })
-	return sock, st
+	s := server.New(st, opts...)
+	go func() { s.Serve(ctx, l); close(done) }()
+	var once sync.Once
+	stop := func() { once.Do(func() { cancel(); <-done; st.Close() }) }
+	t.Cleanup(stop)
+	return sock, st, s, stop
 }
 
 func dialAs(t *testing.T, a *fakeAuth, sock, ns string) *client.Client {

@@ -86,16 +86,44 @@ type frameReader struct {
 var oobSize = unix.CmsgSpace(4 * v1.MaxFDs)
 
 // read is one read into the buffer that keeps any descriptors that came
-// with the bytes.
-func (f *frameReader) read(p []byte) (int, error) {
+// with the bytes; with now, one that does not wait (ErrIdle: nothing came).
+func (f *frameReader) read(p []byte, now bool) (int, error) {
 	if f.oob == nil {
 		f.oob = make([]byte, oobSize)
 	}
-	n, oobn, err := f.raw.ReadMsgOnce(p, f.oob)
+	var n, oobn int
+	var err error
+	if now {
+		n, oobn, err = f.raw.ReadMsgNow(p, f.oob)
+	} else {
+		n, oobn, err = f.raw.ReadMsgOnce(p, f.oob)
+	}
 	if err == nil && oobn > 0 {
 		f.keepFDs(f.oob[:oobn])
 	}
 	return n, err
+}
+
+// spinRead polls for what arrives for up to the server's hot spin, when a
+// polling slot is free (WithHotSpin); ErrIdle when nothing came.
+func (f *frameReader) spinRead(p []byte) (int, error) {
+	s := f.srv
+	if s.hotSpin <= 0 || !s.spinning.acquire() {
+		return 0, blockingnet.ErrIdle
+	}
+	defer s.spinning.release()
+	until := time.Now().Add(s.hotSpin)
+	for {
+		n, err := f.read(p, true)
+		if !errors.Is(err, blockingnet.ErrIdle) {
+			s.spinCaught.Add(1)
+			return n, err
+		}
+		if !time.Now().Before(until) {
+			s.spinMissed.Add(1)
+			return n, err
+		}
+	}
 }
 
 func (f *frameReader) keepFDs(oob []byte) {
@@ -208,7 +236,10 @@ func (f *frameReader) fill() error {
 	// that came in part (large, or a client dripping bytes) is waited for
 	// parked, so a slow sender never holds a thread.
 	if f.r == f.w && f.hot() {
-		n, err := f.read(buf[f.w:])
+		n, err := f.spinRead(buf[f.w:])
+		if errors.Is(err, blockingnet.ErrIdle) {
+			n, err = f.read(buf[f.w:], false)
+		}
 		f.srv.hot.release()
 		if err == nil {
 			f.arrived(n)
@@ -300,7 +331,7 @@ func (f *frameReader) afterPark(err error) error {
 	if err != nil {
 		return err
 	}
-	n, err := f.read((*f.buf)[f.w:]) // fill gave the buffer
+	n, err := f.read((*f.buf)[f.w:], false) // fill gave the buffer
 	if errors.Is(err, blockingnet.ErrIdle) {
 		return nil // woken with nothing to read after all: wait again
 	}

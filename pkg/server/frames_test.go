@@ -8,6 +8,7 @@ import (
 	"time"
 
 	v1 "github.com/memcuda/memcuda/api/v1"
+	"github.com/memcuda/memcuda/pkg/server"
 )
 
 // Frames of every size arrive whole, however they are cut: many pipelined
@@ -88,4 +89,94 @@ func TestSlowSendersHoldSmallBuffers(t *testing.T) {
 		t.Fatalf("a connection with part of a frame holds %d bytes of heap", per)
 	}
 	t.Logf("%d bytes of heap per slow sender", per)
+}
+
+// A hot connection that polls for its next request (WithHotSpin) reads
+// what comes within the spin, descriptors and pipelined frames included;
+// a connection that finds every polling slot taken waits in a blocking
+// read; a spin that ends without a request blocks after it; and a spin
+// ends at once when its peer goes away or the server stops.
+func TestHotSpin(t *testing.T) {
+	sock, _, srv, stop := serve(t, server.WithHotSpin(30*time.Second, 1))
+	p := dialPeer(t, sock)
+	// The first request waits parked (a new connection); after it, each
+	// answer is followed by a spin that the next request arrives in.
+	for i := range 20 {
+		if resp, _ := p.call(&v1.Request{ID: uint64(i + 1), Op: v1.OpHello}); resp.ID != uint64(i+1) || resp.Error != nil {
+			t.Fatalf("hello %d: %+v", i+1, resp)
+		}
+	}
+	created, fds := p.call(&v1.Request{ID: 100, Op: v1.OpCreate, Name: "spin.a", DType: "f32", Shape: []int64{16}})
+	if created.Error != nil || fds != 1 {
+		t.Fatalf("create: %+v, %d descriptors", created.Error, fds)
+	}
+	var pipelined []byte
+	for i := range 50 {
+		f, _ := v1.EncodeRequest(&v1.Request{ID: uint64(200 + i), Op: v1.OpStat, Name: "spin.a"})
+		pipelined = append(pipelined, f...)
+	}
+	if _, err := p.c.Write(pipelined); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 50 {
+		if resp, _ := p.read(); resp.ID != uint64(200+i) || resp.Error != nil {
+			t.Fatalf("pipelined stat %d: %+v", i, resp)
+		}
+	}
+	caught, missed := srv.HotSpins()
+	if caught < 21 || missed != 0 {
+		t.Fatalf("after 22 requests on one connection: %d caught by the spin, %d missed; want at least 21 and none", caught, missed)
+	}
+	// p holds the one polling slot: q waits in a blocking read, and is answered.
+	q := dialPeer(t, sock)
+	for i := range 5 {
+		if resp, _ := q.call(&v1.Request{ID: uint64(i + 1), Op: v1.OpHello}); resp.ID != uint64(i+1) || resp.Error != nil {
+			t.Fatalf("hello %d on a second connection: %+v", i+1, resp)
+		}
+	}
+	if c, _ := srv.HotSpins(); c != caught {
+		t.Fatalf("a connection with no polling slot was counted as polling: %d caught, was %d", c, caught)
+	}
+	// p's peer goes away during its spin: the slot is free again, for q.
+	p.c.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		before, _ := srv.HotSpins()
+		if resp, _ := q.call(&v1.Request{ID: 9, Op: v1.OpHello}); resp.Error != nil {
+			t.Fatal(resp.Error)
+		}
+		if resp, _ := q.call(&v1.Request{ID: 10, Op: v1.OpHello}); resp.Error != nil {
+			t.Fatal(resp.Error)
+		}
+		if after, _ := srv.HotSpins(); after > before {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the polling slot of a connection whose peer closed was not given back")
+		}
+	}
+	// The server stops while q spins: Serve returns without waiting it out.
+	start := time.Now()
+	stop()
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("Serve took %v to return with a connection in a 30 s spin", d)
+	}
+}
+
+// A spin that ends without a request is counted missed, and the request
+// that comes later is read by the blocking read after it.
+func TestHotSpinMissed(t *testing.T) {
+	sock, _, srv, _ := serve(t, server.WithHotSpin(time.Millisecond, 1))
+	p := dialPeer(t, sock)
+	for i := range 3 {
+		time.Sleep(20 * time.Millisecond) // within the hot wait, past the spin
+		if resp, _ := p.call(&v1.Request{ID: uint64(i + 1), Op: v1.OpHello}); resp.ID != uint64(i+1) || resp.Error != nil {
+			t.Fatalf("hello %d: %+v", i+1, resp)
+		}
+	}
+	// The spins after the first two answers ended before the next request
+	// (the third one's may still be running).
+	if caught, missed := srv.HotSpins(); caught != 0 || missed < 2 {
+		t.Fatalf("three requests 20 ms apart with a 1 ms spin: %d caught, %d missed; want 0 and at least 2", caught, missed)
+	}
 }
