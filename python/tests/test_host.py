@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import memcuda
-from conftest import child_pythonpath
+from conftest import _free_port, child_pythonpath
 
 
 def child(code: str, agent, prefix_cmd: list[str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -652,3 +652,36 @@ def test_only_answers_without_descriptors_are_cached(agent) -> None:
     with memcuda.connect() as s:
         s.delete("cache.big")
         s.delete("cache.small")
+
+
+_SPIN_METRICS_PORT = _free_port()
+
+
+@pytest.mark.agent_args("--hot-spin", "20ms", "--hot-spinners", "1", "--metrics-addr", f"127.0.0.1:{_SPIN_METRICS_PORT}")
+def test_an_agent_that_polls_for_requests_answers_them(agent) -> None:
+    """With --hot-spin a connection's next request is read by the polling
+    thread (the agent's metric counts it), and every answer is right."""
+    import urllib.request
+
+    def spins() -> dict[str, float]:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{_SPIN_METRICS_PORT}/metrics", timeout=5).read().decode()
+        return {line.split("}")[0].split('"')[1]: float(line.split()[-1])
+                for line in body.splitlines() if line.startswith("memcuda_hot_spins_total{")}
+
+    with memcuda.connect() as c:
+        t = c.create("spin.w", (256,), "float32")
+        t.numpy()[:] = np.arange(256, dtype=np.float32)
+        for i in range(200):
+            with c.get("spin.w") as g:
+                assert g.numpy()[i % 256] == i % 256
+        t.release()
+        c.flush()
+    got = spins()
+    assert got["true"] >= 100, got  # most of the 400 requests came within a 20 ms spin on a loaded machine too
+
+
+def test_the_agent_refuses_a_negative_spin(bin_dir) -> None:
+    for flag, value in (("--hot-spin", "-1ms"), ("--hot-spinners", "-2")):
+        r = subprocess.run([str(bin_dir / "memcuda-agent"), flag, value, "--socket", "/nonexistent/agent.sock"],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode != 0 and "--hot-spin must not be negative, --hot-spinners not under -1" in r.stderr, (flag, r.stderr)
