@@ -116,7 +116,9 @@ func (f *frameReader) spinRead(p []byte) (int, error) {
 	for {
 		n, err := f.read(p, true)
 		if !errors.Is(err, blockingnet.ErrIdle) {
-			s.spinCaught.Add(1)
+			if err == nil {
+				s.spinCaught.Add(1) // the end of the stream is not a request
+			}
 			return n, err
 		}
 		if !time.Now().Before(until) {

@@ -137,8 +137,14 @@ func TestHotSpin(t *testing.T) {
 	if c, _ := srv.HotSpins(); c != caught {
 		t.Fatalf("a connection with no polling slot was counted as polling: %d caught, was %d", c, caught)
 	}
-	// p's peer goes away during its spin: the slot is free again, for q.
+	// p's peer goes away during its spin: the end of its stream is no
+	// request, and the slot is free again, for q.
+	before, _ := srv.HotSpins()
 	p.c.Close()
+	time.Sleep(200 * time.Millisecond)
+	if c, _ := srv.HotSpins(); c != before {
+		t.Fatalf("the end of a stream was counted as a request caught: %d, was %d", c, before)
+	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		before, _ := srv.HotSpins()
