@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -393,18 +392,7 @@ func (a *Agent) Run(parent context.Context) error {
 	}
 	a.srv = server.New(a.st, srvOpts...)
 	if a.cfg.HotSpin > 0 {
-		for _, caught := range []bool{true, false} {
-			promReg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
-				Name: "memcuda_hot_spins_total", Help: "Polls of --hot-spin, by whether the next request came within it (caught) or not.",
-				ConstLabels: prometheus.Labels{"caught": strconv.FormatBool(caught)},
-			}, func() float64 {
-				c, m := a.srv.HotSpins()
-				if caught {
-					return float64(c)
-				}
-				return float64(m)
-			}))
-		}
+		metrics.RegisterHotSpins(promReg, a.srv)
 	}
 	serveErr := make(chan error, 1)
 	serve := func() { run(func() { serveErr <- a.srv.Serve(ctx, ln) }) }

@@ -68,6 +68,29 @@ func (m *Metrics) Observe(path, op string, err error, start time.Time) {
 	sr.latency.Observe(time.Since(start).Seconds())
 }
 
+// HotSpinSource counts the polls of the server's --hot-spin (server.Server).
+type HotSpinSource interface {
+	HotSpins() (caught, missed uint64)
+}
+
+// RegisterHotSpins registers memcuda_hot_spins_total, read from src, on reg.
+func RegisterHotSpins(reg prometheus.Registerer, src HotSpinSource) {
+	reg.MustRegister(hotSpinCollector{src})
+}
+
+var hotSpinsDesc = prometheus.NewDesc("memcuda_hot_spins_total",
+	"Polls of --hot-spin, by whether the next request came within it (caught) or not.", []string{"caught"}, nil)
+
+type hotSpinCollector struct{ src HotSpinSource }
+
+func (c hotSpinCollector) Describe(ch chan<- *prometheus.Desc) { ch <- hotSpinsDesc }
+
+func (c hotSpinCollector) Collect(ch chan<- prometheus.Metric) {
+	caught, missed := c.src.HotSpins()
+	ch <- prometheus.MustNewConstMetric(hotSpinsDesc, prometheus.CounterValue, float64(caught), "true")
+	ch <- prometheus.MustNewConstMetric(hotSpinsDesc, prometheus.CounterValue, float64(missed), "false")
+}
+
 var (
 	tensorsDesc   = prometheus.NewDesc("memcuda_tensors", "Tensors whose memory this agent holds.", nil, nil)
 	allocDesc     = prometheus.NewDesc("memcuda_pool_allocated_bytes", "Bytes in allocated blocks.", []string{"device", "tenant"}, nil)
