@@ -1002,8 +1002,23 @@ def _tput_worker(sock: str, name: str, held: bool, seconds: float, start: float,
     out.put((n, sample))
 
 
-def _tput_run(procs: int, held: bool, distinct: bool, seconds: float) -> tuple[float, float]:
-    """Pairs per second of all processes together, and the p50 pair in us."""
+def node_times() -> tuple[int, int, int]:
+    """The node's idle (with I/O wait) and total CPU ticks and its online
+    CPUs, from /proc/stat, as the agent's --hot-spin-idle-cpus reads them."""
+    with open("/proc/stat") as f:
+        lines = [line.split() for line in f if line.startswith("cpu")]
+    ticks = [int(v) for v in lines[0][1:9]]
+    return ticks[3] + ticks[4], sum(ticks), len(lines) - 1
+
+
+def idle_cpus(a: tuple[int, int, int], b: tuple[int, int, int]) -> float:
+    """The node's idle CPUs on average from a to b (node_times)."""
+    return b[2] * (b[0] - a[0]) / max(b[1] - a[1], 1)
+
+
+def _tput_run(procs: int, held: bool, distinct: bool, seconds: float) -> tuple[float, float, float]:
+    """Pairs per second of all processes together, the p50 pair in us, and
+    the node's idle CPUs over the timed window."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     start = time.time() + 3.0
@@ -1011,20 +1026,25 @@ def _tput_run(procs: int, held: bool, distinct: bool, seconds: float) -> tuple[f
     ws = [ctx.Process(target=_tput_worker, args=(os.environ["MEMCUDA_SOCKET"], names[i], held, seconds, start, q)) for i in range(procs)]
     for w in ws:
         w.start()
+    time.sleep(max(start - time.time(), 0))
+    before = node_times()
+    time.sleep(seconds * 0.9)  # within the window, whichever worker ends first
+    idle = idle_cpus(before, node_times())
     got = [q.get() for _ in ws]
     for w in ws:
         w.join()
     sample = [x for _, xs in got for x in xs]
-    return sum(n for n, _ in got) / seconds, pct(sample, 50) * 1e6
+    return sum(n for n, _ in got) / seconds, pct(sample, 50) * 1e6, idle
 
 
 def bench_throughput(procs: list[int], seconds: float) -> None:
     s = memcuda.connect()
     s.create("b.tput", (1024,), "f32").release()
     for p in procs:
-        rate, _ = _tput_run(p, True, False, seconds)
+        rate, _, idle = _tput_run(p, True, False, seconds)
         RESULTS[f"throughput_{p}"] = rate
-        ROWS.append((f"warm get+release, {p} client process(es)", f"{rate:,.0f} gets/s", "", "", ">= 100k/s at 16" if p == 16 else ""))
+        ROWS.append((f"warm get+release, {p} client process(es)", f"{rate:,.0f} gets/s, node idle {idle:.1f} CPUs", "", "",
+                     ">= 100k/s at 16" if p == 16 else ""))
     s.delete("b.tput")
     s.close()
 
@@ -1049,34 +1069,38 @@ def bench_unheld(procs: list[int], seconds: float, rounds: int = 3) -> None:
     s = memcuda.connect()
     tensors = tput_tensors(s, max(procs))
     out: dict[str, Any] = {}
-    held_rate, held_p50 = _tput_run(1, True, False, seconds)
-    out["held_1"] = {"rate": held_rate, "p50_us": held_p50}
+    held_rate, held_p50, idle = _tput_run(1, True, False, seconds)
+    out["held_1"] = {"rate": held_rate, "p50_us": held_p50, "idle_cpus": idle}
     top = max(procs)
     for distinct in (False, True):
         for p in procs:
             if (distinct and p == 1) or p == top:
                 continue  # one process: one name either way; the most: in rounds below
-            rate, p50 = _tput_run(p, False, distinct, seconds)
+            rate, p50, idle = _tput_run(p, False, distinct, seconds)
             key = f"unheld_{'each' if distinct else 'one'}_{p}"
-            out[key] = {"rate": rate, "p50_us": p50}
+            out[key] = {"rate": rate, "p50_us": p50, "idle_cpus": idle}
             if p == 1:
-                ROWS.append(("unheld get+release, 1 process", f"{p50:.1f} (p50 pair), {rate:,.0f} pairs/s",
+                ROWS.append(("unheld get+release, 1 process", f"{p50:.1f} (p50 pair), {rate:,.0f} pairs/s, node idle {idle:.1f} CPUs",
                              f"held get+release: {held_p50:.1f}, {held_rate:,.0f} pairs/s", f"{p50 / held_p50:.2f}x", "<= 2x"))
             else:
                 names = "a name each" if distinct else "one name"
-                ROWS.append((f"unheld get+release, {p} processes, {names}", f"{rate:,.0f} pairs/s, p50 pair {p50:.1f}", "", "", ""))
+                ROWS.append((f"unheld get+release, {p} processes, {names}", f"{rate:,.0f} pairs/s, p50 pair {p50:.1f}, node idle {idle:.1f} CPUs",
+                             "", "", ""))
     kinds = {"held": (True, False), "one": (False, False), "each": (False, True)}
     runs: dict[str, list[float]] = {k: [] for k in kinds}
+    idles: dict[str, list[float]] = {k: [] for k in kinds}
     for _ in range(rounds):
         for k, (held, distinct) in kinds.items():
-            runs[k].append(_tput_run(top, held, distinct, seconds)[0])
+            rate, _, idle = _tput_run(top, held, distinct, seconds)
+            runs[k].append(rate)
+            idles[k].append(idle)
     held_top = statistics.median(runs["held"])
-    out[f"held_{top}"] = {"rate": held_top, "runs": runs["held"]}
+    out[f"held_{top}"] = {"rate": held_top, "runs": runs["held"], "idle_cpus": idles["held"]}
     for k, names in (("one", "one name"), ("each", "a name each")):
         rate = statistics.median(runs[k])
-        out[f"unheld_{k}_{top}"] = {"rate": rate, "runs": runs[k]}
+        out[f"unheld_{k}_{top}"] = {"rate": rate, "runs": runs[k], "idle_cpus": idles[k]}
         ROWS.append((f"unheld get+release, {top} processes, {names}, median of {rounds} rounds (range)",
-                     f"{rate:,.0f} pairs/s ({min(runs[k]):,.0f}-{max(runs[k]):,.0f})",
+                     f"{rate:,.0f} pairs/s ({min(runs[k]):,.0f}-{max(runs[k]):,.0f}), node idle {statistics.median(idles[k]):.1f} CPUs",
                      f"held, {top} processes, same rounds: {held_top:,.0f} ({min(runs['held']):,.0f}-{max(runs['held']):,.0f})",
                      f"{rate / held_top:.2f}x", ">= 100k/s"))
     RESULTS["unheld"] = out

@@ -56,7 +56,7 @@ def main() -> None:
         th = threading.Thread(target=grab)
         th.start()
         a0, r0, t0 = cpu_seconds(agent), cpu_seconds(redis), os.times()
-        rate, p50 = gpu_bench._tput_run(args.procs, held, distinct, args.seconds)
+        rate, p50, _ = gpu_bench._tput_run(args.procs, held, distinct, args.seconds)
         a1, r1, t1 = cpu_seconds(agent), cpu_seconds(redis), os.times()
         th.join()
         pairs = rate * args.seconds

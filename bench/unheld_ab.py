@@ -23,8 +23,8 @@ def main() -> None:
     args = ap.parse_args()
     s = memcuda.connect()
     names = gpu_bench.tput_tensors(s, args.procs)
-    one, _ = gpu_bench._tput_run(args.procs, False, False, args.seconds)
-    each, _ = gpu_bench._tput_run(args.procs, False, True, args.seconds)
+    one, _, _ = gpu_bench._tput_run(args.procs, False, False, args.seconds)
+    each, _, _ = gpu_bench._tput_run(args.procs, False, True, args.seconds)
     for n in names:
         s.delete(n)
     s.close()

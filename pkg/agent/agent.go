@@ -30,6 +30,7 @@ import (
 	"github.com/memcuda/memcuda/cuda"
 	"github.com/memcuda/memcuda/internal/blockingnet"
 	"github.com/memcuda/memcuda/internal/controller"
+	"github.com/memcuda/memcuda/internal/nodecpu"
 	"github.com/memcuda/memcuda/pkg/backend"
 	"github.com/memcuda/memcuda/pkg/backend/gpu"
 	"github.com/memcuda/memcuda/pkg/backend/host"
@@ -90,6 +91,9 @@ type Config struct {
 	// HotSpin and HotSpinners: server.WithHotSpin (HotSpin 0: off).
 	HotSpin     time.Duration
 	HotSpinners int
+	// HotSpinIdleCPUs: server.WithHotSpinIdle over /proc/stat (-1: polls
+	// whatever the node's load).
+	HotSpinIdleCPUs float64
 
 	// Kubernetes: the pod controller, the device plugin and per-namespace
 	// access control. Off on bare metal.
@@ -381,6 +385,9 @@ func (a *Agent) Run(parent context.Context) error {
 	}
 	if a.cfg.HotSpin > 0 {
 		srvOpts = append(srvOpts, server.WithHotSpin(a.cfg.HotSpin, a.cfg.HotSpinners))
+		if a.cfg.HotSpinIdleCPUs >= 0 {
+			srvOpts = append(srvOpts, server.WithHotSpinIdle(&nodecpu.Sampler{}, a.cfg.HotSpinIdleCPUs))
+		}
 	}
 	if a.cfg.Kubernetes {
 		opts, err := a.startKubernetes(ctx, run)

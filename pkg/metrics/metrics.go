@@ -5,6 +5,7 @@ package metrics
 
 import (
 	"context"
+	"math"
 	"strconv"
 	"sync"
 	"time"
@@ -68,27 +69,48 @@ func (m *Metrics) Observe(path, op string, err error, start time.Time) {
 	sr.latency.Observe(time.Since(start).Seconds())
 }
 
-// HotSpinSource counts the polls of the server's --hot-spin (server.Server).
+// HotSpinSource reports the server's --hot-spin (server.Server): its polls,
+// and whether the node's idle CPUs let them run.
 type HotSpinSource interface {
-	HotSpins() (caught, missed uint64)
+	HotSpins() (caught, missed, skipped uint64)
+	HotSpinIdle() (on bool, idleCPUs float64)
 }
 
-// RegisterHotSpins registers memcuda_hot_spins_total, read from src, on reg.
+// RegisterHotSpins registers memcuda_hot_spins_total and its companions,
+// read from src, on reg.
 func RegisterHotSpins(reg prometheus.Registerer, src HotSpinSource) {
 	reg.MustRegister(hotSpinCollector{src})
 }
 
-var hotSpinsDesc = prometheus.NewDesc("memcuda_hot_spins_total",
-	"Polls of --hot-spin, by whether the next request came within it (caught) or not.", []string{"caught"}, nil)
+var (
+	hotSpinsDesc = prometheus.NewDesc("memcuda_hot_spins_total",
+		"Polls of --hot-spin, by whether the next request came within it (caught) or not.", []string{"caught"}, nil)
+	hotSpinsSkippedDesc = prometheus.NewDesc("memcuda_hot_spins_skipped_total",
+		"Polls of --hot-spin not made because the node had too few idle CPUs (--hot-spin-idle-cpus).", nil, nil)
+	hotSpinOnDesc = prometheus.NewDesc("memcuda_hot_spin_on",
+		"1 while --hot-spin may poll, 0 while the node has too few idle CPUs.", nil, nil)
+	nodeIdleDesc = prometheus.NewDesc("memcuda_node_idle_cpus",
+		"The node's idle CPUs, on average over the last 100ms sample of --hot-spin-idle-cpus.", nil, nil)
+)
 
 type hotSpinCollector struct{ src HotSpinSource }
 
-func (c hotSpinCollector) Describe(ch chan<- *prometheus.Desc) { ch <- hotSpinsDesc }
+func (c hotSpinCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{hotSpinsDesc, hotSpinsSkippedDesc, hotSpinOnDesc, nodeIdleDesc} {
+		ch <- d
+	}
+}
 
 func (c hotSpinCollector) Collect(ch chan<- prometheus.Metric) {
-	caught, missed := c.src.HotSpins()
+	caught, missed, skipped := c.src.HotSpins()
+	on, idle := c.src.HotSpinIdle()
 	ch <- prometheus.MustNewConstMetric(hotSpinsDesc, prometheus.CounterValue, float64(caught), "true")
 	ch <- prometheus.MustNewConstMetric(hotSpinsDesc, prometheus.CounterValue, float64(missed), "false")
+	ch <- prometheus.MustNewConstMetric(hotSpinsSkippedDesc, prometheus.CounterValue, float64(skipped))
+	ch <- prometheus.MustNewConstMetric(hotSpinOnDesc, prometheus.GaugeValue, map[bool]float64{true: 1}[on])
+	if !math.IsNaN(idle) { // not sampled: polls whatever the node's load
+		ch <- prometheus.MustNewConstMetric(nodeIdleDesc, prometheus.GaugeValue, idle)
+	}
 }
 
 var (

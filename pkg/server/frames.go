@@ -108,7 +108,14 @@ func (f *frameReader) read(p []byte, now bool) (int, error) {
 // polling slot is free (WithHotSpin); ErrIdle when nothing came.
 func (f *frameReader) spinRead(p []byte) (int, error) {
 	s := f.srv
-	if s.hotSpin <= 0 || !s.spinning.acquire() {
+	if s.hotSpin <= 0 || cap(s.spinning) == 0 {
+		return 0, blockingnet.ErrIdle
+	}
+	if !s.spinOn.Load() {
+		s.spinSkipped.Add(1)
+		return 0, blockingnet.ErrIdle
+	}
+	if !s.spinning.acquire() {
 		return 0, blockingnet.ErrIdle
 	}
 	defer s.spinning.release()
@@ -121,7 +128,9 @@ func (f *frameReader) spinRead(p []byte) (int, error) {
 			}
 			return n, err
 		}
-		if !time.Now().Before(until) {
+		// The gate closing (WithHotSpinIdle) ends a spin too: a busy node
+		// gets its CPU back now, not after the spin.
+		if !time.Now().Before(until) || !s.spinOn.Load() {
 			s.spinMissed.Add(1)
 			return n, err
 		}

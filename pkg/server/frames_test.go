@@ -1,9 +1,12 @@
 package server_test
 
 import (
+	"errors"
+	"math"
 	"net"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -123,7 +126,7 @@ func TestHotSpin(t *testing.T) {
 			t.Fatalf("pipelined stat %d: %+v", i, resp)
 		}
 	}
-	caught, missed := srv.HotSpins()
+	caught, missed, _ := srv.HotSpins()
 	if caught < 21 || missed != 0 {
 		t.Fatalf("after 22 requests on one connection: %d caught by the spin, %d missed; want at least 21 and none", caught, missed)
 	}
@@ -134,27 +137,27 @@ func TestHotSpin(t *testing.T) {
 			t.Fatalf("hello %d on a second connection: %+v", i+1, resp)
 		}
 	}
-	if c, _ := srv.HotSpins(); c != caught {
+	if c, _, _ := srv.HotSpins(); c != caught {
 		t.Fatalf("a connection with no polling slot was counted as polling: %d caught, was %d", c, caught)
 	}
 	// p's peer goes away during its spin: the end of its stream is no
 	// request, and the slot is free again, for q.
-	before, _ := srv.HotSpins()
+	before, _, _ := srv.HotSpins()
 	p.c.Close()
 	time.Sleep(200 * time.Millisecond)
-	if c, _ := srv.HotSpins(); c != before {
+	if c, _, _ := srv.HotSpins(); c != before {
 		t.Fatalf("the end of a stream was counted as a request caught: %d, was %d", c, before)
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		before, _ := srv.HotSpins()
+		before, _, _ := srv.HotSpins()
 		if resp, _ := q.call(&v1.Request{ID: 9, Op: v1.OpHello}); resp.Error != nil {
 			t.Fatal(resp.Error)
 		}
 		if resp, _ := q.call(&v1.Request{ID: 10, Op: v1.OpHello}); resp.Error != nil {
 			t.Fatal(resp.Error)
 		}
-		if after, _ := srv.HotSpins(); after > before {
+		if after, _, _ := srv.HotSpins(); after > before {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -182,7 +185,104 @@ func TestHotSpinMissed(t *testing.T) {
 	}
 	// The spins after the first two answers ended before the next request
 	// (the third one's may still be running).
-	if caught, missed := srv.HotSpins(); caught != 0 || missed < 2 {
+	if caught, missed, _ := srv.HotSpins(); caught != 0 || missed < 2 {
 		t.Fatalf("three requests 20 ms apart with a 1 ms spin: %d caught, %d missed; want 0 and at least 2", caught, missed)
 	}
+}
+
+// idleCPUs is an IdleSource whose reading the test sets.
+type idleCPUs struct {
+	mu   sync.Mutex
+	idle float64
+	err  error
+}
+
+func (s *idleCPUs) set(idle float64, err error) {
+	s.mu.Lock()
+	s.idle, s.err = idle, err
+	s.mu.Unlock()
+}
+
+func (s *idleCPUs) IdleCPUs() (float64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.idle, s.err
+}
+
+// With WithHotSpinIdle, polls run only while the node has idle CPUs to
+// spare: they start once every spinner could poll with the minimum still
+// idle, go on while the minimum is, and stop below it or when the node
+// cannot be read. Requests are answered the same either way.
+func TestHotSpinIdle(t *testing.T) {
+	src := &idleCPUs{}
+	sock, _, srv, _ := serve(t, server.WithHotSpin(30*time.Second, 2), server.WithHotSpinIdle(src, 1.5))
+	p := dialPeer(t, sock)
+	id := uint64(0)
+	hello := func() {
+		t.Helper()
+		id++
+		if resp, _ := p.call(&v1.Request{ID: id, Op: v1.OpHello}); resp.ID != id || resp.Error != nil {
+			t.Fatalf("hello %d: %+v", id, resp)
+		}
+	}
+	// waitGate waits for the gate's state after the next samples.
+	waitGate := func(want bool, idle float64) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			on, got := srv.HotSpinIdle()
+			if on == want && (got == idle || math.IsNaN(idle) && math.IsNaN(got)) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("gate on=%v at %v idle CPUs; want on=%v at %v", on, got, want, idle)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	if on, idle := srv.HotSpinIdle(); on || !math.IsNaN(idle) {
+		t.Fatalf("before a sample: on=%v, %v idle CPUs; want off and NaN", on, idle)
+	}
+	// Under the two spinners plus 1.5: off, and polls are skipped.
+	src.set(3, nil)
+	time.Sleep(300 * time.Millisecond)
+	waitGate(false, 3)
+	for range 10 {
+		hello()
+	}
+	caught, missed, skipped := srv.HotSpins()
+	if caught != 0 || missed != 0 || skipped < 9 {
+		t.Fatalf("a busy node: %d caught, %d missed, %d skipped; want none polled and at least 9 skipped", caught, missed, skipped)
+	}
+	// Room for both spinners and 1.5 more: on, and polls catch requests.
+	src.set(3.5, nil)
+	waitGate(true, 3.5)
+	hello() // may have been waiting in a blocking read since before
+	for range 10 {
+		hello()
+	}
+	if c, _, _ := srv.HotSpins(); c < 10 {
+		t.Fatalf("a node with CPUs to spare: %d polls caught a request, want at least 10", c)
+	}
+	// The polls' own CPUs gone from the idle, the minimum still idle: on.
+	src.set(1.5, nil)
+	time.Sleep(300 * time.Millisecond)
+	waitGate(true, 1.5)
+	// Under the minimum: off.
+	src.set(1, nil)
+	waitGate(false, 1)
+	hello()
+	_, _, before := srv.HotSpins()
+	for range 5 {
+		hello()
+	}
+	if _, _, after := srv.HotSpins(); after-before < 5 {
+		t.Fatalf("after the gate went off, %d of 5 polls were skipped", after-before)
+	}
+	// A node that cannot be read: off, even if it was on.
+	src.set(8, nil)
+	waitGate(true, 8)
+	src.set(0, errors.New("no /proc/stat"))
+	waitGate(false, 8)
+	hello()
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"runtime"
@@ -56,9 +57,14 @@ type Server struct {
 	parker      *blockingnet.Parker
 	hotSpin     time.Duration
 	spinning    hotSlots // connections polling at once (see frameReader.spinRead)
-	// Polls that found the next request within the hot spin, and those
-	// that did not (the connection then blocked).
-	spinCaught, spinMissed atomic.Uint64
+	// Polls that found the next request within the hot spin, those that
+	// did not (the connection then blocked), and those not made because
+	// the node had too few idle CPUs (WithHotSpinIdle).
+	spinCaught, spinMissed, spinSkipped atomic.Uint64
+	idleSrc                             IdleSource
+	idleMin                             float64
+	spinOn                              atomic.Bool   // polls may run (always, without an IdleSource)
+	idleCPUs                            atomic.Uint64 // the last sample's idle CPUs, float64 bits
 
 	mu            sync.Mutex
 	ln            *net.UnixListener
@@ -111,10 +117,69 @@ func WithHotSpin(d time.Duration, n int) Option {
 	return func(s *Server) { s.hotSpin, s.spinning = d, make(hotSlots, max(n, 0)) }
 }
 
+// IdleSource reports how many of the node's CPUs were idle, on average,
+// since its previous call (nodecpu.Sampler).
+type IdleSource interface {
+	IdleCPUs() (float64, error)
+}
+
+// idleEvery is how often WithHotSpinIdle samples the node.
+const idleEvery = 100 * time.Millisecond
+
+// WithHotSpinIdle keeps WithHotSpin's polls to CPUs nobody else wants.
+// Every 100 ms the server asks src how many CPUs went idle. While polls
+// are off, they start once the polling slots could all be busy with min
+// CPUs still idle beside them; while on, they stop once fewer than min
+// are idle. A node whose CPUs are all taken, by this agent's clients or
+// by anyone, gets its CPUs back within one sample. Polls start off and
+// stay off while src fails.
+func WithHotSpinIdle(src IdleSource, min float64) Option {
+	return func(s *Server) { s.idleSrc, s.idleMin = src, min }
+}
+
 // HotSpins counts the polls of WithHotSpin: those that read the next
-// request within the spin, and those that ended without one.
-func (s *Server) HotSpins() (caught, missed uint64) {
-	return s.spinCaught.Load(), s.spinMissed.Load()
+// request within the spin, those that ended without one, and those not
+// made because the node was busy (WithHotSpinIdle).
+func (s *Server) HotSpins() (caught, missed, skipped uint64) {
+	return s.spinCaught.Load(), s.spinMissed.Load(), s.spinSkipped.Load()
+}
+
+// HotSpinIdle is WithHotSpinIdle's last sample: whether polls may run and
+// the node's idle CPUs (NaN before a sample, or without an IdleSource).
+func (s *Server) HotSpinIdle() (on bool, idleCPUs float64) {
+	return s.spinOn.Load(), math.Float64frombits(s.idleCPUs.Load())
+}
+
+// gateSpins turns the polls on and off by the node's idle CPUs until ctx
+// ends (WithHotSpinIdle).
+func (s *Server) gateSpins(ctx context.Context) {
+	t := time.NewTicker(idleEvery)
+	defer t.Stop()
+	s.idleSrc.IdleCPUs() // the first sample's start
+	failed := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		idle, err := s.idleSrc.IdleCPUs()
+		if err != nil {
+			if !failed {
+				s.log.Warn("hot spin: cannot read the node's idle CPUs; polls are off until it can", "err", err)
+			}
+			failed = true
+			s.spinOn.Store(false)
+			continue
+		}
+		failed = false
+		s.idleCPUs.Store(math.Float64bits(idle))
+		need := s.idleMin
+		if !s.spinOn.Load() {
+			need += float64(cap(s.spinning))
+		}
+		s.spinOn.Store(idle >= need)
+	}
 }
 
 // New returns a server over st.
@@ -124,6 +189,8 @@ func New(st Store, opts ...Option) *Server {
 	for _, o := range opts {
 		o(s)
 	}
+	s.spinOn.Store(s.idleSrc == nil)
+	s.idleCPUs.Store(math.Float64bits(math.NaN()))
 	return s
 }
 
@@ -139,6 +206,9 @@ func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
 	s.mu.Lock()
 	s.ln = l
 	s.mu.Unlock()
+	if s.hotSpin > 0 && cap(s.spinning) > 0 && s.idleSrc != nil {
+		go s.gateSpins(ctx)
+	}
 	go func() {
 		<-ctx.Done()
 		l.Close()

@@ -657,31 +657,64 @@ def test_only_answers_without_descriptors_are_cached(agent) -> None:
 _SPIN_METRICS_PORT = _free_port()
 
 
-@pytest.mark.agent_args("--hot-spin", "20ms", "--hot-spinners", "1", "--metrics-addr", f"127.0.0.1:{_SPIN_METRICS_PORT}")
-def test_an_agent_that_polls_for_requests_answers_them(agent) -> None:
-    """With --hot-spin a connection's next request is read by the polling
-    thread (the agent's metric counts it), and every answer is right."""
+_GATED_METRICS_PORT = _free_port()
+
+
+def _spin_metrics(port: int) -> dict[str, float]:
+    """The agent's --hot-spin metrics: caught and missed polls under "true"
+    and "false", the rest by name."""
     import urllib.request
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    got = {}
+    for line in body.splitlines():
+        if line.startswith("memcuda_hot_spins_total{"):
+            got[line.split("}")[0].split('"')[1]] = float(line.split()[-1])
+        elif line.startswith(("memcuda_hot_spin", "memcuda_node_idle_cpus")):
+            got[line.split()[0]] = float(line.split()[-1])
+    return got
 
-    def spins() -> dict[str, float]:
-        body = urllib.request.urlopen(f"http://127.0.0.1:{_SPIN_METRICS_PORT}/metrics", timeout=5).read().decode()
-        return {line.split("}")[0].split('"')[1]: float(line.split()[-1])
-                for line in body.splitlines() if line.startswith("memcuda_hot_spins_total{")}
 
+def _gets_answer_right(name: str) -> None:
     with memcuda.connect() as c:
-        t = c.create("spin.w", (256,), "float32")
+        t = c.create(name, (256,), "float32")
         t.numpy()[:] = np.arange(256, dtype=np.float32)
         for i in range(200):
-            with c.get("spin.w") as g:
+            with c.get(name) as g:
                 assert g.numpy()[i % 256] == i % 256
         t.release()
         c.flush()
-    got = spins()
+
+
+@pytest.mark.agent_args("--hot-spin", "20ms", "--hot-spinners", "1", "--hot-spin-idle-cpus", "-1",
+                        "--metrics-addr", f"127.0.0.1:{_SPIN_METRICS_PORT}")
+def test_an_agent_that_polls_for_requests_answers_them(agent) -> None:
+    """With --hot-spin a connection's next request is read by the polling
+    thread (the agent's metric counts it), and every answer is right."""
+    _gets_answer_right("spin.w")
+    got = _spin_metrics(_SPIN_METRICS_PORT)
     assert got["true"] >= 100, got  # most of the 400 requests came within a 20 ms spin on a loaded machine too
+    assert got["memcuda_hot_spin_on"] == 1 and got["memcuda_hot_spins_skipped_total"] == 0, got
+    assert "memcuda_node_idle_cpus" not in got, got  # -1: the node is not sampled
+
+
+@pytest.mark.agent_args("--hot-spin", "20ms", "--hot-spinners", "1", "--hot-spin-idle-cpus", "100000",
+                        "--metrics-addr", f"127.0.0.1:{_GATED_METRICS_PORT}")
+def test_an_agent_does_not_poll_on_a_node_without_idle_cpus(agent) -> None:
+    """--hot-spin-idle-cpus more than the node has: the agent samples the
+    node's idle CPUs, makes no poll (each one it would have made is counted
+    skipped), and answers every request from its blocking read."""
+    time.sleep(0.3)  # a few samples of the node
+    _gets_answer_right("spin.gated")
+    got = _spin_metrics(_GATED_METRICS_PORT)
+    assert got["true"] == 0 and got["false"] == 0 and got["memcuda_hot_spins_skipped_total"] >= 100, got
+    assert got["memcuda_hot_spin_on"] == 0, got
+    assert 0 <= got["memcuda_node_idle_cpus"] <= (os.cpu_count() or 1), got
 
 
 def test_the_agent_refuses_a_negative_spin(bin_dir) -> None:
-    for flag, value in (("--hot-spin", "-1ms"), ("--hot-spinners", "-2")):
+    for flag, value, want in (("--hot-spin", "-1ms", "--hot-spin must not be negative, --hot-spinners not under -1"),
+                              ("--hot-spinners", "-2", "--hot-spin must not be negative, --hot-spinners not under -1"),
+                              ("--hot-spin-idle-cpus", "-0.5", "--hot-spin-idle-cpus must not be negative, or -1")):
         r = subprocess.run([str(bin_dir / "memcuda-agent"), flag, value, "--socket", "/nonexistent/agent.sock"],
                            capture_output=True, text=True, timeout=30)
-        assert r.returncode != 0 and "--hot-spin must not be negative, --hot-spinners not under -1" in r.stderr, (flag, r.stderr)
+        assert r.returncode != 0 and want in r.stderr, (flag, r.stderr)
