@@ -1002,23 +1002,34 @@ def _tput_worker(sock: str, name: str, held: bool, seconds: float, start: float,
     out.put((n, sample))
 
 
-def node_times() -> tuple[int, int, int]:
+def node_times() -> tuple[int, int, int, int]:
     """The node's idle (with I/O wait) and total CPU ticks and its online
-    CPUs, from /proc/stat, as the agent's --hot-spin-idle-cpus reads them."""
+    CPUs, from /proc/stat, and the microseconds in which some task waited
+    for a CPU (/proc/pressure/cpu; -1 without it), as the agent's
+    --hot-spin gate reads them."""
     with open("/proc/stat") as f:
         lines = [line.split() for line in f if line.startswith("cpu")]
     ticks = [int(v) for v in lines[0][1:9]]
-    return ticks[3] + ticks[4], sum(ticks), len(lines) - 1
+    try:
+        with open("/proc/pressure/cpu") as f:
+            stall = int(f.readline().split("total=")[1])
+    except (OSError, IndexError, ValueError):
+        stall = -1
+    return ticks[3] + ticks[4], sum(ticks), len(lines) - 1, stall
 
 
-def idle_cpus(a: tuple[int, int, int], b: tuple[int, int, int]) -> float:
-    """The node's idle CPUs on average from a to b (node_times)."""
-    return b[2] * (b[0] - a[0]) / max(b[1] - a[1], 1)
+def node_load(a: tuple[int, int, int, int], b: tuple[int, int, int, int], seconds: float) -> str:
+    """The node's idle CPUs on average from a to b (node_times), and the
+    share of that time in which some task waited for a CPU."""
+    idle = b[2] * (b[0] - a[0]) / max(b[1] - a[1], 1)
+    if a[3] < 0 or b[3] < 0:
+        return f"node idle {idle:.1f} CPUs"
+    return f"node idle {idle:.1f} CPUs, CPU pressure {(b[3] - a[3]) / (seconds * 1e6):.2f}"
 
 
-def _tput_run(procs: int, held: bool, distinct: bool, seconds: float) -> tuple[float, float, float]:
+def _tput_run(procs: int, held: bool, distinct: bool, seconds: float) -> tuple[float, float, str]:
     """Pairs per second of all processes together, the p50 pair in us, and
-    the node's idle CPUs over the timed window."""
+    the node's load over the timed window (node_load)."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     start = time.time() + 3.0
@@ -1027,23 +1038,23 @@ def _tput_run(procs: int, held: bool, distinct: bool, seconds: float) -> tuple[f
     for w in ws:
         w.start()
     time.sleep(max(start - time.time(), 0))
-    before = node_times()
+    before, t0 = node_times(), time.perf_counter()
     time.sleep(seconds * 0.9)  # within the window, whichever worker ends first
-    idle = idle_cpus(before, node_times())
+    load = node_load(before, node_times(), time.perf_counter() - t0)
     got = [q.get() for _ in ws]
     for w in ws:
         w.join()
     sample = [x for _, xs in got for x in xs]
-    return sum(n for n, _ in got) / seconds, pct(sample, 50) * 1e6, idle
+    return sum(n for n, _ in got) / seconds, pct(sample, 50) * 1e6, load
 
 
 def bench_throughput(procs: list[int], seconds: float) -> None:
     s = memcuda.connect()
     s.create("b.tput", (1024,), "f32").release()
     for p in procs:
-        rate, _, idle = _tput_run(p, True, False, seconds)
+        rate, _, load = _tput_run(p, True, False, seconds)
         RESULTS[f"throughput_{p}"] = rate
-        ROWS.append((f"warm get+release, {p} client process(es)", f"{rate:,.0f} gets/s, node idle {idle:.1f} CPUs", "", "",
+        ROWS.append((f"warm get+release, {p} client process(es)", f"{rate:,.0f} gets/s, {load}", "", "",
                      ">= 100k/s at 16" if p == 16 else ""))
     s.delete("b.tput")
     s.close()
@@ -1069,38 +1080,38 @@ def bench_unheld(procs: list[int], seconds: float, rounds: int = 3) -> None:
     s = memcuda.connect()
     tensors = tput_tensors(s, max(procs))
     out: dict[str, Any] = {}
-    held_rate, held_p50, idle = _tput_run(1, True, False, seconds)
-    out["held_1"] = {"rate": held_rate, "p50_us": held_p50, "idle_cpus": idle}
+    held_rate, held_p50, load = _tput_run(1, True, False, seconds)
+    out["held_1"] = {"rate": held_rate, "p50_us": held_p50, "load": load}
     top = max(procs)
     for distinct in (False, True):
         for p in procs:
             if (distinct and p == 1) or p == top:
                 continue  # one process: one name either way; the most: in rounds below
-            rate, p50, idle = _tput_run(p, False, distinct, seconds)
+            rate, p50, load = _tput_run(p, False, distinct, seconds)
             key = f"unheld_{'each' if distinct else 'one'}_{p}"
-            out[key] = {"rate": rate, "p50_us": p50, "idle_cpus": idle}
+            out[key] = {"rate": rate, "p50_us": p50, "load": load}
             if p == 1:
-                ROWS.append(("unheld get+release, 1 process", f"{p50:.1f} (p50 pair), {rate:,.0f} pairs/s, node idle {idle:.1f} CPUs",
+                ROWS.append(("unheld get+release, 1 process", f"{p50:.1f} (p50 pair), {rate:,.0f} pairs/s, {load}",
                              f"held get+release: {held_p50:.1f}, {held_rate:,.0f} pairs/s", f"{p50 / held_p50:.2f}x", "<= 2x"))
             else:
                 names = "a name each" if distinct else "one name"
-                ROWS.append((f"unheld get+release, {p} processes, {names}", f"{rate:,.0f} pairs/s, p50 pair {p50:.1f}, node idle {idle:.1f} CPUs",
+                ROWS.append((f"unheld get+release, {p} processes, {names}", f"{rate:,.0f} pairs/s, p50 pair {p50:.1f}, {load}",
                              "", "", ""))
     kinds = {"held": (True, False), "one": (False, False), "each": (False, True)}
     runs: dict[str, list[float]] = {k: [] for k in kinds}
-    idles: dict[str, list[float]] = {k: [] for k in kinds}
+    loads: dict[str, list[str]] = {k: [] for k in kinds}
     for _ in range(rounds):
         for k, (held, distinct) in kinds.items():
-            rate, _, idle = _tput_run(top, held, distinct, seconds)
+            rate, _, load = _tput_run(top, held, distinct, seconds)
             runs[k].append(rate)
-            idles[k].append(idle)
+            loads[k].append(load)
     held_top = statistics.median(runs["held"])
-    out[f"held_{top}"] = {"rate": held_top, "runs": runs["held"], "idle_cpus": idles["held"]}
+    out[f"held_{top}"] = {"rate": held_top, "runs": runs["held"], "loads": loads["held"]}
     for k, names in (("one", "one name"), ("each", "a name each")):
         rate = statistics.median(runs[k])
-        out[f"unheld_{k}_{top}"] = {"rate": rate, "runs": runs[k], "idle_cpus": idles[k]}
+        out[f"unheld_{k}_{top}"] = {"rate": rate, "runs": runs[k], "loads": loads[k]}
         ROWS.append((f"unheld get+release, {top} processes, {names}, median of {rounds} rounds (range)",
-                     f"{rate:,.0f} pairs/s ({min(runs[k]):,.0f}-{max(runs[k]):,.0f}), node idle {statistics.median(idles[k]):.1f} CPUs",
+                     f"{rate:,.0f} pairs/s ({min(runs[k]):,.0f}-{max(runs[k]):,.0f}); {'; '.join(loads[k])}",
                      f"held, {top} processes, same rounds: {held_top:,.0f} ({min(runs['held']):,.0f}-{max(runs['held']):,.0f})",
                      f"{rate / held_top:.2f}x", ">= 100k/s"))
     RESULTS["unheld"] = out

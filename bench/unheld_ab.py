@@ -23,12 +23,13 @@ def main() -> None:
     args = ap.parse_args()
     s = memcuda.connect()
     names = gpu_bench.tput_tensors(s, args.procs)
-    one, _, _ = gpu_bench._tput_run(args.procs, False, False, args.seconds)
-    each, _, _ = gpu_bench._tput_run(args.procs, False, True, args.seconds)
+    one, _, one_load = gpu_bench._tput_run(args.procs, False, False, args.seconds)
+    each, _, each_load = gpu_bench._tput_run(args.procs, False, True, args.seconds)
     for n in names:
         s.delete(n)
     s.close()
-    print(json.dumps({"procs": args.procs, "one_name": round(one), "a_name_each": round(each)}), flush=True)
+    print(json.dumps({"procs": args.procs, "one_name": round(one), "a_name_each": round(each),
+                      "load": [one_load, each_load]}), flush=True)
 
 
 if __name__ == "__main__":

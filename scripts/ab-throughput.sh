@@ -2,9 +2,10 @@
 # Throughput A/B of two agent builds: agent A from the binaries in A_BIN,
 # agent B from B_BIN, each started afresh for every run and alternating
 # (A B B A ...), bench/unheld_ab.py against it (unheld get+release pairs/s
-# at AB_PROCS processes, one name and a name each); prints each run and the
-# medians. Runs here (host backend) or on the GPU machine (.device/redis is
-# used when present, gzipped binaries are unpacked).
+# at AB_PROCS processes, one name and a name each, with the node's load
+# in each); prints each run and the medians. Runs here (host backend) or on
+# the GPU machine (.device/redis is used when present, gzipped binaries are
+# unpacked).
 #   bash scripts/ab-throughput.sh A_BIN B_BIN [mode] [rounds]   (default: vmm, 3)
 set -uo pipefail
 cd "$(dirname "$0")/.."

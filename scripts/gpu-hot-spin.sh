@@ -5,9 +5,10 @@
 # differ only in their environment (--hot-spinners left at its default,
 # one per 8 CPUs):
 #   s0   MEMCUDA_HOT_SPIN=0 (polling off);
-#   s250 250us of polling whatever the node's load (--hot-spin-idle-cpus -1);
-#   g250 250us of polling while the node has CPUs to spare (the default
-#        --hot-spin-idle-cpus).
+#   s250 250us of polling whatever the node's load
+#        (--hot-spin-max-pressure -1);
+#   g250 250us of polling while the node's tasks do not wait for CPUs (the
+#        default gate, --hot-spin-max-pressure 0.3).
 # Steps, each only while LIMIT seconds (default 560) leave room:
 #   1. bench/gpu_bench.py --only throughput,unheld on vmm for s0, g250 and
 #      s250 (with the node's idle CPUs in each window);
@@ -33,7 +34,7 @@ setting() {
 }
 X=$(mktemp -d)
 setting $X/s0 MEMCUDA_HOT_SPIN=0
-setting $X/s250 MEMCUDA_HOT_SPIN=250us MEMCUDA_HOT_SPIN_IDLE_CPUS=-1
+setting $X/s250 MEMCUDA_HOT_SPIN=250us MEMCUDA_HOT_SPIN_MAX_PRESSURE=-1
 setting $X/g250 MEMCUDA_HOT_SPIN=250us
 export LD_LIBRARY_PATH=$D/redis/usr/lib/x86_64-linux-gnu REDIS_SERVER=$D/redis/usr/bin/redis-server PYTHONUNBUFFERED=1
 . scripts/lib.sh

@@ -66,7 +66,8 @@ func run(args []string) error {
 	fs.IntVar(&cfg.HotConnections, "hot-connections", 512, "connections that wait for their next request on a thread of their own (the fastest wake-up); the rest wait together on one")
 	fs.DurationVar(&cfg.HotSpin, "hot-spin", 0, "how long a hot connection polls for its next request before it blocks: a request within it is answered without waking a thread, for up to this much of a CPU after each request (0: off)")
 	fs.IntVar(&cfg.HotSpinners, "hot-spinners", -1, "most connections polling at once with --hot-spin, so most CPUs it takes (-1: one per 8 CPUs the agent may use, none under 8)")
-	fs.Float64Var(&cfg.HotSpinIdleCPUs, "hot-spin-idle-cpus", 2, "with --hot-spin: CPUs of the node that must stay idle beside the polls; polls start when every spinner could poll with this many still idle and stop when fewer are (sampled from /proc/stat every 100ms; -1: poll whatever the node's load)")
+	fs.Float64Var(&cfg.HotSpinMaxPressure, "hot-spin-max-pressure", 0.3, "with --hot-spin: polls stop once some task of the node waited for a CPU this share of the time (/proc/pressure/cpu, read every 100ms) and start again below two thirds of it (-1: poll whatever the node's load)")
+	fs.Float64Var(&cfg.HotSpinIdleCPUs, "hot-spin-idle-cpus", 2, "with --hot-spin, on a kernel without /proc/pressure/cpu: CPUs of the node that must stay idle beside the polls (read from /proc/stat every 100ms); polls start when every spinner could poll with this many still idle and stop when fewer are")
 	fs.BoolVar(&cfg.ZeroFill, "zero-fill", true, "zero new tensors (a reused block never shows old data)")
 	fs.IntVar(&cfg.MaxPieces, "max-pieces", v1.MaxPieces, "most pieces of free memory one tensor may be assembled from instead of a new segment, for clients that map pieces (host backend only: a GPU maps whole allocations; 1: off)")
 	fs.BoolVar(&cfg.Queue, "queue", true, "serve the Redis command queue")
@@ -111,8 +112,11 @@ func run(args []string) error {
 	if cfg.HotSpin < 0 || cfg.HotSpinners < -1 {
 		return fmt.Errorf("--hot-spin must not be negative, --hot-spinners not under -1")
 	}
-	if cfg.HotSpinIdleCPUs < 0 && cfg.HotSpinIdleCPUs != -1 {
-		return fmt.Errorf("--hot-spin-idle-cpus must not be negative, or -1 to poll whatever the node's load")
+	if (cfg.HotSpinMaxPressure <= 0 || cfg.HotSpinMaxPressure > 1) && cfg.HotSpinMaxPressure != -1 {
+		return fmt.Errorf("--hot-spin-max-pressure must be over 0 and at most 1, or -1 to poll whatever the node's load")
+	}
+	if cfg.HotSpinIdleCPUs < 0 {
+		return fmt.Errorf("--hot-spin-idle-cpus must not be negative")
 	}
 	if cfg.HotSpinners == -1 {
 		cfg.HotSpinners = runtime.GOMAXPROCS(0) / 8

@@ -1,6 +1,8 @@
-// Package nodecpu reads how much of the node's CPU time went idle, from
-// /proc/stat: the agent polls for requests only while the node has CPUs
-// to spare (server.WithHotSpinIdle).
+// Package nodecpu reads how busy the node's CPUs are: how often a task
+// waited for one (the kernel's pressure stall information,
+// /proc/pressure/cpu) and how many went idle (/proc/stat). Its Gate lets
+// the agent poll for requests only while the node has CPUs to spare
+// (server.WithHotSpinGate).
 package nodecpu
 
 import (
@@ -8,9 +10,11 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"strconv"
 	"sync"
+	"time"
 )
 
 // Times are the node's CPU times since boot, in clock ticks, summed over
@@ -86,25 +90,127 @@ func Read() (Times, error) {
 	return Parse(f)
 }
 
-// Sampler reports the node's idle CPUs between its calls.
-type Sampler struct {
-	mu   sync.Mutex
-	last Times
-}
-
-// IdleCPUs is how many CPUs were idle on average since the previous call
-// (since the first call's own read for the first: zero).
-func (s *Sampler) IdleCPUs() (float64, error) {
-	t, err := Read()
+// Pressure is the time, in microseconds since boot, in which at least one
+// task waited for a CPU ("some" of /proc/pressure/cpu).
+func Pressure() (uint64, error) {
+	b, err := os.ReadFile("/proc/pressure/cpu")
 	if err != nil {
 		return 0, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	idle := IdleCPUs(s.last, t)
-	if s.last.Total == 0 {
-		idle = 0
+	return ParsePressure(b)
+}
+
+// ParsePressure reads the "some" total of /proc/pressure/cpu's text.
+func ParsePressure(b []byte) (uint64, error) {
+	for line := range bytes.Lines(b) {
+		if !bytes.HasPrefix(line, []byte("some ")) {
+			continue
+		}
+		for f := range bytes.FieldsSeq(line) {
+			if v, ok := bytes.CutPrefix(f, []byte("total=")); ok {
+				return strconv.ParseUint(string(v), 10, 64)
+			}
+		}
 	}
-	s.last = t
-	return idle, nil
+	return 0, fmt.Errorf("/proc/pressure/cpu: no some total")
+}
+
+// Signal names what a Gate reads.
+type Signal string
+
+const (
+	// SignalPressure: the share of time in which some task waited for a
+	// CPU. It sees the demand that polls would take from, while they run.
+	SignalPressure Signal = "pressure"
+	// SignalIdle: idle CPUs, where the kernel has no pressure stall
+	// information (built without it, or booted with psi=0).
+	SignalIdle Signal = "idle"
+)
+
+// Gate decides whether the agent's polls may run, from how busy the
+// node's CPUs were since its last call. With pressure stall information
+// it reads the share of time some task waited for a CPU: polls stop once
+// it reaches MaxPressure and start again below two thirds of it. Polls
+// that take only CPUs nobody wanted make nobody wait, so a lightly loaded
+// node keeps them; a node whose tasks wait for CPUs, with the polls or
+// without, does not. Without that information it reads idle CPUs: polls
+// start once Spinners CPUs could poll with MinIdle still idle beside
+// them, and stop once fewer than MinIdle are idle.
+type Gate struct {
+	Spinners    int
+	MaxPressure float64
+	MinIdle     float64
+
+	mu       sync.Mutex
+	signal   Signal
+	value    float64 // the last sample of signal
+	at       time.Time
+	pressure uint64
+	times    Times
+}
+
+// NewGate returns a Gate over the node's pressure stall information, or
+// over its idle CPUs where the kernel has none.
+func NewGate(spinners int, maxPressure, minIdle float64) (*Gate, error) {
+	g := &Gate{Spinners: spinners, MaxPressure: maxPressure, MinIdle: minIdle, value: math.NaN(), at: time.Now()}
+	var err error
+	if g.pressure, err = Pressure(); err == nil {
+		g.signal = SignalPressure
+		return g, nil
+	}
+	if g.times, err = Read(); err != nil {
+		return nil, fmt.Errorf("neither /proc/pressure/cpu nor /proc/stat can be read: %w", err)
+	}
+	g.signal = SignalIdle
+	return g, nil
+}
+
+// Allow is whether polls may run until the next call, given whether they
+// ran since the last (on).
+func (g *Gate) Allow(on bool) (bool, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	now := time.Now()
+	if g.signal == SignalPressure {
+		p, err := Pressure()
+		if err != nil {
+			return false, err
+		}
+		elapsed := float64(now.Sub(g.at)) / float64(time.Microsecond)
+		g.value = 0
+		if elapsed > 0 && p >= g.pressure {
+			g.value = min(float64(p-g.pressure)/elapsed, 1)
+		}
+		g.pressure, g.at = p, now
+	} else {
+		t, err := Read()
+		if err != nil {
+			return false, err
+		}
+		g.value = IdleCPUs(g.times, t)
+		g.times, g.at = t, now
+	}
+	return g.allow(g.value, on), nil
+}
+
+// allow is Allow's decision on a sample of the gate's signal.
+func (g *Gate) allow(v float64, on bool) bool {
+	if g.signal == SignalPressure {
+		if on {
+			return v < g.MaxPressure
+		}
+		return v < g.MaxPressure*2/3
+	}
+	need := g.MinIdle
+	if !on {
+		need += float64(g.Spinners)
+	}
+	return v >= need
+}
+
+// Last is what the gate reads and its last sample (NaN before one).
+func (g *Gate) Last() (Signal, float64) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.signal, g.value
 }

@@ -4,6 +4,7 @@ import (
 	"math"
 	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -36,35 +37,101 @@ func TestParse(t *testing.T) {
 	}
 }
 
-// The node's own /proc/stat: a busy CPU shows in the idle figure.
-func TestSamplerReadsTheNode(t *testing.T) {
+func TestParsePressure(t *testing.T) {
+	got, err := ParsePressure([]byte("some avg10=5.29 avg60=8.10 avg300=8.41 total=3674487455\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"))
+	if err != nil || got != 3674487455 {
+		t.Fatalf("ParsePressure = %d, %v; want 3674487455", got, err)
+	}
+	for _, bad := range []string{"", "full avg10=0 total=5\n", "some avg10=1.0\n", "some total=x\n"} {
+		if _, err := ParsePressure([]byte(bad)); err == nil {
+			t.Errorf("ParsePressure(%q) took it", bad)
+		}
+	}
+}
+
+// The gate's thresholds: on pressure, stop at the maximum and start below
+// two thirds of it; on idle CPUs, start with room for every spinner and
+// the minimum, and stop under the minimum.
+func TestGateThresholds(t *testing.T) {
+	p := &Gate{MaxPressure: 0.3, signal: SignalPressure}
+	for _, c := range []struct {
+		v      float64
+		on, ok bool
+	}{{0.1, false, true}, {0.2, false, false}, {0.25, true, true}, {0.3, true, false}, {0.9, false, false}} {
+		if got := p.allow(c.v, c.on); got != c.ok {
+			t.Errorf("pressure %v, polls on=%v: allow %v, want %v", c.v, c.on, got, c.ok)
+		}
+	}
+	i := &Gate{Spinners: 2, MinIdle: 1.5, signal: SignalIdle}
+	for _, c := range []struct {
+		v      float64
+		on, ok bool
+	}{{3.5, false, true}, {3, false, false}, {1.5, true, true}, {1.4, true, false}, {0, false, false}} {
+		if got := i.allow(c.v, c.on); got != c.ok {
+			t.Errorf("%v idle CPUs, polls on=%v: allow %v, want %v", c.v, c.on, got, c.ok)
+		}
+	}
+}
+
+// busy keeps n OS threads running until the returned stop is called.
+func busy(n int) (stop func()) {
+	var done atomic.Bool
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			runtime.LockOSThread()
+			for !done.Load() {
+			}
+		}()
+	}
+	return func() { done.Store(true); wg.Wait() }
+}
+
+// On the node's own CPUs: with more running threads than CPUs, tasks wait
+// for CPUs and none is idle, so the gate, whichever signal it reads, keeps
+// polls off.
+func TestGateOnABusyNode(t *testing.T) {
+	g, err := NewGate(1, 0.3, 0.5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, v := g.Last(); !math.IsNaN(v) {
+		t.Fatalf("before a sample: %v, want NaN", v)
+	}
+	idle := &Gate{Spinners: 1, MinIdle: 0.5, signal: SignalIdle, value: math.NaN()}
+	if idle.times, err = Read(); err != nil {
+		t.Fatal(err)
+	}
+	prev := runtime.GOMAXPROCS(0)
+	runtime.GOMAXPROCS(2*runtime.NumCPU() + 2)
+	defer runtime.GOMAXPROCS(prev)
+	stop := busy(2*runtime.NumCPU() + 1)
+	g.Allow(false) // the sample starts with the load on
+	idle.Allow(false)
+	time.Sleep(500 * time.Millisecond)
+	on, err := g.Allow(true)
+	onIdle, errIdle := idle.Allow(true)
+	stop()
+	if err != nil || errIdle != nil {
+		t.Fatal(err, errIdle)
+	}
+	if signal, v := g.Last(); on || signal == SignalPressure && v < 0.5 || signal == SignalIdle && v > 0.5 {
+		t.Fatalf("%d threads busy on %d CPUs: the gate read %s %v and allowed polls=%v", 2*runtime.NumCPU()+1, runtime.NumCPU(), signal, v, on)
+	}
+	if _, v := idle.Last(); onIdle || v > 0.5 {
+		t.Fatalf("%d threads busy on %d CPUs: %v idle CPUs, polls allowed=%v", 2*runtime.NumCPU()+1, runtime.NumCPU(), v, onIdle)
+	}
+}
+
+// The node's own /proc/stat parses.
+func TestRead(t *testing.T) {
 	first, err := Read()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if first.CPUs < 1 || first.Total == 0 || first.Idle > first.Total {
 		t.Fatalf("Read = %+v", first)
-	}
-	var s Sampler
-	if idle, err := s.IdleCPUs(); err != nil || idle != 0 {
-		t.Fatalf("first sample: %v, %v; want 0 (no interval yet)", idle, err)
-	}
-	var stop atomic.Bool
-	done := make(chan struct{})
-	go func() { // one CPU busy throughout the next sample
-		runtime.LockOSThread()
-		for !stop.Load() {
-		}
-		close(done)
-	}()
-	time.Sleep(500 * time.Millisecond)
-	idle, err := s.IdleCPUs()
-	stop.Store(true)
-	<-done
-	if err != nil {
-		t.Fatal(err)
-	}
-	if cpus := float64(first.CPUs); idle < 0 || idle > cpus-0.5 || math.IsNaN(idle) {
-		t.Fatalf("with one of %v CPUs busy for the whole sample: %v idle CPUs, want 0 to %v", cpus, idle, cpus-0.5)
 	}
 }

@@ -91,9 +91,10 @@ type Config struct {
 	// HotSpin and HotSpinners: server.WithHotSpin (HotSpin 0: off).
 	HotSpin     time.Duration
 	HotSpinners int
-	// HotSpinIdleCPUs: server.WithHotSpinIdle over /proc/stat (-1: polls
-	// whatever the node's load).
-	HotSpinIdleCPUs float64
+	// HotSpinMaxPressure and HotSpinIdleCPUs: server.WithHotSpinGate over
+	// a nodecpu.Gate (HotSpinMaxPressure -1: polls whatever the node's load).
+	HotSpinMaxPressure float64
+	HotSpinIdleCPUs    float64
 
 	// Kubernetes: the pod controller, the device plugin and per-namespace
 	// access control. Off on bare metal.
@@ -383,10 +384,17 @@ func (a *Agent) Run(parent context.Context) error {
 	if a.cfg.HotConnections > 0 {
 		srvOpts = append(srvOpts, server.WithHotConnections(a.cfg.HotConnections))
 	}
+	var spinGate *nodecpu.Gate
 	if a.cfg.HotSpin > 0 {
 		srvOpts = append(srvOpts, server.WithHotSpin(a.cfg.HotSpin, a.cfg.HotSpinners))
-		if a.cfg.HotSpinIdleCPUs >= 0 {
-			srvOpts = append(srvOpts, server.WithHotSpinIdle(&nodecpu.Sampler{}, a.cfg.HotSpinIdleCPUs))
+		if a.cfg.HotSpinMaxPressure >= 0 {
+			g, err := nodecpu.NewGate(a.cfg.HotSpinners, a.cfg.HotSpinMaxPressure, a.cfg.HotSpinIdleCPUs)
+			if err != nil {
+				ln.Close()
+				return fmt.Errorf("--hot-spin: %w", err)
+			}
+			spinGate = g
+			srvOpts = append(srvOpts, server.WithHotSpinGate(g))
 		}
 	}
 	if a.cfg.Kubernetes {
@@ -399,7 +407,11 @@ func (a *Agent) Run(parent context.Context) error {
 	}
 	a.srv = server.New(a.st, srvOpts...)
 	if a.cfg.HotSpin > 0 {
-		metrics.RegisterHotSpins(promReg, a.srv)
+		var gate metrics.NodeCPUSource
+		if spinGate != nil {
+			gate = spinGate
+		}
+		metrics.RegisterHotSpins(promReg, a.srv, gate)
 	}
 	serveErr := make(chan error, 1)
 	serve := func() { run(func() { serveErr <- a.srv.Serve(ctx, ln) }) }

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	v1 "github.com/memcuda/memcuda/api/v1"
+	"github.com/memcuda/memcuda/internal/nodecpu"
 	"github.com/memcuda/memcuda/pkg/errdefs"
 )
 
@@ -70,47 +71,66 @@ func (m *Metrics) Observe(path, op string, err error, start time.Time) {
 }
 
 // HotSpinSource reports the server's --hot-spin (server.Server): its polls,
-// and whether the node's idle CPUs let them run.
+// and whether they may run now.
 type HotSpinSource interface {
 	HotSpins() (caught, missed, skipped uint64)
-	HotSpinIdle() (on bool, idleCPUs float64)
+	HotSpinOn() bool
+}
+
+// NodeCPUSource is what --hot-spin's gate last read of the node's CPUs
+// (nodecpu.Gate).
+type NodeCPUSource interface {
+	Last() (nodecpu.Signal, float64)
 }
 
 // RegisterHotSpins registers memcuda_hot_spins_total and its companions,
-// read from src, on reg.
-func RegisterHotSpins(reg prometheus.Registerer, src HotSpinSource) {
-	reg.MustRegister(hotSpinCollector{src})
+// read from src, and with a gate, what the gate read, on reg.
+func RegisterHotSpins(reg prometheus.Registerer, src HotSpinSource, gate NodeCPUSource) {
+	reg.MustRegister(hotSpinCollector{src, gate})
 }
 
 var (
 	hotSpinsDesc = prometheus.NewDesc("memcuda_hot_spins_total",
 		"Polls of --hot-spin, by whether the next request came within it (caught) or not.", []string{"caught"}, nil)
 	hotSpinsSkippedDesc = prometheus.NewDesc("memcuda_hot_spins_skipped_total",
-		"Polls of --hot-spin not made because the node had too few idle CPUs (--hot-spin-idle-cpus).", nil, nil)
+		"Polls of --hot-spin not made because the node's CPUs were busy.", nil, nil)
 	hotSpinOnDesc = prometheus.NewDesc("memcuda_hot_spin_on",
-		"1 while --hot-spin may poll, 0 while the node has too few idle CPUs.", nil, nil)
+		"1 while --hot-spin may poll, 0 while the node's CPUs are busy.", nil, nil)
+	nodePressureDesc = prometheus.NewDesc("memcuda_node_cpu_pressure",
+		"Share of the last 100ms in which some task of the node waited for a CPU (/proc/pressure/cpu), as --hot-spin's gate read it.", nil, nil)
 	nodeIdleDesc = prometheus.NewDesc("memcuda_node_idle_cpus",
-		"The node's idle CPUs, on average over the last 100ms sample of --hot-spin-idle-cpus.", nil, nil)
+		"The node's idle CPUs over the last 100ms, as --hot-spin's gate read it where the kernel has no /proc/pressure/cpu.", nil, nil)
 )
 
-type hotSpinCollector struct{ src HotSpinSource }
+type hotSpinCollector struct {
+	src  HotSpinSource
+	gate NodeCPUSource // nil: polls whatever the node's load
+}
 
 func (c hotSpinCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{hotSpinsDesc, hotSpinsSkippedDesc, hotSpinOnDesc, nodeIdleDesc} {
+	for _, d := range []*prometheus.Desc{hotSpinsDesc, hotSpinsSkippedDesc, hotSpinOnDesc, nodePressureDesc, nodeIdleDesc} {
 		ch <- d
 	}
 }
 
 func (c hotSpinCollector) Collect(ch chan<- prometheus.Metric) {
 	caught, missed, skipped := c.src.HotSpins()
-	on, idle := c.src.HotSpinIdle()
 	ch <- prometheus.MustNewConstMetric(hotSpinsDesc, prometheus.CounterValue, float64(caught), "true")
 	ch <- prometheus.MustNewConstMetric(hotSpinsDesc, prometheus.CounterValue, float64(missed), "false")
 	ch <- prometheus.MustNewConstMetric(hotSpinsSkippedDesc, prometheus.CounterValue, float64(skipped))
-	ch <- prometheus.MustNewConstMetric(hotSpinOnDesc, prometheus.GaugeValue, map[bool]float64{true: 1}[on])
-	if !math.IsNaN(idle) { // not sampled: polls whatever the node's load
-		ch <- prometheus.MustNewConstMetric(nodeIdleDesc, prometheus.GaugeValue, idle)
+	ch <- prometheus.MustNewConstMetric(hotSpinOnDesc, prometheus.GaugeValue, map[bool]float64{true: 1}[c.src.HotSpinOn()])
+	if c.gate == nil {
+		return
 	}
+	signal, v := c.gate.Last()
+	if math.IsNaN(v) {
+		return // not sampled yet
+	}
+	d := nodeIdleDesc
+	if signal == nodecpu.SignalPressure {
+		d = nodePressureDesc
+	}
+	ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v)
 }
 
 var (

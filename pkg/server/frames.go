@@ -128,7 +128,7 @@ func (f *frameReader) spinRead(p []byte) (int, error) {
 			}
 			return n, err
 		}
-		// The gate closing (WithHotSpinIdle) ends a spin too: a busy node
+		// The gate closing (WithHotSpinGate) ends a spin too: a busy node
 		// gets its CPU back now, not after the spin.
 		if !time.Now().Before(until) || !s.spinOn.Load() {
 			s.spinMissed.Add(1)

@@ -2,7 +2,6 @@ package server_test
 
 import (
 	"errors"
-	"math"
 	"net"
 	"runtime"
 	"strings"
@@ -190,32 +189,37 @@ func TestHotSpinMissed(t *testing.T) {
 	}
 }
 
-// idleCPUs is an IdleSource whose reading the test sets.
-type idleCPUs struct {
-	mu   sync.Mutex
-	idle float64
-	err  error
+// spinGate is a SpinGate whose answer the test sets; it records what it
+// was told about the polls.
+type spinGate struct {
+	mu    sync.Mutex
+	allow bool
+	err   error
+	calls int
+	wasOn bool
 }
 
-func (s *idleCPUs) set(idle float64, err error) {
-	s.mu.Lock()
-	s.idle, s.err = idle, err
-	s.mu.Unlock()
+func (g *spinGate) set(allow bool, err error) {
+	g.mu.Lock()
+	g.allow, g.err = allow, err
+	g.mu.Unlock()
 }
 
-func (s *idleCPUs) IdleCPUs() (float64, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.idle, s.err
+func (g *spinGate) Allow(on bool) (bool, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.calls++
+	g.wasOn = on
+	return g.allow, g.err
 }
 
-// With WithHotSpinIdle, polls run only while the node has idle CPUs to
-// spare: they start once every spinner could poll with the minimum still
-// idle, go on while the minimum is, and stop below it or when the node
-// cannot be read. Requests are answered the same either way.
-func TestHotSpinIdle(t *testing.T) {
-	src := &idleCPUs{}
-	sock, _, srv, _ := serve(t, server.WithHotSpin(30*time.Second, 2), server.WithHotSpinIdle(src, 1.5))
+// With WithHotSpinGate, polls run only while the gate allows them: they
+// start off, follow the gate's answer every 100 ms (a spin in progress
+// stops when it closes), and stay off while the gate fails. The gate is
+// told whether polls ran. Requests are answered the same either way.
+func TestHotSpinGate(t *testing.T) {
+	g := &spinGate{}
+	sock, _, srv, _ := serve(t, server.WithHotSpin(30*time.Second, 2), server.WithHotSpinGate(g))
 	p := dialPeer(t, sock)
 	id := uint64(0)
 	hello := func() {
@@ -225,64 +229,83 @@ func TestHotSpinIdle(t *testing.T) {
 			t.Fatalf("hello %d: %+v", id, resp)
 		}
 	}
-	// waitGate waits for the gate's state after the next samples.
-	waitGate := func(want bool, idle float64) {
+	// waitGate waits until the server has asked the gate after set.
+	waitGate := func(want bool) {
 		t.Helper()
+		g.mu.Lock()
+		calls := g.calls
+		g.mu.Unlock()
 		deadline := time.Now().Add(10 * time.Second)
 		for {
-			on, got := srv.HotSpinIdle()
-			if on == want && (got == idle || math.IsNaN(idle) && math.IsNaN(got)) {
+			g.mu.Lock()
+			asked := g.calls >= calls+2
+			g.mu.Unlock()
+			if asked && srv.HotSpinOn() == want {
 				return
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("gate on=%v at %v idle CPUs; want on=%v at %v", on, got, want, idle)
+				t.Fatalf("gate: on=%v, want %v", srv.HotSpinOn(), want)
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
-	if on, idle := srv.HotSpinIdle(); on || !math.IsNaN(idle) {
-		t.Fatalf("before a sample: on=%v, %v idle CPUs; want off and NaN", on, idle)
+	if srv.HotSpinOn() {
+		t.Fatal("polls on before the gate was asked")
 	}
-	// Under the two spinners plus 1.5: off, and polls are skipped.
-	src.set(3, nil)
-	time.Sleep(300 * time.Millisecond)
-	waitGate(false, 3)
+	waitGate(false)
 	for range 10 {
 		hello()
 	}
 	caught, missed, skipped := srv.HotSpins()
 	if caught != 0 || missed != 0 || skipped < 9 {
-		t.Fatalf("a busy node: %d caught, %d missed, %d skipped; want none polled and at least 9 skipped", caught, missed, skipped)
+		t.Fatalf("gate closed: %d caught, %d missed, %d skipped; want none polled and at least 9 skipped", caught, missed, skipped)
 	}
-	// Room for both spinners and 1.5 more: on, and polls catch requests.
-	src.set(3.5, nil)
-	waitGate(true, 3.5)
+	g.mu.Lock()
+	if g.wasOn {
+		t.Error("the gate was told polls ran while they were off")
+	}
+	g.mu.Unlock()
+	g.set(true, nil)
+	waitGate(true)
 	hello() // may have been waiting in a blocking read since before
 	for range 10 {
 		hello()
 	}
 	if c, _, _ := srv.HotSpins(); c < 10 {
-		t.Fatalf("a node with CPUs to spare: %d polls caught a request, want at least 10", c)
+		t.Fatalf("gate open: %d polls caught a request, want at least 10", c)
 	}
-	// The polls' own CPUs gone from the idle, the minimum still idle: on.
-	src.set(1.5, nil)
-	time.Sleep(300 * time.Millisecond)
-	waitGate(true, 1.5)
-	// Under the minimum: off.
-	src.set(1, nil)
-	waitGate(false, 1)
-	hello()
+	waitGate(true)
+	g.mu.Lock()
+	if !g.wasOn {
+		t.Error("the gate was told polls were off while they ran")
+	}
+	g.mu.Unlock()
+	// The gate closes during a 30 s spin: the spin ends (missed), and the
+	// polls after it are skipped.
+	_, missedBefore, _ := srv.HotSpins()
+	g.set(false, nil)
+	waitGate(false)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, m, _ := srv.HotSpins(); m > missedBefore {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a spin in progress went on after the gate closed")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	_, _, before := srv.HotSpins()
 	for range 5 {
 		hello()
 	}
 	if _, _, after := srv.HotSpins(); after-before < 5 {
-		t.Fatalf("after the gate went off, %d of 5 polls were skipped", after-before)
+		t.Fatalf("after the gate closed, %d of 5 polls were skipped", after-before)
 	}
-	// A node that cannot be read: off, even if it was on.
-	src.set(8, nil)
-	waitGate(true, 8)
-	src.set(0, errors.New("no /proc/stat"))
-	waitGate(false, 8)
+	// A gate that fails keeps polls off, whatever it answers.
+	g.set(true, nil)
+	waitGate(true)
+	g.set(true, errors.New("no /proc/pressure/cpu"))
+	waitGate(false)
 	hello()
 }

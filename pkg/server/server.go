@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math"
 	"net"
 	"os"
 	"runtime"
@@ -59,12 +58,10 @@ type Server struct {
 	spinning    hotSlots // connections polling at once (see frameReader.spinRead)
 	// Polls that found the next request within the hot spin, those that
 	// did not (the connection then blocked), and those not made because
-	// the node had too few idle CPUs (WithHotSpinIdle).
+	// the node was busy (WithHotSpinGate).
 	spinCaught, spinMissed, spinSkipped atomic.Uint64
-	idleSrc                             IdleSource
-	idleMin                             float64
-	spinOn                              atomic.Bool   // polls may run (always, without an IdleSource)
-	idleCPUs                            atomic.Uint64 // the last sample's idle CPUs, float64 bits
+	spinGate                            SpinGate
+	spinOn                              atomic.Bool // polls may run (always, without a SpinGate)
 
 	mu            sync.Mutex
 	ln            *net.UnixListener
@@ -117,45 +114,36 @@ func WithHotSpin(d time.Duration, n int) Option {
 	return func(s *Server) { s.hotSpin, s.spinning = d, make(hotSlots, max(n, 0)) }
 }
 
-// IdleSource reports how many of the node's CPUs were idle, on average,
-// since its previous call (nodecpu.Sampler).
-type IdleSource interface {
-	IdleCPUs() (float64, error)
+// SpinGate decides whether WithHotSpin's polls may run until it is asked
+// again, given whether they ran since it was last asked
+// (nodecpu.Gate).
+type SpinGate interface {
+	Allow(on bool) (bool, error)
 }
 
-// idleEvery is how often WithHotSpinIdle samples the node.
-const idleEvery = 100 * time.Millisecond
+// gateEvery is how often WithHotSpinGate's gate is asked.
+const gateEvery = 100 * time.Millisecond
 
-// WithHotSpinIdle keeps WithHotSpin's polls to CPUs nobody else wants.
-// Every 100 ms the server asks src how many CPUs went idle. While polls
-// are off, they start once the polling slots could all be busy with min
-// CPUs still idle beside them; while on, they stop once fewer than min
-// are idle. A node whose CPUs are all taken, by this agent's clients or
-// by anyone, gets its CPUs back within one sample. Polls start off and
-// stay off while src fails.
-func WithHotSpinIdle(src IdleSource, min float64) Option {
-	return func(s *Server) { s.idleSrc, s.idleMin = src, min }
-}
+// WithHotSpinGate keeps WithHotSpin's polls to CPUs nobody else wants:
+// every 100 ms the server asks g whether they may run. Polls start off,
+// stop at once when g says so (a spin in progress too), and stay off while
+// g fails.
+func WithHotSpinGate(g SpinGate) Option { return func(s *Server) { s.spinGate = g } }
 
 // HotSpins counts the polls of WithHotSpin: those that read the next
 // request within the spin, those that ended without one, and those not
-// made because the node was busy (WithHotSpinIdle).
+// made because the node was busy (WithHotSpinGate).
 func (s *Server) HotSpins() (caught, missed, skipped uint64) {
 	return s.spinCaught.Load(), s.spinMissed.Load(), s.spinSkipped.Load()
 }
 
-// HotSpinIdle is WithHotSpinIdle's last sample: whether polls may run and
-// the node's idle CPUs (NaN before a sample, or without an IdleSource).
-func (s *Server) HotSpinIdle() (on bool, idleCPUs float64) {
-	return s.spinOn.Load(), math.Float64frombits(s.idleCPUs.Load())
-}
+// HotSpinOn is whether polls may run now (always with WithHotSpin alone).
+func (s *Server) HotSpinOn() bool { return s.spinOn.Load() }
 
-// gateSpins turns the polls on and off by the node's idle CPUs until ctx
-// ends (WithHotSpinIdle).
+// gateSpins asks the gate of WithHotSpinGate until ctx ends.
 func (s *Server) gateSpins(ctx context.Context) {
-	t := time.NewTicker(idleEvery)
+	t := time.NewTicker(gateEvery)
 	defer t.Stop()
-	s.idleSrc.IdleCPUs() // the first sample's start
 	failed := false
 	for {
 		select {
@@ -163,22 +151,12 @@ func (s *Server) gateSpins(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		idle, err := s.idleSrc.IdleCPUs()
-		if err != nil {
-			if !failed {
-				s.log.Warn("hot spin: cannot read the node's idle CPUs; polls are off until it can", "err", err)
-			}
-			failed = true
-			s.spinOn.Store(false)
-			continue
+		on, err := s.spinGate.Allow(s.spinOn.Load())
+		if err != nil && !failed {
+			s.log.Warn("hot spin: cannot read how busy the node is; polls are off until it can", "err", err)
 		}
-		failed = false
-		s.idleCPUs.Store(math.Float64bits(idle))
-		need := s.idleMin
-		if !s.spinOn.Load() {
-			need += float64(cap(s.spinning))
-		}
-		s.spinOn.Store(idle >= need)
+		failed = err != nil
+		s.spinOn.Store(on && err == nil)
 	}
 }
 
@@ -189,8 +167,7 @@ func New(st Store, opts ...Option) *Server {
 	for _, o := range opts {
 		o(s)
 	}
-	s.spinOn.Store(s.idleSrc == nil)
-	s.idleCPUs.Store(math.Float64bits(math.NaN()))
+	s.spinOn.Store(s.spinGate == nil)
 	return s
 }
 
@@ -206,7 +183,7 @@ func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
 	s.mu.Lock()
 	s.ln = l
 	s.mu.Unlock()
-	if s.hotSpin > 0 && cap(s.spinning) > 0 && s.idleSrc != nil {
+	if s.hotSpin > 0 && cap(s.spinning) > 0 && s.spinGate != nil {
 		go s.gateSpins(ctx)
 	}
 	go func() {
