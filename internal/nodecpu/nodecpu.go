@@ -166,7 +166,7 @@ func NewGate(spinners int, maxPressure, minIdle float64) (*Gate, error) {
 }
 
 // Allow is whether polls may run until the next call, given whether they
-// ran since the last (on).
+// were on since the last (on).
 func (g *Gate) Allow(on bool) (bool, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()

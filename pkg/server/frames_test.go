@@ -216,7 +216,7 @@ func (g *spinGate) Allow(on bool) (bool, error) {
 // With WithHotSpinGate, polls run only while the gate allows them: they
 // start off, follow the gate's answer every 100 ms (a spin in progress
 // stops when it closes), and stay off while the gate fails. The gate is
-// told whether polls ran. Requests are answered the same either way.
+// told whether polls were on. Requests are answered the same either way.
 func TestHotSpinGate(t *testing.T) {
 	g := &spinGate{}
 	sock, _, srv, _ := serve(t, server.WithHotSpin(30*time.Second, 2), server.WithHotSpinGate(g))
@@ -262,7 +262,7 @@ func TestHotSpinGate(t *testing.T) {
 	}
 	g.mu.Lock()
 	if g.wasOn {
-		t.Error("the gate was told polls ran while they were off")
+		t.Error("the gate was told polls were on while they were off")
 	}
 	g.mu.Unlock()
 	g.set(true, nil)
@@ -277,7 +277,7 @@ func TestHotSpinGate(t *testing.T) {
 	waitGate(true)
 	g.mu.Lock()
 	if !g.wasOn {
-		t.Error("the gate was told polls were off while they ran")
+		t.Error("the gate was told polls were off while they were on")
 	}
 	g.mu.Unlock()
 	// The gate closes during a 30 s spin: the spin ends (missed), and the

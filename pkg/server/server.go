@@ -115,7 +115,7 @@ func WithHotSpin(d time.Duration, n int) Option {
 }
 
 // SpinGate decides whether WithHotSpin's polls may run until it is asked
-// again, given whether they ran since it was last asked
+// again, given whether they were on since it was last asked
 // (nodecpu.Gate).
 type SpinGate interface {
 	Allow(on bool) (bool, error)
