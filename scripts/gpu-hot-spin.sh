@@ -11,7 +11,7 @@
 #        default gate, --hot-spin-max-pressure 0.3).
 # Steps, each only while LIMIT seconds (default 560) leave room:
 #   1. bench/gpu_bench.py --only throughput,unheld on vmm for s0, g250 and
-#      s250 (with the node's idle CPUs in each window);
+#      s250 (with the node's idle CPUs and CPU pressure in each window);
 #   2. bench/gpu_bench.py --only get,create for g250 and s0 on vmm and
 #      legacy (cold gets in turn, creates against the echo, warm gets);
 #   3. bench/ab_paired.py, s0 against g250, each call after 100 us of client
@@ -40,7 +40,7 @@ export LD_LIBRARY_PATH=$D/redis/usr/lib/x86_64-linux-gnu REDIS_SERVER=$D/redis/u
 . scripts/lib.sh
 [ -d "$D/pyclient" ] || unpack_wheels "$D/pyclient" "$D/pywheels"
 export PYTHONPATH=$D/pyclient
-spins() { python3 -c 'import urllib.request as u; print(" ".join(l for l in u.urlopen("http://127.0.0.1:19477/metrics").read().decode().splitlines() if l.startswith(("memcuda_hot_spin", "memcuda_node_idle"))))' 2>&1; }
+spins() { python3 -c 'import urllib.request as u; print(" ".join(l for l in u.urlopen("http://127.0.0.1:19477/metrics").read().decode().splitlines() if l.startswith(("memcuda_hot_spin", "memcuda_node_"))))' 2>&1; }
 bench() { # label bins mode args...
   local label=$1 bins=$2 mode=$3; shift 3
   RUN=$(mktemp -d)

@@ -130,21 +130,21 @@ const (
 // Gate decides whether the agent's polls may run, from how busy the
 // node's CPUs were since its last call. With pressure stall information
 // it reads the share of time some task waited for a CPU: polls stop once
-// it reaches MaxPressure and start again below two thirds of it. Polls
+// it reaches maxPressure and start again below two thirds of it. Polls
 // that take only CPUs nobody wanted make nobody wait, so a lightly loaded
 // node keeps them; a node whose tasks wait for CPUs, with the polls or
 // without, does not. Without that information it reads idle CPUs: polls
-// start once Spinners CPUs could poll with MinIdle still idle beside
-// them, and stop once fewer than MinIdle are idle.
+// start once spinners CPUs could poll with minIdle still idle beside
+// them, and stop once fewer than minIdle are idle.
 type Gate struct {
-	Spinners    int
-	MaxPressure float64
-	MinIdle     float64
+	spinners    int
+	maxPressure float64
+	minIdle     float64
+	signal      Signal
 
 	mu       sync.Mutex
-	signal   Signal
-	value    float64 // the last sample of signal
-	at       time.Time
+	value    float64   // the last sample of signal
+	at       time.Time // of the last pressure sample
 	pressure uint64
 	times    Times
 }
@@ -152,7 +152,7 @@ type Gate struct {
 // NewGate returns a Gate over the node's pressure stall information, or
 // over its idle CPUs where the kernel has none.
 func NewGate(spinners int, maxPressure, minIdle float64) (*Gate, error) {
-	g := &Gate{Spinners: spinners, MaxPressure: maxPressure, MinIdle: minIdle, value: math.NaN(), at: time.Now()}
+	g := &Gate{spinners: spinners, maxPressure: maxPressure, minIdle: minIdle, value: math.NaN(), at: time.Now()}
 	var err error
 	if g.pressure, err = Pressure(); err == nil {
 		g.signal = SignalPressure
@@ -170,8 +170,8 @@ func NewGate(spinners int, maxPressure, minIdle float64) (*Gate, error) {
 func (g *Gate) Allow(on bool) (bool, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	now := time.Now()
 	if g.signal == SignalPressure {
+		now := time.Now()
 		p, err := Pressure()
 		if err != nil {
 			return false, err
@@ -188,7 +188,7 @@ func (g *Gate) Allow(on bool) (bool, error) {
 			return false, err
 		}
 		g.value = IdleCPUs(g.times, t)
-		g.times, g.at = t, now
+		g.times = t
 	}
 	return g.allow(g.value, on), nil
 }
@@ -197,13 +197,13 @@ func (g *Gate) Allow(on bool) (bool, error) {
 func (g *Gate) allow(v float64, on bool) bool {
 	if g.signal == SignalPressure {
 		if on {
-			return v < g.MaxPressure
+			return v < g.maxPressure
 		}
-		return v < g.MaxPressure*2/3
+		return v < g.maxPressure*2/3
 	}
-	need := g.MinIdle
+	need := g.minIdle
 	if !on {
-		need += float64(g.Spinners)
+		need += float64(g.spinners)
 	}
 	return v >= need
 }

@@ -53,22 +53,18 @@ func TestParsePressure(t *testing.T) {
 // two thirds of it; on idle CPUs, start with room for every spinner and
 // the minimum, and stop under the minimum.
 func TestGateThresholds(t *testing.T) {
-	p := &Gate{MaxPressure: 0.3, signal: SignalPressure}
+	p := &Gate{maxPressure: 0.3, signal: SignalPressure}
+	i := &Gate{spinners: 2, minIdle: 1.5, signal: SignalIdle}
 	for _, c := range []struct {
+		g      *Gate
 		v      float64
 		on, ok bool
-	}{{0.1, false, true}, {0.2, false, false}, {0.25, true, true}, {0.3, true, false}, {0.9, false, false}} {
-		if got := p.allow(c.v, c.on); got != c.ok {
-			t.Errorf("pressure %v, polls on=%v: allow %v, want %v", c.v, c.on, got, c.ok)
-		}
-	}
-	i := &Gate{Spinners: 2, MinIdle: 1.5, signal: SignalIdle}
-	for _, c := range []struct {
-		v      float64
-		on, ok bool
-	}{{3.5, false, true}, {3, false, false}, {1.5, true, true}, {1.4, true, false}, {0, false, false}} {
-		if got := i.allow(c.v, c.on); got != c.ok {
-			t.Errorf("%v idle CPUs, polls on=%v: allow %v, want %v", c.v, c.on, got, c.ok)
+	}{
+		{p, 0.1, false, true}, {p, 0.2, false, false}, {p, 0.25, true, true}, {p, 0.3, true, false}, {p, 0.9, false, false},
+		{i, 3.5, false, true}, {i, 3, false, false}, {i, 1.5, true, true}, {i, 1.4, true, false}, {i, 0, false, false},
+	} {
+		if got := c.g.allow(c.v, c.on); got != c.ok {
+			t.Errorf("%s %v, polls on=%v: allow %v, want %v", c.g.signal, c.v, c.on, got, c.ok)
 		}
 	}
 }
@@ -100,7 +96,7 @@ func TestGateOnABusyNode(t *testing.T) {
 	if _, v := g.Last(); !math.IsNaN(v) {
 		t.Fatalf("before a sample: %v, want NaN", v)
 	}
-	idle := &Gate{Spinners: 1, MinIdle: 0.5, signal: SignalIdle, value: math.NaN()}
+	idle := &Gate{spinners: 1, minIdle: 0.5, signal: SignalIdle, value: math.NaN()}
 	if idle.times, err = Read(); err != nil {
 		t.Fatal(err)
 	}

@@ -384,7 +384,7 @@ func (a *Agent) Run(parent context.Context) error {
 	if a.cfg.HotConnections > 0 {
 		srvOpts = append(srvOpts, server.WithHotConnections(a.cfg.HotConnections))
 	}
-	var spinGate *nodecpu.Gate
+	var spinGate metrics.NodeCPUSource // nil: polls whatever the node's load
 	if a.cfg.HotSpin > 0 {
 		srvOpts = append(srvOpts, server.WithHotSpin(a.cfg.HotSpin, a.cfg.HotSpinners))
 		if a.cfg.HotSpinMaxPressure >= 0 {
@@ -407,11 +407,7 @@ func (a *Agent) Run(parent context.Context) error {
 	}
 	a.srv = server.New(a.st, srvOpts...)
 	if a.cfg.HotSpin > 0 {
-		var gate metrics.NodeCPUSource
-		if spinGate != nil {
-			gate = spinGate
-		}
-		metrics.RegisterHotSpins(promReg, a.srv, gate)
+		metrics.RegisterHotSpins(promReg, a.srv, spinGate)
 	}
 	serveErr := make(chan error, 1)
 	serve := func() { run(func() { serveErr <- a.srv.Serve(ctx, ln) }) }

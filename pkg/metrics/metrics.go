@@ -118,7 +118,11 @@ func (c hotSpinCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(hotSpinsDesc, prometheus.CounterValue, float64(caught), "true")
 	ch <- prometheus.MustNewConstMetric(hotSpinsDesc, prometheus.CounterValue, float64(missed), "false")
 	ch <- prometheus.MustNewConstMetric(hotSpinsSkippedDesc, prometheus.CounterValue, float64(skipped))
-	ch <- prometheus.MustNewConstMetric(hotSpinOnDesc, prometheus.GaugeValue, map[bool]float64{true: 1}[c.src.HotSpinOn()])
+	on := 0.0
+	if c.src.HotSpinOn() {
+		on = 1
+	}
+	ch <- prometheus.MustNewConstMetric(hotSpinOnDesc, prometheus.GaugeValue, on)
 	if c.gate == nil {
 		return
 	}

@@ -655,8 +655,6 @@ def test_only_answers_without_descriptors_are_cached(agent) -> None:
 
 
 _SPIN_METRICS_PORT = _free_port()
-
-
 _GATED_METRICS_PORT = _free_port()
 
 
